@@ -1,0 +1,27 @@
+"""hf_masked_vl: masked and guided vision / vision-language pre-training as Hugging Face models.
+
+Importing the package registers its configs and models with the Auto classes and its zero-shot pipeline.
+"""
+
+from .models import (
+    A_CLIP_PRESETS,
+    ZERO_SHOT_ENSEMBLE_TASK,
+    AClipConfig,
+    AClipModel,
+    MaskedViTConfig,
+    MaskedViTModel,
+    ZeroShotEnsemblePipeline,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "A_CLIP_PRESETS",
+    "AClipConfig",
+    "AClipModel",
+    "MaskedViTConfig",
+    "MaskedViTModel",
+    "ZERO_SHOT_ENSEMBLE_TASK",
+    "ZeroShotEnsemblePipeline",
+    "__version__",
+]

@@ -1,0 +1,127 @@
+"""Configuration of A-CLIP (Attentive Mask CLIP, Yang et al., ICCV 2023)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPTextConfig, PreTrainedConfig
+
+from .configuration_masked_vit import MaskedViTConfig
+
+MASK_MODES = ("attentive", "random", "none")
+
+# Named size presets. The paper's main setting is "vit-b-16"; "tiny" is the CPU demo model.
+A_CLIP_PRESETS: dict[str, dict] = {
+    "vit-s-16": {"vision_config": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12}},
+    "vit-b-16": {},
+    "vit-l-16": {"vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}},
+    "tiny": {
+        "vision_config": {
+            "image_size": 64,
+            "patch_size": 8,
+            "hidden_size": 192,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+        },
+        "text_config": {
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+        },
+        "projection_dim": 128,
+        "simclr_hidden_dim": 512,
+        "simclr_output_dim": 128,
+        "byol_hidden_dim": 512,
+        "byol_output_dim": 128,
+    },
+}
+
+
+@strict
+class AClipConfig(PreTrainedConfig):
+    r"""Configuration of [`AClipModel`]: a ViT image tower ([`MaskedViTConfig`]), a CLIP text transformer
+    ([`CLIPTextConfig`]), projections into a joint space, and the SimCLR / BYOL heads used in pre-training.
+
+    Defaults reproduce the official ViT-B/16 YFCC-15M setting (`microsoft/A-CLIP`). Use
+    `AClipConfig.from_preset("tiny")` for the CPU demo model.
+
+    Args:
+        vision_config: ViT settings; A-CLIP freezes the patch embedding at its random init by default.
+        text_config: CLIP text tower settings (width 512, 12 layers, 8 heads, context 77 by default).
+        projection_dim: Joint embedding width.
+        logit_scale_init_value: Initial log of the contrastive logit scale, ln(1/0.07).
+        logit_scale_max: The log scale is clamped to [0, logit_scale_max] after every optimizer step (ln 100).
+        mask_mode: `"attentive"` (EMA CLS attention picks the kept groups), `"random"` (FLIP-style) or `"none"`.
+        mask_keep_ratio: Fraction of patch groups kept in each online view (0.5 in the paper, hard-coded there).
+        mask_group_size: Side of the square patch groups ranked together (2, i.e. 32 px for /16 patches).
+        simclr_loss_weight: Weight of the SimCLR loss between the two masked views (0 disables the head).
+        simclr_temperature: NT-Xent temperature.
+        simclr_hidden_dim / simclr_output_dim: SimCLR MLP widths (4096 / 256).
+        byol_loss_weight: Weight of the BYOL loss to the EMA projection of the EMA view (0 disables the heads).
+        byol_hidden_dim / byol_output_dim: BYOL projector and predictor widths (4096 / 256).
+        ema_momentum: Start of the cosine EMA momentum schedule; it rises to 1.0 at the last step.
+        zero_shot_templates: Prompt templates averaged by the zero-shot pipeline (class name in `{}`).
+    """
+
+    model_type = "a_clip"
+    sub_configs_defaults = {"vision_config": MaskedViTConfig, "text_config": CLIPTextConfig}
+
+    vision_config: dict | MaskedViTConfig | None = None
+    text_config: dict | CLIPTextConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100.0)
+    mask_mode: str = "attentive"
+    mask_keep_ratio: float = 0.5
+    mask_group_size: int = 2
+    simclr_loss_weight: float = 1.0
+    simclr_temperature: float = 0.1
+    simclr_hidden_dim: int = 4096
+    simclr_output_dim: int = 256
+    byol_loss_weight: float = 2.0
+    byol_hidden_dim: int = 4096
+    byol_output_dim: int = 256
+    ema_momentum: float = 0.996
+    zero_shot_templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)
+
+    def __post_init__(self, **kwargs):
+        if self.vision_config is None:
+            self.vision_config = {"freeze_patch_embedding": True}
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Checked at construction by `@strict`."""
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode={self.mask_mode!r} is not one of {MASK_MODES}")
+        if not 0.0 < self.mask_keep_ratio <= 1.0:
+            raise ValueError(f"mask_keep_ratio={self.mask_keep_ratio} must be in (0, 1]")
+        if self.vision_config.grid_size % self.mask_group_size:
+            raise ValueError(
+                f"mask_group_size={self.mask_group_size} does not divide the {self.vision_config.grid_size}-patch grid"
+            )
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"ema_momentum={self.ema_momentum} must be in [0, 1]")
+        for name in ("simclr_loss_weight", "byol_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
+            raise ValueError(f"zero_shot_templates={self.zero_shot_templates!r}: each needs a '{{}}' placeholder")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> AClipConfig:
+        """Build a named size preset ("vit-s-16", "vit-b-16", "vit-l-16", "tiny") with keyword overrides;
+        `vision_config` / `text_config` overrides are merged into the preset's dicts."""
+        if name not in A_CLIP_PRESETS:
+            raise ValueError(f"unknown A-CLIP preset {name!r}; choose from {sorted(A_CLIP_PRESETS)}")
+        kwargs = copy.deepcopy(A_CLIP_PRESETS[name])
+        for key in ("vision_config", "text_config"):
+            kwargs[key] = {**kwargs.get(key, {}), **overrides.pop(key, {})}
+        kwargs["vision_config"].setdefault("freeze_patch_embedding", True)
+        return cls(**kwargs, **overrides)
+
+
+__all__ = ["AClipConfig", "A_CLIP_PRESETS"]

@@ -1,0 +1,105 @@
+"""Configuration of the shared ViT used by every model of the package."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+MLP_TYPES = ("gelu", "swiglu")
+POSITION_EMBEDDING_TYPES = ("learned", "sincos", "none")
+
+
+@strict
+class MaskedViTConfig(PreTrainedConfig):
+    r"""Configuration of [`MaskedViTModel`], a pre-norm ViT that runs on a subset of its patch tokens.
+
+    Defaults are ViT-B/16 at 224 px (the A-CLIP and MAE image tower). EVA-02 / UTA students set
+    `use_rope=True, mlp_type="swiglu", mlp_sub_norm=True, qkv_bias="qv"`.
+
+    Args:
+        image_size: Input resolution in pixels (square).
+        patch_size: Patch size in pixels; `image_size` must be a multiple of it.
+        num_channels: Input channels.
+        hidden_size: Token width D.
+        num_hidden_layers: Number of blocks L.
+        num_attention_heads: Heads H; `hidden_size` must be divisible by it.
+        mlp_ratio: Hidden width of the MLP over `hidden_size`. EVA-02 SwiGLU uses 8/3 (2.6667).
+        mlp_type: `"gelu"` (timm `Mlp`) or `"swiglu"` (timm `SwiGLU`).
+        mlp_sub_norm: LayerNorm on the MLP hidden activations before the output projection (EVA-02 sub-LN).
+        qkv_bias: `"qkv"` (bias on all three projections), `"qv"` (EVA: no key bias) or `"none"`.
+        use_rope: 2D rotary position embedding on the patch tokens of every layer (EVA-02 "cat" variant
+            from timm, CLS untouched). Absolute position embeddings are still added unless
+            `position_embedding_type="none"`.
+        rope_theta: RoPE temperature.
+        rope_reference_grid: Grid the RoPE positions are scaled to (EVA's `pt_len / ft_len` rule). `None` uses
+            the model's own grid.
+        position_embedding_type: `"learned"` (trunc-normal init), `"sincos"` (fixed 2D sin-cos, MAE) or `"none"`.
+        layer_norm_eps: LayerNorm epsilon (1e-6 in timm ViTs and EVA).
+        drop_path_rate: Stochastic depth at the last block, linearly increasing from 0.
+        attention_dropout: Dropout on attention probabilities.
+        freeze_patch_embedding: Keep the patch-embedding projection at its random init (MoCo-v3 trick used by
+            A-CLIP's official code).
+        initializer_range: Std of the trunc-normal init of Linear layers and embeddings.
+        use_final_norm: Apply a final LayerNorm to the output tokens.
+    """
+
+    model_type = "masked_vl_vit"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float = 4.0
+    mlp_type: str = "gelu"
+    mlp_sub_norm: bool = False
+    qkv_bias: str = "qkv"
+    use_rope: bool = False
+    rope_theta: float = 10000.0
+    rope_reference_grid: int | None = None
+    position_embedding_type: str = "learned"
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    attention_dropout: float = 0.0
+    freeze_patch_embedding: bool = False
+    initializer_range: float = 0.02
+    use_final_norm: bool = True
+
+    def validate_architecture(self):
+        """Checked at construction (and on every assignment) by `@strict`."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(f"mlp_type={self.mlp_type!r} is not one of {MLP_TYPES}")
+        if self.qkv_bias not in ("qkv", "qv", "none"):
+            raise ValueError(f"qkv_bias={self.qkv_bias!r} is not one of ('qkv', 'qv', 'none')")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"position_embedding_type={self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}"
+            )
+        if self.use_rope and (self.hidden_size // self.num_attention_heads) % 4:
+            raise ValueError(
+                f"use_rope needs a head dim divisible by 4, got {self.hidden_size // self.num_attention_heads}"
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+
+__all__ = ["MaskedViTConfig"]

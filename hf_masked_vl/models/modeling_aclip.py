@@ -1,0 +1,191 @@
+"""A-CLIP: CLIP whose image tower sees only the patches an EMA encoder attends to, plus SimCLR and BYOL losses.
+
+The model is pure: keep indices and BYOL targets (both from the EMA model) are inputs. The trainer in
+`hf_masked_vl.training` computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPTextModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_aclip import AClipConfig
+from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+
+
+@dataclass
+class AClipOutput(ModelOutput):
+    """
+    loss: total pre-training loss, 0.5·Σ_v CLIP(v) + w_simclr·SimCLR + w_byol·BYOL (when `return_loss`).
+    logits_per_image: (B_img, B_txt) scaled cosine similarities (first view when several are given).
+    logits_per_text: (B_txt, B_img).
+    text_embeds: (B_txt, E) normalised. image_embeds: (B_img, E) normalised, first view.
+    clip_loss / simclr_loss / byol_loss: the unweighted parts of `loss`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    clip_loss: torch.Tensor | None = None
+    simclr_loss: torch.Tensor | None = None
+    byol_loss: torch.Tensor | None = None
+    vision_model_output: MaskedViTModelOutput | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int, bias: bool = True) -> nn.Sequential:
+    """(Linear, BatchNorm1d, ReLU) × (layers - 1), then Linear: the SimCLR / BYOL heads."""
+    modules: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers - 1):
+        modules += [nn.Linear(width, hidden_dim, bias=bias), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        width = hidden_dim
+    modules.append(nn.Linear(width, out_dim, bias=bias))
+    return nn.Sequential(*modules)
+
+
+class AClipPreTrainedModel(PreTrainedModel):
+    config_class = AClipConfig
+    base_model_prefix = "a_clip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedViTBlock", "CLIPEncoderLayer", "CLIPTextEmbeddings"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Heads: trunc-normal(0.02) Linear, unit BatchNorm; projections: normal(width^-0.5) as in CLIP; the
+        logit scale at `logit_scale_init_value`. The towers initialise themselves."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, AClipModel):
+            init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5)
+            init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class AClipModel(AClipPreTrainedModel):
+    """Dual encoder with A-CLIP's pre-training objective. `forward` returns `logits_per_image`, so the stock
+    `zero-shot-image-classification` pipeline runs on it.
+
+    Pre-training inputs: `pixel_values` (B, V, C, H, W) with V online views, `keep_indices` (B, V, K), and
+    `byol_targets` (B, C_byol) from the EMA projector on the EMA view; `return_loss=True`.
+    """
+
+    def __init__(self, config: AClipConfig):
+        super().__init__(config)
+        vision_width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.vision_model = MaskedViTModel._from_config(config.vision_config)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.visual_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(text_width, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.simclr_head = None
+        if config.simclr_loss_weight > 0:
+            self.simclr_head = mlp_head(vision_width, config.simclr_hidden_dim, config.simclr_output_dim, layers=3)
+        self.byol_projector = self.byol_predictor = None
+        if config.byol_loss_weight > 0:
+            hidden, out = config.byol_hidden_dim, config.byol_output_dim
+            self.byol_projector = mlp_head(vision_width, hidden, out, layers=2, bias=False)
+            self.byol_predictor = mlp_head(out, hidden, out, layers=2, bias=False)
+        self.post_init()
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Text tower; `pooler_output` is the projected (unnormalised) text embedding (B, E)."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, **kwargs
+    ) -> MaskedViTModelOutput:
+        """Image tower; `pooler_output` is the projected (unnormalised) CLS embedding (B, E)."""
+        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, **kwargs)
+        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
+        return outputs
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        keep_indices: torch.Tensor | None = None,
+        byol_targets: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> AClipOutput:
+        """
+        input_ids: (B, L) token ids, padded with the end-of-text token.
+        pixel_values: (B, C, H, W), or (B, V, C, H, W) for V augmented views of each image.
+        keep_indices: (B, K) or (B, V, K) kept patch indices per view; `None` keeps every patch.
+        byol_targets: (B, C_byol) EMA targets; enables the BYOL loss.
+        """
+        if pixel_values is None or input_ids is None:
+            raise ValueError("AClipModel.forward needs both pixel_values and input_ids")
+        single_view = pixel_values.ndim == 4
+        if single_view:
+            pixel_values = pixel_values[:, None]
+            keep_indices = keep_indices[:, None] if keep_indices is not None else None
+        batch, views = pixel_values.shape[:2]
+        # view-major: rows [v * B + b] so that each view is a contiguous block
+        flat_pixels = pixel_values.transpose(0, 1).flatten(0, 1)
+        flat_keep = keep_indices.transpose(0, 1).flatten(0, 1) if keep_indices is not None else None
+        vision_outputs = self.vision_model(flat_pixels, keep_indices=flat_keep)
+        cls_tokens = vision_outputs.pooler_output  # (V·B, D)
+        image_embeds = F.normalize(self.visual_projection(cls_tokens), dim=-1).view(views, batch, -1)
+        text_outputs = self.get_text_features(input_ids, attention_mask)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        logit_scale = self.logit_scale.exp()
+        logits_per_text = logit_scale * text_embeds @ image_embeds[0].t()
+
+        loss = clip = simclr = byol = None
+        if return_loss:
+            clip = sum(clip_contrastive_loss(image_embeds[v], text_embeds, logit_scale) for v in range(views)) / views
+            loss = clip
+            if self.simclr_head is not None and views >= 2:
+                projected = self.simclr_head(cls_tokens).view(views, batch, -1)
+                simclr = nt_xent_loss(projected[0], projected[1], self.config.simclr_temperature)
+                loss = loss + self.config.simclr_loss_weight * simclr
+            if self.byol_projector is not None and byol_targets is not None:
+                predictions = self.byol_predictor(self.byol_projector(cls_tokens)).view(views, batch, -1)
+                byol = byol_loss(predictions, byol_targets[None])
+                loss = loss + self.config.byol_loss_weight * byol
+
+        return AClipOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds[0],
+            clip_loss=clip,
+            simclr_loss=simclr,
+            byol_loss=byol,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
+        )
+
+
+__all__ = ["AClipModel", "AClipOutput", "AClipPreTrainedModel"]

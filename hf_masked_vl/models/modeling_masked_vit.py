@@ -1,0 +1,273 @@
+"""The shared ViT: pre-norm blocks from timm layers, run on `[CLS] + kept patches` with their original positions.
+
+One encoder serves the four methods: keep indices (A-CLIP, UTA, MAE), an additive attention bias per layer and
+head (MRE), attention maps on request (A-CLIP masks, MRE distillation), EVA-02 options (2D RoPE, SwiGLU with
+sub-LN, q/v-only bias) for UTA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.layers import DropPath, Mlp, PatchEmbed, RotaryEmbeddingCat, SwiGLU, apply_keep_indices_nlc
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .attention import MaskedAttention
+from .configuration_masked_vit import MaskedViTConfig
+
+
+@dataclass
+class MaskedViTModelOutput(ModelOutput):
+    """
+    last_hidden_state: (B, 1 + K, D) tokens after the final norm; K = number of kept patches.
+    pooler_output: (B, D) the CLS token of `last_hidden_state`.
+    hidden_states: the input of every block and the final block output (before the norm), each (B, 1 + K, D).
+    attentions: per layer, (B, H, 1 + K, 1 + K) attention probabilities.
+    cls_attentions: per layer, (B, H, 1 + K) attention of the CLS query over all tokens.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cls_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """tokens: (B, N, C), indices: (B, K) → (B, K, C)."""
+    return tokens.gather(1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+class MaskedViTEmbeddings(nn.Module):
+    """Patch embedding + CLS + absolute positions, then the keep-index gather (positions added before)."""
+
+    def __init__(self, config: MaskedViTConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            embed_dim=config.hidden_size,
+        )
+        if config.freeze_patch_embedding:
+            # `forward` also runs it under no_grad: `from_pretrained` re-creates parameters with requires_grad=True
+            self.patch_embed.requires_grad_(False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        table = torch.zeros(1, 1 + config.num_patches, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.position_embedding = nn.Parameter(table)
+        elif config.position_embedding_type == "sincos":  # fixed: never trained, never saved, rebuilt on load
+            self.register_buffer("position_embedding", table, persistent=False)
+        else:
+            self.position_embedding = None
+
+    def sincos_table(self) -> torch.Tensor:
+        """(1, 1 + N, D) fixed 2D sin-cos table with a zero row for CLS (MAE convention)."""
+        grid = self.config.grid_size
+        table = build_sincos2d_pos_embed([grid, grid], dim=self.config.hidden_size, dtype=torch.float32)
+        return torch.cat((torch.zeros(1, self.config.hidden_size), table), dim=0).unsqueeze(0)
+
+    def forward(self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """pixel_values: (B, C, H, W); keep_indices: (B, K) patch indices in [0, N). Returns (B, 1 + K, D)."""
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_patch_embedding):
+            patches = self.patch_embed(pixel_values)
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)
+        if self.position_embedding is not None:
+            patches = patches + self.position_embedding[:, 1:]
+            cls = cls + self.position_embedding[:, :1]
+        if keep_indices is not None:
+            patches = gather_tokens(patches, keep_indices)
+        return torch.cat((cls, patches), dim=1)
+
+
+class MaskedViTBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, config: MaskedViTConfig, layer_idx: int, drop_path: float = 0.0):
+        super().__init__()
+        dim, eps = config.hidden_size, config.layer_norm_eps
+        hidden = int(dim * config.mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = MaskedAttention(config, layer_idx)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        sub_norm = partial(nn.LayerNorm, eps=eps) if config.mlp_sub_norm else None
+        if config.mlp_type == "swiglu":
+            self.mlp = SwiGLU(dim, hidden, norm_layer=sub_norm)
+        else:
+            self.mlp = Mlp(dim, hidden, act_layer=nn.GELU, norm_layer=sub_norm)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_cls_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attended, probs, cls_probs = self.attn(
+            self.norm1(hidden_states),
+            rope=rope,
+            attention_bias=attention_bias,
+            output_attentions=output_attentions,
+            output_cls_attention=output_cls_attention,
+        )
+        hidden_states = hidden_states + self.drop_path(attended)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states, probs, cls_probs
+
+
+class MaskedViTPreTrainedModel(PreTrainedModel):
+    config_class = MaskedViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedViTBlock"]
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm ViT init: trunc-normal(std) Linear and patch projection, zero biases, unit norms, trunc-normal
+        CLS and learned positions; fixed tables and RoPE buffers recomputed (they are never in checkpoints)."""
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, MaskedAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+        elif isinstance(module, MaskedViTEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            if module.position_embedding is not None:
+                if module.config.position_embedding_type == "sincos":
+                    init.copy_(module.position_embedding, module.sincos_table())
+                else:
+                    init.trunc_normal_(module.position_embedding, std=std)
+        elif isinstance(module, RotaryEmbeddingCat):
+            module.init_non_persistent_buffers()
+
+
+class MaskedViTModel(MaskedViTPreTrainedModel):
+    """ViT encoder over `[CLS] + patches`, optionally on a per-sample subset of patches.
+
+    Example:
+        >>> model = MaskedViTModel(MaskedViTConfig(image_size=32, patch_size=8, hidden_size=64,
+        ...                                        num_hidden_layers=2, num_attention_heads=4))
+        >>> keep = torch.tensor([[0, 3, 5], [1, 2, 15]])            # (B, K) indices into the 4x4 grid
+        >>> model(torch.randn(2, 3, 32, 32), keep_indices=keep).last_hidden_state.shape
+        torch.Size([2, 4, 64])
+    """
+
+    def __init__(self, config: MaskedViTConfig):
+        super().__init__(config)
+        self.embeddings = MaskedViTEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(
+            [MaskedViTBlock(config, i, drop_path=rate) for i, rate in enumerate(rates)]
+        )
+        self.rope = None
+        if config.use_rope:
+            grid = [config.grid_size, config.grid_size]
+            reference = config.rope_reference_grid
+            self.rope = RotaryEmbeddingCat(
+                dim=config.hidden_size // config.num_attention_heads,
+                temperature=config.rope_theta,
+                in_pixels=False,
+                feat_shape=grid,
+                ref_feat_shape=[reference, reference] if reference else None,
+            )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_final_norm else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embed
+
+    def _layer_biases(
+        self, attention_bias: torch.Tensor | Sequence[torch.Tensor] | None
+    ) -> Sequence[torch.Tensor | None]:
+        num_layers = self.config.num_hidden_layers
+        if attention_bias is None or isinstance(attention_bias, torch.Tensor):
+            return [attention_bias] * num_layers
+        if len(attention_bias) != num_layers:
+            raise ValueError(f"attention_bias has {len(attention_bias)} entries, expected one per layer ({num_layers})")
+        return attention_bias
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        output_cls_attentions: bool = False,
+        **kwargs,
+    ) -> MaskedViTModelOutput:
+        """
+        pixel_values: (B, C, H, W).
+        keep_indices: (B, K) int64 indices of the patches to keep, in [0, N). Positions are added before the
+            gather, so kept tokens keep their original absolute and rotary positions. `None` keeps all N.
+        attention_bias: additive (float) or boolean (True = attend) mask broadcastable to (B, H, 1 + K, 1 + K),
+            one tensor for all layers or a sequence of one per layer. Added to the scaled logits.
+        output_attentions: return each layer's probabilities (B, H, 1 + K, 1 + K) (runs the eager kernel).
+        output_cls_attentions: return each layer's CLS-query probabilities (B, H, 1 + K) next to a fused kernel.
+        """
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
+        if keep_indices is not None:
+            if keep_indices.ndim != 2 or keep_indices.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"keep_indices must be (B, K) with B={pixel_values.shape[0]}, got {tuple(keep_indices.shape)}"
+                )
+            keep_indices = keep_indices.to(device=pixel_values.device, dtype=torch.long)
+        hidden_states = self.embeddings(pixel_values, keep_indices)
+        rope = None
+        if self.rope is not None:
+            rope = self.rope.get_embed()
+            if keep_indices is not None:
+                rope = apply_keep_indices_nlc(hidden_states, rope, keep_indices)
+
+        all_hidden, all_attn, all_cls = [], [], []
+        for layer, bias in zip(self.layers, self._layer_biases(attention_bias)):
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, probs, cls_probs = layer(
+                hidden_states,
+                rope=rope,
+                attention_bias=bias,
+                output_attentions=output_attentions,
+                output_cls_attention=output_cls_attentions,
+            )
+            all_attn.append(probs)
+            all_cls.append(cls_probs)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        return MaskedViTModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 0],
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            cls_attentions=tuple(all_cls) if output_cls_attentions else None,
+        )
+
+
+__all__ = ["MaskedViTModel", "MaskedViTPreTrainedModel", "MaskedViTModelOutput", "gather_tokens"]
