@@ -1,0 +1,125 @@
+"""Augmented views. All randomness comes from the `numpy.random.Generator` passed in, so a sample's views are a
+function of (seed, sample key, epoch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box sampling with an explicit generator. Returns (top, left, h, w)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def enclosing_box(
+    rng: np.random.Generator, boxes: list[tuple[int, int, int, int]], height: int, width: int
+) -> tuple[int, int, int, int]:
+    """A-CLIP's EMA view: the union of `boxes`, each side moved by a uniform random amount towards the image
+    border. Returns (top, left, h, w)."""
+    top = min(b[0] for b in boxes)
+    left = min(b[1] for b in boxes)
+    bottom = max(b[0] + b[2] for b in boxes)
+    right = max(b[1] + b[3] for b in boxes)
+    top, left = int(rng.integers(0, top + 1)), int(rng.integers(0, left + 1))
+    bottom, right = int(rng.integers(bottom, height + 1)), int(rng.integers(right, width + 1))
+    return top, left, bottom - top, right - left
+
+
+def photometric_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A-CLIP / SLIP online-view augmentation on a uint8 (3, H, W) tensor: colour jitter (0.4, 0.4, 0.2, 0.1)
+    with p=0.8 in random order, grayscale p=0.2, Gaussian blur σ∈[0.1, 2] p=0.1, solarize p=0.2. No flip."""
+    if rng.random() < 0.8:
+        factors = {
+            "brightness": rng.uniform(0.6, 1.4),
+            "contrast": rng.uniform(0.6, 1.4),
+            "saturation": rng.uniform(0.8, 1.2),
+            "hue": rng.uniform(-0.1, 0.1),
+        }
+        for name in rng.permutation(list(factors)):
+            adjust = getattr(TF, f"adjust_{name}")
+            image = adjust(image, factors[name])
+    if rng.random() < 0.2:
+        image = TF.rgb_to_grayscale(image, num_output_channels=3)
+    if rng.random() < 0.1:
+        sigma = float(rng.uniform(0.1, 2.0))
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        image = TF.gaussian_blur(image, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+    if rng.random() < 0.2:
+        image = TF.solarize(image, threshold=128)
+    return image
+
+
+class AClipViews:
+    """Three views of one image (A-CLIP §1.3): two online random-resized crops with photometric augmentation,
+    and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
+
+    Returns `pixel_values` (2, 3, S, S), `ema_pixel_values` (3, S, S) and `crop_boxes` (3, 4) float
+    (top, left, height, width) in source pixels, rows: online 1, online 2, EMA.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        photometric: bool = True,
+    ):
+        self.image_size = image_size
+        self.crop_scale = crop_scale
+        self.mean, self.std = list(mean), list(std)
+        self.photometric = photometric
+
+    def _crop(self, image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        size = [self.image_size, self.image_size]
+        return TF.resized_crop(image, *box, size=size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return TF.normalize(image.float() / 255.0, self.mean, self.std)
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        height, width = tensor.shape[-2:]
+        boxes = [random_resized_crop_box(rng, height, width, self.crop_scale) for _ in range(2)]
+        boxes.append(enclosing_box(rng, boxes, height, width))
+        online = []
+        for box in boxes[:2]:
+            view = self._crop(tensor, box)
+            online.append(self._normalize(photometric_augment(view, rng) if self.photometric else view))
+        return {
+            "pixel_values": torch.stack(online),
+            "ema_pixel_values": self._normalize(self._crop(tensor, boxes[2])),
+            "crop_boxes": torch.tensor(boxes, dtype=torch.float32),
+        }
+
+
+__all__ = ["AClipViews", "enclosing_box", "photometric_augment", "random_resized_crop_box"]
