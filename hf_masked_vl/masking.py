@@ -60,9 +60,7 @@ def block_mask(
         budget = min(num_masked - count, max_block)
         added = 0
         for _ in range(10):
-            if budget < min_block:
-                break
-            area = rng.uniform(min_block, budget)
+            area = rng.uniform(min(min_block, budget), max(min_block, budget))  # as BEiT when budget < min_block
             aspect = math.exp(rng.uniform(*log_aspect))
             block_h = int(round(math.sqrt(area * aspect)))
             block_w = int(round(math.sqrt(area / aspect)))

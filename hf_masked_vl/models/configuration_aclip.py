@@ -121,7 +121,7 @@ class AClipConfig(PreTrainedConfig):
         for key in ("vision_config", "text_config"):
             kwargs[key] = {**kwargs.get(key, {}), **overrides.pop(key, {})}
         kwargs["vision_config"].setdefault("freeze_patch_embedding", True)
-        return cls(**kwargs, **overrides)
+        return cls(**{**kwargs, **overrides})
 
 
 __all__ = ["AClipConfig", "A_CLIP_PRESETS"]

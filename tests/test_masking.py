@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from hf_masked_vl.masking import (
+    block_mask,
+    crop_score_map,
+    mask_rng,
+    mask_to_keep_indices,
+    num_kept,
+    random_keep_indices,
+    reversed_block_mask,
+    topk_group_keep_indices,
+)
+
+
+def test_random_keep_is_reproducible_sorted_and_unique():
+    first = random_keep_indices([mask_rng(7, i, 0) for i in range(4)], 196, 49)
+    again = random_keep_indices([mask_rng(7, i, 0) for i in range(4)], 196, 49)
+    other_epoch = random_keep_indices([mask_rng(7, i, 1) for i in range(4)], 196, 49)
+    assert first.shape == (4, 49) and first.dtype == torch.long
+    assert torch.equal(first, again) and not torch.equal(first, other_epoch)
+    assert all(len(set(row.tolist())) == 49 for row in first)
+    assert torch.equal(first, first.sort(dim=1).values)
+    with pytest.raises(ValueError, match="num_keep"):
+        random_keep_indices([mask_rng(0)], 16, 17)
+
+
+def test_block_mask_never_overshoots_and_uses_blocks():
+    counts = [block_mask(mask_rng(0, i), (14, 14), 75).sum() for i in range(200)]
+    assert max(counts) <= 75
+    assert np.mean(counts) > 70  # BEiT's generator gets close to the target
+
+
+def test_reversed_block_mask_keeps_the_ratio_on_both_branches():
+    for ratio in (0.4, 0.5):
+        masks = np.stack([reversed_block_mask(mask_rng(1, i), (16, 16), ratio) for i in range(400)])
+        assert abs(masks.mean() - ratio) < 0.03
+    # a naive flip of a ratio-r mask would average 0.5 whatever r is
+    naive = [~m if i % 2 else m for i, m in enumerate(block_mask(mask_rng(2, i), (16, 16), 102) for i in range(400))]
+    assert abs(np.mean(naive) - 0.5) < 0.03
+
+
+def test_mask_to_keep_indices_gives_a_fixed_count_preferring_unmasked():
+    masks = np.zeros((3, 16), dtype=bool)
+    masks[0, :10] = True  # 6 unmasked: all kept plus 2 masked
+    masks[1, :2] = True  # 14 unmasked: 8 of them kept
+    keep = mask_to_keep_indices(masks, 8, [mask_rng(0, i) for i in range(3)])
+    assert keep.shape == (3, 8)
+    assert set(range(10, 16)) <= set(keep[0].tolist())
+    assert not set(keep[1].tolist()) & {0, 1}
+    assert len(set(keep[2].tolist())) == 8
+
+
+def test_topk_groups_keep_the_highest_scoring_2x2_groups():
+    scores = torch.zeros(1, 4, 4)
+    scores[0, 2:, 2:] = 5.0  # group 3 (bottom-right) best
+    scores[0, :2, :2] = 1.0  # group 0 second
+    keep = topk_group_keep_indices(scores, keep_ratio=0.5, group_size=2)
+    assert keep.tolist() == [[0, 1, 4, 5, 10, 11, 14, 15]]
+
+
+def test_topk_groups_match_the_official_count():
+    keep = topk_group_keep_indices(torch.rand(2, 14, 14), 0.5, 2)
+    assert keep.shape == (2, 100)  # 25 of 49 groups, as in microsoft/A-CLIP
+    with pytest.raises(ValueError, match="not divisible"):
+        topk_group_keep_indices(torch.rand(1, 7, 7), 0.5, 2)
+
+
+def test_crop_score_map_identity_and_shift():
+    scores = torch.arange(16.0).view(1, 4, 4)
+    box = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    torch.testing.assert_close(crop_score_map(scores, box, box, (4, 4)), scores)
+    # the right half of the source crop, resampled to 2 columns, reads source columns 2 and 3
+    right = torch.tensor([[0.0, 32.0, 64.0, 32.0]])
+    torch.testing.assert_close(crop_score_map(scores, box, right, (4, 2)), scores[:, :, 2:])
+
+
+def test_num_kept():
+    assert num_kept(196, 0.75) == 49
+    with pytest.raises(ValueError, match="mask_ratio"):
+        num_kept(196, 1.0)
