@@ -113,7 +113,11 @@ def save_checkpoint(
 
 
 def push_checkpoint(
-    folder: str | Path, repo_id: str, token: str | None = None, private: bool | None = None, revision: str | None = None
+    folder: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
 ) -> str:
     """Create `repo_id` if needed and upload the whole folder in one commit. Returns the commit URL."""
     api = HfApi(token=token)
@@ -128,4 +132,11 @@ def push_checkpoint(
     return str(commit.commit_url)
 
 
-__all__ = ["CardInfo", "ZeroShotResult", "auto_map_for", "push_checkpoint", "render_model_card", "save_checkpoint"]
+__all__ = [
+    "CardInfo",
+    "ZeroShotResult",
+    "auto_map_for",
+    "push_checkpoint",
+    "render_model_card",
+    "save_checkpoint",
+]

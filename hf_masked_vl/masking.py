@@ -80,7 +80,11 @@ def block_mask(
 
 
 def reversed_block_mask(
-    rng: np.random.Generator, grid: tuple[int, int], mask_ratio: float, flip_probability: float = 0.5, **kwargs
+    rng: np.random.Generator,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    flip_probability: float = 0.5,
+    **kwargs,
 ) -> np.ndarray:
     """UTA's reversed block-wise mask with the ratio kept on both branches: with `flip_probability`, draw a
     block mask at 1 - r and invert it; otherwise draw one at r. Returns (h, w) bool, True = masked."""
@@ -142,7 +146,10 @@ def crop_score_map(
     The source map is read bilinearly (A-CLIP: upsample to the source crop, cut the target window, resize back)
     at the centres of an `output_size` grid over each target box. Returns (B, *output_size).
     """
-    source_boxes, target_boxes = source_boxes.to(scores.device).float(), target_boxes.to(scores.device).float()
+    source_boxes, target_boxes = (
+        source_boxes.to(scores.device).float(),
+        target_boxes.to(scores.device).float(),
+    )
     out_h, out_w = output_size
     ys = (torch.arange(out_h, device=scores.device) + 0.5) / out_h
     xs = (torch.arange(out_w, device=scores.device) + 0.5) / out_w

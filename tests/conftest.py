@@ -36,11 +36,17 @@ def tiny_aclip_config(**overrides):
     from hf_masked_vl import AClipConfig
 
     vision = tiny_vit_kwargs(freeze_patch_embedding=True, **overrides.pop("vision_config", {}))
-    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=16)
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+    )
     text.update(overrides.pop("text_config", {}))
-    defaults = dict(projection_dim=32, simclr_hidden_dim=64, simclr_output_dim=32, byol_hidden_dim=64,
-                    byol_output_dim=32)
+    defaults = dict(
+        projection_dim=32, simclr_hidden_dim=64, simclr_output_dim=32, byol_hidden_dim=64, byol_output_dim=32
+    )
     defaults.update(overrides)
     return AClipConfig(vision_config=vision, text_config=text, **defaults)
 

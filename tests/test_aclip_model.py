@@ -38,8 +38,13 @@ def test_pretraining_loss_is_the_weighted_sum_of_its_parts():
     torch.manual_seed(0)
     model = AClipModel(tiny_aclip_config()).train()
     pixels, ids, keep = batch()
-    out = model(input_ids=ids, pixel_values=pixels, keep_indices=keep, byol_targets=torch.randn(4, 32),
-                return_loss=True)
+    out = model(
+        input_ids=ids,
+        pixel_values=pixels,
+        keep_indices=keep,
+        byol_targets=torch.randn(4, 32),
+        return_loss=True,
+    )
     expected = out.clip_loss + 1.0 * out.simclr_loss + 2.0 * out.byol_loss
     torch.testing.assert_close(out.loss, expected)
     assert all(torch.isfinite(v) for v in (out.clip_loss, out.simclr_loss, out.byol_loss))
@@ -93,7 +98,11 @@ def test_reload_is_exact(tmp_path):
 
 def test_presets_and_validation():
     config = AClipConfig()
-    assert (config.vision_config.hidden_size, config.text_config.hidden_size, config.projection_dim) == (768, 512, 512)
+    assert (config.vision_config.hidden_size, config.text_config.hidden_size, config.projection_dim) == (
+        768,
+        512,
+        512,
+    )
     assert config.vision_config.freeze_patch_embedding
     assert math.isclose(config.logit_scale_init_value, math.log(1 / 0.07))
     assert AClipConfig.from_preset("vit-l-16").vision_config.num_hidden_layers == 24

@@ -34,9 +34,20 @@ def checkpoint(tmp_path_factory, tokenizer):
 def test_folder_contents_and_auto_map(checkpoint):
     _, folder, _ = checkpoint
     names = set(os.listdir(folder))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "README.md",
-            "configuration_aclip.py", "modeling_aclip.py", "modeling_masked_vit.py", "attention.py",
-            "losses.py", "configuration_masked_vit.py", "pipeline_zero_shot.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "README.md",
+        "configuration_aclip.py",
+        "modeling_aclip.py",
+        "modeling_masked_vit.py",
+        "attention.py",
+        "losses.py",
+        "configuration_masked_vit.py",
+        "pipeline_zero_shot.py",
+    } <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_aclip.AClipConfig",
@@ -71,8 +82,7 @@ def test_auto_classes_round_trip_exactly(checkpoint, tokenizer):
 def in_package_scores(folder, image):
     stock = pipeline("zero-shot-image-classification", model=str(folder), trust_remote_code=True)
     ensemble = pipeline(ZERO_SHOT_ENSEMBLE_TASK, model=str(folder), trust_remote_code=True)
-    return (stock(str(image), candidate_labels=LABELS[:2]),
-            ensemble(str(image), candidate_labels=LABELS))
+    return (stock(str(image), candidate_labels=LABELS[:2]), ensemble(str(image), candidate_labels=LABELS))
 
 
 def test_pipelines_without_the_package_give_the_same_scores(checkpoint, tmp_path):
@@ -93,8 +103,9 @@ def test_pipelines_without_the_package_give_the_same_scores(checkpoint, tmp_path
                           ensemble({str(image)!r}, candidate_labels={LABELS!r})]))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     name, remote_stock, remote_ensemble = json.loads(result.stdout.strip().splitlines()[-1])
     assert name == "ZeroShotEnsemblePipeline"
@@ -124,6 +135,13 @@ def test_push_to_a_loopback_hub(checkpoint, tmp_path):
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
     assert hub.created_repos == ["someone/a-clip-tiny"]
-    assert {"config.json", "model.safetensors", "modeling_aclip.py", "tokenizer.json", "README.md",
-            "pipeline_zero_shot.py", "preprocessor_config.json"} <= set(hub.uploaded)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_aclip.py",
+        "tokenizer.json",
+        "README.md",
+        "pipeline_zero_shot.py",
+        "preprocessor_config.json",
+    } <= set(hub.uploaded)
     assert hub.uploaded["config.json"] == (folder / "config.json").read_bytes()

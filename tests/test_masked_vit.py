@@ -63,8 +63,13 @@ def test_reload_is_exact_and_finite(variant, tmp_path):
 def test_attention_maps_and_cls_rows():
     model = build("eva")
     pixels, keep = torch.randn(2, 3, 32, 32), random_keep(2, 16, 6)
-    out = model(pixels, keep_indices=keep, output_attentions=True, output_cls_attentions=True,
-                output_hidden_states=True)
+    out = model(
+        pixels,
+        keep_indices=keep,
+        output_attentions=True,
+        output_cls_attentions=True,
+        output_hidden_states=True,
+    )
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 7, 7)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 7))
     fused = model(pixels, keep_indices=keep, output_cls_attentions=True)  # CLS rows next to SDPA

@@ -19,11 +19,24 @@ from hf_masked_vl.training.trainer import MaskedVLTrainer
 
 TINY_OVERRIDES = json.dumps(
     {
-        "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2,
-                          "num_attention_heads": 4},
-        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "max_position_embeddings": 16},
-        "projection_dim": 32, "simclr_hidden_dim": 64, "simclr_output_dim": 32, "byol_hidden_dim": 64,
+        "vision_config": {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+        "text_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+        },
+        "projection_dim": 32,
+        "simclr_hidden_dim": 64,
+        "simclr_output_dim": 32,
+        "byol_hidden_dim": 64,
         "byol_output_dim": 32,
     }
 )
@@ -33,10 +46,21 @@ def make_trainer(small_demo, tokenizer, output_dir, **arguments):
     config = tiny_aclip_config()
     model = AClipModel(config)
     stream = ImageTextStream(load_stream("parquet", small_demo.train_files), AClipViews(32), shuffle_buffer=64)
-    args = PretrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, logging_steps=1,
-                                dataloader_num_workers=0, disable_tqdm=True, **arguments)
-    return MaskedVLTrainer(model=model, args=args, train_dataset=stream, objective=AClipObjective(config),
-                           data_collator=ImageTextCollator(tokenizer, 16))
+    args = PretrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **arguments,
+    )
+    return MaskedVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=stream,
+        objective=AClipObjective(config),
+        data_collator=ImageTextCollator(tokenizer, 16),
+    )
 
 
 class CountingTeacher(torch.nn.Module):
@@ -46,11 +70,15 @@ class CountingTeacher(torch.nn.Module):
 
 
 def test_one_ema_update_per_optimizer_step_with_accumulation(small_demo, tokenizer, tmp_path):
-    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=3, gradient_accumulation_steps=2,
-                           save_strategy="no")
+    trainer = make_trainer(
+        small_demo, tokenizer, tmp_path, max_steps=3, gradient_accumulation_steps=2, save_strategy="no"
+    )
     updates = []
     original = trainer.ema_callback.update
-    trainer.ema_callback.update = lambda model, momentum: (updates.append(momentum), original(model, momentum))
+    trainer.ema_callback.update = lambda model, momentum: (
+        updates.append(momentum),
+        original(model, momentum),
+    )
     trainer.train()
     assert trainer.state.global_step == 3
     assert updates == pytest.approx([cosine_momentum(step, 3, 0.996) for step in (1, 2, 3)])
@@ -60,8 +88,14 @@ def test_one_ema_update_per_optimizer_step_with_accumulation(small_demo, tokeniz
 def test_teacher_is_frozen_outside_model_and_optimizer(small_demo, tokenizer, tmp_path):
     teacher = CountingTeacher()
     trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=1, save_strategy="no")
-    trainer2 = MaskedVLTrainer(model=trainer.model, args=trainer.args, train_dataset=trainer.train_dataset,
-                               data_collator=trainer.data_collator, objective=trainer.objective, teacher=teacher)
+    trainer2 = MaskedVLTrainer(
+        model=trainer.model,
+        args=trainer.args,
+        train_dataset=trainer.train_dataset,
+        data_collator=trainer.data_collator,
+        objective=trainer.objective,
+        teacher=teacher,
+    )
     trainer2.train()
     assert trainer2.teacher is teacher and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -98,8 +132,9 @@ def test_checkpoint_holds_ema_and_resume_restores_it(small_demo, tokenizer, tmp_
     final_full = load_file(str(full / "checkpoint-4" / "ema.safetensors"))
     final_resumed = load_file(str(resumed_dir / "checkpoint-4" / "ema.safetensors"))
     # streaming augmentation consumes the RNG while batches are skipped: close, not bitwise (hf_integration §4)
-    torch.testing.assert_close(final_resumed["visual_projection.weight"], final_full["visual_projection.weight"],
-                               atol=5e-3, rtol=0)
+    torch.testing.assert_close(
+        final_resumed["visual_projection.weight"], final_full["visual_projection.weight"], atol=5e-3, rtol=0
+    )
 
 
 def test_resume_without_checkpoint_is_a_clear_error(small_demo, tokenizer, tmp_path):
@@ -113,17 +148,41 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
     overrides = json.loads(TINY_OVERRIDES)
     overrides["mask_mode"] = mask_mode
     output = tmp_path / mask_mode
-    result = run_pretraining([
-        "--output_dir", str(output), "--max_steps", "3", "--per_device_train_batch_size", "8",
-        "--config_overrides", json.dumps(overrides), "--demo_num_train", "256", "--logging_steps", "1",
-        "--save_steps", "3", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
-    ])
+    result = run_pretraining(
+        [
+            "--output_dir",
+            str(output),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--config_overrides",
+            json.dumps(overrides),
+            "--demo_num_train",
+            "256",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "3",
+            "--dataloader_num_workers",
+            "0",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "RESULT zero_shot_top1=" in printed and "RESULT chance=0.0417" in printed
     assert 0.0 <= result.zero_shot_top1 <= 1.0
     names = {p.name for p in output.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "README.md",
-            "modeling_aclip.py", "pipeline_zero_shot.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "README.md",
+        "modeling_aclip.py",
+        "pipeline_zero_shot.py",
+    } <= names
     assert (output / "checkpoint-3" / "ema.safetensors").is_file()
     card = (output / "README.md").read_text()
     assert "zero-shot top-1" in card and f"{result.zero_shot_top1:.4f}"[:-1] in card

@@ -197,8 +197,14 @@ def ensure_demo_dataset(
             table = datasets.Dataset.from_list(rows, features=train_features)
             table.to_parquet(str(staging / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))
         rows = [generate_example(seed, "eval", i, image_size) for i in range(num_eval)]
-        datasets.Dataset.from_list(rows, features=eval_features).to_parquet(str(staging / "eval-00000-of-00001.parquet"))
-        meta = {"class_names": class_names(), "templates": list(ZERO_SHOT_TEMPLATES), "image_size": image_size}
+        datasets.Dataset.from_list(rows, features=eval_features).to_parquet(
+            str(staging / "eval-00000-of-00001.parquet")
+        )
+        meta = {
+            "class_names": class_names(),
+            "templates": list(ZERO_SHOT_TEMPLATES),
+            "image_size": image_size,
+        }
         (staging / "meta.json").write_text(json.dumps(meta, indent=1))
         if progress_was_enabled:
             datasets.utils.enable_progress_bar()

@@ -145,7 +145,10 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             skipped = 0
             yield example
         if skipped:
-            logger.warning("%d records at the end of the stream were skipped (undecodable image or empty caption)", skipped)
+            logger.warning(
+                "%d records at the end of the stream were skipped (undecodable image or empty caption)",
+                skipped,
+            )
 
 
 class ImageTextCollator:

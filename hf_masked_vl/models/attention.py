@@ -125,8 +125,10 @@ class MaskedAttention(nn.Module):
         output = self.proj(output.reshape(batch, length, -1))
         cls_probs = None
         if output_cls_attention:
-            cls_probs = probs[:, :, 0].float() if probs is not None else cls_attention_probs(
-                query, key, self.scaling, attention_bias
+            cls_probs = (
+                probs[:, :, 0].float()
+                if probs is not None
+                else cls_attention_probs(query, key, self.scaling, attention_bias)
             )
         return output, probs if output_attentions else None, cls_probs
 

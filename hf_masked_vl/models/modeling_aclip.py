@@ -48,7 +48,11 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int, bias: bool
     modules: list[nn.Module] = []
     width = in_dim
     for _ in range(layers - 1):
-        modules += [nn.Linear(width, hidden_dim, bias=bias), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        modules += [
+            nn.Linear(width, hidden_dim, bias=bias),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+        ]
         width = hidden_dim
     modules.append(nn.Linear(width, out_dim, bias=bias))
     return nn.Sequential(*modules)

@@ -180,9 +180,7 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         super().__init__(config)
         self.embeddings = MaskedViTEmbeddings(config)
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
-        self.layers = nn.ModuleList(
-            [MaskedViTBlock(config, i, drop_path=rate) for i, rate in enumerate(rates)]
-        )
+        self.layers = nn.ModuleList([MaskedViTBlock(config, i, drop_path=rate) for i, rate in enumerate(rates)])
         self.rope = None
         if config.use_rope:
             grid = [config.grid_size, config.grid_size]

@@ -74,7 +74,11 @@ class ZeroShotEnsemblePipeline(Pipeline):
             raise ValueError("candidate_labels must be a non-empty list of class names")
         templates = templates or list(getattr(self.model.config, "zero_shot_templates", ["a photo of a {}."]))
         pixel_values = self.image_processor(images=[load_image(image)], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "candidate_labels": list(candidate_labels), "templates": templates}
+        return {
+            "pixel_values": pixel_values,
+            "candidate_labels": list(candidate_labels),
+            "templates": templates,
+        }
 
     def _forward(self, inputs):
         labels, templates = inputs["candidate_labels"], inputs["templates"]

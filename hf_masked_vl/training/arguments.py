@@ -23,8 +23,10 @@ class ModelArguments:
     )
     export_weights: str = field(
         default="ema",
-        metadata={"help": "Weights of the final folder: the EMA model (as the paper evaluates) or online.",
-                  "choices": ["ema", "online"]},
+        metadata={
+            "help": "Weights of the final folder: the EMA model (as the paper evaluates) or online.",
+            "choices": ["ema", "online"],
+        },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or a registered kernel."})
 
@@ -33,8 +35,10 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset or a local builder (parquet, imagefolder, webdataset, ...); "
-                  "unset: the embedded demo dataset."},
+        metadata={
+            "help": "A Hub dataset or a local builder (parquet, imagefolder, webdataset, ...); "
+            "unset: the embedded demo dataset."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     data_files: list[str] | None = field(default=None, metadata={"help": "Files or globs for a local builder."})
@@ -48,13 +52,15 @@ class DataArguments:
         default=None, metadata={"help": "Where the demo shards are written (default $HF_MASKED_VL_CACHE)."}
     )
     eval_dataset_name: str | None = field(
-        default=None, metadata={"help": "Labelled zero-shot eval set after training; unset: the demo eval split."}
+        default=None,
+        metadata={"help": "Labelled zero-shot eval set after training; unset: the demo eval split."},
     )
     eval_data_files: list[str] | None = field(default=None)
     eval_split: str = field(default="train")
     label_column: str = field(default="label")
     class_names_file: str | None = field(
-        default=None, metadata={"help": "JSON list of class names (default: the label column's ClassLabel names)."}
+        default=None,
+        metadata={"help": "JSON list of class names (default: the label column's ClassLabel names)."},
     )
     templates_file: str | None = field(default=None, metadata={"help": "JSON list of prompt templates."})
     max_eval_samples: int | None = field(default=None)
@@ -77,7 +83,9 @@ class PretrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2)
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (fast on AMX CPUs and recent GPUs)."})
     dataloader_num_workers: int = field(default=1)
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the collator needs raw columns."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the collator needs raw columns."}
+    )
     report_to: None | str | list[str] = field(default="none")
     disable_tqdm: bool | None = field(default=None)
 
@@ -91,8 +99,10 @@ class PretrainingArguments(TrainingArguments):
 def _has_accelerator() -> bool:
     import torch
 
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (
-        torch.backends.mps.is_available()
+    return (
+        torch.cuda.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        or (torch.backends.mps.is_available())
     )
 
 

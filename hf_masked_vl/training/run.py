@@ -39,7 +39,9 @@ class RunResult:
     chance: float | None
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+def parse_arguments(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -103,7 +105,10 @@ def main(argv: list[str] | None = None) -> RunResult:
         shuffle_buffer=data_args.shuffle_buffer,
     )
     objective = OBJECTIVES[model_args.method](config, seed=training_args.seed)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
+    push_to_hub, training_args.push_to_hub = (
+        training_args.push_to_hub,
+        False,
+    )  # we push the final folder ourselves
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
@@ -136,8 +141,13 @@ def main(argv: list[str] | None = None) -> RunResult:
             split = load_labelled_split("parquet", demo.eval_files, max_samples=data_args.max_eval_samples)
             templates, eval_name = demo.templates, "demo shapes (eval)"
         metrics = zero_shot_accuracy(final, tokenizer, image_processor, split, templates)
-        zero_shot = ZeroShotResult(eval_name, "hf_masked_vl/demo-shapes" if demo else eval_name,
-                                   metrics.top1, metrics.chance, len(split.class_names))
+        zero_shot = ZeroShotResult(
+            eval_name,
+            "hf_masked_vl/demo-shapes" if demo else eval_name,
+            metrics.top1,
+            metrics.chance,
+            len(split.class_names),
+        )
 
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     summary = (
@@ -145,22 +155,34 @@ def main(argv: list[str] | None = None) -> RunResult:
         f"{train_runtime:.0f} s on {training_args.device}; exported weights: {model_args.export_weights}; "
         f"skipped input records: {trainer.skipped_samples}."
     )
-    card = CardInfo(model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-                    training_summary=summary, zero_shot=zero_shot)
+    card = CardInfo(
+        model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
+        training_summary=summary,
+        zero_shot=zero_shot,
+    )
     if trainer.is_world_process_zero():
         save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card)
         if push_to_hub:
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            url = push_checkpoint(training_args.output_dir, repo_id, token=training_args.hub_token,
-                                  private=training_args.hub_private_repo, revision=training_args.hub_revision)
+            url = push_checkpoint(
+                training_args.output_dir,
+                repo_id,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+                revision=training_args.hub_revision,
+            )
             logger.info("pushed %s to %s", training_args.output_dir, url)
         print(f"RESULT train_runtime_s={train_runtime:.1f}")
         print(f"RESULT skipped_samples={trainer.skipped_samples}")
         if metrics is not None:
             print(f"RESULT zero_shot_top1={metrics.top1:.4f}")
             print(f"RESULT chance={metrics.chance:.4f}")
-    return RunResult(training_args.output_dir, train_runtime,
-                     metrics.top1 if metrics else None, metrics.chance if metrics else None)
+    return RunResult(
+        training_args.output_dir,
+        train_runtime,
+        metrics.top1 if metrics else None,
+        metrics.chance if metrics else None,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Time one training step of A-CLIP against a plain CLIP of the same size, same batch, bf16 autocast.
+
+    python benchmarks/train_step.py --method a_clip                       # ViT-B/16 + CLIP text, batch 16
+    python benchmarks/train_step.py --method a_clip --preset tiny --batch_size 64
+
+A-CLIP's step is everything the trainer does per optimizer step: the EMA forward on the EMA view (CLS attention
+of every layer, BYOL targets), the attentive keep sets, the online forward on two masked views with CLIP + SimCLR +
+BYOL losses, backward, AdamW, the logit-scale clamp and the EMA update. The baseline is transformers' `CLIPModel`
+(full tokens, one view, CLIP loss). Prints a table, then `RESULT aclip_over_clip_step_time=…` (paper: 1.16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+from hf_masked_vl import AClipConfig, AClipModel
+from hf_masked_vl.data.views import enclosing_box, random_resized_crop_box
+from hf_masked_vl.training.ema import EMACallback
+from hf_masked_vl.training.objectives import AClipObjective
+
+
+def matching_clip(config: AClipConfig) -> CLIPModel:
+    vision = config.vision_config
+    vision_config = CLIPVisionConfig(
+        hidden_size=vision.hidden_size,
+        intermediate_size=int(vision.hidden_size * vision.mlp_ratio),
+        num_hidden_layers=vision.num_hidden_layers,
+        num_attention_heads=vision.num_attention_heads,
+        image_size=vision.image_size,
+        patch_size=vision.patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=vision.layer_norm_eps,
+    )
+    clip_config = CLIPConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=config.text_config.to_dict(),
+        projection_dim=config.projection_dim,
+    )
+    return CLIPModel(clip_config)
+
+
+def synthetic_batch(config: AClipConfig, batch_size: int, device: torch.device) -> dict:
+    rng = np.random.default_rng(0)
+    size = config.vision_config.image_size
+    boxes = []
+    for _ in range(batch_size):
+        crops = [random_resized_crop_box(rng, 2 * size, 2 * size, (0.5, 1.0)) for _ in range(2)]
+        boxes.append(crops + [enclosing_box(rng, crops, 2 * size, 2 * size)])
+    context = config.text_config.max_position_embeddings
+    input_ids = torch.randint(0, 49406, (batch_size, context))
+    input_ids[:, 0], input_ids[:, -1] = 49406, 49407
+    return {
+        "pixel_values": torch.randn(batch_size, 2, 3, size, size, device=device),
+        "ema_pixel_values": torch.randn(batch_size, 3, size, size, device=device),
+        "crop_boxes": torch.tensor(boxes, dtype=torch.float32, device=device),
+        "sample_seeds": torch.arange(batch_size, device=device),
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids, device=device),
+    }
+
+
+def time_steps(step, steps: int, warmup: int, device: torch.device) -> list[float]:
+    times = []
+    for index in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype: torch.dtype):
+    model = AClipModel(config).to(device).train()
+    ema = EMACallback(momentum=config.ema_momentum, model=model)
+    objective = AClipObjective(config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype):
+            with torch.no_grad():
+                inputs = objective.prepare(batch, model, ema.ema_model)
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        objective.after_optimizer_step(model)
+        ema.update(model, 0.998)
+
+    return step
+
+
+def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype: torch.dtype):
+    model = matching_clip(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixel_values = batch["pixel_values"][:, 0]
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype):
+            loss = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                pixel_values=pixel_values,
+                return_loss=True,
+            ).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="a_clip", choices=["a_clip"])
+    parser.add_argument("--preset", default="vit-b-16")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), torch.bfloat16
+    torch.manual_seed(0)
+
+    config = AClipConfig.from_preset(args.preset)
+    batch = synthetic_batch(config, args.batch_size, device)
+    rows = []
+    variants = [
+        ("CLIP (transformers CLIPModel, full tokens)", None),
+        ("A-CLIP attentive, CLIP loss only", dict(simclr_loss_weight=0.0, byol_loss_weight=0.0)),
+        ("A-CLIP attentive + SimCLR + BYOL", {}),
+    ]
+    for name, overrides in variants:
+        if overrides is None:
+            step = clip_step_fn(config, batch, device, dtype)
+        else:
+            step = aclip_step_fn(AClipConfig.from_preset(args.preset, **overrides), batch, device, dtype)
+        rows.append((name, statistics.median(time_steps(step, args.steps, args.warmup, device))))
+        del step
+
+    clip_time = rows[0][1]
+    print(f"device={device} dtype=bf16 preset={args.preset} batch={args.batch_size} steps={args.steps}")
+    print(f"| {'step':<44} | {'ms / step':>10} | {'img / s':>8} | {'vs CLIP':>7} |")
+    print(f"| {'-' * 44} | {'-' * 10} | {'-' * 8} | {'-' * 7} |")
+    for name, seconds in rows:
+        print(f"| {name:<44} | {seconds * 1e3:>10.1f} | {args.batch_size / seconds:>8.1f} | {seconds / clip_time:>7.2f} |")
+    print("paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16")
+    print(f"RESULT clip_step_ms={clip_time * 1e3:.1f}")
+    print(f"RESULT aclip_step_ms={rows[-1][1] * 1e3:.1f}")
+    print(f"RESULT aclip_over_clip_step_time={rows[-1][1] / clip_time:.3f}")
+
+
+if __name__ == "__main__":
+    main()
