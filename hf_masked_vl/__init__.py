@@ -10,6 +10,8 @@ from .models import (
     AClipModel,
     MaskedViTConfig,
     MaskedViTModel,
+    UTAConfig,
+    UTAModel,
     ZeroShotEnsemblePipeline,
 )
 
@@ -21,6 +23,8 @@ __all__ = [
     "AClipModel",
     "MaskedViTConfig",
     "MaskedViTModel",
+    "UTAConfig",
+    "UTAModel",
     "ZERO_SHOT_ENSEMBLE_TASK",
     "ZeroShotEnsemblePipeline",
     "__version__",

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from .models import ZeroShotEnsemblePipeline
 
-CARD_TEMPLATES = {"a_clip": "a_clip.md"}
+CARD_TEMPLATES = {"a_clip": "a_clip.md", "uta": "uta.md"}
 
 
 @dataclass

@@ -145,3 +145,72 @@ def test_push_to_a_loopback_hub(checkpoint, tmp_path):
         "preprocessor_config.json",
     } <= set(hub.uploaded)
     assert hub.uploaded["config.json"] == (folder / "config.json").read_bytes()
+
+
+def test_run_pretraining_push_to_hub_uploads_the_final_folder(small_demo, tmp_path):
+    from mock_hub import MockHub
+    from test_training import TINY_OVERRIDES
+
+    output = tmp_path / "pushed"
+    command = [
+        sys.executable,
+        "scripts/run_pretraining.py",
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--config_overrides",
+        TINY_OVERRIDES,
+        "--demo_num_train",
+        "256",
+        "--dataloader_num_workers",
+        "0",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "someone/a-clip-demo",
+        "--hub_token",
+        "hf_test",
+    ]
+    with MockHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.created_repos == ["someone/a-clip-demo"]
+    assert len(hub.commits) == 1
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "modeling_aclip.py"} <= set(hub.uploaded)
+    assert hub.uploaded["model.safetensors"] == (output / "model.safetensors").read_bytes()
+
+
+def test_evaluate_zero_shot_script_prints_results(checkpoint, small_demo):
+    _, folder, _ = checkpoint
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable,
+        "scripts/evaluate_zero_shot.py",
+        "--model",
+        str(folder),
+        "--dataset_name",
+        "parquet",
+        "--data_files",
+        *small_demo.eval_files,
+        "--max_samples",
+        "32",
+    ]
+    result = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    results = dict(line.removeprefix("RESULT ").split("=") for line in lines if line.startswith("RESULT "))
+    assert set(results) == {"zero_shot_top1", "zero_shot_top5", "chance"}
+    assert float(results["chance"]) == pytest.approx(1 / 24, abs=1e-4)
+    assert 0 <= float(results["zero_shot_top1"]) <= float(results["zero_shot_top5"]) <= 1
+    assert lines[-1].startswith("RESULT ")

@@ -122,4 +122,31 @@ class AClipViews:
         }
 
 
-__all__ = ["AClipViews", "enclosing_box", "photometric_augment", "random_resized_crop_box"]
+class SingleCropView:
+    """One random-resized crop with an optional horizontal flip (UTA / EVA-02 pre-training: scale (0.2, 1),
+    bicubic, no colour jitter). Returns `pixel_values` (3, S, S)."""
+
+    def __init__(
+        self,
+        image_size: int,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        horizontal_flip: bool = True,
+    ):
+        self.image_size = image_size
+        self.crop_scale = crop_scale
+        self.mean, self.std = list(mean), list(std)
+        self.horizontal_flip = horizontal_flip
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        box = random_resized_crop_box(rng, *tensor.shape[-2:], self.crop_scale)
+        size = [self.image_size, self.image_size]
+        view = TF.resized_crop(tensor, *box, size=size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        if self.horizontal_flip and rng.random() < 0.5:
+            view = TF.horizontal_flip(view)
+        return {"pixel_values": TF.normalize(view.float() / 255.0, self.mean, self.std)}
+
+
+__all__ = ["AClipViews", "SingleCropView", "enclosing_box", "photometric_augment", "random_resized_crop_box"]

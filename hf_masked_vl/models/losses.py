@@ -60,4 +60,13 @@ def byol_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * (predictions * targets).sum(dim=-1)).mean()
 
 
-__all__ = ["byol_loss", "clip_contrastive_loss", "gather_with_grad", "nt_xent_loss"]
+def token_alignment_loss(predictions: torch.Tensor, targets: torch.Tensor, cls_weight: float = 1.0) -> torch.Tensor:
+    """UTA: negative cosine similarity between student and teacher tokens, averaged over CLS (token 0, weight
+    `cls_weight`) and the kept patches (weight 1 each), then over the batch. predictions, targets: (B, 1 + K, E)."""
+    cosine = F.cosine_similarity(predictions.float(), targets.detach().float(), dim=-1)  # (B, 1 + K)
+    weights = torch.ones_like(cosine)
+    weights[:, 0] = cls_weight
+    return -((cosine * weights).sum(dim=1) / weights.sum(dim=1)).mean()
+
+
+__all__ = ["byol_loss", "clip_contrastive_loss", "gather_with_grad", "nt_xent_loss", "token_alignment_loss"]

@@ -10,9 +10,24 @@ from transformers import TrainingArguments
 
 @dataclass
 class ModelArguments:
-    method: str = field(default="a_clip", metadata={"help": "Pre-training method.", "choices": ["a_clip"]})
+    method: str = field(
+        default="a_clip", metadata={"help": "Pre-training method.", "choices": ["a_clip", "uta", "uta_contrastive"]}
+    )
     preset: str = field(
-        default="tiny", metadata={"help": "Size preset for a new model (tiny, vit-s-16, vit-b-16, vit-l-16)."}
+        default="tiny",
+        metadata={
+            "help": "Size preset of a new model: A-CLIP tiny, vit-s-16, vit-b-16, vit-l-16; UTA tiny, b-14, l-14."
+        },
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "UTA's frozen CLIP teacher: a transformers CLIP folder or Hub name (openai/clip-vit-base-"
+            "patch16), open_clip:NAME@TAG_OR_FILE, or a checkpoint folder of this package."
+        },
+    )
+    teacher_kind: str = field(
+        default="auto", metadata={"help": "Teacher loader.", "choices": ["auto", "hf", "open_clip", "hf_masked_vl"]}
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Start from this checkpoint folder or Hub id instead of a new model."}
@@ -88,6 +103,13 @@ class PretrainingArguments(TrainingArguments):
     )
     report_to: None | str | list[str] = field(default="none")
     disable_tqdm: bool | None = field(default=None)
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise lr decay of the image tower (lr × decay^(depth - layer)); e.g. 0.75 for UTA-B "
+            "contrastive fine-tuning. Unset: one lr."
+        },
+    )
 
     def __post_init__(self):
         # With no accelerator, say so: transformers only allows bf16 autocast on the CPU with use_cpu=True.

@@ -6,10 +6,20 @@ once per optimizer step. Objectives hold no tensors between steps.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..masking import crop_score_map, mask_rng, random_keep_indices, topk_group_keep_indices
+from ..masking import (
+    block_mask,
+    crop_score_map,
+    mask_rng,
+    mask_to_keep_indices,
+    num_kept,
+    random_keep_indices,
+    reversed_block_mask,
+    topk_group_keep_indices,
+)
 
 
 class Objective:
@@ -95,6 +105,69 @@ class AClipObjective(Objective):
         model.logit_scale.clamp_(0, self.config.logit_scale_max)
 
 
-OBJECTIVES = {"a_clip": AClipObjective}
+def uta_keep_indices(config, sample_seeds: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """UTA's keep sets: per sample, a mask of the configured type at `mask_ratio` from `mask_rng(sample seed)`,
+    trimmed or padded to a fixed count per batch. None when nothing is masked."""
+    if config.mask_type == "none" or config.mask_ratio == 0:
+        return None
+    grid = config.vision_config.grid_size
+    num_patches, keep = grid * grid, num_kept(grid * grid, config.mask_ratio)
+    rngs = [mask_rng(int(seed), 0) for seed in sample_seeds.tolist()]
+    if config.mask_type == "random":
+        return random_keep_indices(rngs, num_patches, keep).to(device)
+    if config.mask_type == "block":
+        masks = [block_mask(rng, (grid, grid), num_patches - keep, config.min_block_patches) for rng in rngs]
+    else:
+        masks = [
+            reversed_block_mask(rng, (grid, grid), config.mask_ratio, min_block=config.min_block_patches)
+            for rng in rngs
+        ]
+    return mask_to_keep_indices(torch.tensor(np.stack(masks)), keep, rngs).to(device)
 
-__all__ = ["AClipObjective", "OBJECTIVES", "Objective", "ema_cls_attention_scores"]
+
+class UTAObjective(Objective):
+    """UTA pre-training: the frozen teacher's tokens of the full view as targets, the student on CLS + the kept
+    patches of a (reversed) block mask. Images only.
+
+    `mean` / `std` are the student's normalisation, which the teacher undoes before applying its own."""
+
+    def __init__(self, config, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0):
+        self.config = config
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+        if teacher is None:
+            raise ValueError("UTA needs a frozen teacher (--teacher)")
+        pixel_values = batch["pixel_values"]
+        teacher_tokens = teacher(pixel_values, self.config.vision_config.grid_size, self.mean, self.std)
+        return {
+            "pixel_values": pixel_values,
+            "keep_indices": uta_keep_indices(self.config, batch["sample_seeds"], pixel_values.device),
+            "teacher_tokens": teacher_tokens.float(),
+        }
+
+
+class ContrastiveObjective(Objective):
+    """Image–text InfoNCE on full views (UTA's contrastive fine-tuning at the model's fixed logit scale)."""
+
+    def __init__(self, config, seed: int = 0):
+        self.config = config
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+        return {
+            "pixel_values": batch["pixel_values"],
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "return_loss": True,
+        }
+
+
+__all__ = [
+    "AClipObjective",
+    "ContrastiveObjective",
+    "Objective",
+    "UTAObjective",
+    "ema_cls_attention_scores",
+    "uta_keep_indices",
+]

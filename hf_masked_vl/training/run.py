@@ -2,7 +2,8 @@
 
 With nothing but `--output_dir` it trains the tiny A-CLIP preset on the embedded demo dataset, evaluates zero-shot
 on the demo eval split, and writes a complete checkpoint folder (weights, code, tokenizer, processor, pipeline,
-model card) into `output_dir`.
+model card) into `output_dir`. `--method uta --teacher T` distils a UTA student from a frozen CLIP teacher on images
+alone; `--method uta_contrastive --model_name_or_path UTA_FOLDER` fine-tunes it on image-text pairs.
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
 import transformers
-from transformers import HfArgumentParser, set_seed
+from transformers import CLIPTokenizer, HfArgumentParser, PreTrainedModel, set_seed
 
 from ..data.demo import ensure_demo_dataset
 from ..data.streaming import ImageTextCollator, ImageTextStream, load_stream
-from ..data.views import AClipViews
+from ..data.views import AClipViews, SingleCropView
 from ..evaluation.zero_shot import load_labelled_split, read_json_list, zero_shot_accuracy
 from ..hub import CardInfo, ZeroShotResult, push_checkpoint, save_checkpoint
-from ..models import AClipConfig, AClipModel
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
+from ..models import AClipConfig, AClipModel, UTAConfig, UTAModel
+from ..teachers import CLIPTeacher, load_teacher
+from ..tokenization import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    build_clip_tokenizer,
+    build_image_processor,
+)
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
-from .objectives import OBJECTIVES
+from .objectives import AClipObjective, ContrastiveObjective, Objective, UTAObjective
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -49,21 +59,115 @@ def parse_arguments(
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def build_model(model_args: ModelArguments) -> AClipModel:
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+@dataclass
+class MethodSetup:
+    """Everything method-specific that the shared run needs."""
+
+    model: PreTrainedModel
+    tokenizer: CLIPTokenizer
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    transform: object
+    objective: Objective
+    caption_column: str | None
+    teacher: CLIPTeacher | None = None
+    base_model: str | None = None
+
+
+def _overrides(model_args: ModelArguments) -> dict:
+    return json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+
+
+def _tokenizer_from(path: str | None, context_length: int) -> CLIPTokenizer:
+    if path and os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return CLIPTokenizer.from_pretrained(path)
+    return build_clip_tokenizer(context_length)
+
+
+def setup_a_clip(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+    overrides = _overrides(model_args)
     if model_args.model_name_or_path:
-        return AClipModel.from_pretrained(
+        model = AClipModel.from_pretrained(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **overrides
         )
-    config = AClipConfig.from_preset(model_args.preset, **overrides)
-    return AClipModel._from_config(config, attn_implementation=model_args.attn_implementation)
+    else:
+        config = AClipConfig.from_preset(model_args.preset, **overrides)
+        model = AClipModel._from_config(config, attn_implementation=model_args.attn_implementation)
+    config = model.config
+    tokenizer = _tokenizer_from(model_args.model_name_or_path, config.text_config.max_position_embeddings)
+    transform = AClipViews(config.vision_config.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return MethodSetup(
+        model,
+        tokenizer,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        transform,
+        AClipObjective(config, seed=seed),
+        data_args.caption_column,
+        base_model=model_args.model_name_or_path,
+    )
 
 
-def build_tokenizer(model_args: ModelArguments, context_length: int):
-    path = model_args.model_name_or_path
-    if path and os.path.isfile(os.path.join(path, "tokenizer.json")):
-        return transformers.CLIPTokenizer.from_pretrained(path)
-    return build_clip_tokenizer(context_length)
+def setup_uta(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+    if not model_args.teacher:
+        raise ValueError(
+            "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
+        )
+    teacher = load_teacher(model_args.teacher, model_args.teacher_kind)
+    tower = teacher.text_tower()
+    overrides = _overrides(model_args)
+    if model_args.model_name_or_path:
+        model = UTAModel.from_pretrained(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **overrides
+        )
+    else:
+        config = UTAConfig.from_preset(
+            model_args.preset, projection_dim=tower.projection.shape[0], text_config=tower.config, **overrides
+        )
+        model = UTAModel._from_config(config, attn_implementation=model_args.attn_implementation)
+        model.text_model.load_state_dict(tower.text_model.state_dict())
+        with torch.no_grad():
+            model.text_projection.weight.copy_(tower.projection)
+    model.text_model.requires_grad_(False)  # the teacher's text tower is carried, never trained here
+    model.text_projection.requires_grad_(False)
+    config = model.config
+    transform = SingleCropView(config.vision_config.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    objective = UTAObjective(config, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, seed=seed)
+    return MethodSetup(
+        model,
+        tower.tokenizer,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        transform,
+        objective,
+        caption_column=None,
+        teacher=teacher,
+        base_model=model_args.teacher,
+    )
+
+
+def setup_uta_contrastive(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+    if not model_args.model_name_or_path:
+        raise ValueError("--method uta_contrastive needs --model_name_or_path (a UTA checkpoint with its text tower)")
+    model = UTAModel.from_pretrained(
+        model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **_overrides(model_args)
+    )
+    config = model.config
+    tokenizer = _tokenizer_from(model_args.model_name_or_path, config.text_config.max_position_embeddings)
+    transform = SingleCropView(config.vision_config.image_size, (0.5, 1.0), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    return MethodSetup(
+        model,
+        tokenizer,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        transform,
+        ContrastiveObjective(config),
+        data_args.caption_column,
+        base_model=model_args.model_name_or_path,
+    )
+
+
+METHODS = {"a_clip": setup_a_clip, "uta": setup_uta, "uta_contrastive": setup_uta_contrastive}
 
 
 def main(argv: list[str] | None = None) -> RunResult:
@@ -74,12 +178,10 @@ def main(argv: list[str] | None = None) -> RunResult:
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
-    model = build_model(model_args)
-    config = model.config
+    setup = METHODS[model_args.method](model_args, data_args, training_args.seed)
+    model, config, tokenizer = setup.model, setup.model.config, setup.tokenizer
     context_length = config.text_config.max_position_embeddings
-    tokenizer = build_tokenizer(model_args, context_length)
-    image_size = config.vision_config.image_size
-    image_processor = build_image_processor(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    image_processor = build_image_processor(config.vision_config.image_size, setup.mean, setup.std)
 
     demo = None
     if data_args.dataset_name is None:
@@ -98,24 +200,21 @@ def main(argv: list[str] | None = None) -> RunResult:
         dataset_label = data_args.dataset_name
     train_dataset = ImageTextStream(
         source,
-        AClipViews(image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        setup.transform,
         image_column=data_args.image_column,
-        caption_column=data_args.caption_column,
+        caption_column=setup.caption_column,
         seed=training_args.seed,
         shuffle_buffer=data_args.shuffle_buffer,
     )
-    objective = OBJECTIVES[model_args.method](config, seed=training_args.seed)
-    push_to_hub, training_args.push_to_hub = (
-        training_args.push_to_hub,
-        False,
-    )  # we push the final folder ourselves
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         data_collator=ImageTextCollator(tokenizer, context_length),
         processing_class=tokenizer,
-        objective=objective,
+        objective=setup.objective,
+        teacher=setup.teacher,
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

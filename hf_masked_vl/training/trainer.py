@@ -46,6 +46,11 @@ class MaskedVLTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, objective: Objective, teacher: nn.Module | None = None, ema_momentum=None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        model = kwargs.get("model", args[0] if args else None)
+        if training_args is not None and training_args.world_size > 1 and model is not None:
+            # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.teacher = None
@@ -60,6 +65,38 @@ class MaskedVLTrainer(Trainer):
         self._loss_parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._skipped: list[torch.Tensor] = []
         self.skipped_samples = 0
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Weight decay on matrices and embeddings only (ndim >= 2): never on biases, norms (LayerNorm and the
+        heads' BatchNorm), nor the logit scale, as in A-CLIP / SLIP and EVA."""
+        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    def create_optimizer(self, model=None):
+        """As `Trainer.create_optimizer`; with `args.layer_decay` the image tower's parameters get
+        lr × decay^(depth + 1 - layer) (embeddings: layer 0, block i: i + 1, the rest: depth + 1)."""
+        layer_decay = getattr(self.args, "layer_decay", None)
+        if self.optimizer is not None or not layer_decay:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        depth = opt_model.config.vision_config.num_hidden_layers
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, parameter in opt_model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = vision_layer_id(name, depth)
+            key = (layer, name in decay_names)
+            if key not in groups:
+                scale = layer_decay ** (depth + 1 - layer)
+                groups[key] = {
+                    "params": [],
+                    "lr": self.args.learning_rate * scale,
+                    "weight_decay": self.args.weight_decay if key[1] else 0.0,
+                }
+            groups[key]["params"].append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
+        return self.optimizer
 
     @property
     def ema_model(self) -> nn.Module | None:
@@ -103,4 +140,14 @@ class MaskedVLTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["MaskedVLTrainer"]
+def vision_layer_id(name: str, depth: int) -> int:
+    """Layer index of a parameter for layer-wise lr decay: 0 for the image tower's embeddings, i + 1 for its block
+    i, depth + 1 for everything else (final norm, heads, text tower)."""
+    if name.startswith("vision_model.embeddings."):
+        return 0
+    if name.startswith("vision_model.layers."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+__all__ = ["MaskedVLTrainer", "vision_layer_id"]

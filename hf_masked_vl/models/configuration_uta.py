@@ -1,0 +1,139 @@
+"""Configuration of UTA (Unmasked Token Alignment, Liu et al., TMLR 2024)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPTextConfig, PreTrainedConfig
+
+from .configuration_masked_vit import MaskedViTConfig
+
+UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
+
+# EVA-02 style student: 2D RoPE, SwiGLU (hidden = int(D * 2.6667)) with sub-LN, q/v bias, LN eps 1e-6.
+_EVA = {"use_rope": True, "mlp_type": "swiglu", "mlp_sub_norm": True, "qkv_bias": "qv", "mlp_ratio": 2.6667}
+# Text tower of the default teacher, EVA-01-CLIP-g/14 (OpenCLIP-H-style text encoder, embedding width 1024).
+_EVA_CLIP_G_TEXT = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "hidden_act": "gelu",
+}
+
+UTA_PRESETS: dict[str, dict] = {
+    "b-14": {
+        "vision_config": {
+            **_EVA,
+            "patch_size": 14,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "drop_path_rate": 0.1,
+        },
+        "text_config": _EVA_CLIP_G_TEXT,
+        "projection_dim": 1024,
+        "mask_ratio": 0.4,
+    },
+    "l-14": {
+        "vision_config": {
+            **_EVA,
+            "patch_size": 14,
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "drop_path_rate": 0.1,
+        },
+        "text_config": _EVA_CLIP_G_TEXT,
+        "projection_dim": 1024,
+        "mask_ratio": 0.5,
+    },
+    "tiny": {
+        "vision_config": {
+            **_EVA,
+            "image_size": 64,
+            "patch_size": 8,
+            "hidden_size": 192,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+        },
+        "text_config": {
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+        },
+        "projection_dim": 128,
+        "mask_ratio": 0.4,
+    },
+}
+
+
+@strict
+class UTAConfig(PreTrainedConfig):
+    r"""Configuration of [`UTAModel`]: an EVA-02 style ViT student ([`MaskedViTConfig`]) with a linear head into a
+    CLIP teacher's joint space, and the teacher's text tower ([`CLIPTextConfig`]) so that the saved model is a
+    zero-shot dual encoder.
+
+    Args:
+        vision_config: the student; presets set EVA-02 options (RoPE, SwiGLU + sub-LN, q/v bias).
+        text_config: the teacher's text transformer (copied from the teacher when a checkpoint is exported).
+        projection_dim: the teacher's joint embedding width E (1024 for EVA-01-CLIP-g).
+        logit_scale_init_value: log of the fixed zero-shot logit scale (ln 100, as in UTA's evaluation and its
+            contrastive fine-tuning at temperature 0.01). Not trained.
+        mask_type: `"reversed_block"` (paper), `"block"`, `"random"`, or `"none"` (plain feature distillation).
+        mask_ratio: fraction of patches dropped (0.4 for B, 0.5 for L; 0 = full-token feature distillation).
+        min_block_patches: smallest block of the block-wise generators (16, BEiT).
+        cls_loss_weight: weight of the CLS token in the cosine loss relative to one kept patch (1: equal; the
+            paper averages over kept patches and CLS).
+        zero_shot_templates: prompt templates of the zero-shot pipeline.
+    """
+
+    model_type = "uta"
+    sub_configs_defaults = {"vision_config": MaskedViTConfig, "text_config": CLIPTextConfig}
+
+    vision_config: dict | MaskedViTConfig | None = None
+    text_config: dict | CLIPTextConfig | None = None
+    projection_dim: int = 1024
+    logit_scale_init_value: float = math.log(100.0)
+    mask_type: str = "reversed_block"
+    mask_ratio: float = 0.4
+    min_block_patches: int = 16
+    cls_loss_weight: float = 1.0
+    zero_shot_templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)
+
+    def __post_init__(self, **kwargs):
+        if self.vision_config is None:
+            self.vision_config = copy.deepcopy(UTA_PRESETS["b-14"]["vision_config"])
+        if self.text_config is None:
+            self.text_config = dict(_EVA_CLIP_G_TEXT)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Checked at construction by `@strict`."""
+        if self.mask_type not in UTA_MASK_TYPES:
+            raise ValueError(f"mask_type={self.mask_type!r} is not one of {UTA_MASK_TYPES}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
+        if self.cls_loss_weight < 0:
+            raise ValueError(f"cls_loss_weight={self.cls_loss_weight} must be >= 0")
+        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
+            raise ValueError(f"zero_shot_templates={self.zero_shot_templates!r}: each needs a '{{}}' placeholder")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> UTAConfig:
+        """A named preset ("b-14", "l-14", "tiny") with keyword overrides; `vision_config` / `text_config`
+        overrides are merged into the preset's dicts."""
+        if name not in UTA_PRESETS:
+            raise ValueError(f"unknown UTA preset {name!r}; choose from {sorted(UTA_PRESETS)}")
+        kwargs = copy.deepcopy(UTA_PRESETS[name])
+        for key in ("vision_config", "text_config"):
+            override = overrides.pop(key, {})
+            kwargs[key] = override if isinstance(override, PreTrainedConfig) else {**kwargs.get(key, {}), **override}
+        return cls(**{**kwargs, **overrides})
+
+
+__all__ = ["UTAConfig", "UTA_PRESETS"]

@@ -1,0 +1,153 @@
+"""UTA: a ViT student whose unmasked tokens are aligned to a frozen CLIP teacher's tokens; with the teacher's text
+tower it is a zero-shot dual encoder trained without image-text pairs.
+
+The model is pure: the teacher's per-token targets and the keep indices are inputs (the trainer computes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPTextModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_uta import UTAConfig
+from .losses import clip_contrastive_loss, token_alignment_loss
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, gather_tokens
+
+
+@dataclass
+class UTAOutput(ModelOutput):
+    """
+    loss: negative cosine alignment to the teacher tokens (`teacher_tokens` given), or the contrastive InfoNCE at
+        the fixed scale (`input_ids` and `return_loss`, contrastive fine-tuning).
+    logits_per_image / logits_per_text: (B_img, B_txt) / (B_txt, B_img) scaled cosine similarities.
+    image_embeds: (B, E) normalised CLS embedding. token_embeds: (B, 1 + K, E) student tokens in the teacher space.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    token_embeds: torch.Tensor | None = None
+    alignment_loss: torch.Tensor | None = None
+    clip_loss: torch.Tensor | None = None
+    vision_model_output: MaskedViTModelOutput | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+
+
+class UTAPreTrainedModel(PreTrainedModel):
+    config_class = UTAConfig
+    base_model_prefix = "uta"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedViTBlock", "CLIPEncoderLayer", "CLIPTextEmbeddings"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Head: trunc-normal(0.02), zero bias; text projection: normal(width^-0.5); the fixed logit scale."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, UTAModel):
+            init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class UTAModel(UTAPreTrainedModel):
+    """Student ViT + linear head into the teacher's joint space + the teacher's text tower.
+
+    Pre-training: `model(pixel_values, keep_indices=(B, K), teacher_tokens=(B, 1 + N, E))` → alignment loss on CLS
+    and the kept patches. Zero-shot: `model(input_ids=..., pixel_values=...)` → `logits_per_image` (scale 100).
+    """
+
+    def __init__(self, config: UTAConfig):
+        super().__init__(config)
+        self.vision_model = MaskedViTModel._from_config(config.vision_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.register_buffer("logit_scale", torch.tensor(config.logit_scale_init_value))  # fixed, not trained
+        self.post_init()
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Teacher text tower; `pooler_output` is the projected (unnormalised) text embedding (B, E)."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, **kwargs
+    ) -> MaskedViTModelOutput:
+        """Student; `pooler_output` is the head applied to the final CLS token (B, E), as in UTA's evaluation."""
+        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, **kwargs)
+        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
+        return outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        keep_indices: torch.Tensor | None = None,
+        teacher_tokens: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> UTAOutput:
+        """
+        pixel_values: (B, C, H, W). keep_indices: (B, K) kept patches (None: all).
+        teacher_tokens: (B, 1 + N, E) teacher targets for CLS and every patch of the student's grid.
+        input_ids / attention_mask: (B_txt, L) captions or prompts.
+        """
+        if pixel_values is None:
+            raise ValueError("UTAModel.forward needs pixel_values")
+        vision_outputs = self.vision_model(pixel_values, keep_indices=keep_indices)
+        token_embeds = self.visual_projection(vision_outputs.last_hidden_state)
+        image_embeds = F.normalize(token_embeds[:, 0], dim=-1)
+
+        loss = alignment = clip = None
+        if teacher_tokens is not None:
+            expected = self.config.vision_config.num_patches + 1
+            if teacher_tokens.shape[1] != expected:
+                raise ValueError(f"teacher_tokens has {teacher_tokens.shape[1]} tokens, expected 1 + N = {expected}")
+            targets = teacher_tokens
+            if keep_indices is not None:
+                targets = torch.cat((teacher_tokens[:, :1], gather_tokens(teacher_tokens[:, 1:], keep_indices)), 1)
+            loss = alignment = token_alignment_loss(token_embeds, targets, self.config.cls_loss_weight)
+
+        text_embeds = logits_per_text = text_outputs = None
+        if input_ids is not None:
+            text_outputs = self.get_text_features(input_ids, attention_mask)
+            text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+            logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
+            if return_loss and teacher_tokens is None:
+                loss = clip = clip_contrastive_loss(image_embeds, text_embeds, self.logit_scale.exp())
+
+        return UTAOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.t() if logits_per_text is not None else None,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            token_embeds=token_embeds,
+            alignment_loss=alignment,
+            clip_loss=clip,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
+        )
+
+
+__all__ = ["UTAModel", "UTAOutput", "UTAPreTrainedModel"]

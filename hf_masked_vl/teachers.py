@@ -1,0 +1,293 @@
+"""Frozen CLIP teachers behind one interface: per-token targets in the joint image–text space, and the text tower.
+
+Three kinds load through `load_teacher`:
+1. a transformers `CLIPModel` (a Hub name such as `openai/clip-vit-base-patch16`, or a local folder);
+2. an open_clip model by name with a pretrained tag or a checkpoint file (`open_clip:ViT-B-16@openai`,
+   `open_clip:EVA02-B-16@merged2b_s8b_b131k`, `open_clip:ViT-B-32@/path/to/open_clip_model.pt`);
+3. a checkpoint of this package (A-CLIP, or a UTA model after contrastive fine-tuning).
+
+Targets follow EVA-02 / UTA: the teacher's final norm, then its image projection, applied to CLS and to every
+patch token. When the teacher's patch grid differs from the student's, the teacher's patch-token map is resampled
+bilinearly (`align_corners=False`) to the student grid, so each student patch is aligned with the teacher features
+at its centre; the CLS target is unchanged. Images arrive normalised with the student's mean / std and are
+re-normalised and resized (bicubic) to the teacher's input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip_tokenizer
+
+
+@dataclass
+class TextTower:
+    """A teacher's text encoder as transformers modules: `CLIPTextModel` + projection (E, D_text)."""
+
+    config: CLIPTextConfig
+    text_model: CLIPTextModel
+    projection: torch.Tensor
+    tokenizer: CLIPTokenizer
+
+
+class CLIPTeacher(nn.Module):
+    """Base class. Subclasses implement `_tokens(pixel_values) -> (B, 1 + N_teacher, E)` on teacher-normalised
+    images of `image_size`, and `text_tower()`."""
+
+    image_size: int
+    grid_size: int
+    embed_dim: int
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] = OPENAI_CLIP_STD
+
+    def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_tower(self) -> TextTower:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        student_grid: int,
+        student_mean: tuple[float, ...],
+        student_std: tuple[float, ...],
+    ) -> torch.Tensor:
+        """pixel_values: (B, 3, H, W) normalised with the student's statistics. Returns (B, 1 + student_grid², E)."""
+        device, dtype = pixel_values.device, pixel_values.dtype
+        mean_in = torch.tensor(student_mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+        std_in = torch.tensor(student_std, device=device, dtype=dtype).view(1, 3, 1, 1)
+        mean_out = torch.tensor(self.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+        std_out = torch.tensor(self.std, device=device, dtype=dtype).view(1, 3, 1, 1)
+        images = pixel_values * std_in + mean_in
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+        tokens = self._tokens((images - mean_out) / std_out)
+        return resample_token_grid(tokens, student_grid)
+
+
+def resample_token_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, 1 + n², E) → (B, 1 + grid², E): bilinear resampling of the patch-token map, CLS kept."""
+    cls, patches = tokens[:, :1], tokens[:, 1:]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"teacher has {patches.shape[1]} patch tokens, not a square grid")
+    if side == grid:
+        return tokens
+    batch, _, dim = patches.shape
+    image = patches.transpose(1, 2).reshape(batch, dim, side, side).float()
+    image = F.interpolate(image, size=(grid, grid), mode="bilinear", align_corners=False)
+    return torch.cat((cls, image.flatten(2).transpose(1, 2).to(tokens.dtype)), dim=1)
+
+
+class HFCLIPTeacher(CLIPTeacher):
+    """A transformers `CLIPModel`: post-layernorm then `visual_projection` on every token."""
+
+    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer | None = None, mean=None, std=None):
+        super().__init__()
+        self.model = model
+        vision = model.config.vision_config
+        self.image_size, self.grid_size = vision.image_size, vision.image_size // vision.patch_size
+        self.embed_dim = model.config.projection_dim
+        self.mean, self.std = tuple(mean or OPENAI_CLIP_MEAN), tuple(std or OPENAI_CLIP_STD)
+        self.tokenizer = tokenizer
+
+    def _tokens(self, pixel_values):
+        hidden = self.model.vision_model(pixel_values=pixel_values.to(self.model.dtype)).last_hidden_state
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden))
+
+    def text_tower(self) -> TextTower:
+        config = self.model.config.text_config
+        text_model = CLIPTextModel(config)
+        text_model.load_state_dict(self.model.text_model.state_dict())
+        tokenizer = self.tokenizer or build_clip_tokenizer(config.max_position_embeddings)
+        return TextTower(config, text_model, self.model.text_projection.weight.detach().clone(), tokenizer)
+
+
+class OpenCLIPTeacher(CLIPTeacher):
+    """An open_clip CLIP with a native `VisionTransformer` (tokens after `ln_post`, times `proj`) or a timm trunk
+    such as EVA-CLIP (`trunk.forward_features`, then the tower's head on every token)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        visual = model.visual
+        preprocess = getattr(visual, "preprocess_cfg", {})
+        self.mean = tuple(preprocess.get("mean", OPENAI_CLIP_MEAN))
+        self.std = tuple(preprocess.get("std", OPENAI_CLIP_STD))
+        size = visual.image_size
+        self.image_size = size[0] if isinstance(size, (tuple, list)) else size
+        self.is_timm = hasattr(visual, "trunk")
+        if self.is_timm:
+            patch = visual.trunk.patch_embed.patch_size
+            self.grid_size = self.image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
+            self.embed_dim = model.text_projection.shape[-1] if model.text_projection is not None else None
+        else:
+            patch = visual.patch_size
+            self.grid_size = self.image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
+            self.embed_dim = visual.proj.shape[1]
+
+    def _tokens(self, pixel_values):
+        visual = self.model.visual
+        if self.is_timm:
+            tokens = visual.trunk.forward_features(pixel_values)
+            num_prefix = getattr(visual.trunk, "num_prefix_tokens", 1)
+            tokens = torch.cat((tokens[:, :1], tokens[:, num_prefix:]), dim=1)
+            return visual.head(tokens)
+        previous = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            pooled, patches = visual(pixel_values)
+        finally:
+            visual.output_tokens = previous
+        return torch.cat((pooled[:, None], patches @ visual.proj), dim=1)
+
+    def text_tower(self) -> TextTower:
+        return open_clip_text_tower(self.model)
+
+
+def open_clip_text_tower(model: nn.Module) -> TextTower:
+    """Convert an open_clip text transformer (argmax / end-of-text pooling) into a transformers `CLIPTextModel`."""
+    if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(model, "transformer"):
+        raise ValueError("only open_clip text towers with end-of-text (argmax) pooling can be converted")
+    blocks = model.transformer.resblocks
+    width = model.token_embedding.weight.shape[1]
+    activation = type(blocks[0].mlp.gelu).__name__
+    config = CLIPTextConfig(
+        vocab_size=model.token_embedding.weight.shape[0],
+        hidden_size=width,
+        intermediate_size=blocks[0].mlp.c_fc.out_features,
+        num_hidden_layers=len(blocks),
+        num_attention_heads=blocks[0].attn.num_heads,
+        max_position_embeddings=model.positional_embedding.shape[0],
+        hidden_act="quick_gelu" if activation == "QuickGELU" else "gelu",
+        layer_norm_eps=model.ln_final.eps,
+        projection_dim=model.text_projection.shape[1],
+        pad_token_id=49407,
+    )
+    state = {
+        "embeddings.token_embedding.weight": model.token_embedding.weight,
+        "embeddings.position_embedding.weight": model.positional_embedding,
+        "final_layer_norm.weight": model.ln_final.weight,
+        "final_layer_norm.bias": model.ln_final.bias,
+    }
+    for index, block in enumerate(blocks):
+        prefix = f"encoder.layers.{index}."
+        for name, weight, bias in zip(
+            ("q_proj", "k_proj", "v_proj"), block.attn.in_proj_weight.chunk(3), block.attn.in_proj_bias.chunk(3)
+        ):
+            state[f"{prefix}self_attn.{name}.weight"], state[f"{prefix}self_attn.{name}.bias"] = weight, bias
+        pairs = {
+            "self_attn.out_proj": block.attn.out_proj,
+            "layer_norm1": block.ln_1,
+            "layer_norm2": block.ln_2,
+            "mlp.fc1": block.mlp.c_fc,
+            "mlp.fc2": block.mlp.c_proj,
+        }
+        for name, module in pairs.items():
+            state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"] = module.weight, module.bias
+    text_model = CLIPTextModel(config)
+    text_model.load_state_dict({key: value.detach().clone() for key, value in state.items()}, strict=False)
+    projection = model.text_projection.detach().t().clone()
+    return TextTower(config, text_model, projection, build_clip_tokenizer(config.max_position_embeddings))
+
+
+class MaskedVLTeacher(CLIPTeacher):
+    """A checkpoint of this package (A-CLIP, UTA): its ViT's final-norm tokens times its image projection."""
+
+    def __init__(self, model: nn.Module, tokenizer: CLIPTokenizer | None = None, image_processor=None):
+        super().__init__()
+        self.model = model
+        vision = model.config.vision_config
+        self.image_size, self.grid_size = vision.image_size, vision.grid_size
+        self.embed_dim = model.config.projection_dim
+        if image_processor is not None:
+            self.mean, self.std = tuple(image_processor.image_mean), tuple(image_processor.image_std)
+        self.tokenizer = tokenizer
+
+    def _tokens(self, pixel_values):
+        hidden = self.model.vision_model(pixel_values).last_hidden_state
+        return self.model.visual_projection(hidden)
+
+    def text_tower(self) -> TextTower:
+        config = self.model.config.text_config
+        text_model = CLIPTextModel(config)
+        text_model.load_state_dict(self.model.text_model.state_dict())
+        tokenizer = self.tokenizer or build_clip_tokenizer(config.max_position_embeddings)
+        return TextTower(config, text_model, self.model.text_projection.weight.detach().clone(), tokenizer)
+
+
+def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
+    """Load a frozen teacher.
+
+    `kind`: "hf" (transformers CLIPModel), "open_clip", "hf_masked_vl", or "auto": `open_clip:NAME[@TAG_OR_FILE]`
+    selects open_clip; a folder whose config.json has `model_type` "clip" is "hf", one of this package's model types
+    is "hf_masked_vl"; any other string is tried as a transformers Hub name.
+    """
+    if kind == "auto":
+        if name_or_path.startswith("open_clip:"):
+            kind = "open_clip"
+        else:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True).model_type
+            kind = "hf" if model_type == "clip" else "hf_masked_vl"
+    if kind == "open_clip":
+        import open_clip
+
+        spec = name_or_path.removeprefix("open_clip:")
+        name, _, pretrained = spec.partition("@")
+        model = open_clip.create_model(name, pretrained=pretrained or None)
+        teacher = OpenCLIPTeacher(model)
+    elif kind == "hf":
+        model = CLIPModel.from_pretrained(name_or_path)
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
+        teacher = HFCLIPTeacher(model, tokenizer, *_processor_stats(name_or_path))
+    elif kind == "hf_masked_vl":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
+        image_processor = _image_processor(name_or_path)
+        teacher = MaskedVLTeacher(model, tokenizer, image_processor)
+    else:
+        raise ValueError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
+    return teacher.eval().requires_grad_(False)
+
+
+def _has_tokenizer(path: str) -> bool:
+    return not os.path.isdir(path) or os.path.isfile(os.path.join(path, "tokenizer.json"))
+
+
+def _image_processor(path: str):
+    from transformers import CLIPImageProcessor
+
+    try:
+        return CLIPImageProcessor.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def _processor_stats(path: str) -> tuple:
+    processor = _image_processor(path)
+    return (processor.image_mean, processor.image_std) if processor is not None else (None, None)
+
+
+__all__ = [
+    "CLIPTeacher",
+    "HFCLIPTeacher",
+    "MaskedVLTeacher",
+    "OpenCLIPTeacher",
+    "TextTower",
+    "load_teacher",
+    "open_clip_text_tower",
+    "resample_token_grid",
+]

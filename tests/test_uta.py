@@ -1,0 +1,325 @@
+"""UTA: model, teachers of the three kinds, masking, objective, pre-training and contrastive fine-tuning runs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_aclip_config, tiny_vit_kwargs
+from transformers import CLIPConfig, CLIPModel
+
+from hf_masked_vl import AClipModel, UTAConfig, UTAModel
+from hf_masked_vl.hub import save_checkpoint
+from hf_masked_vl.masking import mask_rng, reversed_block_mask
+from hf_masked_vl.models.losses import token_alignment_loss
+from hf_masked_vl.teachers import load_teacher, open_clip_text_tower, resample_token_grid
+from hf_masked_vl.tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_image_processor
+from hf_masked_vl.training.objectives import uta_keep_indices
+from hf_masked_vl.training.run import main as run_pretraining
+
+EVA = dict(use_rope=True, mlp_type="swiglu", mlp_sub_norm=True, qkv_bias="qv", mlp_ratio=8 / 3)
+TEXT = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16
+)
+
+
+def tiny_uta_config(**overrides) -> UTAConfig:
+    vision = tiny_vit_kwargs(**EVA, **overrides.pop("vision_config", {}))
+    return UTAConfig(vision_config=vision, text_config=TEXT, projection_dim=32, **overrides)
+
+
+def test_alignment_loss_reference():
+    predictions, targets = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    cosine = F.cosine_similarity(predictions, targets, dim=-1)
+    torch.testing.assert_close(token_alignment_loss(predictions, targets), -cosine.mean())
+    weighted = -((2 * cosine[:, 0] + cosine[:, 1:].sum(1)) / 6).mean()
+    torch.testing.assert_close(token_alignment_loss(predictions, targets, cls_weight=2.0), weighted)
+    assert token_alignment_loss(targets, targets).item() == pytest.approx(-1.0)
+
+
+def test_forward_aligns_kept_tokens_and_gives_zero_shot_logits(tokenizer):
+    torch.manual_seed(0)
+    model = UTAModel(tiny_uta_config()).eval()
+    pixels, keep = torch.randn(2, 3, 32, 32), torch.tensor([[0, 2, 5, 9, 11, 15], [1, 3, 4, 8, 12, 14]])
+    teacher = torch.randn(2, 17, 32)
+    out = model(pixels, keep_indices=keep, teacher_tokens=teacher)
+    assert out.token_embeds.shape == (2, 7, 32)
+    expected = torch.cat([teacher[:, :1], torch.stack([teacher[b, keep[b] + 1] for b in range(2)])], dim=1)
+    torch.testing.assert_close(out.loss, token_alignment_loss(out.token_embeds, expected))
+    ids = tokenizer(["a red circle", "a blue star"], padding=True, return_tensors="pt")["input_ids"]
+    zero_shot = model(pixels, input_ids=ids)
+    assert zero_shot.logits_per_image.shape == (2, 2)
+    assert model.logit_scale.exp().item() == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="1 \\+ N"):
+        model(pixels, teacher_tokens=torch.randn(2, 10, 32))
+
+
+def test_reload_exact_and_fixed_scale_stays_fixed(tmp_path):
+    model = UTAModel(tiny_uta_config()).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    expected = model(pixels).image_embeds
+    model.save_pretrained(tmp_path)
+    reloaded = UTAModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded(pixels).image_embeds, expected)
+    assert "logit_scale" not in {name for name, _ in reloaded.named_parameters()}
+
+
+def test_presets():
+    base = UTAConfig.from_preset("b-14")
+    assert (base.vision_config.patch_size, base.vision_config.grid_size, base.mask_ratio) == (14, 16, 0.4)
+    assert int(base.vision_config.hidden_size * base.vision_config.mlp_ratio) == 2048
+    assert base.vision_config.use_rope and base.vision_config.mlp_sub_norm and base.vision_config.qkv_bias == "qv"
+    assert UTAConfig.from_preset("l-14").mask_ratio == 0.5
+    with pytest.raises(Exception, match="mask_type"):
+        tiny_uta_config(mask_type="checker")
+
+
+def test_keep_indices_fixed_count_and_reproducible():
+    config = tiny_uta_config(mask_ratio=0.5, min_block_patches=4)
+    seeds = torch.arange(6)
+    keep = uta_keep_indices(config, seeds, torch.device("cpu"))
+    assert keep.shape == (6, 8)
+    assert torch.equal(keep, uta_keep_indices(config, seeds, torch.device("cpu")))
+    assert uta_keep_indices(tiny_uta_config(mask_ratio=0.0), seeds, torch.device("cpu")) is None
+    assert uta_keep_indices(tiny_uta_config(mask_type="random"), seeds, torch.device("cpu")).shape == (6, 10)
+
+
+def test_reversed_block_masks_equalise_locations():
+    masks = np.stack([reversed_block_mask(mask_rng(0, i), (16, 16), 0.5) for i in range(600)])
+    probability = masks.mean(0)
+    ring = np.ones((16, 16), dtype=bool)
+    ring[1:-1, 1:-1] = False
+    assert abs(probability[6:10, 6:10].mean() / probability[ring].mean() - 1.0) < 0.15
+
+
+def test_resample_token_grid():
+    tokens = torch.randn(2, 1 + 16, 8)
+    same = resample_token_grid(tokens, 4)
+    assert same is tokens
+    coarse = resample_token_grid(tokens, 2)
+    assert coarse.shape == (2, 5, 8)
+    torch.testing.assert_close(coarse[:, 0], tokens[:, 0])
+    grid = tokens[:, 1:].view(2, 4, 4, 8)
+    torch.testing.assert_close(coarse[:, 1], grid[:, :2, :2].mean(dim=(1, 2)))  # 2x bilinear = 2x2 mean
+
+
+# ---- the three teacher kinds, built tiny and random, saved, and loaded through load_teacher ----
+
+
+@pytest.fixture(scope="module")
+def hf_clip_teacher_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=48,
+            patch_size=16,
+        ),
+        text_config=dict(TEXT, pad_token_id=49407),
+        projection_dim=24,
+    )
+    folder = tmp_path_factory.mktemp("hf-clip")
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    build_image_processor(48, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def open_clip_checkpoint(tmp_path_factory):
+    config = {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    }
+    folder = tmp_path_factory.mktemp("open-clip")
+    (folder / "tiny-test-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(folder / "tiny-test-clip.json"))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-test-clip", pretrained=None)
+    path = folder / "weights.pt"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def aclip_teacher_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    model = AClipModel(tiny_aclip_config()).eval()
+    folder = tmp_path_factory.mktemp("aclip-teacher")
+    save_checkpoint(model, folder, tokenizer, build_image_processor(32))
+    return folder
+
+
+def test_hf_clip_teacher_targets_and_text_tower(hf_clip_teacher_dir, tokenizer):
+    teacher = load_teacher(str(hf_clip_teacher_dir))
+    model = CLIPModel.from_pretrained(hf_clip_teacher_dir).eval()
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    images = torch.randn(2, 3, 48, 48)
+    tokens = teacher(images, 3, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert tokens.shape == (2, 1 + 9, 24)
+    expected_cls = model.get_image_features(pixel_values=images).pooler_output
+    torch.testing.assert_close(tokens[:, 0], expected_cls, atol=1e-5, rtol=1e-4)
+    tower = teacher.text_tower()
+    ids = tokenizer(["a red circle"], return_tensors="pt")["input_ids"]
+    text = tower.text_model(input_ids=ids).pooler_output @ tower.projection.t()
+    torch.testing.assert_close(text, model.get_text_features(input_ids=ids).pooler_output)
+    # a student on a finer grid gets the teacher's 3x3 map resampled to 4x4
+    assert teacher(images, 4, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).shape == (2, 17, 24)
+
+
+def test_open_clip_teacher_from_checkpoint_file(open_clip_checkpoint, tokenizer):
+    model, path = open_clip_checkpoint
+    teacher = load_teacher(f"open_clip:tiny-test-clip@{path}")
+    images = torch.randn(2, 3, 32, 32)
+    tokens = teacher(images, 4, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    model.eval()
+    torch.testing.assert_close(tokens[:, 0], model.encode_image(images), atol=1e-5, rtol=1e-4)
+    tower = open_clip_text_tower(model)
+    texts = ["a red circle", "rock'n'roll isn't dead"]
+    ours = tower.text_model(**tokenizer(texts, padding="max_length", max_length=16, return_tensors="pt"))
+    reference = model.encode_text(open_clip.get_tokenizer("ViT-B-32", context_length=16)(texts))
+    torch.testing.assert_close(ours.pooler_output @ tower.projection.t(), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_package_checkpoint_teacher(aclip_teacher_dir):
+    teacher = load_teacher(str(aclip_teacher_dir))
+    model = AClipModel.from_pretrained(aclip_teacher_dir).eval()
+    images = torch.randn(2, 3, 32, 32)
+    tokens = teacher(images, 4, tuple(teacher.mean), tuple(teacher.std))
+    torch.testing.assert_close(tokens[:, 0], model.get_image_features(images).pooler_output)
+    assert teacher.text_tower().projection.shape == (32, 64)
+
+
+UTA_STUDENT = json.dumps({"vision_config": tiny_vit_kwargs(**EVA), "mask_ratio": 0.5, "min_block_patches": 4})
+
+
+def test_uta_pretraining_then_contrastive_round_trip(small_demo, aclip_teacher_dir, tmp_path, capsys):
+    student = tmp_path / "student"
+    common = [
+        "--per_device_train_batch_size",
+        "8",
+        "--demo_num_train",
+        "256",
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+    ]
+    result = run_pretraining(
+        [
+            "--method",
+            "uta",
+            "--teacher",
+            str(aclip_teacher_dir),
+            "--output_dir",
+            str(student),
+            "--max_steps",
+            "3",
+            "--config_overrides",
+            UTA_STUDENT,
+            *common,
+        ]
+    )
+    assert "RESULT zero_shot_top1=" in capsys.readouterr().out and result.zero_shot_top1 is not None
+    uta = UTAModel.from_pretrained(student)
+    teacher = AClipModel.from_pretrained(aclip_teacher_dir)
+    for key, value in teacher.text_model.state_dict().items():  # the teacher's text tower, untouched
+        assert torch.equal(uta.text_model.state_dict()[key], value)
+    assert torch.equal(uta.text_projection.weight, teacher.text_projection.weight)
+    assert "UTA" in (student / "README.md").read_text()
+
+    tuned = tmp_path / "tuned"
+    run_pretraining(
+        [
+            "--method",
+            "uta_contrastive",
+            "--model_name_or_path",
+            str(student),
+            "--output_dir",
+            str(tuned),
+            "--max_steps",
+            "2",
+            "--layer_decay",
+            "0.75",
+            *common,
+        ]
+    )
+    assert UTAModel.from_pretrained(tuned).logit_scale.exp().item() == pytest.approx(100.0)
+
+
+def test_uta_checkpoint_runs_pipelines_without_the_package(small_demo, aclip_teacher_dir, tmp_path):
+    student = tmp_path / "student"
+    run_pretraining(
+        [
+            "--method",
+            "uta",
+            "--teacher",
+            str(aclip_teacher_dir),
+            "--output_dir",
+            str(student),
+            "--max_steps",
+            "1",
+            "--config_overrides",
+            UTA_STUDENT,
+            "--per_device_train_batch_size",
+            "4",
+            "--demo_num_train",
+            "256",
+            "--dataloader_num_workers",
+            "0",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "no",
+            "--max_eval_samples",
+            "8",
+        ]
+    )
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(image)
+    from transformers import pipeline
+
+    local = pipeline("zero-shot-image-classification-ensemble", model=str(student), trust_remote_code=True)
+    expected = local(str(image), candidate_labels=["green square", "red circle"])
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["hf_masked_vl"] = None
+        from transformers import pipeline
+        stock = pipeline("zero-shot-image-classification", model={str(student)!r}, trust_remote_code=True)
+        assert type(stock.model).__name__ == "UTAModel", type(stock.model)
+        ensemble = pipeline(model={str(student)!r}, trust_remote_code=True)
+        print(json.dumps(ensemble({str(image)!r}, candidate_labels=["green square", "red circle"])))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["label"] for r in remote] == [r["label"] for r in expected]
+    assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in expected], abs=1e-6)
+
+
+def test_uta_without_teacher_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--teacher"):
+        run_pretraining(["--method", "uta", "--output_dir", str(tmp_path)])
