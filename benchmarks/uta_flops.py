@@ -72,7 +72,7 @@ def main() -> None:
         keep = keep_indices(grid, ratio, args.batch_size)
         keep = keep.to(device) if keep is not None else None
         times = []
-        for step in range(args.steps + 1):
+        for step in range(args.steps + 2):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -80,7 +80,7 @@ def main() -> None:
                 student_step(student, head, pixels, targets, keep)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if step:  # the first is warm-up
+            if step >= 2:  # two warm-up steps
                 times.append(time.perf_counter() - start)
             student.zero_grad(set_to_none=True)
         kept = grid * grid if keep is None else keep.shape[1]

@@ -186,3 +186,24 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
     assert (output / "checkpoint-3" / "ema.safetensors").is_file()
     card = (output / "README.md").read_text()
     assert "zero-shot top-1" in card and f"{result.zero_shot_top1:.4f}"[:-1] in card
+
+
+def test_layer_wise_lr_decay_and_no_decay_on_vectors(small_demo, tokenizer, tmp_path):
+    trainer = make_trainer(
+        small_demo, tokenizer, tmp_path, max_steps=1, layer_decay=0.5, learning_rate=1e-3, weight_decay=0.1
+    )
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    model = trainer.model
+    depth = model.config.vision_config.num_hidden_layers  # 2: embeddings 0.5^3, block 0 0.5^2, block 1 0.5
+    assert lr_of[id(model.vision_model.embeddings.cls_token)] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
+    assert lr_of[id(model.vision_model.layers[0].attn.qkv.weight)] == pytest.approx(1e-3 * 0.5**depth)
+    assert lr_of[id(model.vision_model.layers[1].mlp.fc1.weight)] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(model.visual_projection.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(model.text_projection.weight)] == pytest.approx(1e-3)
+    assert decay_of[id(model.vision_model.layers[0].attn.qkv.weight)] == 0.1
+    assert decay_of[id(model.vision_model.layers[0].attn.proj.bias)] == 0.0
+    assert decay_of[id(model.simclr_head[1].weight)] == 0.0  # BatchNorm: no decay
+    assert decay_of[id(model.logit_scale)] == 0.0
+    assert id(model.vision_model.embeddings.patch_embed.proj.weight) not in lr_of  # frozen

@@ -138,7 +138,7 @@ def hf_clip_teacher_dir(tmp_path_factory, tokenizer):
 def open_clip_checkpoint(tmp_path_factory):
     config = {
         "embed_dim": 24,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "patch_size": 8},
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "head_width": 16, "patch_size": 8},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
     }
     folder = tmp_path_factory.mktemp("open-clip")
@@ -323,3 +323,17 @@ def test_uta_checkpoint_runs_pipelines_without_the_package(small_demo, aclip_tea
 def test_uta_without_teacher_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--teacher"):
         run_pretraining(["--method", "uta", "--output_dir", str(tmp_path)])
+
+
+def test_plot_mask_probability_script(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "scripts/plot_mask_probability.py", "--output_dir", str(tmp_path), "--samples", "400"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = dict(line.removeprefix("RESULT ").split("=") for line in result.stdout.splitlines() if "RESULT" in line)
+    assert float(values["block_center_over_border"]) > 1.2
+    assert abs(float(values["block_r_center_over_border"]) - 1.0) < 0.15
+    for name in ("block", "random", "block_r"):
+        from PIL import Image
+
+        assert Image.open(tmp_path / f"{name}.png").size[0] == 256

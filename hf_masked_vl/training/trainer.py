@@ -15,7 +15,7 @@ from .objectives import Objective
 
 logger = logging.getLogger(__name__)
 
-LOGGED_LOSS_PARTS = ("clip_loss", "simclr_loss", "byol_loss")
+LOGGED_LOSS_PARTS = ("clip_loss", "simclr_loss", "byol_loss", "alignment_loss")
 
 
 class _ObjectiveStepCallback(TrainerCallback):
