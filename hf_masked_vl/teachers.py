@@ -105,11 +105,7 @@ class HFCLIPTeacher(CLIPTeacher):
         return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden))
 
     def text_tower(self) -> TextTower:
-        config = self.model.config.text_config
-        text_model = CLIPTextModel(config)
-        text_model.load_state_dict(self.model.text_model.state_dict())
-        tokenizer = self.tokenizer or build_clip_tokenizer(config.max_position_embeddings)
-        return TextTower(config, text_model, self.model.text_projection.weight.detach().clone(), tokenizer)
+        return copy_text_tower(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
 class OpenCLIPTeacher(CLIPTeacher):
@@ -152,6 +148,15 @@ class OpenCLIPTeacher(CLIPTeacher):
 
     def text_tower(self) -> TextTower:
         return open_clip_text_tower(self.model)
+
+
+def copy_text_tower(text_model: CLIPTextModel, projection: nn.Linear, tokenizer: CLIPTokenizer | None) -> TextTower:
+    """A detached copy of a transformers CLIP text tower and its projection."""
+    config = text_model.config
+    copied = CLIPTextModel(config)
+    copied.load_state_dict(text_model.state_dict())
+    tokenizer = tokenizer or build_clip_tokenizer(config.max_position_embeddings)
+    return TextTower(config, copied, projection.weight.detach().clone(), tokenizer)
 
 
 def open_clip_text_tower(model: nn.Module) -> TextTower:
@@ -218,11 +223,7 @@ class MaskedVLTeacher(CLIPTeacher):
         return self.model.visual_projection(hidden)
 
     def text_tower(self) -> TextTower:
-        config = self.model.config.text_config
-        text_model = CLIPTextModel(config)
-        text_model.load_state_dict(self.model.text_model.state_dict())
-        tokenizer = self.tokenizer or build_clip_tokenizer(config.max_position_embeddings)
-        return TextTower(config, text_model, self.model.text_projection.weight.detach().clone(), tokenizer)
+        return copy_text_tower(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
 def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
@@ -287,6 +288,7 @@ __all__ = [
     "MaskedVLTeacher",
     "OpenCLIPTeacher",
     "TextTower",
+    "copy_text_tower",
     "load_teacher",
     "open_clip_text_tower",
     "resample_token_grid",

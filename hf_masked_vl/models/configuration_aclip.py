@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
 
 MASK_MODES = ("attentive", "random", "none")
 
@@ -115,13 +114,10 @@ class AClipConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> AClipConfig:
         """Build a named size preset ("vit-s-16", "vit-b-16", "vit-l-16", "tiny") with keyword overrides;
         `vision_config` / `text_config` overrides are merged into the preset's dicts."""
-        if name not in A_CLIP_PRESETS:
-            raise ValueError(f"unknown A-CLIP preset {name!r}; choose from {sorted(A_CLIP_PRESETS)}")
-        kwargs = copy.deepcopy(A_CLIP_PRESETS[name])
-        for key in ("vision_config", "text_config"):
-            kwargs[key] = {**kwargs.get(key, {}), **overrides.pop(key, {})}
-        kwargs["vision_config"].setdefault("freeze_patch_embedding", True)
-        return cls(**{**kwargs, **overrides})
+        kwargs = preset_kwargs(A_CLIP_PRESETS, name, overrides, "A-CLIP")
+        if isinstance(kwargs["vision_config"], dict):
+            kwargs["vision_config"].setdefault("freeze_patch_embedding", True)
+        return cls(**kwargs)
 
 
 __all__ = ["AClipConfig", "A_CLIP_PRESETS"]

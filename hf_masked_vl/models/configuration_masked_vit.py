@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -102,4 +104,17 @@ class MaskedViTConfig(PreTrainedConfig):
         return self.grid_size**2
 
 
-__all__ = ["MaskedViTConfig"]
+def preset_kwargs(presets: dict[str, dict], name: str, overrides: dict, method: str) -> dict:
+    """Constructor kwargs of a named preset with `overrides` applied; `vision_config` / `text_config` override
+    dicts are merged into the preset's, a config object replaces it."""
+    if name not in presets:
+        raise ValueError(f"unknown {method} preset {name!r}; choose from {sorted(presets)}")
+    kwargs = copy.deepcopy(presets[name])
+    overrides = dict(overrides)
+    for key in ("vision_config", "text_config"):
+        override = overrides.pop(key, {})
+        kwargs[key] = override if isinstance(override, PreTrainedConfig) else {**kwargs.get(key, {}), **override}
+    return {**kwargs, **overrides}
+
+
+__all__ = ["MaskedViTConfig", "preset_kwargs"]

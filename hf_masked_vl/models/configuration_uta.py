@@ -8,7 +8,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
 
 UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
 
@@ -127,13 +127,7 @@ class UTAConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> UTAConfig:
         """A named preset ("b-14", "l-14", "tiny") with keyword overrides; `vision_config` / `text_config`
         overrides are merged into the preset's dicts."""
-        if name not in UTA_PRESETS:
-            raise ValueError(f"unknown UTA preset {name!r}; choose from {sorted(UTA_PRESETS)}")
-        kwargs = copy.deepcopy(UTA_PRESETS[name])
-        for key in ("vision_config", "text_config"):
-            override = overrides.pop(key, {})
-            kwargs[key] = override if isinstance(override, PreTrainedConfig) else {**kwargs.get(key, {}), **override}
-        return cls(**{**kwargs, **overrides})
+        return cls(**preset_kwargs(UTA_PRESETS, name, overrides, "UTA"))
 
 
 __all__ = ["UTAConfig", "UTA_PRESETS"]

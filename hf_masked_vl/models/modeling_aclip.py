@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_aclip import AClipConfig
+from .dual_encoder import DualEncoderMixin
 from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 
@@ -89,7 +90,7 @@ class AClipPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class AClipModel(AClipPreTrainedModel):
+class AClipModel(DualEncoderMixin, AClipPreTrainedModel):
     """Dual encoder with A-CLIP's pre-training objective. `forward` returns `logits_per_image`, so the stock
     `zero-shot-image-classification` pipeline runs on it.
 
@@ -114,22 +115,6 @@ class AClipModel(AClipPreTrainedModel):
             self.byol_projector = mlp_head(vision_width, hidden, out, layers=2, bias=False)
             self.byol_predictor = mlp_head(out, hidden, out, layers=2, bias=False)
         self.post_init()
-
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """Text tower; `pooler_output` is the projected (unnormalised) text embedding (B, E)."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        outputs.pooler_output = self.text_projection(outputs.pooler_output)
-        return outputs
-
-    def get_image_features(
-        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, **kwargs
-    ) -> MaskedViTModelOutput:
-        """Image tower; `pooler_output` is the projected (unnormalised) CLS embedding (B, E)."""
-        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, **kwargs)
-        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
-        return outputs
 
     def forward(
         self,

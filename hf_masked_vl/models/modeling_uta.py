@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_uta import UTAConfig
+from .dual_encoder import DualEncoderMixin
 from .losses import clip_contrastive_loss, token_alignment_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, gather_tokens
 
@@ -65,7 +66,7 @@ class UTAPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class UTAModel(UTAPreTrainedModel):
+class UTAModel(DualEncoderMixin, UTAPreTrainedModel):
     """Student ViT + linear head into the teacher's joint space + the teacher's text tower.
 
     Pre-training: `model(pixel_values, keep_indices=(B, K), teacher_tokens=(B, 1 + N, E))` → alignment loss on CLS
@@ -80,22 +81,6 @@ class UTAModel(UTAPreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.register_buffer("logit_scale", torch.tensor(config.logit_scale_init_value))  # fixed, not trained
         self.post_init()
-
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """Teacher text tower; `pooler_output` is the projected (unnormalised) text embedding (B, E)."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        outputs.pooler_output = self.text_projection(outputs.pooler_output)
-        return outputs
-
-    def get_image_features(
-        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, **kwargs
-    ) -> MaskedViTModelOutput:
-        """Student; `pooler_output` is the head applied to the final CLS token (B, E), as in UTA's evaluation."""
-        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, **kwargs)
-        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
-        return outputs
 
     def forward(
         self,
