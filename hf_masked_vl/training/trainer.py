@@ -49,8 +49,9 @@ class MaskedVLTrainer(Trainer):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         model = kwargs.get("model", args[0] if args else None)
         if training_args is not None and training_args.world_size > 1 and model is not None:
-            # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if training_args.device.type in ("cuda", "xpu"):  # SyncBatchNorm has no CPU kernel
+                # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code
+                nn.SyncBatchNorm.convert_sync_batchnorm(model)
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.teacher = None
