@@ -109,8 +109,9 @@ class HFCLIPTeacher(CLIPTeacher):
 
 
 class OpenCLIPTeacher(CLIPTeacher):
-    """An open_clip CLIP with a native `VisionTransformer` (tokens after `ln_post`, times `proj`) or a timm trunk
-    such as EVA-CLIP (`trunk.forward_features`, then the tower's head on every token)."""
+    """An open_clip CLIP with a native `VisionTransformer` (tokens after `ln_post`, times `proj`) or a token-pooled
+    timm trunk such as EVA-CLIP (`trunk.forward_features`, then the trunk's and the adapter's heads on every
+    token)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -122,21 +123,20 @@ class OpenCLIPTeacher(CLIPTeacher):
         size = visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else size
         self.is_timm = hasattr(visual, "trunk")
-        if self.is_timm:
-            patch = visual.trunk.patch_embed.patch_size
-            self.grid_size = self.image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
-            self.embed_dim = model.text_projection.shape[-1] if model.text_projection is not None else None
-        else:
-            patch = visual.patch_size
-            self.grid_size = self.image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
-            self.embed_dim = visual.proj.shape[1]
+        patch = visual.trunk.patch_embed.patch_size if self.is_timm else visual.patch_size
+        self.grid_size = self.image_size // (patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.embed_dim = open_clip_text_projection(model).shape[0]
 
     def _tokens(self, pixel_values):
         visual = self.model.visual
-        if self.is_timm:
-            tokens = visual.trunk.forward_features(pixel_values)
-            num_prefix = getattr(visual.trunk, "num_prefix_tokens", 1)
+        if self.is_timm:  # token-pooled trunk: its pooled-feature head, then the adapter head, on every token
+            trunk = visual.trunk
+            tokens = trunk.forward_features(pixel_values)
+            num_prefix = getattr(trunk, "num_prefix_tokens", 1)
             tokens = torch.cat((tokens[:, :1], tokens[:, num_prefix:]), dim=1)
+            for name in ("fc_norm", "head_drop", "head"):
+                if getattr(trunk, name, None) is not None:
+                    tokens = getattr(trunk, name)(tokens)
             return visual.head(tokens)
         previous = visual.output_tokens
         visual.output_tokens = True
@@ -159,10 +159,27 @@ def copy_text_tower(text_model: CLIPTextModel, projection: nn.Linear, tokenizer:
     return TextTower(config, copied, projection.weight.detach().clone(), tokenizer)
 
 
+def open_clip_text_projection(model: nn.Module) -> torch.Tensor:
+    """The text projection of an open_clip CLIP (`CLIP` or `CustomTextCLIP`) as an (E, D_text) matrix."""
+    text = getattr(model, "text", model)
+    projection = text.text_projection
+    if isinstance(projection, nn.Linear):
+        if projection.bias is not None:
+            raise ValueError("open_clip text projections with a bias cannot be converted")
+        return projection.weight.detach().clone()
+    if projection is None:
+        raise ValueError("this open_clip model has no text projection")
+    return projection.detach().t().clone()
+
+
 def open_clip_text_tower(model: nn.Module) -> TextTower:
-    """Convert an open_clip text transformer (argmax / end-of-text pooling) into a transformers `CLIPTextModel`."""
-    if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(model, "transformer"):
+    """Convert an open_clip text transformer (argmax / end-of-text pooling) into a transformers `CLIPTextModel`.
+    Works for `CLIP` and for `CustomTextCLIP` (EVA-CLIP and others keep the tower in `.text`)."""
+    text = getattr(model, "text", model)
+    pool_type = getattr(text, "pool_type", getattr(model, "text_pool_type", "argmax"))
+    if pool_type != "argmax" or not hasattr(text, "transformer"):
         raise ValueError("only open_clip text towers with end-of-text (argmax) pooling can be converted")
+    model = text
     blocks = model.transformer.resblocks
     width = model.token_embedding.weight.shape[1]
     activation = type(blocks[0].mlp.gelu).__name__
@@ -175,7 +192,7 @@ def open_clip_text_tower(model: nn.Module) -> TextTower:
         max_position_embeddings=model.positional_embedding.shape[0],
         hidden_act="quick_gelu" if activation == "QuickGELU" else "gelu",
         layer_norm_eps=model.ln_final.eps,
-        projection_dim=model.text_projection.shape[1],
+        projection_dim=open_clip_text_projection(model).shape[0],
         pad_token_id=49407,
     )
     state = {
@@ -201,7 +218,7 @@ def open_clip_text_tower(model: nn.Module) -> TextTower:
             state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"] = module.weight, module.bias
     text_model = CLIPTextModel(config)
     text_model.load_state_dict({key: value.detach().clone() for key, value in state.items()}, strict=False)
-    projection = model.text_projection.detach().t().clone()
+    projection = open_clip_text_projection(model)
     return TextTower(config, text_model, projection, build_clip_tokenizer(config.max_position_embeddings))
 
 

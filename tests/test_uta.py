@@ -337,3 +337,19 @@ def test_plot_mask_probability_script(tmp_path):
         from PIL import Image
 
         assert Image.open(tmp_path / f"{name}.png").size[0] == 256
+
+
+def test_open_clip_eva_teacher_with_timm_trunk():
+    torch.manual_seed(0)
+    teacher = load_teacher("open_clip:EVA02-B-16")  # random weights: no pretrained tag
+    images = torch.randn(1, 3, 224, 224)
+    tokens = teacher(images, 14, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert tokens.shape == (1, 1 + 14 * 14, teacher.embed_dim)
+    torch.testing.assert_close(tokens[:, 0], teacher.model.encode_image(images), atol=1e-4, rtol=1e-3)
+    tower = teacher.text_tower()  # CustomTextCLIP keeps its text tower in `.text`
+    texts = ["a photo of a red circle"]
+    ids = tower.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
+    reference = teacher.model.encode_text(open_clip.get_tokenizer("EVA02-B-16")(texts))
+    torch.testing.assert_close(
+        tower.text_model(**ids).pooler_output @ tower.projection.t(), reference, atol=1e-4, rtol=1e-3
+    )

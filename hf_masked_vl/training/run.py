@@ -167,6 +167,13 @@ def setup_uta_contrastive(model_args: ModelArguments, data_args: DataArguments, 
     )
 
 
+def hub_id_or_none(name: str | None) -> str | None:
+    """`name` if it can be a Hub model id (card metadata `base_model`), not a local path or an open_clip spec."""
+    if not name or os.path.exists(name) or name.startswith("open_clip:") or name.count("/") > 1:
+        return None
+    return name
+
+
 METHODS = {"a_clip": setup_a_clip, "uta": setup_uta, "uta_contrastive": setup_uta_contrastive}
 
 
@@ -219,8 +226,10 @@ def main(argv: list[str] | None = None) -> RunResult:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_runtime = time.perf_counter() - started
-    final = trainer.ema_model if model_args.export_weights == "ema" and trainer.ema_model is not None else model
-    final = final.to(training_args.device).eval()
+    use_ema = model_args.export_weights == "ema" and trainer.ema_model is not None
+    final = (trainer.ema_model if use_ema else model).to(training_args.device).eval()
+    if not trainer.is_world_process_zero():
+        return RunResult(training_args.output_dir, train_runtime, None, None)
 
     zero_shot = metrics = None
     if demo is not None or data_args.eval_dataset_name is not None:
@@ -251,31 +260,33 @@ def main(argv: list[str] | None = None) -> RunResult:
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     summary = (
         f"{trainer.state.global_step} optimizer steps of batch {batch} per device on {dataset_label}, "
-        f"{train_runtime:.0f} s on {training_args.device}; exported weights: {model_args.export_weights}; "
+        f"{train_runtime:.0f} s on {training_args.device}; exported weights: {'EMA' if use_ema else 'online'}; "
         f"skipped input records: {trainer.skipped_samples}."
     )
+    if setup.base_model:
+        summary += f" Initialised from / distilled from: `{setup.base_model}`."
     card = CardInfo(
         model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
         training_summary=summary,
         zero_shot=zero_shot,
+        base_model=hub_id_or_none(setup.base_model),
     )
-    if trainer.is_world_process_zero():
-        save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card)
-        if push_to_hub:
-            repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            url = push_checkpoint(
-                training_args.output_dir,
-                repo_id,
-                token=training_args.hub_token,
-                private=training_args.hub_private_repo,
-                revision=training_args.hub_revision,
-            )
-            logger.info("pushed %s to %s", training_args.output_dir, url)
-        print(f"RESULT train_runtime_s={train_runtime:.1f}")
-        print(f"RESULT skipped_samples={trainer.skipped_samples}")
-        if metrics is not None:
-            print(f"RESULT zero_shot_top1={metrics.top1:.4f}")
-            print(f"RESULT chance={metrics.chance:.4f}")
+    save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card)
+    if push_to_hub:
+        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+        url = push_checkpoint(
+            training_args.output_dir,
+            repo_id,
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+            revision=training_args.hub_revision,
+        )
+        logger.info("pushed %s to %s", training_args.output_dir, url)
+    print(f"RESULT train_runtime_s={train_runtime:.1f}")
+    print(f"RESULT skipped_samples={trainer.skipped_samples}")
+    if metrics is not None:
+        print(f"RESULT zero_shot_top1={metrics.top1:.4f}")
+        print(f"RESULT chance={metrics.chance:.4f}")
     return RunResult(
         training_args.output_dir,
         train_runtime,
