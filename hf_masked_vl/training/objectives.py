@@ -50,10 +50,9 @@ class AClipObjective(Objective):
 
     uses_ema = True
 
-    def __init__(self, config, seed: int = 0):
+    def __init__(self, config):
         self.config = config
         self.ema_momentum = config.ema_momentum
-        self.seed = seed
 
     def keep_indices(self, batch: dict, ema_scores: torch.Tensor | None) -> torch.Tensor | None:
         """(B, 2, K) kept patch indices for the two online views, or None for `mask_mode="none"`."""
@@ -131,10 +130,9 @@ class UTAObjective(Objective):
 
     `mean` / `std` are the student's normalisation, which the teacher undoes before applying its own."""
 
-    def __init__(self, config, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0):
+    def __init__(self, config, mean: tuple[float, ...], std: tuple[float, ...]):
         self.config = config
         self.mean, self.std = tuple(mean), tuple(std)
-        self.seed = seed
 
     def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
         if teacher is None:
@@ -151,7 +149,7 @@ class UTAObjective(Objective):
 class ContrastiveObjective(Objective):
     """Image–text InfoNCE on full views (UTA's contrastive fine-tuning at the model's fixed logit scale)."""
 
-    def __init__(self, config, seed: int = 0):
+    def __init__(self, config):
         self.config = config
 
     def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:

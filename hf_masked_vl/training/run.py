@@ -84,7 +84,7 @@ def _tokenizer_from(path: str | None, context_length: int) -> CLIPTokenizer:
     return build_clip_tokenizer(context_length)
 
 
-def setup_a_clip(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+def setup_a_clip(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
     overrides = _overrides(model_args)
     if model_args.model_name_or_path:
         model = AClipModel.from_pretrained(
@@ -102,13 +102,13 @@ def setup_a_clip(model_args: ModelArguments, data_args: DataArguments, seed: int
         IMAGENET_MEAN,
         IMAGENET_STD,
         transform,
-        AClipObjective(config, seed=seed),
+        AClipObjective(config),
         data_args.caption_column,
         base_model=model_args.model_name_or_path,
     )
 
 
-def setup_uta(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+def setup_uta(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
     if not model_args.teacher:
         raise ValueError(
             "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
@@ -132,7 +132,7 @@ def setup_uta(model_args: ModelArguments, data_args: DataArguments, seed: int) -
     model.text_projection.requires_grad_(False)
     config = model.config
     transform = SingleCropView(config.vision_config.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-    objective = UTAObjective(config, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, seed=seed)
+    objective = UTAObjective(config, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     return MethodSetup(
         model,
         tower.tokenizer,
@@ -146,7 +146,7 @@ def setup_uta(model_args: ModelArguments, data_args: DataArguments, seed: int) -
     )
 
 
-def setup_uta_contrastive(model_args: ModelArguments, data_args: DataArguments, seed: int) -> MethodSetup:
+def setup_uta_contrastive(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
     if not model_args.model_name_or_path:
         raise ValueError("--method uta_contrastive needs --model_name_or_path (a UTA checkpoint with its text tower)")
     model = UTAModel.from_pretrained(
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
-    setup = METHODS[model_args.method](model_args, data_args, training_args.seed)
+    setup = METHODS[model_args.method](model_args, data_args)
     model, config, tokenizer = setup.model, setup.model.config, setup.tokenizer
     context_length = config.text_config.max_position_embeddings
     image_processor = build_image_processor(config.vision_config.image_size, setup.mean, setup.std)
