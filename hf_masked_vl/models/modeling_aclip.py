@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPTextModel, PreTrainedModel
-from transformers import initialization as init
+from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_aclip import AClipConfig
-from .dual_encoder import DualEncoderMixin
+from .dual_encoder import DualEncoderPreTrainedModel
 from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 
@@ -59,38 +58,13 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int, bias: bool
     return nn.Sequential(*modules)
 
 
-class AClipPreTrainedModel(PreTrainedModel):
+class AClipPreTrainedModel(DualEncoderPreTrainedModel):
     config_class = AClipConfig
     base_model_prefix = "a_clip"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MaskedViTBlock", "CLIPEncoderLayer", "CLIPTextEmbeddings"]
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    accepts_loss_kwargs = False
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """Heads: trunc-normal(0.02) Linear, unit BatchNorm; projections: normal(width^-0.5) as in CLIP; the
-        logit scale at `logit_scale_init_value`. The towers initialise themselves."""
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm1d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, AClipModel):
-            init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5)
-            init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5)
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+    clip_initialised_projections = ("text_projection", "visual_projection")
 
 
-class AClipModel(DualEncoderMixin, AClipPreTrainedModel):
+class AClipModel(AClipPreTrainedModel):
     """Dual encoder with A-CLIP's pre-training objective. `forward` returns `logits_per_image`, so the stock
     `zero-shot-image-classification` pipeline runs on it.
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPTextModel, PreTrainedModel
-from transformers import initialization as init
+from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_uta import UTAConfig
-from .dual_encoder import DualEncoderMixin
+from .dual_encoder import DualEncoderPreTrainedModel
 from .losses import clip_contrastive_loss, token_alignment_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, gather_tokens
 
@@ -43,30 +42,12 @@ class UTAOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
 
 
-class UTAPreTrainedModel(PreTrainedModel):
+class UTAPreTrainedModel(DualEncoderPreTrainedModel):
     config_class = UTAConfig
     base_model_prefix = "uta"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MaskedViTBlock", "CLIPEncoderLayer", "CLIPTextEmbeddings"]
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    accepts_loss_kwargs = False
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """Head: trunc-normal(0.02), zero bias; text projection: normal(width^-0.5); the fixed logit scale."""
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, UTAModel):
-            init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5)
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class UTAModel(DualEncoderMixin, UTAPreTrainedModel):
+class UTAModel(UTAPreTrainedModel):
     """Student ViT + linear head into the teacher's joint space + the teacher's text tower.
 
     Pre-training: `model(pixel_values, keep_indices=(B, K), teacher_tokens=(B, 1 + N, E))` → alignment loss on CLS
