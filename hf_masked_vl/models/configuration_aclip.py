@@ -7,7 +7,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_templates
 
 MASK_MODES = ("attentive", "random", "none")
 
@@ -107,8 +107,7 @@ class AClipConfig(PreTrainedConfig):
         for name in ("simclr_loss_weight", "byol_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
-            raise ValueError(f"zero_shot_templates={self.zero_shot_templates!r}: each needs a '{{}}' placeholder")
+        validate_templates(self.zero_shot_templates)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> AClipConfig:

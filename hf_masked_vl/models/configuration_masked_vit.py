@@ -117,4 +117,10 @@ def preset_kwargs(presets: dict[str, dict], name: str, overrides: dict, method: 
     return {**kwargs, **overrides}
 
 
-__all__ = ["MaskedViTConfig", "preset_kwargs"]
+def validate_templates(templates) -> None:
+    """Zero-shot prompt templates: at least one, each with a `{}` for the class name."""
+    if not templates or any("{}" not in template for template in templates):
+        raise ValueError(f"zero_shot_templates={templates!r}: each needs a '{{}}' placeholder for the class name")
+
+
+__all__ = ["MaskedViTConfig", "preset_kwargs", "validate_templates"]

@@ -8,7 +8,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_templates
 
 UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
 
@@ -120,8 +120,7 @@ class UTAConfig(PreTrainedConfig):
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
         if self.cls_loss_weight < 0:
             raise ValueError(f"cls_loss_weight={self.cls_loss_weight} must be >= 0")
-        if not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates):
-            raise ValueError(f"zero_shot_templates={self.zero_shot_templates!r}: each needs a '{{}}' placeholder")
+        validate_templates(self.zero_shot_templates)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UTAConfig:
