@@ -28,7 +28,8 @@ from .tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip_tokenize
 
 @dataclass
 class TextTower:
-    """A teacher's text encoder as transformers modules: `CLIPTextModel` + projection (E, D_text)."""
+    """A teacher's text encoder as transformers modules: `CLIPTextModel` + projection (E, D_text). These may be the
+    teacher's own (frozen) modules: a consumer copies the weights into its model."""
 
     config: CLIPTextConfig
     text_model: CLIPTextModel
@@ -105,7 +106,7 @@ class HFCLIPTeacher(CLIPTeacher):
         return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden))
 
     def text_tower(self) -> TextTower:
-        return copy_text_tower(self.model.text_model, self.model.text_projection, self.tokenizer)
+        return text_tower_of(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
 class OpenCLIPTeacher(CLIPTeacher):
@@ -150,13 +151,10 @@ class OpenCLIPTeacher(CLIPTeacher):
         return open_clip_text_tower(self.model)
 
 
-def copy_text_tower(text_model: CLIPTextModel, projection: nn.Linear, tokenizer: CLIPTokenizer | None) -> TextTower:
-    """A detached copy of a transformers CLIP text tower and its projection."""
-    config = text_model.config
-    copied = CLIPTextModel(config)
-    copied.load_state_dict(text_model.state_dict())
-    tokenizer = tokenizer or build_clip_tokenizer(config.max_position_embeddings)
-    return TextTower(config, copied, projection.weight.detach().clone(), tokenizer)
+def text_tower_of(text_model: CLIPTextModel, projection: nn.Linear, tokenizer: CLIPTokenizer | None) -> TextTower:
+    """A transformers CLIP text tower and its projection, as they are (no copy)."""
+    tokenizer = tokenizer or build_clip_tokenizer(text_model.config.max_position_embeddings)
+    return TextTower(text_model.config, text_model, projection.weight.detach(), tokenizer)
 
 
 def open_clip_text_projection(model: nn.Module) -> torch.Tensor:
@@ -217,7 +215,7 @@ def open_clip_text_tower(model: nn.Module) -> TextTower:
         for name, module in pairs.items():
             state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"] = module.weight, module.bias
     text_model = CLIPTextModel(config)
-    text_model.load_state_dict({key: value.detach().clone() for key, value in state.items()}, strict=False)
+    text_model.load_state_dict({key: value.detach() for key, value in state.items()}, strict=False)
     projection = open_clip_text_projection(model)
     return TextTower(config, text_model, projection, build_clip_tokenizer(config.max_position_embeddings))
 
@@ -240,7 +238,7 @@ class MaskedVLTeacher(CLIPTeacher):
         return self.model.visual_projection(hidden)
 
     def text_tower(self) -> TextTower:
-        return copy_text_tower(self.model.text_model, self.model.text_projection, self.tokenizer)
+        return text_tower_of(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
 def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
@@ -305,8 +303,8 @@ __all__ = [
     "MaskedVLTeacher",
     "OpenCLIPTeacher",
     "TextTower",
-    "copy_text_tower",
     "load_teacher",
     "open_clip_text_tower",
     "resample_token_grid",
+    "text_tower_of",
 ]
