@@ -112,6 +112,11 @@ def mask_to_keep_indices(
     return torch.from_numpy(np.stack(rows)).long()
 
 
+def num_kept_groups(num_groups: int, keep_ratio: float) -> int:
+    """ceil(G·keep_ratio) groups, at least one: 25 of 49 for ViT-B/16 at 224 px, as in the official A-CLIP code."""
+    return min(num_groups, max(1, math.ceil(num_groups * keep_ratio - 1e-9)))
+
+
 def topk_group_keep_indices(scores: torch.Tensor, keep_ratio: float, group_size: int = 2) -> torch.Tensor:
     """Keep the top groups of `group_size`² patches by mean score.
 
@@ -126,9 +131,7 @@ def topk_group_keep_indices(scores: torch.Tensor, keep_ratio: float, group_size:
         raise ValueError(f"keep_ratio={keep_ratio} must be in (0, 1]")
     pooled = F.avg_pool2d(scores[:, None].float(), group_size).flatten(1)  # (B, G)
     groups_w = width // group_size
-    num_groups = pooled.shape[1]
-    keep_groups = min(num_groups, max(1, math.ceil(num_groups * keep_ratio - 1e-9)))
-    top = pooled.topk(keep_groups, dim=1).indices  # (B, n)
+    top = pooled.topk(num_kept_groups(pooled.shape[1], keep_ratio), dim=1).indices  # (B, n)
     rows, cols = (top // groups_w) * group_size, (top % groups_w) * group_size
     offsets = torch.arange(group_size, device=scores.device)
     patch_rows = rows[:, :, None, None] + offsets[None, None, :, None]
@@ -169,6 +172,7 @@ __all__ = [
     "mask_rng",
     "mask_to_keep_indices",
     "num_kept",
+    "num_kept_groups",
     "random_keep_indices",
     "reversed_block_mask",
     "topk_group_keep_indices",

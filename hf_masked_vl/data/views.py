@@ -78,6 +78,16 @@ def photometric_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.
     return image
 
 
+def crop_resize(image: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """Crop (top, left, h, w) from a uint8 (3, H, W) tensor and resize it to (size, size), bicubic, antialiased."""
+    return TF.resized_crop(image, *box, size=[size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def normalize(image: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (3, H, W) → float, scaled to [0, 1] and normalised."""
+    return TF.normalize(image.float() / 255.0, mean, std)
+
+
 class AClipViews:
     """Three views of one image (A-CLIP §1.3): two online random-resized crops with photometric augmentation,
     and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
@@ -99,13 +109,6 @@ class AClipViews:
         self.mean, self.std = list(mean), list(std)
         self.photometric = photometric
 
-    def _crop(self, image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        size = [self.image_size, self.image_size]
-        return TF.resized_crop(image, *box, size=size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-
-    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return TF.normalize(image.float() / 255.0, self.mean, self.std)
-
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         tensor = TF.pil_to_tensor(image.convert("RGB"))
         height, width = tensor.shape[-2:]
@@ -113,11 +116,11 @@ class AClipViews:
         boxes.append(enclosing_box(rng, boxes, height, width))
         online = []
         for box in boxes[:2]:
-            view = self._crop(tensor, box)
-            online.append(self._normalize(photometric_augment(view, rng) if self.photometric else view))
+            view = crop_resize(tensor, box, self.image_size)
+            online.append(normalize(photometric_augment(view, rng) if self.photometric else view, self.mean, self.std))
         return {
             "pixel_values": torch.stack(online),
-            "ema_pixel_values": self._normalize(self._crop(tensor, boxes[2])),
+            "ema_pixel_values": normalize(crop_resize(tensor, boxes[2], self.image_size), self.mean, self.std),
             "crop_boxes": torch.tensor(boxes, dtype=torch.float32),
         }
 
@@ -141,12 +144,10 @@ class SingleCropView:
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         tensor = TF.pil_to_tensor(image.convert("RGB"))
-        box = random_resized_crop_box(rng, *tensor.shape[-2:], self.crop_scale)
-        size = [self.image_size, self.image_size]
-        view = TF.resized_crop(tensor, *box, size=size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        view = crop_resize(tensor, random_resized_crop_box(rng, *tensor.shape[-2:], self.crop_scale), self.image_size)
         if self.horizontal_flip and rng.random() < 0.5:
             view = TF.horizontal_flip(view)
-        return {"pixel_values": TF.normalize(view.float() / 255.0, self.mean, self.std)}
+        return {"pixel_values": normalize(view, self.mean, self.std)}
 
 
 __all__ = ["AClipViews", "SingleCropView", "enclosing_box", "photometric_augment", "random_resized_crop_box"]

@@ -16,6 +16,7 @@ from ..masking import (
     mask_rng,
     mask_to_keep_indices,
     num_kept,
+    num_kept_groups,
     random_keep_indices,
     reversed_block_mask,
     topk_group_keep_indices,
@@ -64,7 +65,7 @@ class AClipObjective(Objective):
             return None
         if config.mask_mode == "random":
             group = config.mask_group_size
-            num_keep = topk_group_keep_indices(torch.zeros(1, grid, grid), config.mask_keep_ratio, group).shape[1]
+            num_keep = num_kept_groups((grid // group) ** 2, config.mask_keep_ratio) * group**2  # as attentive
             rngs = [mask_rng(int(s), v) for s in batch["sample_seeds"].tolist() for v in range(views)]
             keep = random_keep_indices(rngs, grid * grid, num_keep).to(pixel_values.device)
             return keep.view(batch_size, views, num_keep)

@@ -46,13 +46,11 @@ class MaskedVLTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, objective: Objective, teacher: nn.Module | None = None, ema_momentum=None, **kwargs):
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        model = kwargs.get("model", args[0] if args else None)
-        if training_args is not None and training_args.world_size > 1 and model is not None:
-            if training_args.device.type in ("cuda", "xpu"):  # SyncBatchNorm has no CPU kernel
-                # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code
-                nn.SyncBatchNorm.convert_sync_batchnorm(model)
         super().__init__(*args, **kwargs)
+        if self.args.world_size > 1 and self.args.device.type in ("cuda", "xpu"):  # no CPU SyncBatchNorm kernel
+            # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code; done before
+            # the EMA copy, the optimizer and the DDP wrapper exist
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.objective = objective
         self.teacher = None
         if teacher is not None:
