@@ -23,7 +23,7 @@ def demo_cache(tmp_path_factory):
 def small_demo(demo_cache):
     from hf_masked_vl.data.demo import ensure_demo_dataset
 
-    return ensure_demo_dataset(demo_cache, num_train=256, num_eval=48, num_shards=8, image_size=48)
+    return ensure_demo_dataset(demo_cache, num_train=256, num_eval=48, num_shards=8, image_size=48, num_probe=96)
 
 
 def tiny_vit_kwargs(**overrides):

@@ -2,9 +2,10 @@
 
 Each image shows one to three coloured shapes on a textured background; the caption is built from the shapes'
 attributes, and a per-pixel object id map (0 = background, k = k-th drawn object, later ones on top) is stored
-beside it for the guided methods. A held-out labelled split (one object per image, class "<colour> <shape>")
-serves zero-shot classification. Everything is a pure function of (seed, split, index), written once as parquet
-shards into a cache folder and read back with `datasets` streaming.
+beside it for the guided methods. Two labelled splits (one object per image, class "<colour> <shape>") serve
+evaluation: `eval` is the test split of every protocol, `probe` the training split of k-NN and the linear probe.
+Everything is a pure function of (seed, split, index), each split drawing from its own random stream; it is
+written once as parquet shards into a cache folder and read back with `datasets` streaming.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,13 @@ SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = ("plain", "striped", "checkered", "noisy", "gradient")
 SIZES = {"small": (9, 13), "large": (16, 22)}
 ZERO_SHOT_TEMPLATES = ("a {}.", "a photo of a {}.", "there is a {} in the picture.")
-DEMO_VERSION = 1
-_SPLIT_IDS = {"train": 0, "eval": 1}
+DEMO_VERSION = 2
+_SPLIT_IDS = {"train": 0, "eval": 1, "probe": 2}
+LABELLED_SPLITS = ("eval", "probe")
 
 
 def class_names() -> list[str]:
-    """Zero-shot classes of the eval split: every "<colour> <shape>" pair (24)."""
+    """Classes of the labelled splits (eval, probe): every "<colour> <shape>" pair (24)."""
     return [f"{color} {shape}" for color in COLORS for shape in SHAPES]
 
 
@@ -136,9 +138,10 @@ def _png(image: Image.Image) -> bytes:
 
 
 def generate_example(seed: int, split: str, index: int, image_size: int) -> dict:
-    """One example as stored: PNG bytes of image and object ids, caption, and (eval split) the class label."""
+    """One example as stored: PNG bytes of image and object ids, caption, and (labelled splits: eval, probe) the
+    class label."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    num_objects = 1 if split == "eval" else int(rng.integers(1, 4))
+    num_objects = 1 if split in LABELLED_SPLITS else int(rng.integers(1, 4))
     image, segments, objects, background = render_scene(rng, image_size, num_objects)
     example = {
         "image": {"bytes": _png(image), "path": None},
@@ -146,7 +149,7 @@ def generate_example(seed: int, split: str, index: int, image_size: int) -> dict
         "caption": caption_for(rng, objects, background),
         "num_objects": num_objects,
     }
-    if split == "eval":
+    if split in LABELLED_SPLITS:
         _, color, shape = objects[0]
         example["label"] = class_names().index(f"{color} {shape}")
     return example
@@ -154,7 +157,8 @@ def generate_example(seed: int, split: str, index: int, image_size: int) -> dict
 
 @dataclass(frozen=True)
 class DemoDataset:
-    """Where the demo shards are and what the eval split means."""
+    """Where the demo shards are and what the labelled splits mean (`eval`: test split, `probe`: labelled
+    training split of k-NN and the linear probe; both use `class_names`)."""
 
     root: Path
     train_files: list[str]
@@ -162,6 +166,7 @@ class DemoDataset:
     class_names: list[str]
     templates: list[str]
     image_size: int
+    probe_files: list[str] = field(default_factory=list)
 
 
 def ensure_demo_dataset(
@@ -171,13 +176,15 @@ def ensure_demo_dataset(
     num_shards: int = 16,
     image_size: int = 96,
     seed: int = 0,
+    num_probe: int = 960,
 ) -> DemoDataset:
-    """Write the demo dataset once (atomically) and return its location; later calls reuse it."""
+    """Write the demo dataset once (atomically) and return its location; later calls reuse it. `num_probe` is the
+    size of the labelled probe split (960: 40 per class on average)."""
     import datasets
 
     if num_shards < 1 or num_train < num_shards:
         raise ValueError(f"need num_train ({num_train}) >= num_shards ({num_shards}) >= 1")
-    name = f"demo-shapes-v{DEMO_VERSION}-n{num_train}-e{num_eval}-s{num_shards}-px{image_size}-seed{seed}"
+    name = f"demo-shapes-v{DEMO_VERSION}-n{num_train}-e{num_eval}-p{num_probe}-s{num_shards}-px{image_size}-seed{seed}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / name
     if not (folder / "meta.json").exists():
@@ -187,7 +194,7 @@ def ensure_demo_dataset(
         features = {"image": image, "segments": image, "caption": datasets.Value("string")}
         features["num_objects"] = datasets.Value("int32")
         train_features = datasets.Features(features)
-        eval_features = datasets.Features({**features, "label": datasets.ClassLabel(names=class_names())})
+        labelled_features = datasets.Features({**features, "label": datasets.ClassLabel(names=class_names())})
         shard_size = math.ceil(num_train / num_shards)
         progress_was_enabled = datasets.utils.is_progress_bar_enabled()
         datasets.utils.disable_progress_bar()
@@ -196,10 +203,11 @@ def ensure_demo_dataset(
             rows = [generate_example(seed, "train", i, image_size) for i in indices]
             table = datasets.Dataset.from_list(rows, features=train_features)
             table.to_parquet(str(staging / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))
-        rows = [generate_example(seed, "eval", i, image_size) for i in range(num_eval)]
-        datasets.Dataset.from_list(rows, features=eval_features).to_parquet(
-            str(staging / "eval-00000-of-00001.parquet")
-        )
+        for split, size in (("eval", num_eval), ("probe", num_probe)):
+            rows = [generate_example(seed, split, i, image_size) for i in range(size)]
+            datasets.Dataset.from_list(rows, features=labelled_features).to_parquet(
+                str(staging / f"{split}-00000-of-00001.parquet")
+            )
         meta = {
             "class_names": class_names(),
             "templates": list(ZERO_SHOT_TEMPLATES),
@@ -212,6 +220,14 @@ def ensure_demo_dataset(
             staging.rename(folder)
         except OSError:  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
+    return read_demo_dataset(folder)
+
+
+def read_demo_dataset(folder: str | Path) -> DemoDataset:
+    """The demo dataset already written in `folder` (one of `ensure_demo_dataset`'s cache folders)."""
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        raise FileNotFoundError(f"{folder} is not a demo dataset folder (no meta.json); see ensure_demo_dataset")
     meta = json.loads((folder / "meta.json").read_text())
     return DemoDataset(
         root=folder,
@@ -220,7 +236,15 @@ def ensure_demo_dataset(
         class_names=meta["class_names"],
         templates=meta["templates"],
         image_size=meta["image_size"],
+        probe_files=sorted(str(p) for p in folder.glob("probe-*.parquet")),
     )
 
 
-__all__ = ["DemoDataset", "ZERO_SHOT_TEMPLATES", "class_names", "ensure_demo_dataset", "generate_example"]
+__all__ = [
+    "DemoDataset",
+    "ZERO_SHOT_TEMPLATES",
+    "class_names",
+    "ensure_demo_dataset",
+    "generate_example",
+    "read_demo_dataset",
+]
