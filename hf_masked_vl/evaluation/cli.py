@@ -1,0 +1,162 @@
+"""Command line of `scripts/evaluate.py`: zero-shot, k-NN and linear-probe accuracy of a saved checkpoint.
+
+    python scripts/evaluate.py --model outputs/a-clip-demo                      # every protocol, demo data
+    python scripts/evaluate.py --model FOLDER --protocol knn linear --dataset_name cifar10 \\
+        --image_column img --split test --train_split train
+    python scripts/evaluate.py --model FOLDER --protocol zero_shot --dataset_name imagefolder \\
+        --data_files 'val/**' --templates_file templates.json
+
+Default data: the embedded demo, its `probe` split as the train split of knn / linear and its `eval` split as the
+test split (and the demo's templates for zero-shot). Default protocols: every one the model supports (knn and
+linear only with a train split). Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
+(`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last.
+
+This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl` registers their model
+types with the Auto classes); a folder or Hub repository with foreign code needs the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
+
+from ..data.demo import ensure_demo_dataset, read_demo_dataset
+from . import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_WEIGHT_DECAY,
+    PROTOCOLS,
+    TRAINED_PROTOCOLS,
+    EvaluationResult,
+    check_protocols,
+    evaluate_many,
+    supported_protocols,
+)
+from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "--protocol", nargs="+", choices=PROTOCOLS, default=None, help="default: every protocol the model supports"
+    )
+    data = parser.add_argument_group("data (default: the embedded demo, probe split → eval split)")
+    data.add_argument("--dataset_name", default=None, help="a Hub dataset or a builder (parquet, imagefolder, ...)")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--data_files", nargs="*", default=None, help="files of the test split")
+    data.add_argument("--split", default="train", help="test split (default: train, a builder's only split)")
+    data.add_argument("--train_split", default=None, help="labelled train split of knn / linear")
+    data.add_argument("--train_data_files", nargs="*", default=None, help="files of the train split")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--class_names_file", default=None, help="JSON list (default: the ClassLabel names)")
+    data.add_argument("--templates_file", default=None, help="JSON list (default: demo's / the model's templates)")
+    data.add_argument("--max_samples", type=int, default=None, help="cap on each split")
+    data.add_argument("--demo_cache_dir", default=None, help="default: $HF_MASKED_VL_CACHE or ~/.cache/hf_masked_vl")
+    data.add_argument("--demo_num_train", type=int, default=8192, help="as in run_pretraining (names the cache)")
+    data.add_argument("--demo_dir", default=None, help="an existing demo dataset folder (overrides the two above)")
+    protocol = parser.add_argument_group("protocols")
+    protocol.add_argument("--knn_k", type=int, nargs="+", default=[10, 20, 100])
+    protocol.add_argument("--knn_temperature", type=float, default=0.07)
+    protocol.add_argument("--linear_weight_decay", type=float, default=DEFAULT_WEIGHT_DECAY)
+    protocol.add_argument("--linear_max_iter", type=int, default=DEFAULT_MAX_ITER)
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch_size", type=int, default=64)
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    run.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
+    return parser
+
+
+def load_splits(
+    args: argparse.Namespace, has_train_protocols: bool
+) -> tuple[LabelledSplit | None, LabelledSplit, list[str] | None]:
+    """(train split or None, test split, templates or None) from the data arguments."""
+    templates = read_json_list(args.templates_file)
+    if args.dataset_name is None:
+        if args.demo_dir is not None:
+            demo = read_demo_dataset(args.demo_dir)
+        else:
+            demo = ensure_demo_dataset(args.demo_cache_dir, num_train=args.demo_num_train)
+        train, test = demo_splits(demo, args.max_samples)
+        return (train if has_train_protocols else None), test, templates or demo.templates
+    common = dict(
+        image_column=args.image_column,
+        label_column=args.label_column,
+        class_names=read_json_list(args.class_names_file),
+        max_samples=args.max_samples,
+        config_name=args.dataset_config_name,
+    )
+    test = load_labelled_split(args.dataset_name, args.data_files, args.split, **common)
+    train = None
+    if has_train_protocols and (args.train_split is not None or args.train_data_files is not None):
+        data_files = args.train_data_files if args.train_data_files is not None else args.data_files
+        train = load_labelled_split(args.dataset_name, data_files, args.train_split or "train", **common)
+    return train, test, templates
+
+
+def has_train_data(args: argparse.Namespace) -> bool:
+    return args.dataset_name is None or args.train_split is not None or args.train_data_files is not None
+
+
+def print_report(results: dict[str, EvaluationResult]) -> None:
+    """A table, then `RESULT name=value` lines with `RESULT chance=…` last."""
+    header = f"{'protocol':<10} {'top1':>7} {'chance':>7} {'classes':>7} {'train':>6} {'test':>6} {'skipped':>7}  data"
+    print(header)
+    for result in results.values():
+        print(
+            f"{result.protocol:<10} {result.top1:>7.4f} {result.chance:>7.4f} {result.num_classes:>7d} "
+            f"{result.num_train:>6d} {result.num_test:>6d} {result.num_skipped:>7d}  {result.dataset_name}"
+        )
+    for result in results.values():
+        extra = [f"{key}={value:.4f}" for key, value in result.details.items()] + result.notes
+        if extra:
+            print(f"  {result.protocol}: " + "; ".join(extra))
+    for result in results.values():
+        print(f"RESULT {result.protocol}_top1={result.top1:.4f}")
+        for key, value in result.details.items():
+            print(f"RESULT {result.protocol}_{key}={value:.4f}")
+    print(f"RESULT chance={next(iter(results.values())).chance:.4f}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
+    args = build_parser().parse_args(argv)
+    remote = args.trust_remote_code
+    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype], trust_remote_code=remote)
+    model = model.to(args.device).eval()
+    protocols = args.protocol
+    if protocols is None:
+        supported = supported_protocols(model)
+        protocols = [p for p in supported if p not in TRAINED_PROTOCOLS or has_train_data(args)] or list(supported)
+    check_protocols(model, protocols, has_train_split=has_train_data(args))
+    tokenizer = (
+        AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote) if "zero_shot" in protocols else None
+    )
+    image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
+    train, test, templates = load_splits(args, any(p in TRAINED_PROTOCOLS for p in protocols))
+    results = evaluate_many(
+        model,
+        protocols,
+        image_processor=image_processor,
+        test_split=test,
+        train_split=train,
+        tokenizer=tokenizer,
+        templates=templates,
+        batch_size=args.batch_size,
+        ks=args.knn_k,
+        temperature=args.knn_temperature,
+        weight_decay=args.linear_weight_decay,
+        max_iter=args.linear_max_iter,
+    )
+    print_report(results)
+    return results
+
+
+__all__ = ["build_parser", "main", "print_report"]
