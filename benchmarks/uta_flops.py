@@ -6,7 +6,8 @@
 A student step is forward + backward of the EVA-02 B/14 student on CLS + kept patches with the cosine loss to
 given teacher tokens (the frozen teacher's own forward is excluded, as in the paper's comparison with full-token
 feature distillation at ratio 0). FLOPs come from `torch.utils.flop_counter.FlopCounterMode`; step times are
-medians in bf16 autocast. Prints a table and `RESULT flops_ratio_r04=…`, `…_r05`, `…_r07` (paper: 0.6, 0.5, 0.3).
+medians in the precision `--dtype` picks (auto: bf16 only where the hardware runs it fast). Prints a table and
+`RESULT flops_ratio_r04=…`, `…_r05`, `…_r07` (paper: 0.6, 0.5, 0.3).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from hf_masked_vl import UTAConfig
 from hf_masked_vl.masking import mask_rng, mask_to_keep_indices, num_kept, reversed_block_mask
 from hf_masked_vl.models.losses import token_alignment_loss
 from hf_masked_vl.models.modeling_masked_vit import MaskedViTModel, gather_tokens
+from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
+from hf_masked_vl.training.flops import flop_counter
 
 PAPER = {0.0: 1.0, 0.4: 0.6, 0.5: 0.5, 0.7: 0.3}
 
@@ -48,8 +50,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4, help="batch of the timed steps")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 only where it is fast")
     args = parser.parse_args()
     device = torch.device(args.device)
+    precision = choose_precision(args.dtype, device)
     torch.manual_seed(0)
     config = UTAConfig.from_preset(args.preset)
     vision = config.vision_config
@@ -63,7 +67,7 @@ def main() -> None:
         targets = torch.randn(1, 1 + grid * grid, config.projection_dim, device=device)
         keep = keep_indices(grid, ratio, 1)
         keep = keep.to(device) if keep is not None else None
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             student_step(student, head, pixels, targets, keep)
         flops = counter.get_total_flops()
 
@@ -76,7 +80,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with autocast(precision, device):
                 student_step(student, head, pixels, targets, keep)
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -89,7 +93,7 @@ def main() -> None:
     base_flops, base_time = rows[0][2], rows[0][3]
     print(
         f"UTA student {args.preset}: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-        f"{grid}x{grid} patches at {size} px; device={device}; timed batch {args.batch_size}"
+        f"{grid}x{grid} patches at {size} px; device={device}; precision {precision}; timed batch {args.batch_size}"
     )
     print(
         f"| {'mask ratio':>10} | {'kept':>4} | {'GFLOPs / img':>12} | {'FLOPs vs 0':>10} | {'paper':>5} |"

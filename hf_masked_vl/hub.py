@@ -1,29 +1,59 @@
-"""Complete, self-contained checkpoint folders (weights, code, tokenizer, processor, pipeline, card) and pushing."""
+"""Complete, self-contained checkpoint folders (weights, code, tokenizer, processor, pipeline, card) and pushing
+exactly those files to the Hub."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.resources
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
-from .models import ZeroShotEnsemblePipeline
+from .models import ZERO_SHOT_ENSEMBLE_TASK, ZeroShotEnsemblePipeline
 
-CARD_TEMPLATES = {"a_clip": "a_clip.md", "uta": "uta.md"}
+PROTOCOL_LABELS = {"zero_shot": "zero-shot top-1", "knn": "k-NN top-1 (k=20)", "linear": "linear-probe top-1"}
+PROTOCOL_TASKS = {
+    "zero_shot": "zero-shot-image-classification",
+    "knn": "image-classification",
+    "linear": "image-classification",
+}
+
+# What a checkpoint folder of this package holds; `push_checkpoint` uploads these names and nothing else.
+CHECKPOINT_FILE_PATTERNS = (
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "README.md",
+)
 
 
 @dataclass
-class ZeroShotResult:
-    """A measured zero-shot figure for the model card."""
+class EvaluationFigure:
+    """A measured figure for the model card: one protocol, one set of weights."""
 
-    dataset_name: str
-    dataset_type: str
+    protocol: str  # zero_shot, knn, linear
     top1: float
     chance: float
     num_classes: int
+    dataset_name: str
+    dataset_type: str
     split: str = "eval"
+    weights: str = "exported"  # "ema" / "online" when both were scored
+    exported: bool = True
+
+    @property
+    def label(self) -> str:
+        return PROTOCOL_LABELS.get(self.protocol, self.protocol)
 
 
 @dataclass
@@ -33,8 +63,29 @@ class CardInfo:
     model_name: str
     training_summary: str = ""
     datasets: list[str] = field(default_factory=list)
-    zero_shot: ZeroShotResult | None = None
+    results: list[EvaluationFigure] = field(default_factory=list)
     base_model: str | None = None
+    template: str = "generic.md"
+    pipeline_tag: str | None = None
+
+
+def hub_code_files() -> set[str]:
+    """The flat Hub-code modules of `hf_masked_vl.models` (copied beside the weights by `save_pretrained`)."""
+    folder = importlib.resources.files("hf_masked_vl.models")
+    return {entry.name for entry in folder.iterdir() if entry.name.endswith(".py") and entry.name != "__init__.py"}
+
+
+def checkpoint_files(folder: str | Path) -> list[str]:
+    """The files of `folder` that this package writes for a checkpoint (the push allow-list)."""
+    folder = Path(folder)
+    code = hub_code_files()
+    names = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and (
+            path.name in code or any(fnmatch.fnmatch(path.name, p) for p in CHECKPOINT_FILE_PATTERNS)
+        ):
+            names.append(path.name)
+    return names
 
 
 def auto_map_for(model: PreTrainedModel) -> dict[str, str]:
@@ -45,44 +96,71 @@ def auto_map_for(model: PreTrainedModel) -> dict[str, str]:
     entries = {"AutoConfig": f"{config_module}.{type(model.config).__name__}", "AutoModel": model_ref}
     if hasattr(model, "get_text_features"):
         entries["AutoModelForZeroShotImageClassification"] = model_ref
+    entries.update(getattr(model, "extra_auto_map", {}) or {})
     return entries
 
 
+def public_name(name: str | None) -> str | None:
+    """A path or id as a card may show it: Hub ids and `open_clip:` specs as they are, local paths as their last
+    component only (never an absolute path of the machine that trained the model)."""
+    if not name:
+        return name
+    if name.startswith("open_clip:"):
+        spec, at, pretrained = name.partition("@")
+        return spec + (at + public_name(pretrained) if at else "")
+    if os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        return os.path.basename(os.path.normpath(name)) or name
+    return name
+
+
+def hub_id_or_none(name: str | None) -> str | None:
+    """`name` if it can be a Hub model id (card metadata `base_model`), not a local path or an open_clip spec."""
+    if not name or os.path.exists(name) or name.startswith("open_clip:") or name.count("/") > 1:
+        return None
+    return name
+
+
 def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path) -> ModelCard:
-    """Render the model's card template from `model_cards/` with metadata (zero-shot top-1 in model-index)."""
-    eval_results = None
-    if info.zero_shot is not None:
-        result = info.zero_shot
-        eval_results = [
-            EvalResult(
-                task_type="zero-shot-image-classification",
-                dataset_type=result.dataset_type,
-                dataset_name=result.dataset_name,
-                dataset_split=result.split,
-                metric_type="accuracy",
-                metric_name="zero-shot top-1",
-                metric_value=round(result.top1, 4),
-            )
-        ]
+    """Render the method's card template from `model_cards/` with metadata (exported figures in model-index)."""
+    eval_results = [
+        EvalResult(
+            task_type=PROTOCOL_TASKS.get(figure.protocol, "image-classification"),
+            dataset_type=figure.dataset_type,
+            dataset_name=figure.dataset_name,
+            dataset_split=figure.split,
+            metric_type="accuracy",
+            metric_name=figure.label,
+            metric_value=round(figure.top1, 4),
+        )
+        for figure in info.results
+        if figure.exported
+    ]
+    has_text = getattr(model.config, "text_config", None) is not None
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="zero-shot-image-classification",
+        pipeline_tag=info.pipeline_tag
+        or ("zero-shot-image-classification" if has_text else "image-feature-extraction"),
         license="apache-2.0",
         tags=["hf_masked_vl", model.config.model_type, "custom_code"],
         datasets=info.datasets or None,
         base_model=info.base_model,
         model_name=info.model_name,
-        eval_results=eval_results,
+        eval_results=eval_results or None,
     )
-    template = importlib.resources.files("hf_masked_vl.model_cards") / CARD_TEMPLATES[model.config.model_type]
+    templates = importlib.resources.files("hf_masked_vl.model_cards")
+    template = templates / info.template
+    if not template.is_file():
+        template = templates / "generic.md"
     card = ModelCard.from_template(
         card_data,
         template_str=template.read_text(encoding="utf-8"),
         model_name=info.model_name,
+        model_type=model.config.model_type,
+        model_class=type(model).__name__,
         config=model.config,
         training_summary=info.training_summary,
-        zero_shot=info.zero_shot,
-        templates=list(getattr(model.config, "zero_shot_templates", [])),
+        results=info.results,
+        templates=list(getattr(model.config, "zero_shot_templates", []) or []),
         num_parameters=sum(p.numel() for p in model.parameters()),
     )
     card.save(Path(folder) / "README.md")
@@ -92,21 +170,34 @@ def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path
 def save_checkpoint(
     model: PreTrainedModel,
     folder: str | Path,
-    tokenizer,
-    image_processor,
+    tokenizer=None,
+    image_processor=None,
     card: CardInfo | None = None,
+    pipelines: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write a folder that `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
-    `pipeline(..., model=folder, trust_remote_code=True)` load without this package: safetensors weights,
-    config with a complete `auto_map` and `custom_pipelines`, the flat model code, `tokenizer.json`,
-    `preprocessor_config.json`, the zero-shot pipeline code and a model card."""
+    """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
+    `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
+    code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
+    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
+    text tower and none otherwise."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     type(model.config).register_for_auto_class()
     type(model).register_for_auto_class("AutoModel")
     model.config.auto_map = auto_map_for(model)
-    pipe = ZeroShotEnsemblePipeline(model=model, tokenizer=tokenizer, image_processor=image_processor)
-    pipe.save_pretrained(folder)
+    if pipelines is None:
+        pipelines = (ZERO_SHOT_ENSEMBLE_TASK,) if hasattr(model, "get_text_features") else ()
+    if ZERO_SHOT_ENSEMBLE_TASK in pipelines:
+        if tokenizer is None:
+            raise ValueError("the zero-shot pipeline needs the model's tokenizer")
+        pipe = ZeroShotEnsemblePipeline(model=model, tokenizer=tokenizer, image_processor=image_processor)
+        pipe.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        if image_processor is not None:
+            image_processor.save_pretrained(folder)
     if card is not None:
         render_model_card(model, card, folder)
     return folder
@@ -118,8 +209,15 @@ def push_checkpoint(
     token: str | None = None,
     private: bool | None = None,
     revision: str | None = None,
+    extra_patterns: list[str] | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload the whole folder in one commit. Returns the commit URL."""
+    """Create `repo_id` if needed and upload, in one commit, only the files this package writes for a checkpoint
+    (`checkpoint_files`: weights, config, code, tokenizer, processor, card) plus `extra_patterns` the user asked for
+    (e.g. `["checkpoint-*/**", "runs/**"]`). Anything else in the folder stays on the machine. Returns the commit
+    URL."""
+    allow = checkpoint_files(folder) + list(extra_patterns or [])
+    if "config.json" not in allow:
+        raise FileNotFoundError(f"{folder} holds no checkpoint of this package (no config.json)")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(
@@ -127,15 +225,40 @@ def push_checkpoint(
         folder_path=str(folder),
         commit_message="Upload hf_masked_vl checkpoint",
         revision=revision,
-        ignore_patterns=["checkpoint-*/**", "checkpoint-*"],
+        allow_patterns=allow,
     )
     return str(commit.commit_url)
 
 
+def check_hub_access(repo_id: str, token: str | None = None) -> None:
+    """Fail early, before training, when the Hub cannot be reached or the token cannot write to `repo_id`."""
+    api = HfApi(token=token)
+    try:
+        whoami = api.whoami()
+    except Exception as error:
+        raise RuntimeError(
+            f"--push_to_hub: cannot reach the Hub or the token is not valid ({type(error).__name__}: {error}). "
+            "Log in with `hf auth login` or pass --hub_token, or drop --push_to_hub."
+        ) from None
+    owner = repo_id.split("/")[0] if "/" in repo_id else whoami.get("name")
+    allowed = {whoami.get("name")} | {org.get("name") for org in whoami.get("orgs", []) or []}
+    if owner not in allowed:
+        raise RuntimeError(
+            f"--push_to_hub: the token of {whoami.get('name')!r} cannot create or write {repo_id!r} (owner "
+            f"{owner!r} is not the user or one of their organisations)"
+        )
+
+
 __all__ = [
+    "CHECKPOINT_FILE_PATTERNS",
     "CardInfo",
-    "ZeroShotResult",
+    "EvaluationFigure",
     "auto_map_for",
+    "check_hub_access",
+    "checkpoint_files",
+    "hub_code_files",
+    "hub_id_or_none",
+    "public_name",
     "push_checkpoint",
     "render_model_card",
     "save_checkpoint",

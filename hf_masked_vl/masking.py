@@ -7,7 +7,8 @@ row-major patch grid. Random draws come from a `numpy.random.Generator`, made re
 - `random_keep_indices`: uniform random subset (MAE, FLIP).
 - `block_mask` / `reversed_block_mask`: BEiT block-wise masking and UTA's reversed variant.
 - `mask_to_keep_indices`: boolean masks with slightly varying counts to a fixed keep count.
-- `topk_group_keep_indices`: keep the highest-scoring groups of g×g patches (A-CLIP's attentive mask).
+- `topk_group_keep_indices` / `random_group_keep_indices`: the highest-scoring (or random) groups of g×g patches
+  (A-CLIP's attentive mask and its random ablation).
 - `crop_score_map`: move a per-patch score map computed on one crop into another crop of the same image.
 """
 
@@ -112,32 +113,49 @@ def mask_to_keep_indices(
     return torch.from_numpy(np.stack(rows)).long()
 
 
-def num_kept_groups(num_groups: int, keep_ratio: float) -> int:
-    """ceil(G·keep_ratio) groups, at least one: 25 of 49 for ViT-B/16 at 224 px, as in the official A-CLIP code."""
-    return min(num_groups, max(1, math.ceil(num_groups * keep_ratio - 1e-9)))
+def num_kept_groups(num_groups: int, mask_ratio: float) -> int:
+    """Groups kept when dropping `mask_ratio` of `num_groups`, as A-CLIP's `get_att_mask` counts them:
+    floor(G·(1 - mask_ratio)) + 1, capped at G. 25 of 49 for ViT-B/16 at 224 px, 9 of 16 on an 8×8 grid."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
+    return min(num_groups, math.floor(num_groups * (1.0 - mask_ratio) + 1e-9) + 1)
 
 
-def topk_group_keep_indices(scores: torch.Tensor, keep_ratio: float, group_size: int = 2) -> torch.Tensor:
-    """Keep the top groups of `group_size`² patches by mean score.
-
-    scores: (B, h, w) per-patch relevance. Groups are the average-pooled g×g cells (equal to A-CLIP's bilinear
-    ×0.5 resize for g = 2); ceil(G·keep_ratio) of the G groups are kept, which is 25 of 49 for ViT-B/16 at
-    224 px, as in the official code. Returns (B, K) sorted patch indices, K = kept groups · g².
-    """
-    batch, height, width = scores.shape
-    if height % group_size or width % group_size:
-        raise ValueError(f"grid {height}x{width} is not divisible by group_size={group_size}")
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio={keep_ratio} must be in (0, 1]")
-    pooled = F.avg_pool2d(scores[:, None].float(), group_size).flatten(1)  # (B, G)
+def group_keep_indices(groups: torch.Tensor, grid: tuple[int, int], group_size: int) -> torch.Tensor:
+    """Kept group ids (B, n) on a (h, w) patch grid of g×g groups → sorted patch indices (B, n·g²)."""
+    height, width = grid
     groups_w = width // group_size
-    top = pooled.topk(num_kept_groups(pooled.shape[1], keep_ratio), dim=1).indices  # (B, n)
-    rows, cols = (top // groups_w) * group_size, (top % groups_w) * group_size
-    offsets = torch.arange(group_size, device=scores.device)
+    rows, cols = (groups // groups_w) * group_size, (groups % groups_w) * group_size
+    offsets = torch.arange(group_size, device=groups.device)
     patch_rows = rows[:, :, None, None] + offsets[None, None, :, None]
     patch_cols = cols[:, :, None, None] + offsets[None, None, None, :]
-    indices = (patch_rows * width + patch_cols).reshape(batch, -1)
-    return indices.sort(dim=1).values
+    return (patch_rows * width + patch_cols).reshape(groups.shape[0], -1).sort(dim=1).values
+
+
+def topk_group_keep_indices(scores: torch.Tensor, mask_ratio: float, group_size: int = 2) -> torch.Tensor:
+    """Keep the top groups of `group_size`² patches by mean score (A-CLIP's attentive mask).
+
+    scores: (B, h, w) per-patch relevance. Groups are the average-pooled g×g cells (equal to A-CLIP's bilinear
+    ×0.5 resize for g = 2); `num_kept_groups(G, mask_ratio)` of the G groups are kept. Returns (B, K) sorted patch
+    indices, K = kept groups · g².
+    """
+    _, height, width = scores.shape
+    if height % group_size or width % group_size:
+        raise ValueError(f"grid {height}x{width} is not divisible by group_size={group_size}")
+    pooled = F.avg_pool2d(scores[:, None].float(), group_size).flatten(1)  # (B, G)
+    top = pooled.topk(num_kept_groups(pooled.shape[1], mask_ratio), dim=1).indices  # (B, n)
+    return group_keep_indices(top, (height, width), group_size)
+
+
+def random_group_keep_indices(
+    rngs: list[np.random.Generator], grid: tuple[int, int], group_size: int, mask_ratio: float
+) -> torch.Tensor:
+    """A uniform random set of g×g groups per generator, as many as the attentive mask keeps (FLIP-style ablation of
+    A-CLIP). Returns (B, K) sorted patch indices."""
+    num_groups = (grid[0] // group_size) * (grid[1] // group_size)
+    keep = num_kept_groups(num_groups, mask_ratio)
+    groups = torch.from_numpy(np.stack([rng.permutation(num_groups)[:keep] for rng in rngs])).long()
+    return group_keep_indices(groups, grid, group_size)
 
 
 def crop_score_map(
@@ -173,6 +191,8 @@ __all__ = [
     "mask_to_keep_indices",
     "num_kept",
     "num_kept_groups",
+    "group_keep_indices",
+    "random_group_keep_indices",
     "random_keep_indices",
     "reversed_block_mask",
     "topk_group_keep_indices",

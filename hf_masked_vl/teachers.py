@@ -15,6 +15,7 @@ re-normalised and resized (bicubic) to the teacher's input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -241,12 +242,15 @@ class MaskedVLTeacher(CLIPTeacher):
         return text_tower_of(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
-def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
+def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool = False) -> CLIPTeacher:
     """Load a frozen teacher.
 
     `kind`: "hf" (transformers CLIPModel), "open_clip", "hf_masked_vl", or "auto": `open_clip:NAME[@TAG_OR_FILE]`
     selects open_clip; a folder whose config.json has `model_type` "clip" is "hf", one of this package's model types
     is "hf_masked_vl"; any other string is tried as a transformers Hub name.
+
+    `trust_remote_code`: allow a folder or Hub repo to run its own modelling code. Off by default, as in
+    transformers; this package's checkpoints never need it while the package is installed.
     """
     if kind == "auto":
         if name_or_path.startswith("open_clip:"):
@@ -254,7 +258,8 @@ def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
         else:
             from transformers import AutoConfig
 
-            model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True).model_type
+            with _remote_code_guard(name_or_path, trust_remote_code):
+                model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
             kind = "hf" if model_type == "clip" else "hf_masked_vl"
     if kind == "open_clip":
         import open_clip
@@ -270,13 +275,28 @@ def load_teacher(name_or_path: str, kind: str = "auto") -> CLIPTeacher:
     elif kind == "hf_masked_vl":
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+        with _remote_code_guard(name_or_path, trust_remote_code):
+            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
         image_processor = _image_processor(name_or_path)
         teacher = MaskedVLTeacher(model, tokenizer, image_processor)
     else:
         raise ValueError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
     return teacher.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _remote_code_guard(name_or_path: str, trust_remote_code: bool):
+    """Turn transformers' "contains custom code" refusal into one line naming this package's flag."""
+    try:
+        yield
+    except ValueError as error:
+        if trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
+            "(only do so for code you have read or trust)"
+        ) from None
 
 
 def _has_tokenizer(path: str) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import gzip
 
 from transformers import CLIPImageProcessor, CLIPTokenizer
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# normalisation constants as transformers defines them (tuples, so they can be defaults and dict keys)
+IMAGENET_MEAN, IMAGENET_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)
 BPE_MERGES = 49152 - 256 - 2
 
 
@@ -44,4 +44,11 @@ def build_image_processor(
     )
 
 
-__all__ = ["build_clip_tokenizer", "build_image_processor", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "build_clip_tokenizer",
+    "build_image_processor",
+]

@@ -23,7 +23,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from hf_masked_vl.data.demo import ensure_demo_dataset
 from hf_masked_vl.masking import mask_rng, random_keep_indices, topk_group_keep_indices
-from hf_masked_vl.training.objectives import ema_cls_attention_scores
+from hf_masked_vl.methods.a_clip import ema_cls_attention_scores
 
 
 def heat(values: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def main() -> None:
     with torch.no_grad():
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
         scores, _ = ema_cls_attention_scores(model.vision_model, pixels)
-    keep = topk_group_keep_indices(scores, config.mask_keep_ratio, config.mask_group_size)
+    keep = topk_group_keep_indices(scores, config.mask_ratio, config.mask_group_size)
     random_keep = random_keep_indices([mask_rng(0, i) for i in range(len(images))], grid * grid, keep.shape[1])
 
     def kept_pixels(indices: torch.Tensor) -> np.ndarray:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_masked_vl.training.ema import EMA_WEIGHTS_NAME, EMACallback, cosine_momentum
+from hf_masked_vl.training.ema import EMA_WEIGHTS_NAME, EMACallback, cosine_momentum, ema_momentum_at
 
 
 class WithBuffers(nn.Module):
@@ -59,3 +59,27 @@ def test_save_and_load_round_trip(tmp_path):
 def test_invalid_momentum():
     with pytest.raises(ValueError, match="momentum"):
         EMACallback(momentum=1.2)
+
+
+def test_warmup_caps_the_momentum_early_and_leaves_long_runs_on_the_cosine():
+    assert ema_momentum_at(1, 100_000, 0.996) == pytest.approx(2 / 11)
+    assert ema_momentum_at(50_000, 100_000, 0.996) == pytest.approx(cosine_momentum(50_000, 100_000, 0.996))
+    assert ema_momentum_at(10, 100, 0.996, warmup=0) == pytest.approx(cosine_momentum(10, 100, 0.996))
+    # after 300 steps with the warm-up the initial weights are gone; without it about half of them remain
+    share = {}
+    for warmup in (10.0, 0.0):
+        share[warmup] = math.prod(ema_momentum_at(t, 300, 0.996, warmup=warmup) for t in range(1, 301))
+    assert share[10.0] < 1e-6 and share[0.0] > 0.3
+
+
+def test_shared_tensors_are_copied_not_averaged():
+    model = WithBuffers()
+    callback = EMACallback(model=model, averaged=("linear.",))
+    before = callback.ema_model.linear.weight.clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    callback.update(model, 0.9)
+    torch.testing.assert_close(callback.ema_model.linear.weight, 0.9 * before + 0.1 * model.linear.weight)
+    assert torch.equal(callback.ema_model.norm.weight, model.norm.weight)  # shared
+    assert callback.initial_weight == pytest.approx(0.9)

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, pipeline
 
 from hf_masked_vl import ZERO_SHOT_ENSEMBLE_TASK, AClipModel
-from hf_masked_vl.hub import CardInfo, ZeroShotResult, save_checkpoint
+from hf_masked_vl.hub import CardInfo, EvaluationFigure, save_checkpoint
 from hf_masked_vl.tokenization import build_image_processor
 
 LABELS = ["red circle", "blue square", "a very long label " + "with many words " * 8]
@@ -24,7 +24,8 @@ def checkpoint(tmp_path_factory, tokenizer):
     torch.manual_seed(0)
     model = AClipModel(tiny_aclip_config(zero_shot_templates=("a photo of a {}.", "a {}."))).eval()
     folder = tmp_path_factory.mktemp("ckpt") / "a-clip-tiny"
-    card = CardInfo("a-clip-tiny", "unit test", zero_shot=ZeroShotResult("demo", "demo-shapes", 0.25, 1 / 24, 24))
+    figure = EvaluationFigure("zero_shot", 0.25, 1 / 24, 24, "demo", "demo-shapes")
+    card = CardInfo("a-clip-tiny", "unit test", results=[figure], template="a_clip.md")
     save_checkpoint(model, folder, tokenizer, build_image_processor(32), card)
     image = tmp_path_factory.mktemp("img") / "image.png"
     Image.new("RGB", (40, 44), (200, 30, 30)).save(image)

@@ -8,6 +8,8 @@ from hf_masked_vl.masking import (
     mask_rng,
     mask_to_keep_indices,
     num_kept,
+    num_kept_groups,
+    random_group_keep_indices,
     random_keep_indices,
     reversed_block_mask,
     topk_group_keep_indices,
@@ -56,13 +58,15 @@ def test_topk_groups_keep_the_highest_scoring_2x2_groups():
     scores = torch.zeros(1, 4, 4)
     scores[0, 2:, 2:] = 5.0  # group 3 (bottom-right) best
     scores[0, :2, :2] = 1.0  # group 0 second
-    keep = topk_group_keep_indices(scores, keep_ratio=0.5, group_size=2)
+    keep = topk_group_keep_indices(scores, mask_ratio=0.75, group_size=2)  # floor(4 * 0.25) + 1 = 2 groups
     assert keep.tolist() == [[0, 1, 4, 5, 10, 11, 14, 15]]
 
 
 def test_topk_groups_match_the_official_count():
     keep = topk_group_keep_indices(torch.rand(2, 14, 14), 0.5, 2)
-    assert keep.shape == (2, 100)  # 25 of 49 groups, as in microsoft/A-CLIP
+    assert keep.shape == (2, 100)  # floor(49 / 2) + 1 = 25 of 49 groups, as microsoft/A-CLIP's get_att_mask
+    assert topk_group_keep_indices(torch.rand(2, 8, 8), 0.5, 2).shape == (2, 36)  # 9 of 16 groups, not 8
+    assert num_kept_groups(16, 0.0) == 16 and num_kept_groups(49, 0.75) == 13
     with pytest.raises(ValueError, match="not divisible"):
         topk_group_keep_indices(torch.rand(1, 7, 7), 0.5, 2)
 
@@ -74,6 +78,17 @@ def test_crop_score_map_identity_and_shift():
     # the right half of the source crop, resampled to 2 columns, reads source columns 2 and 3
     right = torch.tensor([[0.0, 32.0, 64.0, 32.0]])
     torch.testing.assert_close(crop_score_map(scores, box, right, (4, 2)), scores[:, :, 2:])
+
+
+def test_random_group_masks_keep_whole_groups_reproducibly():
+    rngs = [mask_rng(7, i) for i in range(3)]
+    keep = random_group_keep_indices(rngs, (8, 8), 2, 0.5)
+    assert keep.shape == (3, 36)
+    for row in keep.tolist():
+        groups = {(index // 8 // 2, index % 8 // 2) for index in row}
+        assert len(groups) == 9  # every kept patch belongs to one of 9 complete 2x2 groups
+    again = random_group_keep_indices([mask_rng(7, i) for i in range(3)], (8, 8), 2, 0.5)
+    assert torch.equal(keep, again)
 
 
 def test_num_kept():

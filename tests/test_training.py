@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from hf_masked_vl import AClipModel
 from hf_masked_vl.data.streaming import ImageTextCollator, ImageTextStream, load_stream
 from hf_masked_vl.data.views import AClipViews
+from hf_masked_vl.methods.a_clip import AClipObjective
 from hf_masked_vl.training.arguments import PretrainingArguments
-from hf_masked_vl.training.ema import cosine_momentum
-from hf_masked_vl.training.objectives import AClipObjective
+from hf_masked_vl.training.ema import EMACallback, ema_momentum_at
 from hf_masked_vl.training.run import main as run_pretraining
 from hf_masked_vl.training.trainer import MaskedVLTrainer
 
@@ -52,6 +52,7 @@ def make_trainer(small_demo, tokenizer, output_dir, **arguments):
         logging_steps=1,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        report_to="none",
         **arguments,
     )
     return MaskedVLTrainer(
@@ -60,6 +61,7 @@ def make_trainer(small_demo, tokenizer, output_dir, **arguments):
         train_dataset=stream,
         objective=AClipObjective(config),
         data_collator=ImageTextCollator(tokenizer, 16),
+        ema_callback=EMACallback(momentum=0.996),
     )
 
 
@@ -81,8 +83,71 @@ def test_one_ema_update_per_optimizer_step_with_accumulation(small_demo, tokeniz
     )
     trainer.train()
     assert trainer.state.global_step == 3
-    assert updates == pytest.approx([cosine_momentum(step, 3, 0.996) for step in (1, 2, 3)])
+    assert updates == pytest.approx([ema_momentum_at(step, 3, 0.996) for step in (1, 2, 3)])
     assert 0 <= trainer.model.logit_scale.item() <= trainer.model.config.logit_scale_max
+
+
+def test_logs_every_loss_part_throughput_and_the_ema_momentum(small_demo, tokenizer, tmp_path):
+    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=2, save_strategy="no")
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    for key in (
+        "clip_loss",
+        "simclr_loss",
+        "byol_loss",
+        "ema_momentum",
+        "skipped_samples",
+        "images_per_second",
+        "achieved_gflops_per_s",
+        "data_wait_share",
+    ):
+        assert key in logged, key
+    assert logged["images_per_second"] > 0 and 0 <= logged["data_wait_share"] < 1
+    assert trainer.flops_per_micro_step > 0
+
+
+def test_aclip_ema_averages_the_official_set_and_shares_the_rest(small_demo, tokenizer, tmp_path):
+    from hf_masked_vl.methods.a_clip import AClipMethod
+
+    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=2, save_strategy="no", learning_rate=1e-2)
+    trainer.ema_callback.averaged = AClipMethod.ema_averaged(None, trainer.model)
+    trainer.ema_callback._pairs = None
+    trainer.train()
+    online, ema = trainer.model.state_dict(), trainer.ema_model.state_dict()
+    shared = [
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.final_layer_norm.weight",
+        "logit_scale",
+    ]
+    for key in shared:
+        assert torch.equal(ema[key], online[key]), key
+    averaged = [
+        "vision_model.layers.0.attn.qkv.weight",
+        "text_model.encoder.layers.0.mlp.fc1.weight",
+        "visual_projection.weight",
+        "text_projection.weight",
+        "byol_projector.0.weight",
+    ]
+    for key in averaged:
+        assert not torch.equal(ema[key], online[key]), key
+
+
+def test_non_finite_loss_stops_training_with_the_step_and_the_parts(small_demo, tokenizer, tmp_path):
+    from hf_masked_vl.training.trainer import NonFiniteLossError
+
+    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=3, save_strategy="no")
+    trainer.model.config.simclr_temperature = 0.0  # bypasses validation on purpose
+    with pytest.raises(NonFiniteLossError, match="step 1.*simclr_loss"):
+        trainer.train()
+
+
+def test_no_weight_decay_on_cls_token_and_positions(small_demo, tokenizer, tmp_path):
+    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=1)
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    assert "vision_model.embeddings.cls_token" not in decayed
+    assert "vision_model.embeddings.position_embedding" not in decayed
+    assert "vision_model.layers.0.attn.qkv.weight" in decayed
 
 
 def test_teacher_is_frozen_outside_model_and_optimizer(small_demo, tokenizer, tmp_path):
@@ -95,6 +160,7 @@ def test_teacher_is_frozen_outside_model_and_optimizer(small_demo, tokenizer, tm
         data_collator=trainer.data_collator,
         objective=trainer.objective,
         teacher=teacher,
+        ema_callback=EMACallback(),
     )
     trainer2.train()
     assert trainer2.teacher is teacher and not teacher.training

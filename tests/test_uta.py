@@ -17,10 +17,10 @@ from transformers import CLIPConfig, CLIPModel
 from hf_masked_vl import AClipModel, UTAConfig, UTAModel
 from hf_masked_vl.hub import save_checkpoint
 from hf_masked_vl.masking import mask_rng, reversed_block_mask
+from hf_masked_vl.methods.uta import uta_keep_indices
 from hf_masked_vl.models.losses import token_alignment_loss
 from hf_masked_vl.teachers import load_teacher, open_clip_text_tower, resample_token_grid
 from hf_masked_vl.tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_image_processor
-from hf_masked_vl.training.objectives import uta_keep_indices
 from hf_masked_vl.training.run import main as run_pretraining
 
 EVA = dict(use_rope=True, mlp_type="swiglu", mlp_sub_norm=True, qkv_bias="qv", mlp_ratio=8 / 3)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..models.pipeline_zero_shot import tokenize_texts
+from .maps import MAP_DECODERS
 
 logger = logging.getLogger(__name__)
 
@@ -71,38 +72,49 @@ def pick_caption(value: Any, rng: np.random.Generator) -> str | None:
 
 
 class ImageTextStream(torch.utils.data.IterableDataset):
-    """Image–caption pairs from a `datasets.IterableDataset`, transformed into training views.
+    """Training examples from a `datasets.IterableDataset`: the image, optionally its caption and per-image maps
+    (guidance, segments), transformed into the method's views.
 
-    Records whose image cannot be decoded or whose caption is missing or empty are skipped, never raised;
-    every yielded example carries `num_skipped`, the number of records skipped just before it, so the count
-    survives DataLoader workers (the trainer logs the running total as `skipped_samples`).
+    Records whose image cannot be decoded, whose caption is missing or empty, or whose map cell is missing or
+    malformed are skipped, never raised; every yielded example carries `num_skipped`, the number of records skipped
+    just before it, so the count survives DataLoader workers (the trainer logs the running total as
+    `skipped_samples`).
 
     Per-sample randomness (`transform`'s generator and `sample_seed`) is a function of (seed, the sample's
     content CRC, epoch), so views and masks are reproducible whatever the worker or shard order.
 
     Args:
         dataset: the source stream.
-        transform: `transform(image, rng) -> dict of tensors`.
+        transform: `transform(image, rng, maps) -> dict of tensors`; `maps` holds the decoded map of each role.
         image_column / caption_column: column names; `caption_column=None` for image-only methods.
+        map_columns: role → column of per-image maps the method reads, e.g. `{"guidance": "guidance"}` (float maps,
+            `maps.decode_float_map`) or `{"segments": "segments"}` (label maps, `maps.decode_label_map`).
         seed: base seed; `shuffle_buffer` > 0 shuffles shards and a buffer of that many examples.
     """
 
     def __init__(
         self,
         dataset: datasets.IterableDataset,
-        transform: Callable[[Image.Image, np.random.Generator], dict[str, torch.Tensor]],
+        transform: Callable[..., dict[str, torch.Tensor]],
         image_column: str = "image",
         caption_column: str | None = "caption",
         seed: int = 0,
         shuffle_buffer: int = 1000,
+        map_columns: dict[str, str] | None = None,
     ):
+        self.map_columns = dict(map_columns or {})
+        unknown = [role for role in self.map_columns if role not in MAP_DECODERS]
+        if unknown:
+            raise ValueError(f"unknown map role(s) {unknown}; known: {sorted(MAP_DECODERS)}")
         features = dataset.features
         if features is not None:
-            missing = [c for c in (image_column, caption_column) if c is not None and c not in features]
+            wanted = [image_column, caption_column, *self.map_columns.values()]
+            missing = [c for c in wanted if c is not None and c not in features]
             if missing:
                 raise ValueError(f"column(s) {missing} not in the dataset; available: {sorted(features)}")
-            if isinstance(features[image_column], datasets.Image):
-                dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+            for column in (image_column, *self.map_columns.values()):
+                if isinstance(features[column], datasets.Image):
+                    dataset = dataset.cast_column(column, datasets.Image(decode=False))
         if shuffle_buffer > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.dataset = dataset
@@ -119,6 +131,15 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
 
+    def _maps(self, record: dict) -> dict[str, np.ndarray] | None:
+        maps = {}
+        for role, column in self.map_columns.items():
+            value = MAP_DECODERS[role](record.get(column))
+            if value is None:
+                return None
+            maps[role] = value
+        return maps
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skipped = 0
         for record in self.dataset:
@@ -126,7 +147,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 raise ValueError(f"column {self.image_column!r} not in the dataset; available: {sorted(record)}")
             raw = record[self.image_column]
             image = decode_image(raw)
-            if image is None:
+            maps = self._maps(record) if image is not None else None
+            if image is None or maps is None:
                 skipped += 1
                 continue
             key = image_key(raw, image)
@@ -137,7 +159,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 if caption is None:
                     skipped += 1
                     continue
-            example = self.transform(image, rng)
+            example = self.transform(image, rng, maps)
             example["sample_seed"] = int(rng.integers(2**62))
             if caption is not None:
                 example["caption"] = caption
@@ -146,18 +168,28 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             yield example
         if skipped:
             logger.warning(
-                "%d records at the end of the stream were skipped (undecodable image or empty caption)",
+                "%d records at the end of the stream were skipped (undecodable image, empty caption or bad map)",
                 skipped,
             )
 
 
 class ImageTextCollator:
-    """Stacks tensor fields, tokenizes captions (truncated to the text context, ending with end-of-text), and
-    gathers `num_skipped` per example, shape (B,)."""
+    """Stacks tensor fields, tokenizes captions (truncated to the text context, ending with end-of-text), gathers
+    `num_skipped` per example (B,) and `sample_seeds` (B,), and draws data-independent masks.
 
-    def __init__(self, tokenizer=None, context_length: int = 77):
+    `mask_generator(sample_seeds) -> keep_indices` (e.g. random or reversed-block masks) runs here, in the DataLoader
+    workers, not on the main process each step; masks that depend on the model (A-CLIP's attentive masks) are drawn
+    by the method's objective instead."""
+
+    def __init__(
+        self,
+        tokenizer=None,
+        context_length: int = 77,
+        mask_generator: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.context_length = context_length
+        self.mask_generator = mask_generator
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = {
@@ -169,6 +201,10 @@ class ImageTextCollator:
         batch["num_skipped"] = torch.tensor([example.get("num_skipped", 0) for example in examples])
         if self.tokenizer is not None and "caption" in examples[0]:
             batch.update(tokenize_texts(self.tokenizer, [e["caption"] for e in examples], self.context_length))
+        if self.mask_generator is not None:
+            keep_indices = self.mask_generator(batch["sample_seeds"])
+            if keep_indices is not None:
+                batch["keep_indices"] = keep_indices
         return batch
 
 

@@ -11,6 +11,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+from .maps import MapSpec, ViewGeometry, apply_map_spec
 
 
 def random_resized_crop_box(
@@ -88,12 +89,26 @@ def normalize(image: torch.Tensor, mean: list[float], std: list[float]) -> torch
     return TF.normalize(image.float() / 255.0, mean, std)
 
 
+def _view_maps(
+    maps: dict[str, np.ndarray] | None, specs: dict[str, MapSpec], geometry: ViewGeometry
+) -> dict[str, torch.Tensor]:
+    """Every map a view asks for (`specs`), resampled with the view's geometry."""
+    if not specs:
+        return {}
+    maps = maps or {}
+    missing = [role for role in specs if role not in maps]
+    if missing:
+        raise KeyError(f"the view needs map column(s) {missing}, the record has {sorted(maps)}")
+    return {role: apply_map_spec(maps[role], geometry, spec) for role, spec in specs.items()}
+
+
 class AClipViews:
     """Three views of one image (A-CLIP §1.3): two online random-resized crops with photometric augmentation,
     and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
 
     Returns `pixel_values` (2, 3, S, S), `ema_pixel_values` (3, S, S) and `crop_boxes` (3, 4) float
-    (top, left, height, width) in source pixels, rows: online 1, online 2, EMA.
+    (top, left, height, width) in source pixels, rows: online 1, online 2, EMA. Each map in `map_specs` comes back
+    under its role as (3, size, size), one per view in the same order.
     """
 
     def __init__(
@@ -103,13 +118,17 @@ class AClipViews:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         photometric: bool = True,
+        map_specs: dict[str, MapSpec] | None = None,
     ):
         self.image_size = image_size
         self.crop_scale = crop_scale
         self.mean, self.std = list(mean), list(std)
         self.photometric = photometric
+        self.map_specs = dict(map_specs or {})
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
+    ) -> dict[str, torch.Tensor]:
         tensor = TF.pil_to_tensor(image.convert("RGB"))
         height, width = tensor.shape[-2:]
         boxes = [random_resized_crop_box(rng, height, width, self.crop_scale) for _ in range(2)]
@@ -118,36 +137,63 @@ class AClipViews:
         for box in boxes[:2]:
             view = crop_resize(tensor, box, self.image_size)
             online.append(normalize(photometric_augment(view, rng) if self.photometric else view, self.mean, self.std))
-        return {
+        example = {
             "pixel_values": torch.stack(online),
             "ema_pixel_values": normalize(crop_resize(tensor, boxes[2], self.image_size), self.mean, self.std),
             "crop_boxes": torch.tensor(boxes, dtype=torch.float32),
         }
+        per_view = [_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width))) for box in boxes]
+        for role in self.map_specs:
+            example[role] = torch.stack([view[role] for view in per_view])
+        return example
 
 
 class SingleCropView:
     """One random-resized crop with an optional horizontal flip (UTA / EVA-02 pre-training: scale (0.2, 1),
-    bicubic, no colour jitter). Returns `pixel_values` (3, S, S)."""
+    bicubic, no colour jitter). `crop_scale=None` resizes the whole image instead (AttG-MAE: resize + flip).
+
+    Returns `pixel_values` (3, S, S) and each map in `map_specs` under its role, (size, size), cut, flipped and
+    resampled exactly like the image.
+    """
 
     def __init__(
         self,
         image_size: int,
-        crop_scale: tuple[float, float] = (0.2, 1.0),
+        crop_scale: tuple[float, float] | None = (0.2, 1.0),
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         horizontal_flip: bool = True,
+        map_specs: dict[str, MapSpec] | None = None,
     ):
         self.image_size = image_size
         self.crop_scale = crop_scale
         self.mean, self.std = list(mean), list(std)
         self.horizontal_flip = horizontal_flip
+        self.map_specs = dict(map_specs or {})
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
+    ) -> dict[str, torch.Tensor]:
         tensor = TF.pil_to_tensor(image.convert("RGB"))
-        view = crop_resize(tensor, random_resized_crop_box(rng, *tensor.shape[-2:], self.crop_scale), self.image_size)
-        if self.horizontal_flip and rng.random() < 0.5:
+        height, width = tensor.shape[-2:]
+        if self.crop_scale is None:
+            box = (0, 0, height, width)
+        else:
+            box = random_resized_crop_box(rng, height, width, self.crop_scale)
+        view = crop_resize(tensor, box, self.image_size)
+        flip = bool(self.horizontal_flip and rng.random() < 0.5)
+        if flip:
             view = TF.horizontal_flip(view)
-        return {"pixel_values": normalize(view, self.mean, self.std)}
+        example = {"pixel_values": normalize(view, self.mean, self.std)}
+        example.update(_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width), flip)))
+        return example
 
 
-__all__ = ["AClipViews", "SingleCropView", "enclosing_box", "photometric_augment", "random_resized_crop_box"]
+__all__ = [
+    "AClipViews",
+    "SingleCropView",
+    "crop_resize",
+    "enclosing_box",
+    "photometric_augment",
+    "random_resized_crop_box",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
@@ -55,14 +56,16 @@ class AClipConfig(PreTrainedConfig):
         logit_scale_init_value: Initial log of the contrastive logit scale, ln(1/0.07).
         logit_scale_max: The log scale is clamped to [0, logit_scale_max] after every optimizer step (ln 100).
         mask_mode: `"attentive"` (EMA CLS attention picks the kept groups), `"random"` (FLIP-style) or `"none"`.
-        mask_keep_ratio: Fraction of patch groups kept in each online view (0.5 in the paper, hard-coded there).
+        mask_ratio: Fraction of patch groups dropped in each online view (0.5 in the paper, hard-coded there). As in
+            the official `get_att_mask`, floor(G·(1 - mask_ratio)) + 1 of the G groups are kept: 25 of 49 for
+            ViT-B/16 at 224 px, 9 of 16 for the tiny preset. (Older checkpoints stored `mask_keep_ratio`, the
+            fraction kept; it still loads, as 1 - mask_ratio.)
         mask_group_size: Side of the square patch groups ranked together (2, i.e. 32 px for /16 patches).
         simclr_loss_weight: Weight of the SimCLR loss between the two masked views (0 disables the head).
         simclr_temperature: NT-Xent temperature.
         simclr_hidden_dim / simclr_output_dim: SimCLR MLP widths (4096 / 256).
         byol_loss_weight: Weight of the BYOL loss to the EMA projection of the EMA view (0 disables the heads).
         byol_hidden_dim / byol_output_dim: BYOL projector and predictor widths (4096 / 256).
-        ema_momentum: Start of the cosine EMA momentum schedule; it rises to 1.0 at the last step.
         zero_shot_templates: Prompt templates averaged by the zero-shot pipeline (class name in `{}`).
     """
 
@@ -75,7 +78,7 @@ class AClipConfig(PreTrainedConfig):
     logit_scale_init_value: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100.0)
     mask_mode: str = "attentive"
-    mask_keep_ratio: float = 0.5
+    mask_ratio: float = 0.5
     mask_group_size: int = 2
     simclr_loss_weight: float = 1.0
     simclr_temperature: float = 0.1
@@ -84,29 +87,47 @@ class AClipConfig(PreTrainedConfig):
     byol_loss_weight: float = 2.0
     byol_hidden_dim: int = 4096
     byol_output_dim: int = 256
-    ema_momentum: float = 0.996
     zero_shot_templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)
+
+    deprecated_keys = ("mask_keep_ratio",)
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
             self.vision_config = {"freeze_patch_embedding": True}
+        if "mask_keep_ratio" in kwargs:  # checkpoints before 0.2 stored the kept fraction
+            keep = kwargs.pop("mask_keep_ratio")
+            warnings.warn(
+                "AClipConfig.mask_keep_ratio is deprecated: use mask_ratio = 1 - mask_keep_ratio",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.mask_ratio = 1.0 - float(keep)
+        kwargs.pop("ema_momentum", None)  # now a training argument (--ema_momentum), ignored in old configs
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Checked at construction by `@strict`."""
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode={self.mask_mode!r} is not one of {MASK_MODES}")
-        if not 0.0 < self.mask_keep_ratio <= 1.0:
-            raise ValueError(f"mask_keep_ratio={self.mask_keep_ratio} must be in (0, 1]")
-        if self.vision_config.grid_size % self.mask_group_size:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1) (the fraction of patch groups dropped)")
+        if self.mask_group_size < 1 or self.vision_config.grid_size % self.mask_group_size:
             raise ValueError(
                 f"mask_group_size={self.mask_group_size} does not divide the {self.vision_config.grid_size}-patch grid"
             )
-        if not 0.0 <= self.ema_momentum <= 1.0:
-            raise ValueError(f"ema_momentum={self.ema_momentum} must be in [0, 1]")
+        for name in ("projection_dim", "simclr_hidden_dim", "simclr_output_dim", "byol_hidden_dim", "byol_output_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         for name in ("simclr_loss_weight", "byol_loss_weight"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.simclr_temperature > 0:
+            raise ValueError(f"simclr_temperature={self.simclr_temperature} must be > 0")
+        if not 0 <= self.logit_scale_init_value <= self.logit_scale_max:
+            raise ValueError(
+                f"logit_scale_init_value={self.logit_scale_init_value} must be in [0, logit_scale_max="
+                f"{self.logit_scale_max}]"
+            )
         validate_templates(self.zero_shot_templates)
 
     @classmethod

@@ -42,6 +42,8 @@ class MaskedViTConfig(PreTrainedConfig):
         freeze_patch_embedding: Keep the patch-embedding projection at its random init (MoCo-v3 trick used by
             A-CLIP's official code).
         initializer_range: Std of the trunc-normal init of Linear layers and embeddings.
+        rescale_residual_init: Divide each block's attention output projection and MLP output weights by
+            sqrt(2·l) at init, l = 1..L the block's depth (EVA-02 / BEiT `fix_init_weight`; on in the UTA presets).
         use_final_norm: Apply a final LayerNorm to the output tokens.
     """
 
@@ -67,10 +69,21 @@ class MaskedViTConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     freeze_patch_embedding: bool = False
     initializer_range: float = 0.02
+    rescale_residual_init: bool = False
     use_final_norm: bool = True
 
     def validate_architecture(self):
         """Checked at construction (and on every assignment) by `@strict`."""
+        for name in (
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
@@ -91,8 +104,12 @@ class MaskedViTConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
-        if self.mlp_ratio <= 0:
+        if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout={self.attention_dropout} must be in [0, 1)")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be > 0")
 
     @property
     def grid_size(self) -> int:

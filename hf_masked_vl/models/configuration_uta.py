@@ -13,7 +13,14 @@ from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_t
 UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
 
 # EVA-02 style student: 2D RoPE, SwiGLU (hidden = int(D * 2.6667)) with sub-LN, q/v bias, LN eps 1e-6.
-_EVA = {"use_rope": True, "mlp_type": "swiglu", "mlp_sub_norm": True, "qkv_bias": "qv", "mlp_ratio": 2.6667}
+_EVA = {
+    "use_rope": True,
+    "mlp_type": "swiglu",
+    "mlp_sub_norm": True,
+    "qkv_bias": "qv",
+    "mlp_ratio": 2.6667,
+    "rescale_residual_init": True,
+}
 # Text tower of the default teacher, EVA-01-CLIP-g/14 (OpenCLIP-H-style text encoder, embedding width 1024).
 _EVA_CLIP_G_TEXT = {
     "hidden_size": 1024,

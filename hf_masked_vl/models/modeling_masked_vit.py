@@ -7,6 +7,7 @@ sub-LN, q/v-only bias) for UTA.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -95,6 +96,7 @@ class MaskedViTBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: MaskedViTConfig, layer_idx: int, drop_path: float = 0.0):
         super().__init__()
+        self.layer_idx = layer_idx
         dim, eps = config.hidden_size, config.layer_norm_eps
         hidden = int(dim * config.mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
@@ -163,6 +165,12 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(module.position_embedding, std=std)
         elif isinstance(module, RotaryEmbeddingCat):
             module.init_non_persistent_buffers()
+        elif isinstance(module, MaskedViTBlock) and getattr(self.config, "rescale_residual_init", False):
+            # children are initialised first (post-order), so this rescales their fresh weights; loaded weights are
+            # left alone by `init.copy_`
+            scale = math.sqrt(2.0 * (module.layer_idx + 1))
+            for linear in (module.attn.proj, module.mlp.fc2):
+                init.copy_(linear.weight, linear.weight / scale)
 
 
 class MaskedViTModel(MaskedViTPreTrainedModel):
@@ -198,6 +206,11 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embed
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this model) that are never weight-decayed: CLS token and positions (timm /
+        EVA convention). The trainer collects these from every submodule that defines the method."""
+        return {"embeddings.cls_token", "embeddings.position_embedding"}
+
     def _layer_biases(
         self, attention_bias: torch.Tensor | Sequence[torch.Tensor] | None
     ) -> Sequence[torch.Tensor | None]:
@@ -213,8 +226,8 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         pixel_values: torch.Tensor,
         keep_indices: torch.Tensor | None = None,
         attention_bias: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         output_cls_attentions: bool = False,
         **kwargs,
     ) -> MaskedViTModelOutput:
@@ -225,8 +238,13 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         attention_bias: additive (float) or boolean (True = attend) mask broadcastable to (B, H, 1 + K, 1 + K),
             one tensor for all layers or a sequence of one per layer. Added to the scaled logits.
         output_attentions: return each layer's probabilities (B, H, 1 + K, 1 + K) (runs the eager kernel).
+            `None` (default): `config.output_attentions`; likewise `output_hidden_states`.
         output_cls_attentions: return each layer's CLS-query probabilities (B, H, 1 + K) next to a fused kernel.
         """
+        if output_attentions is None:
+            output_attentions = bool(getattr(self.config, "output_attentions", False))
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
         if keep_indices is not None:

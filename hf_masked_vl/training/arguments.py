@@ -1,17 +1,24 @@
 """Command-line arguments of `scripts/run_pretraining.py`: model, data, and `TrainingArguments` with defaults
-for the embedded demo (a few minutes on a CPU). Every TrainingArguments flag works as usual."""
+for the embedded demo (a few minutes on a CPU). Every TrainingArguments flag works as usual; each method's config
+fields are flags too (`training.config_flags`)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from ..precision import PrecisionChoice, choose_precision
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelArguments:
     method: str = field(
-        default="a_clip", metadata={"help": "Pre-training method.", "choices": ["a_clip", "uta", "uta_contrastive"]}
+        default="a_clip",
+        metadata={"help": "Pre-training method (the list below; `--method NAME --help` shows its own flags)."},
     )
     preset: str = field(
         default="tiny",
@@ -19,28 +26,39 @@ class ModelArguments:
             "help": "Size preset of a new model: A-CLIP tiny, vit-s-16, vit-b-16, vit-l-16; UTA tiny, b-14, l-14."
         },
     )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from this checkpoint folder or Hub id instead of a new model."}
+    )
     teacher: str | None = field(
         default=None,
         metadata={
-            "help": "UTA's frozen CLIP teacher: a transformers CLIP folder or Hub name (openai/clip-vit-base-"
-            "patch16), open_clip:NAME@TAG_OR_FILE, or a checkpoint folder of this package."
+            "help": "A frozen teacher (UTA: a transformers CLIP folder or Hub name such as openai/clip-vit-base-"
+            "patch16, open_clip:NAME@TAG_OR_FILE, or a checkpoint folder of this package)."
         },
     )
     teacher_kind: str = field(
         default="auto", metadata={"help": "Teacher loader.", "choices": ["auto", "hf", "open_clip", "hf_masked_vl"]}
     )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this checkpoint folder or Hub id instead of a new model."}
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a model or teacher folder / Hub repo run its own Python code. Off by default; this "
+            "package's checkpoints never need it while the package is installed."
+        },
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": 'JSON merged into the config, e.g. \'{"mask_mode": "random", "vision_config": {...}}\'.'},
+        metadata={
+            "help": 'Escape hatch: JSON merged into the config, e.g. \'{"mask_mode": "random", "vision_config": '
+            "{...}}'. Unknown keys are an error."
+        },
     )
     export_weights: str = field(
-        default="ema",
+        default="auto",
         metadata={
-            "help": "Weights of the final folder: the EMA model (as the paper evaluates) or online.",
-            "choices": ["ema", "online"],
+            "help": "Weights of the final folder for methods with an EMA: auto (score both on the evaluation split "
+            "and export the better; without one, the EMA if the run covered its averaging window), ema or online.",
+            "choices": ["auto", "ema", "online"],
         },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or a registered kernel."})
@@ -60,6 +78,8 @@ class DataArguments:
     train_split: str = field(default="train")
     image_column: str = field(default="image")
     caption_column: str = field(default="caption")
+    guidance_column: str = field(default="guidance", metadata={"help": "Float guidance maps (methods that read them)."})
+    segments_column: str = field(default="segments", metadata={"help": "Segment label maps (methods that read them)."})
     streaming: bool = field(default=True, metadata={"help": "Stream the dataset (default) or load it first."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Streaming shuffle buffer (0: no shuffle)."})
     demo_num_train: int = field(default=8192, metadata={"help": "Size of the embedded demo's training split."})
@@ -68,22 +88,28 @@ class DataArguments:
     )
     eval_dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Labelled zero-shot eval set after training; unset: the demo eval split."},
+        metadata={"help": "Labelled evaluation set after training; unset: the demo eval split."},
     )
     eval_data_files: list[str] | None = field(default=None)
     eval_split: str = field(default="train")
+    eval_train_split: str | None = field(
+        default=None, metadata={"help": "Labelled split of the evaluation set for k-NN / linear probes."}
+    )
     label_column: str = field(default="label")
     class_names_file: str | None = field(
         default=None,
         metadata={"help": "JSON list of class names (default: the label column's ClassLabel names)."},
     )
-    templates_file: str | None = field(default=None, metadata={"help": "JSON list of prompt templates."})
+    templates_file: str | None = field(
+        default=None, metadata={"help": "JSON list of zero-shot prompt templates (saved into the model config)."}
+    )
     max_eval_samples: int | None = field(default=None)
 
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
-    """`TrainingArguments` whose defaults run the tiny A-CLIP demo on a CPU in a few minutes."""
+    """`TrainingArguments` whose defaults run the tiny A-CLIP demo on a CPU in a few minutes, with precision
+    chosen from the hardware and EMA settings for methods that keep an EMA model."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final folder go."})
     max_steps: int = field(default=700, metadata={"help": "Optimizer steps (streams have no length)."})
@@ -96,12 +122,20 @@ class PretrainingArguments(TrainingArguments):
     logging_steps: float = field(default=25)
     save_steps: float = field(default=250)
     save_total_limit: int | None = field(default=2)
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (fast on AMX CPUs and recent GPUs)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 autocast. Unset (auto): on where the hardware runs bf16 fast (a CUDA GPU with bf16, a CPU "
+            "with AMX or AVX-512 BF16), off elsewhere (on an AVX2-only CPU bf16 matmuls are ~300x slower)."
+        },
+    )
     dataloader_num_workers: int = field(default=1)
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator needs raw columns."}
     )
-    report_to: None | str | list[str] = field(default="none")
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Logging integrations (TensorBoard: OUTPUT_DIR/runs)."}
+    )
     disable_tqdm: bool | None = field(default=None)
     layer_decay: float | None = field(
         default=None,
@@ -110,11 +144,37 @@ class PretrainingArguments(TrainingArguments):
             "contrastive fine-tuning. Unset: one lr."
         },
     )
+    ema_momentum: float | None = field(
+        default=None,
+        metadata={"help": "Start of the EMA momentum's cosine schedule (unset: the method's, 0.996 for A-CLIP)."},
+    )
+    ema_end_momentum: float = field(default=1.0, metadata={"help": "End of the EMA momentum's cosine schedule."})
+    ema_warmup: float = field(
+        default=10.0,
+        metadata={
+            "help": "EMA warm-up: the momentum after step t is at most (1 + t) / (ema_warmup + t), so short runs do "
+            "not export an average that still holds the random initialisation (0 disables)."
+        },
+    )
 
     def __post_init__(self):
         # With no accelerator, say so: transformers only allows bf16 autocast on the CPU with use_cpu=True.
         if not self.use_cpu and not _has_accelerator():
             self.use_cpu = True
+        if self.bf16 is None:
+            if self.fp16:
+                self.precision_choice = PrecisionChoice("fp16", "requested explicitly (--fp16)")
+                self.bf16 = False
+            else:
+                device = "cpu" if self.use_cpu else None
+                self.precision_choice = choose_precision("auto", device)
+                self.bf16 = self.precision_choice.bf16
+        else:
+            self.precision_choice = PrecisionChoice("bf16" if self.bf16 else "fp32", "requested explicitly (--bf16)")
+        if self.ema_momentum is not None and not 0.0 <= self.ema_momentum <= self.ema_end_momentum <= 1.0:
+            raise ValueError(
+                f"need 0 <= ema_momentum ({self.ema_momentum}) <= ema_end_momentum ({self.ema_end_momentum}) <= 1"
+            )
         super().__post_init__()
 
 

@@ -1,277 +1,307 @@
-"""Pre-training entry point behind `scripts/run_pretraining.py`.
+"""Pre-training entry point behind `scripts/run_pretraining.py`, the same for every method.
 
-With nothing but `--output_dir` it trains the tiny A-CLIP preset on the embedded demo dataset, evaluates zero-shot
-on the demo eval split, and writes a complete checkpoint folder (weights, code, tokenizer, processor, pipeline,
-model card) into `output_dir`. `--method uta --teacher T` distils a UTA student from a frozen CLIP teacher on images
-alone; `--method uta_contrastive --model_name_or_path UTA_FOLDER` fine-tunes it on image-text pairs.
+With nothing but `--output_dir` it trains the tiny A-CLIP preset on the embedded demo dataset, evaluates it
+(zero-shot and k-NN on the demo's labelled splits, both the EMA and the online weights), and writes a complete
+checkpoint folder (weights, code, tokenizer, processor, pipeline, model card) into `output_dir`. `--method NAME`
+picks another registered method (`hf_masked_vl.methods`); this module never names one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
 import transformers
-from transformers import CLIPTokenizer, HfArgumentParser, PreTrainedModel, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from ..data.demo import ensure_demo_dataset
-from ..data.streaming import ImageTextCollator, ImageTextStream, load_stream
-from ..data.views import AClipViews, SingleCropView
-from ..evaluation.zero_shot import load_labelled_split, read_json_list, zero_shot_accuracy
-from ..hub import CardInfo, ZeroShotResult, push_checkpoint, save_checkpoint
-from ..models import AClipConfig, AClipModel, UTAConfig, UTAModel
-from ..teachers import CLIPTeacher, load_teacher
-from ..tokenization import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    build_clip_tokenizer,
-    build_image_processor,
-)
+from ..data.streaming import ImageTextStream, load_stream
+from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
+from ..evaluation.data import demo_splits, load_labelled_split, read_json_list
+from ..hub import CardInfo, EvaluationFigure, hub_id_or_none, public_name, push_checkpoint, save_checkpoint
+from ..methods import METHODS, Method, available_methods, get_method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
-from .objectives import AClipObjective, ContrastiveObjective, Objective, UTAObjective
+from .config_flags import config_arguments_class, config_overrides_from
+from .ema import EMACallback
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
+
+DEFAULT_METHOD = ModelArguments.method
+# An EMA still holding more than this share of its initial (random) weights has not covered its averaging window.
+EMA_INITIAL_WEIGHT_LIMIT = 0.01
 
 
 @dataclass
 class RunResult:
     output_dir: str
     train_runtime: float
-    zero_shot_top1: float | None
-    chance: float | None
+    results: dict[str, EvaluationResult] = field(default_factory=dict)  # protocol → result of the exported weights
+    all_results: dict[str, dict[str, EvaluationResult]] = field(default_factory=dict)  # weights → protocol → result
+    exported: str = "online"
+    train_tflops: float | None = None
+
+    @property
+    def zero_shot_top1(self) -> float | None:
+        return self.results["zero_shot"].top1 if "zero_shot" in self.results else None
+
+    @property
+    def knn_top1(self) -> float | None:
+        return self.results["knn"].top1 if "knn" in self.results else None
+
+    @property
+    def chance(self) -> float | None:
+        return next(iter(self.results.values())).chance if self.results else None
 
 
-def parse_arguments(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
+# ---- arguments ----
+def _requested_method(argv: list[str]) -> str:
+    """The `--method` of a command line or of a single JSON argument file (default: a_clip)."""
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        try:
+            with open(argv[0], encoding="utf-8") as handle:
+                return json.load(handle).get("method", DEFAULT_METHOD)
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"cannot read the argument file {argv[0]}: {error}") from None
+    for index, argument in enumerate(argv):
+        if argument == "--method" and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith("--method="):
+            return argument.split("=", 1)[1]
+    return DEFAULT_METHOD
 
 
+def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
+    """The argument parser of one method: model, data, the method's config flags and `TrainingArguments`."""
+    reserved = {
+        f.name for cls in (ModelArguments, DataArguments, PretrainingArguments) for f in dataclasses.fields(cls)
+    }
+    config_arguments = config_arguments_class(method.config_class, reserved) if method.config_class else None
+    methods = "\n".join(f"  {name:<18} {summary}" for name, summary in available_methods().items())
+    groups = [ModelArguments, DataArguments] + ([config_arguments] if config_arguments else []) + [PretrainingArguments]
+    parser = HfArgumentParser(
+        groups,
+        description=f"Pre-train a model of hf_masked_vl. Methods (--method):\n{methods}\n\n"
+        f"Flags after the data arguments are {method.name}'s config fields (unset: the preset's value).",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    return parser, config_arguments
+
+
+def parse_arguments(argv: list[str] | None = None):
+    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    method = get_method(_requested_method(argv))
+    parser, config_arguments = build_parser(method)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    if config_arguments is None:
+        model_args, data_args, training_args = parsed
+        config_args = None
+    else:
+        model_args, data_args, config_args, training_args = parsed
+    return method, model_args, data_args, config_args, training_args
+
+
+# ---- data ----
 @dataclass
-class MethodSetup:
-    """Everything method-specific that the shared run needs."""
-
-    model: PreTrainedModel
-    tokenizer: CLIPTokenizer
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    transform: object
-    objective: Objective
-    caption_column: str | None
-    teacher: CLIPTeacher | None = None
-    base_model: str | None = None
+class TrainingData:
+    stream: object
+    label: str  # for the model card: "embedded demo shapes" or the dataset's public name
+    demo: object | None = None
 
 
-def _overrides(model_args: ModelArguments) -> dict:
-    return json.loads(model_args.config_overrides) if model_args.config_overrides else {}
-
-
-def _tokenizer_from(path: str | None, context_length: int) -> CLIPTokenizer:
-    if path and os.path.isfile(os.path.join(path, "tokenizer.json")):
-        return CLIPTokenizer.from_pretrained(path)
-    return build_clip_tokenizer(context_length)
-
-
-def setup_a_clip(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
-    overrides = _overrides(model_args)
-    if model_args.model_name_or_path:
-        model = AClipModel.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **overrides
-        )
-    else:
-        config = AClipConfig.from_preset(model_args.preset, **overrides)
-        model = AClipModel._from_config(config, attn_implementation=model_args.attn_implementation)
-    config = model.config
-    tokenizer = _tokenizer_from(model_args.model_name_or_path, config.text_config.max_position_embeddings)
-    transform = AClipViews(config.vision_config.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return MethodSetup(
-        model,
-        tokenizer,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        transform,
-        AClipObjective(config),
-        data_args.caption_column,
-        base_model=model_args.model_name_or_path,
-    )
-
-
-def setup_uta(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
-    if not model_args.teacher:
-        raise ValueError(
-            "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
-        )
-    teacher = load_teacher(model_args.teacher, model_args.teacher_kind)
-    tower = teacher.text_tower()
-    overrides = _overrides(model_args)
-    if model_args.model_name_or_path:
-        model = UTAModel.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **overrides
-        )
-    else:
-        config = UTAConfig.from_preset(
-            model_args.preset, projection_dim=tower.projection.shape[0], text_config=tower.config, **overrides
-        )
-        model = UTAModel._from_config(config, attn_implementation=model_args.attn_implementation)
-        model.text_model.load_state_dict(tower.text_model.state_dict())
-        with torch.no_grad():
-            model.text_projection.weight.copy_(tower.projection)
-    model.text_model.requires_grad_(False)  # the teacher's text tower is carried, never trained here
-    model.text_projection.requires_grad_(False)
-    config = model.config
-    transform = SingleCropView(config.vision_config.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-    objective = UTAObjective(config, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    return MethodSetup(
-        model,
-        tower.tokenizer,
-        OPENAI_CLIP_MEAN,
-        OPENAI_CLIP_STD,
-        transform,
-        objective,
-        caption_column=None,
-        teacher=teacher,
-        base_model=model_args.teacher,
-    )
-
-
-def setup_uta_contrastive(model_args: ModelArguments, data_args: DataArguments) -> MethodSetup:
-    if not model_args.model_name_or_path:
-        raise ValueError("--method uta_contrastive needs --model_name_or_path (a UTA checkpoint with its text tower)")
-    model = UTAModel.from_pretrained(
-        model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, **_overrides(model_args)
-    )
-    config = model.config
-    tokenizer = _tokenizer_from(model_args.model_name_or_path, config.text_config.max_position_embeddings)
-    transform = SingleCropView(config.vision_config.image_size, (0.5, 1.0), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    return MethodSetup(
-        model,
-        tokenizer,
-        OPENAI_CLIP_MEAN,
-        OPENAI_CLIP_STD,
-        transform,
-        ContrastiveObjective(config),
-        data_args.caption_column,
-        base_model=model_args.model_name_or_path,
-    )
-
-
-def hub_id_or_none(name: str | None) -> str | None:
-    """`name` if it can be a Hub model id (card metadata `base_model`), not a local path or an open_clip spec."""
-    if not name or os.path.exists(name) or name.startswith("open_clip:") or name.count("/") > 1:
-        return None
-    return name
-
-
-METHODS = {"a_clip": setup_a_clip, "uta": setup_uta, "uta_contrastive": setup_uta_contrastive}
-
-
-def main(argv: list[str] | None = None) -> RunResult:
-    model_args, data_args, training_args = parse_arguments(argv)
-    if training_args.output_dir is None:
-        raise ValueError("--output_dir is required")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    set_seed(training_args.seed)
-
-    setup = METHODS[model_args.method](model_args, data_args)
-    model, config, tokenizer = setup.model, setup.model.config, setup.tokenizer
-    context_length = config.text_config.max_position_embeddings
-    image_processor = build_image_processor(config.vision_config.image_size, setup.mean, setup.std)
-
-    demo = None
+def training_source(data_args: DataArguments):
+    """The training stream's source (the demo or the user's dataset), a label for the card, and the demo."""
     if data_args.dataset_name is None:
         demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
         source = load_stream("parquet", demo.train_files, split="train", streaming=data_args.streaming)
-        dataset_label = "embedded demo shapes"
-        config.zero_shot_templates = tuple(demo.templates)
-    else:
-        source = load_stream(
-            data_args.dataset_name,
-            data_args.data_files,
-            split=data_args.train_split,
-            streaming=data_args.streaming,
-            config_name=data_args.dataset_config_name,
+        return source, "embedded demo shapes", demo
+    source = load_stream(
+        data_args.dataset_name,
+        data_args.data_files,
+        split=data_args.train_split,
+        streaming=data_args.streaming,
+        config_name=data_args.dataset_config_name,
+    )
+    label = public_name(data_args.dataset_name)
+    if data_args.data_files:
+        label += " (" + ", ".join(public_name(path) for path in data_args.data_files[:3]) + ")"
+    return source, label, None
+
+
+def evaluation_splits(data_args: DataArguments, demo):
+    """(train split or None, test split or None) for the evaluations after training."""
+    if data_args.eval_dataset_name is not None:
+        common = dict(
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            class_names=read_json_list(data_args.class_names_file),
+            max_samples=data_args.max_eval_samples,
         )
-        dataset_label = data_args.dataset_name
+        test = load_labelled_split(
+            data_args.eval_dataset_name, data_args.eval_data_files, data_args.eval_split, **common
+        )
+        train = None
+        if data_args.eval_train_split:
+            train = load_labelled_split(
+                data_args.eval_dataset_name, data_args.eval_data_files, data_args.eval_train_split, **common
+            )
+        return train, test
+    if demo is not None:
+        return demo_splits(demo, max_samples=data_args.max_eval_samples)
+    return None, None
+
+
+# ---- weights to export ----
+def choose_export(
+    policy: str, scores: dict[str, dict[str, EvaluationResult]], headline: str | None, ema: EMACallback | None
+) -> tuple[str, str]:
+    """("ema" | "online", why). `scores`: weights → protocol → result; `headline`: the protocol that decides."""
+    if ema is None:
+        return "online", "the method keeps no EMA"
+    if policy in ("ema", "online"):
+        return policy, f"--export_weights {policy}"
+    if headline is not None and {"ema", "online"} <= scores.keys():
+        ema_top1, online_top1 = scores["ema"][headline].top1, scores["online"][headline].top1
+        chosen = "ema" if ema_top1 >= online_top1 else "online"
+        return chosen, f"{headline} top-1 {ema_top1:.4f} (EMA) vs {online_top1:.4f} (online)"
+    if ema.initial_weight <= EMA_INITIAL_WEIGHT_LIMIT:
+        return "ema", f"no evaluation split; the EMA covered its window (initial weights {ema.initial_weight:.2g})"
+    logger.warning(
+        "exporting the online weights: the EMA still holds %.1f%% of its initial weights after this short run "
+        "(raise --max_steps, or --ema_warmup / --ema_momentum for a shorter window)",
+        100 * ema.initial_weight,
+    )
+    return "online", f"no evaluation split and the EMA still holds {ema.initial_weight:.0%} of its initial weights"
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
+    if training_args.output_dir is None:
+        raise SystemExit("--output_dir is required")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
+    set_seed(training_args.seed)
+
+    overrides = config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
+    if data_args.templates_file:
+        overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file))
+    method = method_class(model_args, data_args, training_args, overrides)
+    teacher = method.load_teacher()
+    model = method.build_model(teacher)
+    tokenizer = method.tokenizer(model)
+    image_processor = method.image_processor(model)
+
+    source, dataset_label, demo = training_source(data_args)
+    if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
+        model.config.zero_shot_templates = tuple(demo.templates)
+    map_columns = {role: getattr(data_args, f"{role}_column") for role in method.map_roles}
     train_dataset = ImageTextStream(
         source,
-        setup.transform,
+        method.transform(model),
         image_column=data_args.image_column,
-        caption_column=setup.caption_column,
+        caption_column=data_args.caption_column if method.reads_caption else None,
         seed=training_args.seed,
         shuffle_buffer=data_args.shuffle_buffer,
+        map_columns=map_columns,
     )
+    ema_callback = None
+    if method.uses_ema:
+        ema_callback = EMACallback(
+            momentum=training_args.ema_momentum if training_args.ema_momentum is not None else method.ema_momentum,
+            end_momentum=training_args.ema_end_momentum,
+            warmup=training_args.ema_warmup,
+            averaged=method.ema_averaged(model),
+        )
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=ImageTextCollator(tokenizer, context_length),
-        processing_class=tokenizer,
-        objective=setup.objective,
-        teacher=setup.teacher,
+        data_collator=method.collator(model, tokenizer),
+        processing_class=tokenizer if tokenizer is not None else image_processor,
+        objective=method.objective(model, teacher),
+        teacher=teacher,
+        ema_callback=ema_callback,
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_runtime = time.perf_counter() - started
-    use_ema = model_args.export_weights == "ema" and trainer.ema_model is not None
-    final = (trainer.ema_model if use_ema else model).to(training_args.device).eval()
+    skipped = trainer.finalize_counts()
+    steps_run = trainer.state.global_step
+    train_flops = trainer.flops_per_optimizer_step * steps_run
     if not trainer.is_world_process_zero():
-        return RunResult(training_args.output_dir, train_runtime, None, None)
+        return RunResult(training_args.output_dir, train_runtime)
 
-    zero_shot = metrics = None
-    if demo is not None or data_args.eval_dataset_name is not None:
-        if data_args.eval_dataset_name is not None:
-            split = load_labelled_split(
-                data_args.eval_dataset_name,
-                data_args.eval_data_files,
-                data_args.eval_split,
-                image_column=data_args.image_column,
-                label_column=data_args.label_column,
-                class_names=read_json_list(data_args.class_names_file),
-                max_samples=data_args.max_eval_samples,
+    # ---- evaluate both weight sets, choose what to export ----
+    train_split, test_split = evaluation_splits(data_args, demo)
+    candidates = {"online": model}
+    if trainer.ema_model is not None:
+        candidates = {"ema": trainer.ema_model, "online": model}
+    protocols = [
+        protocol
+        for protocol in method.evaluations
+        if protocol in supported_protocols(model) and (protocol not in TRAINED_PROTOCOLS or train_split is not None)
+    ]
+    if "zero_shot" in protocols and tokenizer is None:
+        protocols.remove("zero_shot")
+    scores: dict[str, dict[str, EvaluationResult]] = {}
+    if test_split is not None and protocols:
+        for weights, candidate in candidates.items():
+            candidate.to(training_args.device).eval()
+            scores[weights] = evaluate_many(
+                candidate,
+                protocols,
+                image_processor=image_processor,
+                test_split=test_split,
+                train_split=train_split,
+                tokenizer=tokenizer,
+                templates=list(getattr(model.config, "zero_shot_templates", None) or []) or None,
             )
-            templates = read_json_list(data_args.templates_file) or list(config.zero_shot_templates)
-            eval_name = data_args.eval_dataset_name
-        else:
-            split = load_labelled_split("parquet", demo.eval_files, max_samples=data_args.max_eval_samples)
-            templates, eval_name = demo.templates, "demo shapes (eval)"
-        metrics = zero_shot_accuracy(final, tokenizer, image_processor, split, templates)
-        zero_shot = ZeroShotResult(
-            eval_name,
-            "hf_masked_vl/demo-shapes" if demo else eval_name,
-            metrics.top1,
-            metrics.chance,
-            len(split.class_names),
-        )
+    exported, why = choose_export(model_args.export_weights, scores, protocols[0] if protocols else None, ema_callback)
+    final = candidates[exported].to(training_args.device).eval()
 
+    figures = [
+        EvaluationFigure(
+            protocol=protocol,
+            top1=result.top1,
+            chance=result.chance,
+            num_classes=result.num_classes,
+            dataset_name=result.dataset_name,
+            dataset_type="hf_masked_vl/demo-shapes" if demo is not None else result.dataset_name,
+            weights=weights if len(candidates) > 1 else "final",
+            exported=weights == exported,
+        )
+        for weights, results in scores.items()
+        for protocol, result in results.items()
+    ]
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     summary = (
-        f"{trainer.state.global_step} optimizer steps of batch {batch} per device on {dataset_label}, "
-        f"{train_runtime:.0f} s on {training_args.device}; exported weights: {'EMA' if use_ema else 'online'}; "
-        f"skipped input records: {trainer.skipped_samples}."
+        f"{steps_run} optimizer steps of batch {batch} per device on {dataset_label}, {train_runtime:.0f} s on "
+        f"{training_args.device} in {training_args.precision_choice}; "
+        f"{train_flops / 1e12:.2f} TFLOP of training compute ({train_flops / 1e9 / train_runtime:.1f} GFLOP/s). "
+        f"Exported weights: {'EMA' if exported == 'ema' else 'online'} ({why}). Skipped input records: {skipped}."
     )
-    if setup.base_model:
-        summary += f" Initialised from / distilled from: `{setup.base_model}`."
+    if method.base_model():
+        summary += f" Initialised from / distilled from: `{public_name(method.base_model())}`."
     card = CardInfo(
         model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
         training_summary=summary,
-        zero_shot=zero_shot,
-        base_model=hub_id_or_none(setup.base_model),
+        results=figures,
+        base_model=hub_id_or_none(method.base_model()),
+        template=method.card_template,
     )
-    save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card)
+    save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card, pipelines=method.pipelines)
     if push_to_hub:
         repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
         url = push_checkpoint(
@@ -282,17 +312,34 @@ def main(argv: list[str] | None = None) -> RunResult:
             revision=training_args.hub_revision,
         )
         logger.info("pushed %s to %s", training_args.output_dir, url)
+
+    exported_results = scores.get(exported, {})
     print(f"RESULT train_runtime_s={train_runtime:.1f}")
-    print(f"RESULT skipped_samples={trainer.skipped_samples}")
-    if metrics is not None:
-        print(f"RESULT zero_shot_top1={metrics.top1:.4f}")
-        print(f"RESULT chance={metrics.chance:.4f}")
+    if not math.isnan(train_flops):
+        print(f"RESULT train_tflops={train_flops / 1e12:.4g}")
+        print(f"RESULT achieved_gflops_per_s={train_flops / 1e9 / train_runtime:.1f}")
+    print(f"RESULT skipped_samples={skipped}")
+    print(f"RESULT precision={training_args.precision_choice.name}")
+    print(f"RESULT exported_weights={exported}")
+    if len(scores) > 1:
+        for weights, results in scores.items():
+            for protocol, result in results.items():
+                print(f"RESULT {protocol}_top1_{weights}={result.top1:.4f}")
+    for protocol, result in exported_results.items():
+        print(f"RESULT {protocol}_top1={result.top1:.4f}")
+    if exported_results:
+        print(f"RESULT chance={next(iter(exported_results.values())).chance:.4f}")
     return RunResult(
         training_args.output_dir,
         train_runtime,
-        metrics.top1 if metrics else None,
-        metrics.chance if metrics else None,
+        results=exported_results,
+        all_results=scores,
+        exported=exported,
+        train_tflops=train_flops / 1e12 if not math.isnan(train_flops) else None,
     )
+
+
+__all__ = ["METHODS", "RunResult", "build_parser", "choose_export", "main", "parse_arguments"]
 
 
 if __name__ == "__main__":

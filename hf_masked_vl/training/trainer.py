@@ -1,8 +1,11 @@
-"""`MaskedVLTrainer`: a `transformers.Trainer` that orchestrates EMA models, frozen teachers and per-method inputs."""
+"""`MaskedVLTrainer`: a `transformers.Trainer` that orchestrates EMA models, frozen teachers and per-method inputs,
+and accounts for where the time goes."""
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import defaultdict
 
 import torch
@@ -10,12 +13,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..methods import Objective
 from .ema import EMACallback
-from .objectives import Objective
+from .flops import flop_counter
 
 logger = logging.getLogger(__name__)
-
-LOGGED_LOSS_PARTS = ("clip_loss", "simclr_loss", "byol_loss", "alignment_loss")
 
 
 class _ObjectiveStepCallback(TrainerCallback):
@@ -28,24 +30,62 @@ class _ObjectiveStepCallback(TrainerCallback):
         self.objective.after_optimizer_step(model)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN or infinite loss."""
+
+
+class _Timer:
+    """Wall time spent inside a module's forward (forward pre/post hooks; synchronises CUDA for honest numbers)."""
+
+    def __init__(self, module: nn.Module):
+        self.seconds = 0.0
+        self._start = None
+        module.register_forward_pre_hook(self._before)
+        module.register_forward_hook(self._after)
+
+    def _sync(self, inputs) -> None:
+        tensor = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        if tensor is not None and tensor.is_cuda:
+            torch.cuda.synchronize(tensor.device)
+
+    def _before(self, module, inputs):
+        self._sync(inputs)
+        self._start = time.perf_counter()
+
+    def _after(self, module, inputs, output):
+        self._sync(inputs)
+        self.seconds += time.perf_counter() - self._start
+
+
 class MaskedVLTrainer(Trainer):
     """Trainer for the package's methods.
 
     Args:
-        objective: builds the model inputs of a step from the collated batch (see `training.objectives`).
+        objective: builds the model inputs of a step from the collated batch (a method's `Objective`).
         teacher: a frozen module held *outside* the model: moved to the device, eval mode, no gradients, never
             saved nor optimised. Run under `no_grad` and autocast inside `objective.prepare`.
-        ema_momentum: start of the EMA momentum schedule when `objective.uses_ema` (default: the objective's).
+        ema_callback: an `EMACallback` (not yet initialised) when the method keeps an EMA model; the trainer copies
+            the model into it after any SyncBatchNorm conversion.
         All other arguments are `transformers.Trainer`'s.
 
     The loss returned by the model is a per-batch mean, so the Trainer scales it for gradient accumulation
-    (`loss_is_scaled_for_ga = False`). Loss parts (`clip_loss`, ...), the EMA momentum and the running count of
-    skipped input records are added to the Trainer's logs.
+    (`loss_is_scaled_for_ga = False`). Logged besides the Trainer's own figures: every output field whose name ends
+    in `_loss`, the EMA momentum, the running count of skipped input records, and throughput — images/s, achieved
+    GFLOP/s (FLOPs of one step from `torch.utils.flop_counter`), and the shares of wall time spent waiting for data
+    and in the teacher's forward. Training stops at the first non-finite loss with an error naming the step and the
+    loss parts.
     """
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, objective: Objective, teacher: nn.Module | None = None, ema_momentum=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        objective: Objective,
+        teacher: nn.Module | None = None,
+        ema_callback: EMACallback | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1 and self.args.device.type in ("cuda", "xpu"):  # no CPU SyncBatchNorm kernel
             # BatchNorm heads (SimCLR, BYOL) see the global batch under DDP, as in the official code; done before
@@ -53,22 +93,32 @@ class MaskedVLTrainer(Trainer):
             nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.objective = objective
         self.teacher = None
+        self._teacher_timer = None
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+            self._teacher_timer = _Timer(self.teacher)
         self.add_callback(_ObjectiveStepCallback(objective))
-        self.ema_callback: EMACallback | None = None
-        if objective.uses_ema:
-            momentum = objective.ema_momentum if ema_momentum is None else ema_momentum
-            self.ema_callback = EMACallback(momentum=momentum, model=self.model)
-            self.add_callback(self.ema_callback)
+        self.ema_callback = ema_callback
+        if ema_callback is not None:
+            ema_callback.initialize(self.model)
+            self.add_callback(ema_callback)
         self._loss_parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._skipped: list[torch.Tensor] = []
         self.skipped_samples = 0
+        # throughput accounting
+        self.flops_per_micro_step: int | None = None
+        self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": 0.0, "start": None}
+        self._last_step_end: float | None = None
 
+    # ---- optimizer ----
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        """Weight decay on matrices and embeddings only (ndim >= 2): never on biases, norms (LayerNorm and the
-        heads' BatchNorm), nor the logit scale, as in A-CLIP / SLIP and EVA."""
-        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+        """Weight decay on matrices and embeddings only (ndim >= 2), never on biases, norms (LayerNorm and the heads'
+        BatchNorm), the logit scale, nor what a submodule lists in `no_weight_decay()` (CLS token, positions)."""
+        excluded = set()
+        for prefix, module in model.named_modules():
+            if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+                excluded |= {f"{prefix}.{name}" if prefix else name for name in module.no_weight_decay()}
+        return [name for name, p in model.named_parameters() if p.ndim >= 2 and name not in excluded]
 
     def create_optimizer(self, model=None):
         """As `Trainer.create_optimizer`; with `args.layer_decay` the image tower's parameters get
@@ -97,6 +147,7 @@ class MaskedVLTrainer(Trainer):
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
 
+    # ---- training ----
     @property
     def ema_model(self) -> nn.Module | None:
         return self.ema_callback.ema_model if self.ema_callback is not None else None
@@ -111,6 +162,30 @@ class MaskedVLTrainer(Trainer):
             self.ema_callback.resume_dir = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """As the Trainer's, timed: the wait for the next batches is the data-loading share of the step time."""
+        start = time.perf_counter()
+        if self._window["start"] is None:
+            self._window["start"] = start
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window["data"] += time.perf_counter() - start
+        return batches
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        window = self._window
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is not None:
+            window["images"] += pixel_values.shape[0]
+        if self.flops_per_micro_step is None:
+            with flop_counter() as counter:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            self.flops_per_micro_step = counter.get_total_flops()
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        window["steps"] += 1
+        self._last_step_end = time.perf_counter()
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("num_skipped", None)
         if skipped is not None:
@@ -118,10 +193,16 @@ class MaskedVLTrainer(Trainer):
         with torch.no_grad(), self.accelerator.autocast():
             model_inputs = self.objective.prepare(inputs, model, self.ema_model, self.teacher)
         outputs = model(**model_inputs)
-        for name in LOGGED_LOSS_PARTS:
-            value = getattr(outputs, name, None)
-            if value is not None:
-                self._loss_parts[name].append(value.detach().float())
+        parts = {name: value for name, value in outputs.items() if name.endswith("_loss") and value is not None}
+        for name, value in parts.items():
+            self._loss_parts[name].append(value.detach().float())
+        if not torch.isfinite(outputs.loss.detach()).all():
+            described = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items()) or "no parts"
+            raise NonFiniteLossError(
+                f"non-finite loss {outputs.loss.item()} at step {self.state.global_step + 1} ({described}); "
+                "training stopped before the model was updated with it. Lower the learning rate, check the "
+                "configuration (temperatures, loss weights) and the inputs."
+            )
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
@@ -130,13 +211,45 @@ class MaskedVLTrainer(Trainer):
                 if values:
                     logs[name] = round(torch.stack(values).mean().item(), 4)
             self._loss_parts.clear()
-            if self._skipped:
-                self.skipped_samples += int(torch.stack(self._skipped).sum())
-                self._skipped.clear()
+            self._flush_skipped()
             logs["skipped_samples"] = self.skipped_samples
             if self.ema_callback is not None:
                 logs["ema_momentum"] = round(self.ema_callback.current_momentum, 6)
+            logs.update(self._throughput())
         super().log(logs, *args, **kwargs)
+
+    def _flush_skipped(self) -> None:
+        if self._skipped:
+            self.skipped_samples += int(torch.stack(self._skipped).sum())
+            self._skipped.clear()
+
+    def finalize_counts(self) -> int:
+        """The exact number of skipped input records so far (also those since the last log)."""
+        self._flush_skipped()
+        return self.skipped_samples
+
+    def _throughput(self) -> dict[str, float]:
+        window = self._window
+        if window["start"] is None or self._last_step_end is None or window["steps"] == 0:
+            return {}
+        elapsed = max(self._last_step_end - window["start"], 1e-9)
+        teacher = self._teacher_timer.seconds if self._teacher_timer is not None else 0.0
+        figures = {
+            "images_per_second": round(window["images"] / elapsed, 2),
+            "data_wait_share": round(window["data"] / elapsed, 4),
+        }
+        if self._teacher_timer is not None:
+            figures["teacher_share"] = round((teacher - window["teacher"]) / elapsed, 4)
+        if self.flops_per_micro_step:
+            figures["achieved_gflops_per_s"] = round(self.flops_per_micro_step * window["steps"] / elapsed / 1e9, 2)
+        self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": teacher, "start": self._last_step_end}
+        return figures
+
+    @property
+    def flops_per_optimizer_step(self) -> float:
+        if self.flops_per_micro_step is None:
+            return math.nan
+        return float(self.flops_per_micro_step * self.args.gradient_accumulation_steps)
 
 
 def vision_layer_id(name: str, depth: int) -> int:
@@ -149,4 +262,4 @@ def vision_layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-__all__ = ["MaskedVLTrainer", "vision_layer_id"]
+__all__ = ["MaskedVLTrainer", "NonFiniteLossError", "vision_layer_id"]

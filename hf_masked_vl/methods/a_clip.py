@@ -1,0 +1,129 @@
+"""A-CLIP (Yang et al., ICCV 2023): CLIP whose image tower sees only the patch groups an EMA copy of itself
+attends to, plus SimCLR between the two masked views and BYOL towards the EMA projection of the EMA view.
+
+`--method a_clip` (the default): image-caption pairs; three views per image; the EMA model (official EMA set:
+image tower, text blocks, both projections, BYOL projector) supplies the attentive masks and the BYOL targets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.views import AClipViews
+from ..masking import crop_score_map, mask_rng, random_group_keep_indices, topk_group_keep_indices
+from ..models import ZERO_SHOT_ENSEMBLE_TASK, AClipConfig, AClipModel
+from .base import Method, Objective, register_method
+
+
+def ema_cls_attention_scores(vision_model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A-CLIP §1.4 steps 1–2: run the (EMA) ViT on full views and average the CLS query's attention to the patches
+    over all layers and heads. Returns (scores (B, h, w), CLS tokens (B, D))."""
+    outputs = vision_model(pixel_values, output_cls_attentions=True)
+    attention = torch.stack(outputs.cls_attentions).mean(dim=(0, 2))[:, 1:]  # (B, N): drop the CLS key
+    grid = vision_model.config.grid_size
+    return attention.reshape(-1, grid, grid), outputs.pooler_output
+
+
+class RandomGroupMasks:
+    """`mask_mode="random"` (the FLIP-style ablation): as many random g×g groups per online view as the attentive
+    mask keeps, drawn in the DataLoader workers from each sample's seed. Returns (B, views, K)."""
+
+    def __init__(self, grid: int, group_size: int, mask_ratio: float, views: int = 2):
+        self.grid, self.group_size, self.mask_ratio, self.views = grid, group_size, mask_ratio, views
+
+    def __call__(self, sample_seeds: torch.Tensor) -> torch.Tensor:
+        rngs = [mask_rng(int(seed), view) for seed in sample_seeds.tolist() for view in range(self.views)]
+        keep = random_group_keep_indices(rngs, (self.grid, self.grid), self.group_size, self.mask_ratio)
+        return keep.view(len(sample_seeds), self.views, -1)
+
+
+class AClipObjective(Objective):
+    """Per step: the EMA image tower on the EMA view gives the CLS attention (→ the keep sets of both online views,
+    mapped into each crop) and the CLS token (→ the EMA BYOL projector's targets); the logit scale is clamped to
+    [0, ln 100] after every optimizer step."""
+
+    def __init__(self, config: AClipConfig):
+        self.config = config
+
+    def keep_indices(self, batch: dict, ema_scores: torch.Tensor) -> torch.Tensor:
+        """(B, 2, K) kept patch indices for the two online views from the EMA attention on the EMA view."""
+        config = self.config
+        grid = config.vision_config.grid_size
+        boxes = batch["crop_boxes"]  # (B, 3, 4): online 1, online 2, EMA
+        per_view = [
+            topk_group_keep_indices(
+                crop_score_map(ema_scores, boxes[:, -1], boxes[:, view], (grid, grid)),
+                config.mask_ratio,
+                config.mask_group_size,
+            )
+            for view in range(batch["pixel_values"].shape[1])
+        ]
+        return torch.stack(per_view, dim=1)
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+        config = self.config
+        attentive = config.mask_mode == "attentive"
+        keep_indices = batch.get("keep_indices")  # random masks come from the collator
+        byol_targets = None
+        if attentive or config.byol_loss_weight > 0:
+            if ema_model is None:
+                raise ValueError("A-CLIP needs the EMA model for attentive masks and BYOL targets")
+            scores, ema_cls = ema_cls_attention_scores(ema_model.vision_model, batch["ema_pixel_values"])
+            if attentive:
+                keep_indices = self.keep_indices(batch, scores)
+            if config.byol_loss_weight > 0:
+                ema_model.byol_projector.train()  # BYOL target network uses batch statistics
+                byol_targets = ema_model.byol_projector(ema_cls.float())
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "pixel_values": batch["pixel_values"],
+            "keep_indices": keep_indices if config.mask_mode != "none" else None,
+            "byol_targets": byol_targets,
+            "return_loss": True,
+        }
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        model.logit_scale.clamp_(0, self.config.logit_scale_max)
+
+
+@register_method
+class AClipMethod(Method):
+    name = "a_clip"
+    summary = "A-CLIP: CLIP with attentive masks chosen by an EMA encoder, plus SimCLR and BYOL (image-text pairs)"
+    config_class = AClipConfig
+    model_class = AClipModel
+    card_template = "a_clip.md"
+    reads_caption = True
+    evaluations = ("zero_shot", "knn")
+    pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
+    uses_ema = True
+    ema_momentum = 0.996
+
+    def transform(self, model: AClipModel) -> AClipViews:
+        return AClipViews(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
+
+    def mask_generator(self, model: AClipModel) -> RandomGroupMasks | None:
+        config = model.config
+        if config.mask_mode != "random":
+            return None
+        return RandomGroupMasks(config.vision_config.grid_size, config.mask_group_size, config.mask_ratio)
+
+    def objective(self, model: AClipModel, teacher=None) -> AClipObjective:
+        return AClipObjective(model.config)
+
+    def ema_averaged(self, model: AClipModel) -> tuple[str, ...]:
+        """The official EMA set; token embedding, text positions and the final text norm are shared (and so are the
+        SimCLR head, the BYOL predictor and the logit scale, which the EMA model never uses in training)."""
+        return (
+            "vision_model.",
+            "text_model.encoder.",
+            "visual_projection.",
+            "text_projection.",
+            "byol_projector.",
+        )
+
+
+__all__ = ["AClipMethod", "AClipObjective", "RandomGroupMasks", "ema_cls_attention_scores"]

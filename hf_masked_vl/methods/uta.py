@@ -1,0 +1,132 @@
+"""UTA (Liu et al., TMLR 2024): a ViT student whose unmasked tokens are aligned to a frozen CLIP teacher's tokens
+on images alone; the saved student carries the teacher's text tower, so it is a zero-shot classifier.
+
+`--method uta --teacher T`: T is a transformers CLIP folder or Hub name, `open_clip:NAME@TAG_OR_FILE`, or a
+checkpoint of this package (see `hf_masked_vl.teachers`). Reversed block masks are drawn in the data workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.views import SingleCropView
+from ..masking import block_mask, mask_rng, mask_to_keep_indices, num_kept, random_keep_indices, reversed_block_mask
+from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
+from ..teachers import load_teacher
+from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .base import Method, Objective, register_method
+
+
+class UTAMasks:
+    """UTA's keep sets, drawn in the DataLoader workers: per sample, a mask of `config.mask_type` at `mask_ratio`
+    from `mask_rng(sample seed)`, trimmed or padded to a fixed count per batch. Returns (B, K), or None when
+    nothing is masked."""
+
+    def __init__(self, config: UTAConfig):
+        self.mask_type, self.mask_ratio = config.mask_type, config.mask_ratio
+        self.min_block = config.min_block_patches
+        self.grid = config.vision_config.grid_size
+
+    def __call__(self, sample_seeds: torch.Tensor) -> torch.Tensor | None:
+        if self.mask_type == "none" or self.mask_ratio == 0:
+            return None
+        grid = self.grid
+        num_patches, keep = grid * grid, num_kept(grid * grid, self.mask_ratio)
+        rngs = [mask_rng(int(seed), 0) for seed in sample_seeds.tolist()]
+        if self.mask_type == "random":
+            return random_keep_indices(rngs, num_patches, keep)
+        if self.mask_type == "block":
+            masks = [block_mask(rng, (grid, grid), num_patches - keep, self.min_block) for rng in rngs]
+        else:
+            masks = [reversed_block_mask(rng, (grid, grid), self.mask_ratio, min_block=self.min_block) for rng in rngs]
+        return mask_to_keep_indices(np.stack(masks), keep, rngs)
+
+
+def uta_keep_indices(config: UTAConfig, sample_seeds: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """`UTAMasks(config)(sample_seeds)` on `device` (for callers outside a DataLoader)."""
+    keep = UTAMasks(config)(sample_seeds)
+    return keep.to(device) if keep is not None else None
+
+
+class UTAObjective(Objective):
+    """The frozen teacher's tokens of the full view are the targets; the student sees CLS + the kept patches.
+
+    `mean` / `std` are the student's normalisation, which the teacher undoes before applying its own."""
+
+    def __init__(self, config: UTAConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.config = config
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+        if teacher is None:
+            raise ValueError("UTA needs a frozen teacher (--teacher)")
+        pixel_values = batch["pixel_values"]
+        teacher_tokens = teacher(pixel_values, self.config.vision_config.grid_size, self.mean, self.std)
+        return {
+            "pixel_values": pixel_values,
+            "keep_indices": batch.get("keep_indices"),
+            "teacher_tokens": teacher_tokens.float(),
+        }
+
+
+@register_method
+class UTAMethod(Method):
+    name = "uta"
+    summary = "UTA: align the unmasked tokens of an EVA-02 style ViT to a frozen CLIP teacher (images only; --teacher)"
+    config_class = UTAConfig
+    model_class = UTAModel
+    card_template = "uta.md"
+    evaluations = ("zero_shot", "knn")
+    pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
+    image_mean, image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    def load_teacher(self) -> nn.Module:
+        if not self.model_args.teacher:
+            raise ValueError(
+                "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
+            )
+        teacher = load_teacher(
+            self.model_args.teacher, self.model_args.teacher_kind, trust_remote_code=self.model_args.trust_remote_code
+        )
+        self._text_tower = teacher.text_tower()
+        return teacher
+
+    def build_model(self, teacher: nn.Module | None = None) -> UTAModel:
+        tower = self._text_tower
+        attn = self.model_args.attn_implementation
+        if self.model_args.model_name_or_path:
+            model = UTAModel.from_pretrained(
+                self.model_args.model_name_or_path, attn_implementation=attn, **self.config_overrides
+            )
+        else:
+            config = UTAConfig.from_preset(
+                self.model_args.preset,
+                **{"projection_dim": tower.projection.shape[0], "text_config": tower.config, **self.config_overrides},
+            )
+            model = UTAModel._from_config(config, attn_implementation=attn)
+            model.text_model.load_state_dict(tower.text_model.state_dict())
+            with torch.no_grad():
+                model.text_projection.weight.copy_(tower.projection)
+        model.text_model.requires_grad_(False)  # the teacher's text tower is carried, never trained here
+        model.text_projection.requires_grad_(False)
+        return model
+
+    def base_model(self) -> str | None:
+        return self.model_args.teacher
+
+    def tokenizer(self, model: UTAModel):
+        return self._text_tower.tokenizer
+
+    def transform(self, model: UTAModel) -> SingleCropView:
+        return SingleCropView(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
+
+    def mask_generator(self, model: UTAModel) -> UTAMasks:
+        return UTAMasks(model.config)
+
+    def objective(self, model: UTAModel, teacher: nn.Module | None) -> UTAObjective:
+        return UTAObjective(model.config, self.image_mean, self.image_std)
+
+
+__all__ = ["UTAMasks", "UTAMethod", "UTAObjective", "uta_keep_indices"]
