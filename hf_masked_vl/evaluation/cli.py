@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
 
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
+from ..precision import PRECISIONS, choose_precision
 from . import (
     DEFAULT_MAX_ITER,
     DEFAULT_WEIGHT_DECAY,
@@ -38,7 +39,6 @@ from . import (
 )
 from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=64)
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    run.add_argument(
+        "--dtype",
+        choices=PRECISIONS,
+        default="fp32",
+        help="weights' dtype: fp32 (default; the figures of the model card), bf16, or auto (bf16 only where the "
+        "hardware runs it fast)",
+    )
     run.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
     return parser
 
@@ -129,7 +135,8 @@ def print_report(results: dict[str, EvaluationResult]) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     args = build_parser().parse_args(argv)
     remote = args.trust_remote_code
-    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype], trust_remote_code=remote)
+    dtype = choose_precision(args.dtype, args.device).dtype
+    model = AutoModel.from_pretrained(args.model, dtype=dtype, trust_remote_code=remote)
     model = model.to(args.device).eval()
     protocols = args.protocol
     if protocols is None:

@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> RunResult:
     model = method.build_model(teacher)
     tokenizer = method.tokenizer(model)
     image_processor = method.image_processor(model)
+    if tokenizer is not None and getattr(model.config, "text_config", None) is not None:
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):  # what the Trainer would align, loudly
+            if getattr(tokenizer, name, None) is not None:
+                setattr(model.config.text_config, name, getattr(tokenizer, name))
 
     source, dataset_label, demo = training_source(data_args)
     if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
