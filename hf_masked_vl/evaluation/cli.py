@@ -40,7 +40,6 @@ from . import (
 from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
