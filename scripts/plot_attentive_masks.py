@@ -39,10 +39,11 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=8, help="images drawn in the figure")
     parser.add_argument("--num_eval", type=int, default=256, help="images used for the coverage figures")
     parser.add_argument("--demo_cache_dir", default=None)
+    parser.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign folder")
     args = parser.parse_args()
 
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True).eval()
-    processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).eval()
+    processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     config = model.config
     size, patch, grid = config.vision_config.image_size, config.vision_config.patch_size, config.vision_config.grid_size
     demo = ensure_demo_dataset(args.demo_cache_dir)

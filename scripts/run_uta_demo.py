@@ -20,7 +20,8 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from hf_masked_vl.data.demo import ensure_demo_dataset
-from hf_masked_vl.evaluation.zero_shot import load_labelled_split, zero_shot_accuracy
+from hf_masked_vl.evaluation import evaluate_many
+from hf_masked_vl.evaluation.data import demo_splits
 from hf_masked_vl.training.run import main as run_pretraining
 
 STUDENT_DEFAULTS = [
@@ -37,12 +38,22 @@ STUDENT_DEFAULTS = [
 ]
 
 
-def evaluate(folder: str, demo) -> float:
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    split = load_labelled_split("parquet", demo.eval_files)
-    return zero_shot_accuracy(model, tokenizer, image_processor, split, demo.templates).top1
+def evaluate(folder: str, demo) -> dict[str, float]:
+    """Zero-shot and k-NN top-1 of a checkpoint of this package on the demo's labelled splits."""
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    image_processor = AutoImageProcessor.from_pretrained(folder)
+    probe, test = demo_splits(demo)
+    results = evaluate_many(
+        model,
+        ["zero_shot", "knn"],
+        image_processor=image_processor,
+        test_split=test,
+        train_split=probe,
+        tokenizer=tokenizer,
+        templates=demo.templates,
+    )
+    return {protocol: result.top1 for protocol, result in results.items()}
 
 
 def main() -> None:
@@ -72,11 +83,16 @@ def main() -> None:
     )
     demo = ensure_demo_dataset()
     teacher_top1, student_top1 = evaluate(teacher, demo), evaluate(student, demo)
-    print(f"teacher {teacher}: zero-shot top-1 {teacher_top1:.4f}")
-    print(f"student {student}: zero-shot top-1 {student_top1:.4f} (trained on images only)")
-    print(f"RESULT teacher_zero_shot_top1={teacher_top1:.4f}")
-    print(f"RESULT uta_zero_shot_top1={student_top1:.4f}")
-    print(f"RESULT uta_over_teacher={student_top1 / teacher_top1:.3f}")
+    print(f"teacher {teacher}: zero-shot top-1 {teacher_top1['zero_shot']:.4f}, k-NN {teacher_top1['knn']:.4f}")
+    print(
+        f"student {student}: zero-shot top-1 {student_top1['zero_shot']:.4f}, k-NN {student_top1['knn']:.4f} "
+        "(trained on images only)"
+    )
+    print(f"RESULT teacher_knn_top1={teacher_top1['knn']:.4f}")
+    print(f"RESULT uta_knn_top1={student_top1['knn']:.4f}")
+    print(f"RESULT teacher_zero_shot_top1={teacher_top1['zero_shot']:.4f}")
+    print(f"RESULT uta_zero_shot_top1={student_top1['zero_shot']:.4f}")
+    print(f"RESULT uta_over_teacher={student_top1['zero_shot'] / teacher_top1['zero_shot']:.3f}")
 
 
 if __name__ == "__main__":
