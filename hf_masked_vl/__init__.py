@@ -5,9 +5,13 @@ Importing the package registers its configs and models with the Auto classes and
 
 from .models import (
     A_CLIP_PRESETS,
+    ATTG_MAE_PRESETS,
     ZERO_SHOT_ENSEMBLE_TASK,
     AClipConfig,
     AClipModel,
+    AttGMAEConfig,
+    AttGMAEForPreTraining,
+    AttGMAEModel,
     MaskedViTConfig,
     MaskedViTModel,
     UTAConfig,
@@ -19,8 +23,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "A_CLIP_PRESETS",
+    "ATTG_MAE_PRESETS",
     "AClipConfig",
     "AClipModel",
+    "AttGMAEConfig",
+    "AttGMAEForPreTraining",
+    "AttGMAEModel",
     "MaskedViTConfig",
     "MaskedViTModel",
     "UTAConfig",

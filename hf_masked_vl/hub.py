@@ -100,6 +100,16 @@ def auto_map_for(model: PreTrainedModel) -> dict[str, str]:
     return entries
 
 
+def own_auto_class(model: PreTrainedModel, auto_map: dict[str, str]) -> str:
+    """The Auto class `save_pretrained` writes the saved model's own class under: "AutoModel" unless `auto_map`
+    gives AutoModel to another class (a pre-training model whose AutoModel is its encoder), then the first Auto
+    class that names it. (`save_pretrained` overwrites that entry, so it must agree with `auto_map`.)"""
+    model_ref = f"{type(model).__module__.rsplit('.', 1)[-1]}.{type(model).__name__}"
+    if auto_map.get("AutoModel", model_ref) == model_ref:
+        return "AutoModel"
+    return next(name for name, ref in auto_map.items() if ref == model_ref and name != "AutoConfig")
+
+
 def public_name(name: str | None) -> str | None:
     """A path or id as a card may show it: Hub ids and `open_clip:` specs as they are, local paths as their last
     component only (never an absolute path of the machine that trained the model)."""
@@ -183,8 +193,9 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     type(model.config).register_for_auto_class()
-    type(model).register_for_auto_class("AutoModel")
-    model.config.auto_map = auto_map_for(model)
+    auto_map = auto_map_for(model)
+    type(model).register_for_auto_class(own_auto_class(model, auto_map))
+    model.config.auto_map = auto_map
     if pipelines is None:
         pipelines = (ZERO_SHOT_ENSEMBLE_TASK,) if hasattr(model, "get_text_features") else ()
     if ZERO_SHOT_ENSEMBLE_TASK in pipelines:
@@ -258,6 +269,7 @@ __all__ = [
     "checkpoint_files",
     "hub_code_files",
     "hub_id_or_none",
+    "own_auto_class",
     "public_name",
     "push_checkpoint",
     "render_model_card",

@@ -3,14 +3,25 @@
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_aclip import A_CLIP_PRESETS, AClipConfig
+from .configuration_attg_mae import ATTG_MAE_PRESETS, AttGMAEConfig
 from .configuration_masked_vit import MaskedViTConfig
 from .configuration_uta import UTA_PRESETS, UTAConfig
 from .modeling_aclip import AClipModel, AClipOutput
+from .modeling_attg_mae import (
+    AttGMAEForPreTraining,
+    AttGMAEForPreTrainingOutput,
+    AttGMAEModel,
+    config_from_vit_mae,
+    convert_to_vit_mae_state_dict,
+    convert_vit_mae_state_dict,
+)
+from .modeling_mae import MAEDecoder, patchify, per_patch_loss, pixel_targets, unpatchify
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 from .modeling_uta import UTAModel, UTAOutput
 from .pipeline_zero_shot import ZeroShotEnsemblePipeline, build_zero_shot_classifier, tokenize_texts
@@ -22,6 +33,9 @@ AutoModel.register(MaskedViTConfig, MaskedViTModel, exist_ok=True)
 AutoConfig.register(AClipConfig.model_type, AClipConfig, exist_ok=True)
 AutoModel.register(AClipConfig, AClipModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(AClipConfig, AClipModel, exist_ok=True)
+AutoConfig.register(AttGMAEConfig.model_type, AttGMAEConfig, exist_ok=True)
+AutoModel.register(AttGMAEConfig, AttGMAEModel, exist_ok=True)
+AutoModelForPreTraining.register(AttGMAEConfig, AttGMAEForPreTraining, exist_ok=True)
 AutoConfig.register(UTAConfig.model_type, UTAConfig, exist_ok=True)
 AutoModel.register(UTAConfig, UTAModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(UTAConfig, UTAModel, exist_ok=True)
@@ -34,9 +48,15 @@ PIPELINE_REGISTRY.register_pipeline(
 
 __all__ = [
     "A_CLIP_PRESETS",
+    "ATTG_MAE_PRESETS",
     "AClipConfig",
     "AClipModel",
     "AClipOutput",
+    "AttGMAEConfig",
+    "AttGMAEForPreTraining",
+    "AttGMAEForPreTrainingOutput",
+    "AttGMAEModel",
+    "MAEDecoder",
     "MaskedViTConfig",
     "MaskedViTModel",
     "MaskedViTModelOutput",
@@ -47,5 +67,12 @@ __all__ = [
     "ZERO_SHOT_ENSEMBLE_TASK",
     "ZeroShotEnsemblePipeline",
     "build_zero_shot_classifier",
+    "config_from_vit_mae",
+    "convert_to_vit_mae_state_dict",
+    "convert_vit_mae_state_dict",
+    "patchify",
+    "per_patch_loss",
+    "pixel_targets",
     "tokenize_texts",
+    "unpatchify",
 ]

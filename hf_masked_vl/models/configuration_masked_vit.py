@@ -98,6 +98,10 @@ class MaskedViTConfig(PreTrainedConfig):
             raise ValueError(
                 f"position_embedding_type={self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}"
             )
+        if self.position_embedding_type == "sincos" and self.hidden_size % 4:
+            raise ValueError(
+                f"position_embedding_type='sincos' needs hidden_size divisible by 4, got hidden_size={self.hidden_size}"
+            )
         if self.use_rope and (self.hidden_size // self.num_attention_heads) % 4:
             raise ValueError(
                 f"use_rope needs a head dim divisible by 4, got {self.hidden_size // self.num_attention_heads}"

@@ -14,7 +14,6 @@ from functools import partial
 
 import torch
 from timm.layers import DropPath, Mlp, PatchEmbed, RotaryEmbeddingCat, SwiGLU, apply_keep_indices_nlc
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -40,6 +39,28 @@ class MaskedViTModelOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     cls_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos position table (`facebookresearch/mae` `util/pos_embed.py`, the table ViTMAE loads).
+
+    Row r = i·grid_size + j is patch (row i, column j) of the row-major grid. Its `embed_dim` entries are
+    `[sin(j·ω), cos(j·ω), sin(i·ω), cos(i·ω)]` with ω_k = 10000^(-k / (embed_dim / 4)), k < embed_dim / 4: MAE's
+    `meshgrid(w, h)` puts the **column** index first. Computed in float64 as MAE does (numpy), returned as float32.
+    Returns (grid_size², embed_dim), or (1 + grid_size², embed_dim) with a leading zero row for CLS.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"a 2D sin-cos table needs embed_dim divisible by 4, got {embed_dim}")
+    omega = torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0)
+    omega = 1.0 / 10000.0**omega  # (D/4,)
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (g, g) each
+    col_angles = cols.reshape(-1, 1) * omega  # (g², D/4)
+    row_angles = rows.reshape(-1, 1) * omega
+    table = torch.cat([col_angles.sin(), col_angles.cos(), row_angles.sin(), row_angles.cos()], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), table], dim=0)
+    return table.float()
 
 
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -72,10 +93,8 @@ class MaskedViTEmbeddings(nn.Module):
             self.position_embedding = None
 
     def sincos_table(self) -> torch.Tensor:
-        """(1, 1 + N, D) fixed 2D sin-cos table with a zero row for CLS (MAE convention)."""
-        grid = self.config.grid_size
-        table = build_sincos2d_pos_embed([grid, grid], dim=self.config.hidden_size, dtype=torch.float32)
-        return torch.cat((torch.zeros(1, self.config.hidden_size), table), dim=0).unsqueeze(0)
+        """(1, 1 + N, D) fixed 2D sin-cos table with a zero row for CLS, exactly MAE's (`get_2d_sincos_pos_embed`)."""
+        return get_2d_sincos_pos_embed(self.config.hidden_size, self.config.grid_size, cls_token=True).unsqueeze(0)
 
     def forward(self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
         """pixel_values: (B, C, H, W); keep_indices: (B, K) patch indices in [0, N). Returns (B, 1 + K, D)."""
@@ -286,4 +305,11 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         )
 
 
-__all__ = ["MaskedViTModel", "MaskedViTPreTrainedModel", "MaskedViTModelOutput", "gather_tokens"]
+__all__ = [
+    "MaskedViTBlock",
+    "MaskedViTModel",
+    "MaskedViTModelOutput",
+    "MaskedViTPreTrainedModel",
+    "gather_tokens",
+    "get_2d_sincos_pos_embed",
+]

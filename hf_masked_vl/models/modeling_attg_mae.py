@@ -1,0 +1,577 @@
+"""AttG-MAE: MAE whose per-patch reconstruction loss is weighted by an object (attention) map.
+
+The model is pure: the keep indices (or ViTMAE-style `noise`), the guidance map and the scheduled temperature are
+inputs; the data pipeline draws masks and random maps, the trainer computes τ with `AttGMAEConfig.temperature_at`.
+
+`AttGMAEModel` is the encoder (what `AutoModel` and the `image-feature-extraction` pipeline load);
+`AttGMAEForPreTraining` adds MAE's decoder and the loss. Both keep the encoder at `vit`, so either class loads the
+encoder from the other's checkpoint. `AttGMAEForPreTraining.from_vit_mae` converts transformers'
+`ViTMAEForPreTraining` checkpoints (`facebook/vit-mae-*`); with `guidance="none"` the two give the same loss and
+gradients for the same mask.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_attg_mae import AttGMAEConfig
+from .configuration_masked_vit import MaskedViTConfig
+from .modeling_mae import (
+    MAEDecoder,
+    get_2d_sincos_pos_embed,
+    init_mae_decoder_weights,
+    keep_indices_from_noise,
+    mae_decoder_config,
+    mask_from_keep_indices,
+    per_patch_loss,
+    pixel_targets,
+)
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+
+_AUTO_MAP = {
+    "AutoModel": "modeling_attg_mae.AttGMAEModel",
+    "AutoModelForPreTraining": "modeling_attg_mae.AttGMAEForPreTraining",
+}
+
+
+@dataclass
+class AttGMAEForPreTrainingOutput(ModelOutput):
+    """
+    loss: γ · Σ mask·w·ℓ / Σ mask (or / Σ mask·w), the guided loss (when `return_loss`); MAE's plain loss when
+        `config.guidance="none"`.
+    reconstruction_loss: the unweighted MAE loss Σ mask·ℓ / Σ mask, for logging (equal to `loss` without guidance).
+    logits: (B, N, p²·C) predicted pixels of every patch (normalised patches when `norm_pix_loss`).
+    mask: (B, N) float, 1 = masked (not seen by the encoder), 0 = visible.
+    guidance_weights: (B, N) the per-patch weights w = exp(M / τ) used in the loss (ones without guidance).
+    last_hidden_state: (B, 1 + K, D) encoder tokens after the final norm, CLS first.
+    keep_indices: (B, K) the visible patches, in the order of `last_hidden_state[:, 1:]`.
+    hidden_states / attentions: the encoder's, when requested.
+    """
+
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    guidance_weights: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    keep_indices: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def guidance_weights(guidance: torch.Tensor, temperature: float | torch.Tensor, num_patches: int) -> torch.Tensor:
+    """w = exp(M / τ) per patch, temperature first and then exp, so background (M = 0) weighs exactly 1 and the
+    maximum (M = 1) exp(1/τ). guidance: (B, h, w) or (B, N) map in [0, 1], row-major over the patch grid.
+    Returns (B, N) float32."""
+    if guidance.ndim == 3:
+        guidance = guidance.flatten(1)
+    if guidance.ndim != 2 or guidance.shape[1] != num_patches:
+        raise ValueError(
+            f"guidance must be (B, h, w) or (B, N) with N = h·w = {num_patches} patches, got {tuple(guidance.shape)}"
+        )
+    return torch.exp(guidance.float() / temperature)
+
+
+def guided_reconstruction_loss(
+    per_patch: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    loss_scale: float = 1.0,
+    normalizer: str = "count",
+) -> torch.Tensor:
+    """AttG-MAE's loss over the whole batch: loss_scale · Σ mask·w·ℓ / Σ mask (`"count"`) or / Σ mask·w
+    (`"weights"`). per_patch ℓ, mask, weights w: (B, N); `weights=None` is MAE's loss (w = 1, no scale)."""
+    if weights is None:
+        return (per_patch * mask).sum() / mask.sum()
+    weighted = mask * weights
+    total = (weighted * per_patch).sum()
+    if normalizer == "count":
+        return loss_scale * total / mask.sum()
+    if normalizer == "weights":
+        return loss_scale * total / weighted.sum()
+    raise ValueError(f"normalizer={normalizer!r} is not 'count' or 'weights'")
+
+
+class AttGMAEPreTrainedModel(PreTrainedModel):
+    config_class = AttGMAEConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedViTBlock"]
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False
+    # every checkpoint serves AutoModel (the encoder) and AutoModelForPreTraining (see `hf_masked_vl.hub`)
+    extra_auto_map = _AUTO_MAP
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The encoder (`MaskedViTModel`, a sub-model) initialises itself (timm ViT init, fixed sin-cos table);
+        every other module belongs to the MAE decoder and gets MAE's init (xavier-uniform Linear, zero biases, unit
+        norms, normal(0.02) mask token) and its fixed position table recomputed (never saved)."""
+        init_mae_decoder_weights(module, std=self.config.vision_config.initializer_range)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embed
+
+
+class AttGMAEModel(AttGMAEPreTrainedModel):
+    """The AttG-MAE encoder: a `MaskedViTModel` of `config.vision_config` at `vit`. Loads the encoder of an
+    `AttGMAEForPreTraining` checkpoint; returns `last_hidden_state` (B, 1 + K, D) and `pooler_output` (the CLS
+    token), so the stock `image-feature-extraction` pipeline runs on a saved folder.
+
+    Example:
+        >>> model = AttGMAEModel(AttGMAEConfig.from_preset("tiny"))
+        >>> model(torch.randn(2, 3, 64, 64)).last_hidden_state.shape
+        torch.Size([2, 65, 192])
+    """
+
+    def __init__(self, config: AttGMAEConfig):
+        super().__init__(config)
+        self.vit = MaskedViTModel._from_config(config.vision_config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedViTModelOutput:
+        """
+        pixel_values: (B, C, H, W).
+        keep_indices: (B, K) patch indices to encode (any order); `None` encodes all N patches.
+        Other keyword arguments (`attention_bias`, `output_cls_attentions`) go to `MaskedViTModel.forward`.
+        Returns `MaskedViTModelOutput` with `last_hidden_state` (B, 1 + K, D) and `pooler_output` (B, D).
+        """
+        return self.vit(
+            pixel_values,
+            keep_indices=keep_indices,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+
+
+class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
+    """MAE with AttG's guided loss: encoder `vit` (a `MaskedViTModel`) on the visible patches, `decoder` (an
+    `MAEDecoder`) predicting every patch's pixels, and the loss L = γ · Σ mask·w·ℓ / Σ mask with w = exp(M / τ).
+
+    Masking: keep indices (B, K) from the caller (the data collator draws them), or ViTMAE-style from `noise`
+    (B, N): the K = round(N·(1 − mask_ratio)) patches of smallest noise, in increasing-noise order. With neither,
+    the encoder sees every patch, `mask` is all zeros and the loss is taken over all patches (autoencoding).
+
+    Example:
+        >>> model = AttGMAEForPreTraining(AttGMAEConfig.from_preset("tiny"))
+        >>> pixels, noise = torch.randn(2, 3, 64, 64), torch.rand(2, 64)
+        >>> out = model(pixels, noise=noise, guidance=torch.rand(2, 8, 8))
+        >>> out.logits.shape, out.mask.sum(1), out.last_hidden_state.shape
+        (torch.Size([2, 64, 192]), tensor([48., 48.]), torch.Size([2, 17, 192]))
+    """
+
+    def __init__(self, config: AttGMAEConfig):
+        super().__init__(config)
+        self.vit = MaskedViTModel._from_config(config.vision_config)
+        decoder_config = mae_decoder_config(
+            config.vision_config,
+            hidden_size=config.decoder_hidden_size,
+            num_hidden_layers=config.decoder_num_hidden_layers,
+            num_attention_heads=config.decoder_num_attention_heads,
+            mlp_ratio=config.decoder_mlp_ratio,
+        )
+        self.decoder = MAEDecoder(config.vision_config.hidden_size, decoder_config)
+        self.post_init()
+
+    def _sync_decoder_attention(self) -> None:
+        """The decoder's config is not a registered sub-config: follow the model's attention implementation
+        (`set_attn_implementation`, `from_pretrained(attn_implementation=...)`)."""
+        implementation = self.config._attn_implementation
+        if implementation and self.decoder.config._attn_implementation != implementation:
+            self.decoder.config._attn_implementation = implementation
+
+    def resolve_keep_indices(
+        self, batch: int, keep_indices: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The (B, K) keep indices of a forward call: given, derived from `noise` (B, N), or `None` (no masking)."""
+        num_patches = self.config.num_patches
+        if noise is not None:
+            if keep_indices is not None:
+                raise ValueError("pass either keep_indices or noise, not both")
+            if noise.shape != (batch, num_patches):
+                raise ValueError(f"noise must be (B, N) = {(batch, num_patches)}, got {tuple(noise.shape)}")
+            return keep_indices_from_noise(noise, self.config.num_kept_patches)
+        return keep_indices
+
+    def guidance_weights(
+        self, guidance: torch.Tensor, guidance_temperature: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N) weights exp(M / τ) of a (B, h, w) or (B, N) map; τ defaults to `config.guidance_temperature`."""
+        temperature = self.config.guidance_temperature if guidance_temperature is None else guidance_temperature
+        if not isinstance(temperature, torch.Tensor) and not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"guidance_temperature={temperature} must be a finite number > 0")
+        return guidance_weights(guidance, temperature, self.config.num_patches)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        guidance_temperature: float | torch.Tensor | None = None,
+        return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> AttGMAEForPreTrainingOutput:
+        """
+        pixel_values: (B, C, H, W) normalised images (also the reconstruction target).
+        keep_indices: (B, K) int64 visible patches in [0, N), any order (the collator's mask).
+        noise: (B, N) ViTMAE-style alternative to `keep_indices`: keep the K patches of smallest noise.
+        guidance: (B, h, w) or (B, N) map in [0, 1] (object map, or a random map for `guidance="random"`); needed
+            for the loss unless `config.guidance="none"`, which ignores it.
+        guidance_temperature: τ for this call (the trainer passes the scheduled value); default
+            `config.guidance_temperature`.
+        return_loss: compute `loss` and `reconstruction_loss`.
+        """
+        batch = pixel_values.shape[0]
+        keep_indices = self.resolve_keep_indices(batch, keep_indices, noise)
+        encoder_outputs = self.vit(
+            pixel_values,
+            keep_indices=keep_indices,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        self._sync_decoder_attention()
+        logits = self.decoder(encoder_outputs.last_hidden_state, keep_indices)
+        num_patches = logits.shape[1]
+        mask = mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
+
+        use_guidance = self.config.guidance != "none"
+        weights = None
+        if use_guidance and guidance is not None:
+            weights = self.guidance_weights(guidance.to(logits.device), guidance_temperature)
+
+        loss = reconstruction = None
+        if return_loss:
+            if use_guidance and weights is None:
+                raise ValueError(
+                    f"config.guidance={self.config.guidance!r} needs a guidance map (B, h, w) or (B, N) for the loss; "
+                    "pass guidance=..., or use guidance='none' for plain MAE"
+                )
+            target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
+            per_patch = per_patch_loss(logits, target)
+            # nothing masked (no keep indices, or K = N): average over every patch instead of 0 / 0
+            loss_mask = mask if keep_indices is not None and keep_indices.shape[1] < num_patches else 1.0 - mask
+            reconstruction = guided_reconstruction_loss(per_patch, loss_mask)
+            if use_guidance:
+                loss = guided_reconstruction_loss(
+                    per_patch, loss_mask, weights, self.config.loss_scale, self.config.loss_normalizer
+                )
+            else:
+                loss = reconstruction
+        if weights is None:
+            weights = torch.ones(batch, num_patches, device=logits.device)
+
+        return AttGMAEForPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction,
+            logits=logits,
+            mask=mask,
+            guidance_weights=weights,
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            keep_indices=keep_indices,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+    # ---- transformers' ViTMAEForPreTraining (facebook/vit-mae-*) ----
+
+    @classmethod
+    def from_vit_mae(cls, model_or_path, **config_overrides) -> AttGMAEForPreTraining:
+        """An `AttGMAEForPreTraining` with the weights of a `ViTMAEForPreTraining`: a model instance, or a Hub
+        name / local folder loaded with `ViTMAEForPreTraining.from_pretrained`. `config_overrides` (e.g.
+        `guidance="map"`) go to `AttGMAEConfig` after the mapped fields (`config_from_vit_mae`)."""
+        from transformers import ViTMAEForPreTraining
+
+        source = model_or_path
+        if not isinstance(source, nn.Module):
+            source = ViTMAEForPreTraining.from_pretrained(model_or_path)
+        config = config_from_vit_mae(source.config, **config_overrides)
+        model = cls(config)
+        state_dict = convert_vit_mae_state_dict(source.state_dict())
+        model.load_state_dict(state_dict, strict=True)
+        return model.to(next(source.parameters()).dtype)
+
+    def to_vit_mae(self):
+        """The same weights as a transformers `ViTMAEForPreTraining` (for encoders ViTMAE can express: GELU MLP, no
+        RoPE, sin-cos positions, final norm)."""
+        from transformers import ViTMAEForPreTraining
+
+        vit_mae = ViTMAEForPreTraining(vit_mae_config_from(self.config))
+        vit_mae.load_state_dict(convert_to_vit_mae_state_dict(self.state_dict(), self.config), strict=True)
+        return vit_mae
+
+
+# ---- ViTMAE weight conversion ----
+
+# Older (≤ 4.x, and the `facebook/vit-mae-*` files) names → transformers 5 in-memory names.
+_LEGACY_VIT_MAE_RENAMES = (
+    (re.compile(r"encoder\.layer\."), "layers."),  # vit.encoder.layer.i and decoder.decoder_encoder.layer.i
+    (re.compile(r"attention\.attention\.query"), "attention.q_proj"),
+    (re.compile(r"attention\.attention\.key"), "attention.k_proj"),
+    (re.compile(r"attention\.attention\.value"), "attention.v_proj"),
+    (re.compile(r"attention\.output\.dense"), "attention.o_proj"),
+    (re.compile(r"intermediate\.dense"), "mlp.fc1"),
+    (re.compile(r"(?<!attention\.)output\.dense"), "mlp.fc2"),
+)
+
+# per-block names: ViTMAE (transformers 5) → ours; the attention q/k/v are fused into `attn.qkv`
+_BLOCK_RENAMES = {
+    "attention.o_proj": "attn.proj",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_TOP_RENAMES = {
+    "vit.embeddings.cls_token": "vit.embeddings.cls_token",
+    "vit.embeddings.patch_embeddings.projection.weight": "vit.embeddings.patch_embed.proj.weight",
+    "vit.embeddings.patch_embeddings.projection.bias": "vit.embeddings.patch_embed.proj.bias",
+    "vit.layernorm.weight": "vit.norm.weight",
+    "vit.layernorm.bias": "vit.norm.bias",
+    "decoder.mask_token": "decoder.mask_token",
+    "decoder.decoder_embed.weight": "decoder.decoder_embed.weight",
+    "decoder.decoder_embed.bias": "decoder.decoder_embed.bias",
+    "decoder.decoder_norm.weight": "decoder.norm.weight",
+    "decoder.decoder_norm.bias": "decoder.norm.bias",
+    "decoder.decoder_pred.weight": "decoder.pred.weight",
+    "decoder.decoder_pred.bias": "decoder.pred.bias",
+}
+_POSITION_KEYS = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
+_BLOCK_PREFIXES = (("vit.layers.", "vit.layers."), ("decoder.decoder_layers.", "decoder.layers."))
+
+
+def _normalise_vit_mae_key(key: str) -> str:
+    for pattern, replacement in _LEGACY_VIT_MAE_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def _check_fixed_table(name: str, table: torch.Tensor) -> None:
+    """ViTMAE stores its fixed sin-cos tables; ours are recomputed, so the stored one must be MAE's."""
+    if table.ndim != 3 or table.shape[0] != 1:
+        raise ValueError(f"{name} has shape {tuple(table.shape)}, expected (1, 1 + N, D)")
+    grid = math.isqrt(table.shape[1] - 1)
+    if grid * grid != table.shape[1] - 1:
+        raise ValueError(f"{name} has {table.shape[1] - 1} patch rows, not a square grid")
+    expected = get_2d_sincos_pos_embed(table.shape[2], grid, cls_token=True)
+    difference = (table[0].detach().float().cpu() - expected).abs().max().item()
+    if difference > 1e-5:
+        raise ValueError(
+            f"{name} is not MAE's fixed 2D sin-cos table (max difference {difference:.3g}); AttG-MAE recomputes "
+            "that table and cannot hold other positions. (A ViTMAEForPreTraining freshly built by transformers 5 "
+            "leaves its tables at zero: copy MAE's table into it, or load a trained checkpoint.)"
+        )
+
+
+def convert_vit_mae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `ViTMAEForPreTraining` state dict → an `AttGMAEForPreTraining` state dict.
+
+    Accepts transformers 5's in-memory names (`vit.layers.i.attention.q_proj`) and the older file layout of the
+    `facebook/vit-mae-*` checkpoints (`vit.encoder.layer.i.attention.attention.query`). q, k, v are concatenated
+    into the fused `qkv`; the fixed position tables are checked against MAE's sin-cos table and dropped (ours are
+    recomputed). Every key must be consumed: unknown or incomplete keys raise `ValueError`.
+    """
+    source = {_normalise_vit_mae_key(key): value for key, value in state_dict.items()}
+    converted: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for key in _POSITION_KEYS:
+        if key in source:
+            _check_fixed_table(key, source[key])
+            used.add(key)
+    for old, new in _TOP_RENAMES.items():
+        if old in source:
+            converted[new] = source[old]
+            used.add(old)
+    block = re.compile(r"^(vit\.layers\.|decoder\.decoder_layers\.)(\d+)\.(.+)\.(weight|bias)$")
+    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in source.items():
+        match = block.match(key)
+        if match is None:
+            continue
+        prefix, index, name, kind = match.groups()
+        new_prefix = dict(_BLOCK_PREFIXES)[prefix] + index + "."
+        if name in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
+            fused.setdefault((new_prefix, kind), {})[name.rsplit(".", 1)[1][0]] = value  # "q", "k" or "v"
+            used.add(key)
+        elif name in _BLOCK_RENAMES:
+            converted[f"{new_prefix}{_BLOCK_RENAMES[name]}.{kind}"] = value
+            used.add(key)
+    for (new_prefix, kind), parts in fused.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"{new_prefix}: incomplete attention {kind} (have {sorted(parts)}, need q, k and v)")
+        converted[f"{new_prefix}attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    unexpected = sorted(set(source) - used)
+    if unexpected:
+        raise ValueError(f"unexpected ViTMAE keys (not converted): {unexpected}")
+    return converted
+
+
+def convert_to_vit_mae_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: AttGMAEConfig
+) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_vit_mae_state_dict`: an `AttGMAEForPreTraining` state dict → a transformers 5
+    `ViTMAEForPreTraining` one (fused qkv split, MAE's fixed tables added). Unknown keys raise `ValueError`."""
+    inverse_top = {new: old for old, new in _TOP_RENAMES.items()}
+    inverse_block = {new: old for old, new in _BLOCK_RENAMES.items()}
+    block = re.compile(r"^(vit\.layers\.|decoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
+    prefixes = {new: old for old, new in _BLOCK_PREFIXES}
+    converted: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        if key in inverse_top:
+            converted[inverse_top[key]] = value
+            continue
+        match = block.match(key)
+        if match is None:
+            unexpected.append(key)
+            continue
+        prefix, index, name, kind = match.groups()
+        old_prefix = f"{prefixes[prefix]}{index}."
+        if name == "attn.qkv":
+            for part, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0)):
+                converted[f"{old_prefix}attention.{part}_proj.{kind}"] = chunk
+        elif name in inverse_block:
+            converted[f"{old_prefix}{inverse_block[name]}.{kind}"] = value
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ValueError(f"keys ViTMAE cannot hold: {sorted(unexpected)}")
+    vision = config.vision_config
+    converted["vit.embeddings.position_embeddings"] = get_2d_sincos_pos_embed(
+        vision.hidden_size, vision.grid_size, cls_token=True
+    ).unsqueeze(0)
+    converted["decoder.decoder_pos_embed"] = get_2d_sincos_pos_embed(
+        config.decoder_hidden_size, vision.grid_size, cls_token=True
+    ).unsqueeze(0)
+    return converted
+
+
+def _mlp_ratio(intermediate_size: int, hidden_size: int, what: str) -> float:
+    ratio = intermediate_size / hidden_size
+    if int(hidden_size * ratio) != intermediate_size:
+        raise ValueError(f"{what}: intermediate_size={intermediate_size} is not int(hidden_size · ratio) for any ratio")
+    return float(ratio)
+
+
+def _square(value, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"{name}={value}: only square images and patches are supported")
+        value = value[0]
+    return int(value)
+
+
+def config_from_vit_mae(vit_mae_config, **overrides) -> AttGMAEConfig:
+    """An `AttGMAEConfig` equivalent to a `ViTMAEConfig` (architecture, `layer_norm_eps` — ViTMAE's default is
+    1e-12 —, `qkv_bias`, `mask_ratio`, `norm_pix_loss`, `initializer_range`), then `overrides`. Raises for settings
+    the encoder cannot express (non-GELU activations, hidden dropout, non-square images)."""
+    c = vit_mae_config
+    if c.hidden_act != "gelu":
+        raise ValueError(f"hidden_act={c.hidden_act!r}: only exact GELU ('gelu') is supported")
+    if c.hidden_dropout_prob:
+        raise ValueError(f"hidden_dropout_prob={c.hidden_dropout_prob}: the MaskedViT blocks have no hidden dropout")
+    image_size, patch_size = _square(c.image_size, "image_size"), _square(c.patch_size, "patch_size")
+    vision = {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "num_channels": int(c.num_channels),
+        "hidden_size": int(c.hidden_size),
+        "num_hidden_layers": int(c.num_hidden_layers),
+        "num_attention_heads": int(c.num_attention_heads),
+        "mlp_ratio": _mlp_ratio(c.intermediate_size, c.hidden_size, "encoder"),
+        "qkv_bias": "qkv" if c.qkv_bias else "none",
+        "position_embedding_type": "sincos",
+        "layer_norm_eps": float(c.layer_norm_eps),
+        "attention_dropout": float(c.attention_probs_dropout_prob),
+        "initializer_range": float(c.initializer_range),
+    }
+    kwargs = {
+        "vision_config": vision,
+        "decoder_hidden_size": int(c.decoder_hidden_size),
+        "decoder_num_hidden_layers": int(c.decoder_num_hidden_layers),
+        "decoder_num_attention_heads": int(c.decoder_num_attention_heads),
+        "decoder_mlp_ratio": _mlp_ratio(c.decoder_intermediate_size, c.decoder_hidden_size, "decoder"),
+        "mask_ratio": float(c.mask_ratio),
+        "norm_pix_loss": bool(c.norm_pix_loss),
+    }
+    vision_override = overrides.pop("vision_config", None)
+    if isinstance(vision_override, dict):
+        kwargs["vision_config"] = {**vision, **vision_override}
+    elif vision_override is not None:
+        kwargs["vision_config"] = vision_override
+    return AttGMAEConfig(**{**kwargs, **overrides})
+
+
+def vit_mae_config_from(config: AttGMAEConfig):
+    """The `ViTMAEConfig` of an AttG-MAE config, for the encoders ViTMAE can express."""
+    from transformers import ViTMAEConfig
+
+    vision: MaskedViTConfig = config.vision_config
+    unsupported = {
+        "use_rope": vision.use_rope,
+        "mlp_type": vision.mlp_type != "gelu",
+        "mlp_sub_norm": vision.mlp_sub_norm,
+        "qkv_bias": vision.qkv_bias == "qv",
+        "position_embedding_type": vision.position_embedding_type != "sincos",
+        "use_final_norm": not vision.use_final_norm,
+    }
+    bad = [name for name, flag in unsupported.items() if flag]
+    if bad:
+        raise ValueError(f"ViTMAE cannot express this encoder ({', '.join(bad)})")
+    return ViTMAEConfig(
+        image_size=vision.image_size,
+        patch_size=vision.patch_size,
+        num_channels=vision.num_channels,
+        hidden_size=vision.hidden_size,
+        num_hidden_layers=vision.num_hidden_layers,
+        num_attention_heads=vision.num_attention_heads,
+        intermediate_size=int(vision.hidden_size * vision.mlp_ratio),
+        hidden_act="gelu",
+        qkv_bias=vision.qkv_bias == "qkv",
+        layer_norm_eps=vision.layer_norm_eps,
+        attention_probs_dropout_prob=vision.attention_dropout,
+        hidden_dropout_prob=0.0,
+        initializer_range=vision.initializer_range,
+        decoder_hidden_size=config.decoder_hidden_size,
+        decoder_num_hidden_layers=config.decoder_num_hidden_layers,
+        decoder_num_attention_heads=config.decoder_num_attention_heads,
+        decoder_intermediate_size=int(config.decoder_hidden_size * config.decoder_mlp_ratio),
+        mask_ratio=config.mask_ratio,
+        norm_pix_loss=config.norm_pix_loss,
+    )
+
+
+__all__ = [
+    "AttGMAEForPreTraining",
+    "AttGMAEForPreTrainingOutput",
+    "AttGMAEModel",
+    "AttGMAEPreTrainedModel",
+    "config_from_vit_mae",
+    "convert_to_vit_mae_state_dict",
+    "convert_vit_mae_state_dict",
+    "guidance_weights",
+    "guided_reconstruction_loss",
+    "vit_mae_config_from",
+]

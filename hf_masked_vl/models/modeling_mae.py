@@ -1,0 +1,228 @@
+"""MAE building blocks shared by the masked-autoencoder models (AttG-MAE, MRE-ViT): pixel targets in ViTMAE's
+patch order, the per-patch loss, and MAE's lightweight decoder.
+
+Conventions (He et al. 2022, `facebookresearch/mae`, transformers' `ViTMAEForPreTraining`):
+- patches are numbered row-major over the (H/p) × (W/p) grid; a patch vector is its pixels in (row, column,
+  channel) order, length p²·C;
+- `norm_pix_loss` targets are each patch normalised by its own mean and unbiased variance, (x − μ) / sqrt(σ² + 1e-6);
+- the loss of a patch is the mean squared error over its p²·C values; MAE averages it over the masked patches.
+
+Hub code: imports only torch, transformers, timm and single-dot siblings.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import initialization as init
+
+from .configuration_masked_vit import MaskedViTConfig
+from .modeling_masked_vit import MaskedViTBlock, get_2d_sincos_pos_embed
+
+NORM_PIX_EPS = 1.0e-6
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, N, p²·C), N = (H/p)·(W/p) row-major; each row holds one patch's pixels in (row, column,
+    channel) order: exactly `ViTMAEForPreTraining.patchify` (and MAE's `patchify`)."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
+    batch, channels, height, width = pixel_values.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={patch_size}")
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = pixel_values.reshape(batch, channels, grid_h, patch_size, grid_w, patch_size)
+    patches = patches.permute(0, 2, 4, 3, 5, 1)  # (B, h, w, p, p, C)
+    return patches.reshape(batch, grid_h * grid_w, patch_size**2 * channels)
+
+
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, image_size: int | tuple[int, int] | None = None, num_channels: int = 3
+) -> torch.Tensor:
+    """Inverse of `patchify`: (B, N, p²·C) → (B, C, H, W). `image_size` (H, W) defaults to a square grid."""
+    batch, num_patches, dim = patches.shape
+    if dim != patch_size**2 * num_channels:
+        raise ValueError(
+            f"patch vectors have {dim} values, expected patch_size²·num_channels = {patch_size**2 * num_channels}"
+        )
+    if image_size is None:
+        side = int(round(num_patches**0.5))
+        image_size = (side * patch_size, side * patch_size)
+    elif isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    grid_h, grid_w = image_size[0] // patch_size, image_size[1] // patch_size
+    if grid_h * grid_w != num_patches:
+        raise ValueError(
+            f"{num_patches} patches do not tile a {image_size[0]}x{image_size[1]} image of {patch_size}-pixel patches"
+        )
+    pixels = patches.reshape(batch, grid_h, grid_w, patch_size, patch_size, num_channels)
+    pixels = pixels.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
+    return pixels.reshape(batch, num_channels, grid_h * patch_size, grid_w * patch_size)
+
+
+def pixel_targets(pixel_values: torch.Tensor, patch_size: int, norm_pix_loss: bool = True) -> torch.Tensor:
+    """MAE's reconstruction targets (B, N, p²·C): the patches of `pixel_values` (B, C, H, W), each normalised to
+    (x − mean) / sqrt(var + 1e-6) with the unbiased variance over its p²·C values when `norm_pix_loss`."""
+    target = patchify(pixel_values, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)  # unbiased, as MAE and ViTMAE
+        target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+    return target
+
+
+def per_patch_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each patch: pred, target (B, N, P) → (B, N). Computed in float32 at least."""
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return (pred.to(dtype) - target.to(dtype)).square().mean(dim=-1)
+
+
+def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
+    """Patches kept when `mask_ratio` of `num_patches` are masked: round(N·(1 − mask_ratio)), at least one (the
+    package's `masking.num_kept`). MAE / ViTMAE floor instead; the two agree whenever N·(1 − r) is an integer
+    (e.g. 0.75 on any even grid: 49 of 196, 16 of 64, 4 of 16)."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
+    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+
+
+def keep_indices_from_noise(noise: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """ViTMAE / MAE random masking: the `num_keep` patches with the smallest noise, in increasing-noise order.
+    noise (B, N) → keep indices (B, K), int64."""
+    return torch.argsort(noise, dim=1)[:, :num_keep]
+
+
+def mask_from_keep_indices(
+    keep_indices: torch.Tensor | None, batch: int, num_patches: int, device=None
+) -> torch.Tensor:
+    """(B, N) float mask, 1 = masked (not in `keep_indices` (B, K)), 0 = visible; all zeros for `None`."""
+    if keep_indices is None:
+        return torch.zeros(batch, num_patches, device=device)
+    mask = torch.ones(batch, num_patches, device=keep_indices.device)
+    return mask.scatter(1, keep_indices, 0.0)
+
+
+def mae_decoder_config(
+    vision_config: MaskedViTConfig,
+    hidden_size: int = 512,
+    num_hidden_layers: int = 8,
+    num_attention_heads: int = 16,
+    mlp_ratio: float = 4.0,
+) -> MaskedViTConfig:
+    """The decoder blocks' `MaskedViTConfig`: plain pre-norm ViT blocks (GELU MLP, no RoPE) of the given width and
+    depth on the encoder's grid, with the encoder's `layer_norm_eps`, `attention_dropout` and `initializer_range`,
+    and q/k/v biases unless the encoder has none (ViTMAE shares these settings between encoder and decoder)."""
+    config = MaskedViTConfig(
+        image_size=vision_config.image_size,
+        patch_size=vision_config.patch_size,
+        num_channels=vision_config.num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        mlp_ratio=float(mlp_ratio),
+        qkv_bias="none" if vision_config.qkv_bias == "none" else "qkv",
+        position_embedding_type="sincos",
+        layer_norm_eps=vision_config.layer_norm_eps,
+        attention_dropout=vision_config.attention_dropout,
+        initializer_range=vision_config.initializer_range,
+    )
+    config._attn_implementation = getattr(vision_config, "_attn_implementation", None) or "sdpa"
+    return config
+
+
+class MAEDecoder(nn.Module):
+    """MAE's decoder: embed the encoded tokens to the decoder width, put each visible token back at its patch
+    position with a shared learnable mask token everywhere else, add fixed 2D sin-cos positions (zero CLS row),
+    run `depth` pre-norm blocks, normalise and predict the p²·C pixel values of every patch.
+
+    `config` is the decoder's own `MaskedViTConfig` (see `mae_decoder_config`): width, depth, heads, MLP ratio,
+    grid. Parameters: `decoder_embed` (D_enc → D_dec), `mask_token` (1, 1, D_dec), `layers`, `norm`, `pred`
+    (D_dec → p²·C); `position_embedding` (1, 1 + N, D_dec) is a fixed, non-persistent buffer.
+
+    A `PreTrainedModel` holding it initialises it with `init_mae_decoder_weights` from its `_init_weights`.
+    """
+
+    def __init__(self, encoder_hidden_size: int, config: MaskedViTConfig):
+        super().__init__()
+        self.config = config
+        self.num_patches = config.num_patches
+        dim = config.hidden_size
+        self.decoder_embed = nn.Linear(encoder_hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("position_embedding", self.sincos_table(), persistent=False)
+        self.layers = nn.ModuleList([MaskedViTBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)
+
+    def sincos_table(self) -> torch.Tensor:
+        """(1, 1 + N, D_dec): MAE's fixed decoder positions with a zero CLS row."""
+        return get_2d_sincos_pos_embed(self.config.hidden_size, self.config.grid_size, cls_token=True).unsqueeze(0)
+
+    def scatter_tokens(self, encoded: torch.Tensor, keep_indices: torch.Tensor | None) -> torch.Tensor:
+        """Decoder input before positions: encoded (B, 1 + K, D_dec) already embedded → (B, 1 + N, D_dec), CLS
+        first, visible token k at patch `keep_indices[:, k]`, the mask token at every other patch."""
+        batch, length, dim = encoded.shape
+        if keep_indices is None:
+            if length != 1 + self.num_patches:
+                raise ValueError(
+                    f"without keep_indices the decoder needs 1 + N = {1 + self.num_patches} tokens, got {length}"
+                )
+            return encoded
+        tokens = self.mask_token.to(encoded.dtype).expand(batch, self.num_patches, dim)
+        index = keep_indices.unsqueeze(-1).expand(-1, -1, dim)
+        tokens = tokens.scatter(1, index, encoded[:, 1:])
+        return torch.cat((encoded[:, :1], tokens), dim=1)
+
+    def forward(self, encoded: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        encoded: (B, 1 + K, D_enc) encoder output, CLS first, then the K visible patches in `keep_indices` order.
+        keep_indices: (B, K) int64 patch indices in [0, N) of those tokens, any order, no repeats; `None` means
+            all N patches in grid order (K = N).
+        Returns the pixel predictions (B, N, p²·C) of every patch in grid order (CLS dropped).
+        """
+        if keep_indices is not None:
+            if keep_indices.ndim != 2 or keep_indices.shape != (encoded.shape[0], encoded.shape[1] - 1):
+                raise ValueError(
+                    f"keep_indices must be (B, K) = {(encoded.shape[0], encoded.shape[1] - 1)} to match the encoded "
+                    f"tokens {tuple(encoded.shape)}, got {tuple(keep_indices.shape)}"
+                )
+            keep_indices = keep_indices.to(device=encoded.device, dtype=torch.long)
+        hidden_states = self.scatter_tokens(self.decoder_embed(encoded), keep_indices)
+        hidden_states = hidden_states + self.position_embedding.to(hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)[0]
+        hidden_states = self.norm(hidden_states)
+        return self.pred(hidden_states)[:, 1:]
+
+
+@torch.no_grad()
+def init_mae_decoder_weights(module: nn.Module, std: float = 0.02) -> None:
+    """MAE's init for one module of an `MAEDecoder` (call it from a `PreTrainedModel._init_weights` on every
+    decoder submodule): xavier-uniform Linear weights and zero biases, unit LayerNorms, normal(std) mask token, and
+    the fixed position table recomputed. Uses `transformers.initialization`, so loaded weights are left alone."""
+    if isinstance(module, nn.Linear):
+        init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    elif isinstance(module, MAEDecoder):
+        init.normal_(module.mask_token, std=std)
+        init.copy_(module.position_embedding, module.sincos_table())
+
+
+__all__ = [
+    "MAEDecoder",
+    "NORM_PIX_EPS",
+    "get_2d_sincos_pos_embed",
+    "init_mae_decoder_weights",
+    "keep_indices_from_noise",
+    "mae_decoder_config",
+    "mask_from_keep_indices",
+    "num_kept_patches",
+    "patchify",
+    "per_patch_loss",
+    "pixel_targets",
+    "unpatchify",
+]
