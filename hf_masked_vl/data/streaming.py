@@ -111,7 +111,13 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             wanted = [image_column, caption_column, *self.map_columns.values()]
             missing = [c for c in wanted if c is not None and c not in features]
             if missing:
-                raise ValueError(f"column(s) {missing} not in the dataset; available: {sorted(features)}")
+                hint = ""
+                if any(self.map_columns.get(role) in missing for role in ("guidance", "segments")):
+                    hint = (
+                        " (write guidance or segment maps beside the images with scripts/compute_guidance.py, or "
+                        "name the column with --guidance_column / --segments_column)"
+                    )
+                raise ValueError(f"column(s) {missing} not in the dataset; available: {sorted(features)}{hint}")
             for column in (image_column, *self.map_columns.values()):
                 if isinstance(features[column], datasets.Image):
                     dataset = dataset.cast_column(column, datasets.Image(decode=False))
@@ -177,9 +183,9 @@ class ImageTextCollator:
     """Stacks tensor fields, tokenizes captions (truncated to the text context, ending with end-of-text), gathers
     `num_skipped` per example (B,) and `sample_seeds` (B,), and draws data-independent masks.
 
-    `mask_generator(sample_seeds) -> keep_indices` (e.g. random or reversed-block masks) runs here, in the DataLoader
-    workers, not on the main process each step; masks that depend on the model (A-CLIP's attentive masks) are drawn
-    by the method's objective instead."""
+    `mask_generator(sample_seeds) -> keep_indices` (e.g. random or reversed-block masks), or a dict of batch tensors,
+    runs here, in the DataLoader workers, not on the main process each step; masks that depend on the model (A-CLIP's
+    attentive masks) are drawn by the method's objective instead."""
 
     def __init__(
         self,
@@ -202,9 +208,11 @@ class ImageTextCollator:
         if self.tokenizer is not None and "caption" in examples[0]:
             batch.update(tokenize_texts(self.tokenizer, [e["caption"] for e in examples], self.context_length))
         if self.mask_generator is not None:
-            keep_indices = self.mask_generator(batch["sample_seeds"])
-            if keep_indices is not None:
-                batch["keep_indices"] = keep_indices
+            drawn = self.mask_generator(batch["sample_seeds"])
+            if isinstance(drawn, dict):
+                batch.update(drawn)
+            elif drawn is not None:
+                batch["keep_indices"] = drawn
         return batch
 
 

@@ -37,8 +37,13 @@ class Objective:
     """Turns a collated batch (plus the EMA model and the frozen teacher) into the model's inputs for one step.
 
     The trainer calls `prepare` under `no_grad` and autocast, then `model(**inputs)` with gradients, and
-    `after_optimizer_step` once per optimizer step (before the EMA update). Objectives hold no tensors between steps.
+    `after_optimizer_step` once per optimizer step (before the EMA update). Before each `prepare` it sets `step`
+    (optimizer steps done) and `max_steps`, for schedules (a temperature, a teacher warm-up). Objectives hold no
+    tensors between steps.
     """
+
+    step: int = 0
+    max_steps: int = 1
 
     def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
         return batch
@@ -113,8 +118,14 @@ class Method:
         """`transform(image, rng, maps) -> dict of tensors`: the method's training views."""
         raise NotImplementedError
 
+    def map_columns(self, model: PreTrainedModel) -> dict[str, str]:
+        """Per-image map columns the method reads, role → column name (default: `map_roles` with the column names
+        of `--guidance_column` / `--segments_column`)."""
+        return {role: getattr(self.data_args, f"{role}_column") for role in self.map_roles}
+
     def mask_generator(self, model: PreTrainedModel) -> Callable | None:
-        """Data-independent masks drawn in the DataLoader workers: `generator(sample_seeds (B,)) -> keep_indices`."""
+        """Data-independent inputs drawn in the DataLoader workers from each sample's seed:
+        `generator(sample_seeds (B,)) -> keep_indices` or a dict of batch tensors (masks, random maps, ...)."""
         return None
 
     def collator(self, model: PreTrainedModel, tokenizer) -> Callable:

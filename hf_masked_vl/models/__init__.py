@@ -10,6 +10,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_aclip import A_CLIP_PRESETS, AClipConfig
 from .configuration_attg_mae import ATTG_MAE_PRESETS, AttGMAEConfig
+from .configuration_lit import LIT_PRESETS, LiTConfig
 from .configuration_masked_vit import MaskedViTConfig
 from .configuration_uta import UTA_PRESETS, UTAConfig
 from .modeling_aclip import AClipModel, AClipOutput
@@ -21,6 +22,7 @@ from .modeling_attg_mae import (
     convert_to_vit_mae_state_dict,
     convert_vit_mae_state_dict,
 )
+from .modeling_lit import LiTModel, LiTOutput
 from .modeling_mae import MAEDecoder, patchify, per_patch_loss, pixel_targets, unpatchify
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 from .modeling_uta import UTAModel, UTAOutput
@@ -36,6 +38,9 @@ AutoModelForZeroShotImageClassification.register(AClipConfig, AClipModel, exist_
 AutoConfig.register(AttGMAEConfig.model_type, AttGMAEConfig, exist_ok=True)
 AutoModel.register(AttGMAEConfig, AttGMAEModel, exist_ok=True)
 AutoModelForPreTraining.register(AttGMAEConfig, AttGMAEForPreTraining, exist_ok=True)
+AutoConfig.register(LiTConfig.model_type, LiTConfig, exist_ok=True)
+AutoModel.register(LiTConfig, LiTModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(LiTConfig, LiTModel, exist_ok=True)
 AutoConfig.register(UTAConfig.model_type, UTAConfig, exist_ok=True)
 AutoModel.register(UTAConfig, UTAModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(UTAConfig, UTAModel, exist_ok=True)
@@ -56,6 +61,10 @@ __all__ = [
     "AttGMAEForPreTraining",
     "AttGMAEForPreTrainingOutput",
     "AttGMAEModel",
+    "LIT_PRESETS",
+    "LiTConfig",
+    "LiTModel",
+    "LiTOutput",
     "MAEDecoder",
     "MaskedViTConfig",
     "MaskedViTModel",

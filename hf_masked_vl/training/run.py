@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     source, dataset_label, demo = training_source(data_args)
     if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
         model.config.zero_shot_templates = tuple(demo.templates)
-    map_columns = {role: getattr(data_args, f"{role}_column") for role in method.map_roles}
+    map_columns = method.map_columns(model)
     train_dataset = ImageTextStream(
         source,
         method.transform(model),

@@ -190,6 +190,7 @@ class MaskedVLTrainer(Trainer):
         skipped = inputs.pop("num_skipped", None)
         if skipped is not None:
             self._skipped.append(skipped.detach().sum())
+        self.objective.step, self.objective.max_steps = self.state.global_step, max(self.state.max_steps, 1)
         with torch.no_grad(), self.accelerator.autocast():
             model_inputs = self.objective.prepare(inputs, model, self.ema_model, self.teacher)
         outputs = model(**model_inputs)

@@ -1,0 +1,95 @@
+"""AttG-MAE (Sick et al., WACV 2025) and its baseline MAE (He et al., CVPR 2022).
+
+`--method attg_mae` reads images and a per-image `guidance` column (an object-discovery map in [0, 1], written
+once by `scripts/compute_guidance.py`); `--method mae` reads images only. Views follow the AttG supplementary:
+resize to the model's size and a horizontal flip, applied to the map too. The 75% random masks (and, for the
+`guidance="random"` ablation, the random maps) are drawn in the DataLoader workers from each sample's seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.maps import MapSpec
+from ..data.views import SingleCropView
+from ..masking import mask_rng, num_kept, random_keep_indices
+from ..models import AttGMAEConfig, AttGMAEForPreTraining
+from .base import Method, Objective, register_method
+
+
+class RandomMasksAndMaps:
+    """MAE's random masks drawn in the data workers: (B, K) keep indices, K = round(N·(1 − mask_ratio)), per
+    sample from `mask_rng(sample seed)`; with `random_maps`, also a uniform [0, 1) map per sample (B, grid, grid),
+    the value range of a normalised object map (AttG's Table 8 ablation)."""
+
+    def __init__(self, grid: int, mask_ratio: float, random_maps: bool = False):
+        self.grid, self.mask_ratio, self.random_maps = grid, mask_ratio, random_maps
+
+    def __call__(self, sample_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        num_patches = self.grid * self.grid
+        rngs = [mask_rng(int(seed), 0) for seed in sample_seeds.tolist()]
+        batch = {"keep_indices": random_keep_indices(rngs, num_patches, num_kept(num_patches, self.mask_ratio))}
+        if self.random_maps:
+            maps = [mask_rng(int(seed), 1).random((self.grid, self.grid), dtype=np.float32) for seed in sample_seeds]
+            batch["guidance"] = torch.from_numpy(np.stack(maps))
+        return batch
+
+
+class AttGMAEObjective(Objective):
+    """Pixels, the collator's keep indices and guidance maps, and τ for this step (`temperature_schedule`)."""
+
+    def __init__(self, config: AttGMAEConfig):
+        self.config = config
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+        inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
+        if self.config.guidance != "none":
+            inputs["guidance"] = batch["guidance"]
+            inputs["guidance_temperature"] = self.config.temperature_at(self.step, self.max_steps)
+        return inputs
+
+
+@register_method
+class AttGMAEMethod(Method):
+    name = "attg_mae"
+    summary = "AttG-MAE: MAE whose reconstruction loss is weighted by object maps (a `guidance` column)"
+    config_class = AttGMAEConfig
+    model_class = AttGMAEForPreTraining
+    card_template = "attg_mae.md"
+    evaluations = ("knn", "linear")
+
+    def map_columns(self, model: AttGMAEForPreTraining) -> dict[str, str]:
+        """The object maps are data only when `guidance="map"` (random maps are drawn, none are needed for MAE)."""
+        return {"guidance": self.data_args.guidance_column} if model.config.guidance == "map" else {}
+
+    def transform(self, model: AttGMAEForPreTraining) -> SingleCropView:
+        vision = model.config.vision_config
+        specs = {"guidance": MapSpec(vision.grid_size, "bilinear")} if model.config.guidance == "map" else {}
+        return SingleCropView(
+            vision.image_size, crop_scale=None, mean=self.image_mean, std=self.image_std, map_specs=specs
+        )
+
+    def mask_generator(self, model: AttGMAEForPreTraining) -> RandomMasksAndMaps:
+        config = model.config
+        return RandomMasksAndMaps(config.vision_config.grid_size, config.mask_ratio, config.guidance == "random")
+
+    def objective(self, model: AttGMAEForPreTraining, teacher=None) -> AttGMAEObjective:
+        return AttGMAEObjective(model.config)
+
+
+@register_method
+class MAEMethod(AttGMAEMethod):
+    name = "mae"
+    summary = "MAE: the baseline of AttG-MAE (plain pixel reconstruction, guidance='none')"
+
+    def __init__(self, model_args, data_args, training_args, config_overrides=None):
+        overrides = dict(config_overrides or {})
+        guidance = overrides.setdefault("guidance", "none")
+        if guidance != "none":
+            raise ValueError(f"--method mae is AttG-MAE with guidance='none', not {guidance!r}: use --method attg_mae")
+        super().__init__(model_args, data_args, training_args, overrides)
+
+
+__all__ = ["AttGMAEMethod", "AttGMAEObjective", "MAEMethod", "RandomMasksAndMaps"]
