@@ -1,0 +1,46 @@
+"""Offline guidance: per-image maps (TokenCut object maps, CLS attention, Grad-CAM, ...) computed once and stored
+as a dataset column beside each image (`scripts/compute_guidance.py`).
+
+Not Hub code: never copied into checkpoints. `gradcam` needs the `[gradcam]` extra (grad-cam package) only when
+that producer is built.
+"""
+
+from .attention import attention_map
+from .backbones import DEFAULT_BACKBONE, BackboneOutput, GuidanceBackbone, Preprocessor, load_backbone
+from .producers import (
+    DEFAULT_GRID,
+    PRODUCERS,
+    AttentionProducer,
+    GuidanceProducer,
+    ProducerSpec,
+    TokenCutProducer,
+    available_producers,
+    build_producer,
+    register_producer,
+    resample_to_grid,
+)
+from .tokencut import TokenCutResult, tokencut
+from .writer import GuidanceSummary, write_guidance
+
+__all__ = [
+    "AttentionProducer",
+    "BackboneOutput",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_GRID",
+    "GuidanceBackbone",
+    "GuidanceProducer",
+    "GuidanceSummary",
+    "PRODUCERS",
+    "Preprocessor",
+    "ProducerSpec",
+    "TokenCutProducer",
+    "TokenCutResult",
+    "attention_map",
+    "available_producers",
+    "build_producer",
+    "load_backbone",
+    "register_producer",
+    "resample_to_grid",
+    "tokencut",
+    "write_guidance",
+]

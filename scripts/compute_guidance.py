@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Compute guidance maps offline and write them beside the images as parquet shards.
+
+    python scripts/compute_guidance.py --producer tokencut --output_dir guidance/demo          # demo, DINO ViT-B/16
+    python scripts/compute_guidance.py --producer tokencut --backbone facebook/dino-vitb16 \\
+        --dataset_name parquet --data_files "data/train-*.parquet" --output_dir guidance/train
+    python scripts/compute_guidance.py --producer gradcam --backbone resnet50 --output_dir guidance/gradcam
+
+Writes OUT/<split>-XXXXX.parquet (every original column + `guidance`), resumable shard by shard, and
+OUT/overlays/*.png; prints `RESULT <producer>_iou=…` last when the data has ground-truth `segments`.
+`--help` lists every option; see `hf_masked_vl/guidance/cli.py`.
+"""
+
+from hf_masked_vl.guidance.cli import main
+
+if __name__ == "__main__":
+    main()
