@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Time one training step of A-CLIP against a plain CLIP of the same size, same batch and precision
-(`--dtype auto`: bf16 autocast only where the hardware runs it fast).
+"""Time one training step of a method against its peer baseline of the same size, batch and precision, in one run.
 
-    python benchmarks/train_step.py --method a_clip                       # ViT-B/16 + CLIP text, batch 32
-    python benchmarks/train_step.py --method a_clip --preset tiny --batch_size 64
+    python benchmarks/train_step.py --method a_clip       # A-CLIP vs transformers CLIPModel, ViT-B/16, batch 32
+    python benchmarks/train_step.py --method attg_mae     # AttG-MAE vs transformers ViTMAEForPreTraining, ViT-B/16
+    python benchmarks/train_step.py --method a_clip --preset tiny --batch_size 64 --dtype fp32
 
-A-CLIP's step is everything the trainer does per optimizer step: the EMA forward on the EMA view (CLS attention
-of every layer, BYOL targets), the attentive keep sets, the online forward on two masked views with CLIP + SimCLR +
-BYOL losses, backward, AdamW, the logit-scale clamp and the EMA update. The baseline is transformers' `CLIPModel`
-(full tokens, one view, CLIP loss). Prints a table, then `RESULT aclip_over_clip_step_time=…` (paper: 1.16).
+`--dtype auto` (default) uses bf16 autocast only where the hardware runs it fast. Steps are timed round-robin
+after warm-up (median), FLOPs come from `torch.utils.flop_counter` (CPU attention included). Prints a table, then
+`RESULT` lines last.
+
+- a_clip: everything the trainer does per optimizer step — the EMA forward on the EMA view (CLS attention of every
+  layer, BYOL targets), the attentive keep sets, the online forward on two masked views with CLIP + SimCLR + BYOL
+  losses, backward, AdamW, the logit-scale clamp and the EMA update — against transformers' `CLIPModel` (full
+  tokens, one view, CLIP loss). `RESULT aclip_over_clip_step_time=…` (paper: 1.16 on GPUs).
+- attg_mae: the guided loss (exp(M / τ) weights on a random map) with the same weights and masks as transformers'
+  `ViTMAEForPreTraining` (converted weights, the same `noise`). `RESULT attg_over_vitmae_step_time=…` and
+  `RESULT attg_over_vitmae_flops=…` (target: ≤ 1.05 and within 2%).
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from hf_masked_vl import AClipConfig, AClipModel
+from hf_masked_vl import AClipConfig, AClipModel, AttGMAEConfig, AttGMAEForPreTraining
 from hf_masked_vl.data.views import enclosing_box, random_resized_crop_box
 from hf_masked_vl.methods.a_clip import AClipObjective
-from hf_masked_vl.precision import PRECISIONS, choose_precision
+from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
 from hf_masked_vl.training.ema import EMACallback
+from hf_masked_vl.training.flops import count_flops
 
 
 def matching_clip(config: AClipConfig) -> CLIPModel:
@@ -90,14 +98,14 @@ def time_interleaved(steps_by_name: dict, steps: int, warmup: int, device: torch
     return times
 
 
-def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype: torch.dtype):
+def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision):
     model = AClipModel(config).to(device).train()
     ema = EMACallback(momentum=0.996, model=model)
     objective = AClipObjective(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with autocast(precision, device):
             with torch.no_grad():
                 inputs = objective.prepare(batch, model, ema.ema_model)
             loss = model(**inputs).loss
@@ -110,13 +118,13 @@ def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype:
     return step
 
 
-def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype: torch.dtype):
+def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision):
     model = matching_clip(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the Trainer's default optimizer
     pixel_values = batch["pixel_values"][:, 0]
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with autocast(precision, device):
             loss = model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -130,10 +138,58 @@ def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, dtype: 
     return step
 
 
+def aclip_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
+    preset = args.preset or "vit-b-16"
+    config = AClipConfig.from_preset(preset)
+    batch = synthetic_batch(config, args.batch_size, device)
+    steps = {
+        "CLIP (transformers CLIPModel, full tokens)": clip_step_fn(config, batch, device, precision),
+        "A-CLIP attentive, CLIP loss only": aclip_step_fn(
+            AClipConfig.from_preset(preset, simclr_loss_weight=0.0, byol_loss_weight=0.0), batch, device, precision
+        ),
+        "A-CLIP attentive + SimCLR + BYOL": aclip_step_fn(config, batch, device, precision),
+    }
+    return steps, preset, ["paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16"]
+
+
+def attg_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
+    preset = args.preset or "vit-b-16"
+    config = AttGMAEConfig.from_preset(preset)
+    attg = AttGMAEForPreTraining(config).to(device).train()
+    vit_mae = attg.to_vit_mae().to(device).train()  # the same weights in transformers' layout
+    size, patches = config.vision_config.image_size, config.vision_config.num_patches
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
+    noise = torch.rand(args.batch_size, patches, generator=generator).to(device)
+    guidance = torch.rand(args.batch_size, patches, generator=generator).to(device)
+
+    def step_fn(model, inputs):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+
+        def step():
+            with autocast(precision, device):
+                loss = model(pixel_values=pixels, noise=noise, **inputs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    steps = {
+        "MAE (transformers ViTMAEForPreTraining)": step_fn(vit_mae, {}),
+        "AttG-MAE (guided loss, same weights and masks)": step_fn(attg, {"guidance": guidance}),
+    }
+    return steps, preset, []
+
+
+BENCHMARKS = {"a_clip": aclip_benchmark, "attg_mae": attg_benchmark}
+RESULT_KEYS = {"a_clip": ("aclip", "clip"), "attg_mae": ("attg", "vitmae")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="a_clip", choices=["a_clip"])
-    parser.add_argument("--preset", default="vit-b-16")
+    parser.add_argument("--method", default="a_clip", choices=list(BENCHMARKS))
+    parser.add_argument("--preset", default=None, help="size preset (default vit-b-16)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=3)
@@ -142,31 +198,29 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     precision = choose_precision(args.dtype, device)
-    dtype = precision.dtype
     torch.manual_seed(0)
 
-    config = AClipConfig.from_preset(args.preset)
-    batch = synthetic_batch(config, args.batch_size, device)
-    steps = {
-        "CLIP (transformers CLIPModel, full tokens)": clip_step_fn(config, batch, device, dtype),
-        "A-CLIP attentive, CLIP loss only": aclip_step_fn(
-            AClipConfig.from_preset(args.preset, simclr_loss_weight=0.0, byol_loss_weight=0.0), batch, device, dtype
-        ),
-        "A-CLIP attentive + SimCLR + BYOL": aclip_step_fn(config, batch, device, dtype),
-    }
+    steps, preset, notes = BENCHMARKS[args.method](args, device, precision)
+    flops = {name: count_flops(step) for name, step in steps.items()}
     times = time_interleaved(steps, args.steps, args.warmup, device)
     rows = [(name, statistics.median(values)) for name, values in times.items()]
-    clip_time = rows[0][1]
-    print(f"device={device} dtype={precision} preset={args.preset} batch={args.batch_size} steps={args.steps}")
-    print(f"| {'step':<44} | {'ms / step':>10} | {'img / s':>8} | {'vs CLIP':>7} |")
-    print(f"| {'-' * 44} | {'-' * 10} | {'-' * 8} | {'-' * 7} |")
+    base_name, base_time = rows[0]
+    print(f"device={device} precision={precision} preset={preset} batch={args.batch_size} timed steps={args.steps}")
+    print(f"| {'step':<48} | {'ms / step':>10} | {'img / s':>8} | {'GFLOP / step':>12} | {'time vs base':>12} |")
+    print(f"| {'-' * 48} | {'-' * 10} | {'-' * 8} | {'-' * 12} | {'-' * 12} |")
     for name, seconds in rows:
-        ratio = seconds / clip_time
-        print(f"| {name:<44} | {seconds * 1e3:>10.1f} | {args.batch_size / seconds:>8.1f} | {ratio:>7.2f} |")
-    print("paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16")
-    print(f"RESULT clip_step_ms={clip_time * 1e3:.1f}")
-    print(f"RESULT aclip_step_ms={rows[-1][1] * 1e3:.1f}")
-    print(f"RESULT aclip_over_clip_step_time={rows[-1][1] / clip_time:.3f}")
+        print(
+            f"| {name:<48} | {seconds * 1e3:>10.1f} | {args.batch_size / seconds:>8.1f} | "
+            f"{flops[name] / 1e9:>12.1f} | {seconds / base_time:>12.3f} |"
+        )
+    for note in notes:
+        print(note)
+    ours, peer = RESULT_KEYS[args.method]
+    name, seconds = rows[-1]
+    print(f"RESULT {peer}_step_ms={base_time * 1e3:.1f}")
+    print(f"RESULT {ours}_step_ms={seconds * 1e3:.1f}")
+    print(f"RESULT {ours}_over_{peer}_flops={flops[name] / flops[base_name]:.4f}")
+    print(f"RESULT {ours}_over_{peer}_step_time={seconds / base_time:.3f}")
 
 
 if __name__ == "__main__":

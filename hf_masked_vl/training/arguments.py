@@ -88,7 +88,10 @@ class DataArguments:
     )
     eval_dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Labelled evaluation set after training; unset: the demo eval split."},
+        metadata={
+            "help": "Labelled evaluation set after training (a dataset name or builder, or `demo` for the embedded "
+            "demo's splits); unset: the demo's splits when training on the demo, no evaluation otherwise."
+        },
     )
     eval_data_files: list[str] | None = field(default=None)
     eval_split: str = field(default="train")

@@ -139,8 +139,11 @@ def training_source(data_args: DataArguments):
 
 
 def evaluation_splits(data_args: DataArguments, demo):
-    """(train split or None, test split or None) for the evaluations after training."""
-    if data_args.eval_dataset_name is not None:
+    """(train split or None, test split or None) for the evaluations after training. `--eval_dataset_name demo`
+    names the embedded demo's labelled splits (the default when training on the demo)."""
+    if data_args.eval_dataset_name == "demo":
+        demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
+    elif data_args.eval_dataset_name is not None:
         common = dict(
             image_column=data_args.image_column,
             label_column=data_args.label_column,

@@ -1,0 +1,182 @@
+"""Image towers of other checkpoints as this package's `MaskedViTModel`, for methods that start from one (LiT).
+
+`load_vision_tower(name_or_path)` accepts:
+- any checkpoint of this package: the tower of a dual encoder (`vision_model`), of AttG-MAE / MRE models (`vit`),
+  or a plain `MaskedViTModel`;
+- a transformers `ViTModel` (e.g. DINO `facebook/dino-vitb16`), `ViTMAEModel` / `ViTMAEForPreTraining`
+  (`facebook/vit-mae-*`), or a `ViTForImageClassification` (its encoder): the weights are converted (q, k, v fused
+  into one projection, layer names mapped; ViTMAE's fixed positions become the same sin-cos table) and the
+  converted tower gives the same tokens as the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from .models import MaskedViTConfig, MaskedViTModel
+from .tokenization import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
+
+_HF_VIT_TYPES = ("vit", "vit_mae")
+_BLOCK_RENAMES = {
+    "attention.o_proj": "attn.proj",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+@dataclass
+class VisionTower:
+    """A tower ready to be embedded in a new model: the module, its config and its preprocessing statistics."""
+
+    model: MaskedViTModel
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def config(self) -> MaskedViTConfig:
+        return self.model.config
+
+
+def masked_vit_of(model: nn.Module) -> MaskedViTModel:
+    """The `MaskedViTModel` inside a model of this package (`vision_model`, `vit`, or the model itself)."""
+    if isinstance(model, MaskedViTModel):
+        return model
+    for name in ("vision_model", "vit"):
+        tower = getattr(model, name, None)
+        if isinstance(tower, MaskedViTModel):
+            return tower
+    raise ValueError(
+        f"{type(model).__name__} has no image tower of this package (no `vision_model` or `vit` MaskedViTModel)"
+    )
+
+
+def _hf_vit_encoder(model: PreTrainedModel) -> PreTrainedModel:
+    """The bare ViT / ViTMAE encoder of a transformers model (task heads dropped)."""
+    encoder = getattr(model, "vit", None) or model
+    return encoder
+
+
+def config_from_hf_vit(config) -> MaskedViTConfig:
+    """A `MaskedViTConfig` equivalent to a transformers `ViTConfig` / `ViTMAEConfig`."""
+    if getattr(config, "hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act={config.hidden_act!r}: only exact GELU towers can be converted")
+    if int(config.hidden_size * (config.intermediate_size / config.hidden_size)) != config.intermediate_size:
+        raise ValueError(f"intermediate_size={config.intermediate_size} is not int(width · ratio) for any ratio")
+    image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    patch_size = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+    return MaskedViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        mlp_ratio=config.intermediate_size / config.hidden_size,
+        qkv_bias="qkv" if getattr(config, "qkv_bias", True) else "none",
+        position_embedding_type="sincos" if config.model_type == "vit_mae" else "learned",
+        layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+    )
+
+
+def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """A transformers ViT / ViTMAE encoder state dict (no prefix) → a `MaskedViTModel` state dict. The pooler is
+    dropped; ViTMAE's fixed positions are dropped (recomputed as the same table); anything else unknown raises."""
+    converted: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        if key.startswith("pooler."):
+            continue
+        if key == "embeddings.position_embeddings":
+            if model_type != "vit_mae":
+                converted["embeddings.position_embedding"] = value
+            continue
+        if key == "embeddings.cls_token":
+            converted[key] = value
+            continue
+        if key.startswith("embeddings.patch_embeddings.projection."):
+            converted["embeddings.patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+            continue
+        if key.startswith("layernorm."):
+            converted["norm." + key.rsplit(".", 1)[1]] = value
+            continue
+        parts = key.split(".")
+        if parts[0] == "layers" and len(parts) >= 4:
+            index, name, kind = int(parts[1]), ".".join(parts[2:-1]), parts[-1]
+            if name in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
+                fused.setdefault((index, kind), {})[name[-6]] = value
+                continue
+            if name in _BLOCK_RENAMES:
+                converted[f"layers.{index}.{_BLOCK_RENAMES[name]}.{kind}"] = value
+                continue
+        unexpected.append(key)
+    if unexpected:
+        raise ValueError(f"cannot convert these ViT keys: {sorted(unexpected)[:8]}")
+    for (index, kind), parts in fused.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"layer {index}: incomplete attention {kind} ({sorted(parts)})")
+        converted[f"layers.{index}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return converted
+
+
+def tower_from_hf_vit(model: PreTrainedModel) -> MaskedViTModel:
+    """Convert a loaded transformers ViT-family model's encoder into an equivalent `MaskedViTModel`."""
+    encoder = _hf_vit_encoder(model)
+    model_type = model.config.model_type
+    config = config_from_hf_vit(model.config)
+    tower = MaskedViTModel(config)
+    state = convert_hf_vit_state_dict(encoder.state_dict(), model_type)
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    missing = [key for key in missing if key != "embeddings.position_embedding" or model_type != "vit_mae"]
+    if missing or unexpected:
+        raise ValueError(f"converted ViT weights do not fit: missing {missing}, unexpected {unexpected}")
+    return tower.eval()
+
+
+def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        return tuple(processor.image_mean), tuple(processor.image_std)
+    except Exception:  # no processor saved: ImageNet statistics
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
+    """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
+    normalisation statistics its checkpoint was trained with."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if config.model_type in _HF_VIT_TYPES:
+        if config.model_type == "vit_mae":
+            config.mask_ratio = 0.0  # the encoder is converted whole; no masking on load
+        model = AutoModel.from_pretrained(name_or_path, config=config)
+        tower = tower_from_hf_vit(model)
+    else:
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tower = copy.deepcopy(masked_vit_of(model))
+    mean, std = preprocessing_stats(name_or_path)
+    return VisionTower(tower.eval(), mean, std, name_or_path)
+
+
+__all__ = [
+    "VisionTower",
+    "config_from_hf_vit",
+    "convert_hf_vit_state_dict",
+    "load_vision_tower",
+    "masked_vit_of",
+    "preprocessing_stats",
+    "tower_from_hf_vit",
+]

@@ -1,0 +1,189 @@
+"""MAE / AttG-MAE / LiT as registered methods: guidance from a dataset column, random ablation maps, locked-image
+tuning of vision checkpoints (this package's and transformers ViT / ViTMAE)."""
+
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit_kwargs
+from PIL import Image
+from transformers import AutoModel, AutoModelForPreTraining, ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
+
+from hf_masked_vl import AttGMAEForPreTraining, AttGMAEModel, LiTModel
+from hf_masked_vl.methods.attg_mae import RandomMasksAndMaps
+from hf_masked_vl.training.run import main as run_pretraining
+from hf_masked_vl.vision_towers import load_vision_tower
+
+TINY_MAE = json.dumps(
+    {
+        "vision_config": {**tiny_vit_kwargs(), "position_embedding_type": "sincos"},
+        "decoder_hidden_size": 32,
+        "decoder_num_hidden_layers": 1,
+        "decoder_num_attention_heads": 4,
+    }
+)
+TINY_LIT_TEXT = json.dumps(
+    {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+)
+COMMON = [
+    "--per_device_train_batch_size",
+    "8",
+    "--demo_num_train",
+    "256",
+    "--dataloader_num_workers",
+    "0",
+    "--disable_tqdm",
+    "true",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1",
+    "--max_eval_samples",
+    "48",
+]
+
+
+@pytest.fixture(scope="module")
+def guided_shards(small_demo, tmp_path_factory):
+    """The small demo's train shards with a `guidance` column: the true object map at the 4×4 patch grid."""
+    folder = tmp_path_factory.mktemp("guided")
+    files = []
+    for index, path in enumerate(small_demo.train_files[:2]):
+        table = datasets.load_dataset("parquet", data_files=[path], split="train")
+        table = table.cast_column("segments", datasets.Image(decode=False))
+
+        def add_guidance(record):
+            objects = np.array(Image.open(io.BytesIO(record["segments"]["bytes"])).resize((4, 4), Image.BOX)) > 0
+            return {"guidance": objects.astype(np.float32).tolist()}
+
+        table = table.map(add_guidance)
+        target = folder / f"train-{index:05d}.parquet"
+        table.to_parquet(str(target))
+        files.append(str(target))
+    return files
+
+
+@pytest.fixture(scope="module")
+def mae_folder(small_demo, tmp_path_factory):
+    output = tmp_path_factory.mktemp("mae") / "mae"
+    result = run_pretraining(
+        ["--method", "mae", "--output_dir", str(output), "--max_steps", "2", "--config_overrides", TINY_MAE, *COMMON]
+    )
+    assert result.exported == "online" and {"knn", "linear"} == set(result.results)
+    return output
+
+
+def test_mae_checkpoint_is_an_encoder_for_automodel_and_a_full_model_for_pretraining(mae_folder):
+    config = json.loads((mae_folder / "config.json").read_text())
+    assert config["model_type"] == "attg_mae" and config["guidance"] == "none"
+    assert isinstance(AutoModel.from_pretrained(mae_folder), AttGMAEModel)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(mae_folder), AttGMAEForPreTraining)
+    card = (mae_folder / "README.md").read_text()
+    assert "k-NN top-1" in card and "linear-probe top-1" in card and "MAE" in card
+
+
+def test_attg_mae_reads_the_guidance_column(guided_shards, tmp_path, capsys):
+    output = tmp_path / "attg"
+    result = run_pretraining(
+        [
+            "--method", "attg_mae", "--output_dir", str(output), "--max_steps", "2",
+            "--dataset_name", "parquet", "--data_files", *guided_shards,
+            "--config_overrides", TINY_MAE, "--temperature_schedule", "cosine", *COMMON,
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "RESULT train_tflops=" in printed
+    assert json.loads((output / "config.json").read_text())["guidance"] == "map"
+    assert result.train_tflops > 0
+
+
+def test_attg_mae_without_a_guidance_column_names_the_script(tmp_path, small_demo):
+    with pytest.raises(ValueError, match="compute_guidance.py"):
+        run_pretraining(["--method", "attg_mae", "--output_dir", str(tmp_path), "--config_overrides", TINY_MAE])
+
+
+def test_random_guidance_ablation_draws_maps_in_the_workers():
+    generator = RandomMasksAndMaps(grid=4, mask_ratio=0.75, random_maps=True)
+    seeds = torch.tensor([3, 9])
+    drawn = generator(seeds)
+    assert drawn["keep_indices"].shape == (2, 4) and drawn["guidance"].shape == (2, 4, 4)
+    assert 0 <= drawn["guidance"].min() and drawn["guidance"].max() < 1
+    again = generator(seeds)
+    assert torch.equal(drawn["guidance"], again["guidance"]) and torch.equal(
+        drawn["keep_indices"], again["keep_indices"]
+    )
+    assert "guidance" not in RandomMasksAndMaps(4, 0.75)(seeds)
+
+
+def test_mae_refuses_a_guidance_setting(tmp_path):
+    with pytest.raises(ValueError, match="use --method attg_mae"):
+        run_pretraining(["--method", "mae", "--output_dir", str(tmp_path), "--guidance", "map"])
+
+
+def test_lit_on_a_mae_checkpoint_gives_a_zero_shot_dual_encoder(mae_folder, tmp_path, capsys):
+    output = tmp_path / "lit"
+    result = run_pretraining(
+        [
+            "--method", "lit", "--model_name_or_path", str(mae_folder), "--output_dir", str(output),
+            "--max_steps", "2", "--text_config", TINY_LIT_TEXT, "--projection_dim", "16", *COMMON,
+        ]
+    )  # fmt: skip
+    assert "RESULT zero_shot_top1=" in capsys.readouterr().out and 0 <= result.zero_shot_top1 <= 1
+    lit = LiTModel.from_pretrained(output)
+    encoder = AttGMAEModel.from_pretrained(mae_folder)
+    for key, value in encoder.vit.state_dict().items():  # the locked tower is the MAE encoder, untouched
+        assert torch.equal(lit.vision_model.state_dict()[key], value), key
+    assert {"tokenizer.json", "pipeline_zero_shot.py"} <= {p.name for p in output.iterdir()}
+
+
+def test_lit_locks_the_tower_except_the_unlocked_blocks(mae_folder, tmp_path):
+    from hf_masked_vl.methods.lit import LiTMethod
+    from hf_masked_vl.training.run import parse_arguments
+
+    method_class, model_args, data_args, config_args, training_args = parse_arguments(
+        ["--method", "lit", "--model_name_or_path", str(mae_folder), "--output_dir", str(tmp_path),
+         "--unlocked_vision_layers", "1", "--text_config", TINY_LIT_TEXT]
+    )  # fmt: skip
+    assert method_class is LiTMethod
+    method = LiTMethod(model_args, data_args, training_args, {"unlocked_vision_layers": 1, "text_config": {}})
+    model = method.build_model()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert "vision_model.layers.1.attn.qkv.weight" in trainable and "vision_model.norm.weight" in trainable
+    assert "vision_model.layers.0.attn.qkv.weight" not in trainable
+    assert "vision_model.embeddings.cls_token" not in trainable
+    assert "visual_projection.weight" in trainable and "text_projection.weight" in trainable
+
+
+@pytest.mark.parametrize("kind", ["vit", "vit_mae"])
+def test_transformers_vit_towers_convert_exactly(kind, tmp_path):
+    torch.manual_seed(0)
+    common = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64)  # fmt: skip
+    if kind == "vit":
+        model = ViTModel(ViTConfig(**common), add_pooling_layer=False).eval()
+    else:
+        model = ViTMAEModel(ViTMAEConfig(**common, mask_ratio=0.0)).eval()
+        from hf_masked_vl.models.modeling_masked_vit import get_2d_sincos_pos_embed
+
+        with torch.no_grad():  # transformers 5 leaves a fresh ViTMAE's fixed table at zero
+            model.embeddings.position_embeddings.copy_(get_2d_sincos_pos_embed(32, 4, cls_token=True)[None])
+    model.save_pretrained(tmp_path / kind)
+    tower = load_vision_tower(str(tmp_path / kind)).model
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(
+            pixel_values=pixels, **({"noise": torch.arange(16.0).expand(2, 16)} if kind == "vit_mae" else {})
+        )
+        ours = tower(pixels).last_hidden_state
+    torch.testing.assert_close(ours, expected.last_hidden_state, atol=2e-5, rtol=1e-4)
