@@ -59,13 +59,20 @@ def evaluate(folder: str, demo) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 only where the hardware runs it fast",
+    )
     parser.add_argument("--teacher", default=None, help="an existing teacher folder (default: train the A-CLIP demo)")
     parser.add_argument("student_args", nargs="*", help="extra run_pretraining arguments for the student (after --)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    precision = [] if args.dtype == "auto" else ["--bf16", str(args.dtype == "bf16").lower()]
     teacher = args.teacher or os.path.join(args.output_dir, "teacher")
     if args.teacher is None:
-        run_pretraining(["--output_dir", teacher, "--disable_tqdm", "true"])
+        run_pretraining(["--output_dir", teacher, "--disable_tqdm", "true", *precision])
     student = os.path.join(args.output_dir, "student")
     run_pretraining(
         [
@@ -78,6 +85,7 @@ def main() -> None:
             "--disable_tqdm",
             "true",
             *STUDENT_DEFAULTS,
+            *precision,
             *args.student_args,
         ]
     )

@@ -334,14 +334,14 @@ def test_presets_and_defaults():
     assert base.vision_config.hidden_size == 768 and base.vision_config.drop_path_rate == 0.1
     assert base.vision_config.position_embedding_type == "sincos" and base.guidance == "none"
     tiny = AttGMAEConfig.from_preset("tiny")
-    assert tiny.vision_config.image_size == 64 and tiny.decoder_hidden_size == 128
+    assert tiny.vision_config.image_size == 48 and tiny.decoder_hidden_size == 128
     with pytest.raises(ValueError, match="unknown AttG-MAE preset"):
         AttGMAEConfig.from_preset("vit-h-14")
 
 
 def test_tiny_preset_trains_a_step():
     model = AttGMAEForPreTraining(AttGMAEConfig.from_preset("tiny")).train()
-    out = model(torch.randn(2, 3, 64, 64), noise=torch.rand(2, 64), guidance=torch.rand(2, 8, 8))
+    out = model(torch.randn(2, 3, 48, 48), noise=torch.rand(2, 36), guidance=torch.rand(2, 6, 6))
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 

@@ -187,3 +187,35 @@ def test_transformers_vit_towers_convert_exactly(kind, tmp_path):
         )
         ours = tower(pixels).last_hidden_state
     torch.testing.assert_close(ours, expected.last_hidden_state, atol=2e-5, rtol=1e-4)
+
+
+def test_lit_folder_runs_both_pipelines_without_the_package(mae_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    output = tmp_path / "lit-remote"
+    run_pretraining(
+        ["--method", "lit", "--model_name_or_path", str(mae_folder), "--output_dir", str(output), "--max_steps", "1",
+         "--text_config", TINY_LIT_TEXT, "--projection_dim", "16", *COMMON]
+    )  # fmt: skip
+    image = tmp_path / "image.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["hf_masked_vl"] = None
+        from transformers import pipeline
+        stock = pipeline("zero-shot-image-classification", model={str(output)!r}, trust_remote_code=True)
+        assert type(stock.model).__name__ == "LiTModel", type(stock.model)
+        ensemble = pipeline(model={str(output)!r}, trust_remote_code=True)
+        print(json.dumps([stock({str(image)!r}, candidate_labels=["red circle", "blue square"]),
+                          ensemble({str(image)!r}, candidate_labels=["red circle", "blue square"])]))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    stock, ensemble = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {r["label"] for r in stock} == {r["label"] for r in ensemble} == {"red circle", "blue square"}

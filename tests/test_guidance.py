@@ -36,7 +36,20 @@ from hf_masked_vl.hub import save_checkpoint
 from hf_masked_vl.tokenization import build_image_processor
 
 tokencut_module = importlib.import_module("hf_masked_vl.guidance.tokencut")
-RESULT = re.compile(r"^RESULT (\w+)_iou=([0-9.]+) images=(\d+) skipped=(\d+)$")
+RESULT_LINE = re.compile(r"^RESULT (\w+)=(\S+)$")
+
+
+def result_lines(printed: str) -> dict[str, str]:
+    """The `RESULT key=value` lines at the end of a script's output, as a dict (every line well-formed)."""
+    lines = printed.strip().splitlines()
+    tail = []
+    for line in reversed(lines):
+        if not line.startswith("RESULT "):
+            break
+        match = RESULT_LINE.match(line)
+        assert match, line
+        tail.append(match.groups())
+    return dict(reversed(tail))
 
 
 def cluster_keys(layout: np.ndarray, dim: int = 16, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
@@ -401,10 +414,11 @@ def test_compute_guidance_end_to_end_and_resume(tiny_dino_dir, small_demo, tmp_p
     common += [*small_demo.train_files, "--output_dir", str(out), "--shard_size", "64", "--batch_size", "32"]
     common += ["--num_overlays", "3", "--device", "cpu", "--no_progress"]
     summary = compute_guidance([*common, "--max_samples", "128"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    match = RESULT.match(lines[-1])
-    assert match and match.group(1) == "tokencut" and match.group(3) == "128" and match.group(4) == "0"
-    assert 0.0 <= float(match.group(2)) <= 1.0 and summary.iou == pytest.approx(float(match.group(2)), abs=1e-4)
+    results = result_lines(capsys.readouterr().out)
+    assert results["images"] == "128" and results["skipped"] == "0"
+    assert list(results)[-1] == "tokencut_iou"
+    iou = float(results["tokencut_iou"])
+    assert 0.0 <= iou <= 1.0 and summary.iou == pytest.approx(iou, abs=1e-4)
     shards = sorted(out.glob("train-*.parquet"))
     assert [p.name for p in shards] == ["train-00000.parquet", "train-00001.parquet"]
     assert sorted(p.name for p in (out / "overlays").glob("*.png")) == [f"train-00000{i}.png" for i in range(3)]
@@ -437,7 +451,7 @@ def test_compute_guidance_end_to_end_and_resume(tiny_dino_dir, small_demo, tmp_p
     assert [p.stat().st_mtime_ns for p in shards] == times
     assert summary.shards_reused == ["train-00000.parquet", "train-00001.parquet"]
     assert summary.shards_written == ["train-00002.parquet"] and summary.num_images == 192
-    assert RESULT.match(printed.strip().splitlines()[-1]).group(3) == "192"
+    assert result_lines(printed)["images"] == "192"
     assert not list(out.glob("*.tmp")) and len(list((out / "overlays").glob("*.png"))) == 3
 
     with pytest.raises(ValueError, match="other settings"):
@@ -456,7 +470,7 @@ def test_compute_guidance_gradcam_from_a_local_timm_folder(tiny_resnet, small_de
         + ["--grid", "7", "--num_overlays", "1", "--device", "cpu", "--no_progress"]
     )
     assert summary.num_images == 6 and len(summary.overlays) == 1
-    assert RESULT.match(capsys.readouterr().out.strip().splitlines()[-1]).group(1) == "gradcam"
+    assert list(result_lines(capsys.readouterr().out))[-1] == "gradcam_iou"
     table = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "train-00000.parquet"), split="train")
     assert np.asarray(table[0]["guidance"]).shape == (7, 7)
     with pytest.raises(SystemExit, match="--tau does not apply"):

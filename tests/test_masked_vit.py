@@ -154,3 +154,29 @@ def test_drop_path_is_active_only_in_training():
     first = model(pixels).last_hidden_state
     torch.manual_seed(2)
     assert not torch.allclose(first, model(pixels).last_hidden_state)
+
+
+def test_eva_residual_rescale_at_init_and_not_again_on_reload(tmp_path):
+    """EVA-02 / BEiT `fix_init_weight`: block l's output projections are divided by sqrt(2·l) at init, once."""
+    torch.manual_seed(0)
+    config = MaskedViTConfig(**tiny_vit_kwargs(hidden_size=256, num_hidden_layers=3, rescale_residual_init=True))
+    plain_config = MaskedViTConfig(**tiny_vit_kwargs(hidden_size=256, num_hidden_layers=3))
+    model, plain = MaskedViTModel(config), MaskedViTModel(plain_config)
+    for index in range(3):
+        scale = (2.0 * (index + 1)) ** 0.5
+        for name in ("attn.proj", "mlp.fc2"):
+            ours = model.layers[index].get_submodule(name).weight.std().item()
+            reference = plain.layers[index].get_submodule(name).weight.std().item()
+            assert ours == pytest.approx(reference / scale, rel=0.08), (index, name)
+        assert model.layers[index].mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.15)  # untouched
+    model.save_pretrained(tmp_path)
+    reloaded = MaskedViTModel.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_uta_presets_rescale_their_eva_students():
+    from hf_masked_vl import UTAConfig
+
+    assert UTAConfig.from_preset("b-14").vision_config.rescale_residual_init
+    assert not MaskedViTConfig().rescale_residual_init

@@ -121,6 +121,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             for column in (image_column, *self.map_columns.values()):
                 if isinstance(features[column], datasets.Image):
                     dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            # read only what the method uses: other columns (e.g. unused image columns) are never decoded
+            dataset = dataset.select_columns([c for c in wanted if c is not None])
         if shuffle_buffer > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.dataset = dataset

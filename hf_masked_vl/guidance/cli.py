@@ -7,8 +7,8 @@
 
 Without `--dataset_name` / `--data_files` the embedded demo is used (`--split train`, or its labelled `eval` /
 `probe` splits). `--data_files` alone picks the builder from the extension (parquet, arrow, webdataset tar).
-Prints a summary and, last, `RESULT <producer>_iou=… images=… skipped=…` when the source carries the demo's
-`segments` ground truth (`RESULT images=… skipped=…` otherwise). See `writer.py` for the output layout, resuming
+Prints a summary and, last, `RESULT images=…`, `RESULT skipped=…` and, when the source carries the demo's
+`segments` ground truth, `RESULT <producer>_iou_at_half=…` and `RESULT <producer>_iou=…` (foreground map > 0). See `writer.py` for the output layout, resuming
 and the IoU rule, `producers.py` for the producers and their registry.
 """
 
@@ -128,15 +128,16 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         f"{len(summary.shards_reused)} reused from an earlier run; {len(summary.overlays)} overlay(s) in "
         f"{summary.output_dir / 'overlays'}"
     )
-    tail = f"images={summary.num_images} skipped={summary.num_skipped}"
     if summary.iou is not None:
         print(
             f"foreground IoU vs ground truth over {summary.num_iou_images} images: map>0 {summary.iou:.4f}, "
             f"map>=0.5 {summary.iou_at_half:.4f} (object patch: at least half of its pixels are object)"
         )
-        print(f"RESULT {args.producer}_iou={summary.iou:.4f} {tail}")
-    else:
-        print(f"RESULT {tail}")
+    print(f"RESULT images={summary.num_images}")
+    print(f"RESULT skipped={summary.num_skipped}")
+    if summary.iou is not None:
+        print(f"RESULT {args.producer}_iou_at_half={summary.iou_at_half:.4f}")
+        print(f"RESULT {args.producer}_iou={summary.iou:.4f}")
     return summary
 
 

@@ -38,10 +38,10 @@ ATTG_MAE_PRESETS: dict[str, dict] = {
             "num_attention_heads": 12,
         },
     },
-    "tiny": {
+    "tiny": {  # the CPU demo: 48 px, 6x6 patches, the grid of the A-CLIP main job's model
         "vision_config": {
             **_MAE_VIT,
-            "image_size": 64,
+            "image_size": 48,
             "patch_size": 8,
             "hidden_size": 192,
             "num_hidden_layers": 4,

@@ -127,6 +127,10 @@ class MaskedViTBlock(GradientCheckpointingLayer):
         else:
             self.mlp = Mlp(dim, hidden, act_layer=nn.GELU, norm_layer=sub_norm)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if getattr(config, "rescale_residual_init", False):
+            # read by `_init_weights` (a block has no parameters of its own, so the flag sits on the projections)
+            for projection in (self.attn.proj, self.mlp.fc2):
+                projection.residual_init_scale = math.sqrt(2.0 * (layer_idx + 1))
 
     def forward(
         self,
@@ -167,6 +171,9 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
+            scale = getattr(module, "residual_init_scale", None)
+            if scale is not None:  # EVA-02 / BEiT: a block's output projections / sqrt(2·layer); loaded weights untouched
+                init.copy_(module.weight, module.weight / scale)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -184,12 +191,6 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(module.position_embedding, std=std)
         elif isinstance(module, RotaryEmbeddingCat):
             module.init_non_persistent_buffers()
-        elif isinstance(module, MaskedViTBlock) and getattr(self.config, "rescale_residual_init", False):
-            # children are initialised first (post-order), so this rescales their fresh weights; loaded weights are
-            # left alone by `init.copy_`
-            scale = math.sqrt(2.0 * (module.layer_idx + 1))
-            for linear in (module.attn.proj, module.mlp.fc2):
-                init.copy_(linear.weight, linear.weight / scale)
 
 
 class MaskedViTModel(MaskedViTPreTrainedModel):

@@ -115,7 +115,7 @@ class PretrainingArguments(TrainingArguments):
     chosen from the hardware and EMA settings for methods that keep an EMA model."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final folder go."})
-    max_steps: int = field(default=700, metadata={"help": "Optimizer steps (streams have no length)."})
+    max_steps: int = field(default=400, metadata={"help": "Optimizer steps (streams have no length)."})
     per_device_train_batch_size: int = field(default=64)
     learning_rate: float = field(default=1e-3)
     weight_decay: float = field(default=0.1)
