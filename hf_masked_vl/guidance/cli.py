@@ -8,7 +8,8 @@
 Without `--dataset_name` / `--data_files` the embedded demo is used (`--split train`, or its labelled `eval` /
 `probe` splits). `--data_files` alone picks the builder from the extension (parquet, arrow, webdataset tar).
 Prints a summary and, last, `RESULT images=…`, `RESULT skipped=…` and, when the source carries the demo's
-`segments` ground truth, `RESULT <producer>_iou_at_half=…` and `RESULT <producer>_iou=…` (foreground map > 0). See `writer.py` for the output layout, resuming
+`segments` ground truth, `RESULT <producer>_iou_at_half=…` and `RESULT <producer>_iou=…` (foreground:
+map > 0). See `writer.py` for the output layout, resuming
 and the IoU rule, `producers.py` for the producers and their registry.
 """
 

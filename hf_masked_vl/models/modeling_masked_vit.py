@@ -172,7 +172,9 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
             scale = getattr(module, "residual_init_scale", None)
-            if scale is not None:  # EVA-02 / BEiT: a block's output projections / sqrt(2·layer); loaded weights untouched
+            if (
+                scale is not None
+            ):  # EVA-02 / BEiT: a block's output projections / sqrt(2·layer); loaded weights untouched
                 init.copy_(module.weight, module.weight / scale)
             if module.bias is not None:
                 init.zeros_(module.bias)
