@@ -250,6 +250,8 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
         "pipeline_zero_shot.py",
     } <= names
     assert (output / "checkpoint-3" / "ema.safetensors").is_file()
+    events = list((output / "runs").rglob("events.out.tfevents.*"))  # TensorBoard by default
+    assert events and events[0].stat().st_size > 0
     card = (output / "README.md").read_text()
     assert "zero-shot top-1" in card and f"{result.zero_shot_top1:.4f}"[:-1] in card
 

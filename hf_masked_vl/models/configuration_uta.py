@@ -57,10 +57,10 @@ UTA_PRESETS: dict[str, dict] = {
         "projection_dim": 1024,
         "mask_ratio": 0.5,
     },
-    "tiny": {
+    "tiny": {  # the CPU demo: 48 px, 6x6 patches (the A-CLIP demo teacher's grid); blocks of >= 4 patches fit it
         "vision_config": {
             **_EVA,
-            "image_size": 64,
+            "image_size": 48,
             "patch_size": 8,
             "hidden_size": 192,
             "num_hidden_layers": 4,
@@ -75,6 +75,7 @@ UTA_PRESETS: dict[str, dict] = {
         },
         "projection_dim": 128,
         "mask_ratio": 0.4,
+        "min_block_patches": 4,
     },
 }
 
