@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .errors import UsageError
 from .tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip_tokenizer
 
 
@@ -256,11 +257,16 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
         if name_or_path.startswith("open_clip:"):
             kind = "open_clip"
         else:
-            from transformers import AutoConfig
+            from .methods.base import checkpoint_config
 
-            with _remote_code_guard(name_or_path, trust_remote_code):
-                model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
-            kind = "hf" if model_type == "clip" else "hf_masked_vl"
+            config = checkpoint_config(name_or_path, trust_remote_code)
+            kind = "hf" if config.model_type == "clip" else "hf_masked_vl"
+            if kind == "hf_masked_vl" and not (hasattr(config, "text_config") and hasattr(config, "projection_dim")):
+                raise UsageError(
+                    f"{name_or_path} is a {config.model_type!r} checkpoint, not a CLIP-like dual encoder: --teacher "
+                    "takes a transformers CLIPModel (folder or Hub id), open_clip:NAME@TAG_OR_FILE, or an A-CLIP, "
+                    "UTA or LiT checkpoint of this package"
+                )
     if kind == "open_clip":
         import open_clip
 
@@ -281,7 +287,7 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
         image_processor = _image_processor(name_or_path)
         teacher = MaskedVLTeacher(model, tokenizer, image_processor)
     else:
-        raise ValueError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
+        raise UsageError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
     return teacher.eval().requires_grad_(False)
 
 
@@ -293,7 +299,7 @@ def _remote_code_guard(name_or_path: str, trust_remote_code: bool):
     except ValueError as error:
         if trust_remote_code or "trust_remote_code" not in str(error):
             raise
-        raise ValueError(
+        raise UsageError(
             f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
             "(only do so for code you have read or trust)"
         ) from None

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 
+from .errors import UsageError
 from .models import MaskedViTConfig, MaskedViTModel
 from .tokenization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -56,8 +57,9 @@ def masked_vit_of(model: nn.Module) -> MaskedViTModel:
         tower = getattr(model, name, None)
         if isinstance(tower, MaskedViTModel):
             return tower
-    raise ValueError(
-        f"{type(model).__name__} has no image tower of this package (no `vision_model` or `vit` MaskedViTModel)"
+    raise UsageError(
+        f"a {type(model).__name__} has no image tower this package can use (no `vision_model` or `vit` MaskedViTModel; "
+        "transformers ViT and ViTMAE checkpoints are converted)"
     )
 
 
@@ -158,7 +160,9 @@ def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[flo
 def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
     """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
     normalisation statistics its checkpoint was trained with."""
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    from .methods.base import checkpoint_config
+
+    config = checkpoint_config(name_or_path, trust_remote_code)
     if config.model_type in _HF_VIT_TYPES:
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0  # the encoder is converted whole; no masking on load

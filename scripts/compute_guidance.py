@@ -11,7 +11,9 @@ OUT/overlays/*.png; prints `RESULT <producer>_iou=…` last when the data has gr
 `--help` lists every option; see `hf_masked_vl/guidance/cli.py`.
 """
 
-from hf_masked_vl.guidance.cli import main
+import sys
+
+from hf_masked_vl.guidance.cli import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -9,7 +9,9 @@ Prints a table, then `RESULT <protocol>_top1=…` (and details such as `RESULT k
 `RESULT chance=…` last. `--help` lists every option; see `hf_masked_vl/evaluation/cli.py`.
 """
 
-from hf_masked_vl.evaluation.cli import main
+import sys
+
+from hf_masked_vl.evaluation.cli import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

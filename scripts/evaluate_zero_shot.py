@@ -10,7 +10,8 @@ Prints `RESULT zero_shot_top1=…`, `RESULT zero_shot_top5=…` and `RESULT chan
 
 import sys
 
+from hf_masked_vl.errors import run_cli
 from hf_masked_vl.evaluation.cli import main
 
 if __name__ == "__main__":
-    main([*sys.argv[1:], "--protocol", "zero_shot"])
+    sys.exit(run_cli(main, [*sys.argv[1:], "--protocol", "zero_shot"]))

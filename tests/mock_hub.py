@@ -9,7 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class MockHub:
-    def __init__(self):
+    """`user` / `orgs`: who the token belongs to (whoami); `token`: the only token accepted (None: any)."""
+
+    def __init__(self, user: str = "someone", orgs: tuple[str, ...] = (), token: str | None = None):
+        self.user, self.orgs, self.token = user, orgs, token
+        self.whoami_calls = 0
         self.created_repos: list[str] = []
         self.uploaded: dict[str, bytes] = {}
         self.commits: list[str] = []
@@ -28,6 +32,13 @@ class MockHub:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if self.path.startswith("/api/whoami"):
+                    hub.whoami_calls += 1
+                    given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    if hub.token is not None and given != hub.token:
+                        return self._reply(401, {"error": "Invalid credentials in Authorization header"})
+                    orgs = [{"name": org, "type": "org"} for org in hub.orgs]
+                    return self._reply(200, {"name": hub.user, "type": "user", "orgs": orgs})
                 self._reply(404, {"error": "not found"})
 
             def do_HEAD(self):

@@ -165,4 +165,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     return results
 
 
-__all__ = ["build_parser", "main", "print_report"]
+def cli() -> int:
+    """Console entry point (`hf-masked-vl-evaluate`): exit status 0, or 2 with one `error:` line for a usage error."""
+    from ..errors import run_cli
+
+    return run_cli(main)
+
+
+__all__ = ["build_parser", "cli", "main", "print_report"]

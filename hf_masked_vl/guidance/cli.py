@@ -142,4 +142,11 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
     return summary
 
 
-__all__ = ["build_parser", "load_source", "main"]
+def cli() -> int:
+    """Console entry point (`hf-masked-vl-guidance`): exit status 0, or 2 with one `error:` line for a usage error."""
+    from ..errors import run_cli
+
+    return run_cli(main)
+
+
+__all__ = ["build_parser", "cli", "load_source", "main"]

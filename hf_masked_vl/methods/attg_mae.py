@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.maps import MapSpec
 from ..data.views import SingleCropView
+from ..errors import UsageError
 from ..masking import mask_rng, num_kept, random_keep_indices
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
 from .base import Method, Objective, register_method
@@ -88,7 +89,7 @@ class MAEMethod(AttGMAEMethod):
         overrides = dict(config_overrides or {})
         guidance = overrides.setdefault("guidance", "none")
         if guidance != "none":
-            raise ValueError(f"--method mae is AttG-MAE with guidance='none', not {guidance!r}: use --method attg_mae")
+            raise UsageError(f"--method mae is AttG-MAE with guidance='none', not {guidance!r}: use --method attg_mae")
         super().__init__(model_args, data_args, training_args, overrides)
 
 

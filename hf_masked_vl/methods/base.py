@@ -23,10 +23,12 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import CLIPTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..data.streaming import ImageTextCollator
+from ..errors import UsageError
 from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
 
 if TYPE_CHECKING:
@@ -89,10 +91,15 @@ class Method:
         """A new model from `--preset` and the config flags, or `--model_name_or_path` with the flags applied."""
         attn = self.model_args.attn_implementation
         if self.model_args.model_name_or_path:
-            return self.model_class.from_pretrained(
-                self.model_args.model_name_or_path, attn_implementation=attn, **self.config_overrides
+            return load_checked(
+                self.model_class,
+                self.model_args.model_name_or_path,
+                f"--method {self.name}",
+                trust_remote_code=self.model_args.trust_remote_code,
+                attn_implementation=attn,
+                **self.config_overrides,
             )
-        config = self.config_class.from_preset(self.model_args.preset, **self.config_overrides)
+        config = build_config(self.config_class, self.model_args.preset, **self.config_overrides)
         return self.model_class._from_config(config, attn_implementation=attn)
 
     def base_model(self) -> str | None:
@@ -143,6 +150,70 @@ class Method:
         return None
 
 
+def build_config(config_class: type[PreTrainedConfig], preset: str, **overrides) -> PreTrainedConfig:
+    """`config_class.from_preset(preset, **overrides)`; a value that cannot hold is a `UsageError` naming it."""
+    try:
+        return config_class.from_preset(preset, **overrides)
+    except UsageError:
+        raise
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        cause = error.__cause__ or error.__context__ or error
+        if isinstance(error, StrictDataclassError) and cause is error:
+            cause = str(error).strip().splitlines()[-1].strip()
+        raise UsageError(f"invalid {config_class.__name__}: {cause}") from None
+
+
+def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedConfig:
+    """The config of a folder or Hub id, or a `UsageError` saying why it cannot be read (missing, not a checkpoint,
+    foreign code without `--trust_remote_code`)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        where = "folder" if os.path.isdir(name_or_path) else "path or Hub model id"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot read a model config from the {where} {name_or_path!r}: {first}") from error
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise UsageError(
+                f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
+                "(only do so for code you have read or trust)"
+            ) from None
+        if "Unrecognized model" in str(error) or "model_type" in str(error):
+            raise UsageError(f"{name_or_path} is not a checkpoint of a known model type: {error}") from None
+        raise
+
+
+def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: str, trust_remote_code: bool = False,
+                 **kwargs) -> PreTrainedModel:  # fmt: skip
+    """`model_class.from_pretrained` that refuses a checkpoint of another model type (instead of training from random
+    weights with a warning) and names a damaged weights file."""
+    config = checkpoint_config(name_or_path, trust_remote_code)
+    expected = model_class.config_class.model_type
+    if config.model_type != expected:
+        raise UsageError(
+            f"{name_or_path} is a {config.model_type!r} checkpoint; {what} continues {expected!r} checkpoints "
+            "(start a new model without --model_name_or_path, or tune a text tower for a vision checkpoint with "
+            "--method lit)"
+        )
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    except UsageError:
+        raise
+    except Exception as error:
+        weights = [
+            os.path.join(name_or_path, name)
+            for name in (os.listdir(name_or_path) if os.path.isdir(name_or_path) else [])
+            if name.endswith(".safetensors") and name != "ema.safetensors"
+        ]
+        where = ", ".join(weights) or name_or_path
+        raise UsageError(
+            f"cannot load the weights in {where} ({type(error).__name__}: {str(error).strip().splitlines()[0]}): "
+            "the file is damaged or incomplete, or does not match the config; re-save or re-download it"
+        ) from error
+
+
 def image_tower_config(model: PreTrainedModel):
     """The `MaskedViTConfig`-like config of a model's image tower (dual encoders keep it in `vision_config`)."""
     return getattr(model.config, "vision_config", None) or model.config
@@ -167,7 +238,7 @@ def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown method {name!r}{hint} Available: {', '.join(sorted(METHODS))}")
+        raise UsageError(f"unknown method {name!r}{hint} Available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -182,6 +253,9 @@ __all__ = [
     "Objective",
     "available_methods",
     "get_method",
+    "build_config",
+    "checkpoint_config",
     "image_tower_config",
+    "load_checked",
     "register_method",
 ]

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..data.views import SingleCropView
+from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, LiTConfig, LiTModel
 from ..vision_towers import load_vision_tower, preprocessing_stats
-from .base import Method, Objective, register_method
+from .base import Method, Objective, build_config, checkpoint_config, register_method
 from .uta_contrastive import ContrastiveObjective
 
 
@@ -44,14 +45,11 @@ class LiTMethod(Method):
     def build_model(self, teacher=None) -> LiTModel:
         path = self.model_args.model_name_or_path
         if not path:
-            raise ValueError(
+            raise UsageError(
                 "--method lit needs --model_name_or_path (a vision checkpoint: AttG-MAE, MRE-ViT, ViT, ...)"
             )
-        from transformers import AutoConfig
-
-        if AutoConfig.from_pretrained(path, trust_remote_code=self.model_args.trust_remote_code).model_type == (
-            LiTConfig.model_type
-        ):
+        model_type = checkpoint_config(path, self.model_args.trust_remote_code).model_type
+        if model_type == LiTConfig.model_type:
             model = super().build_model(teacher)  # continue a LiT run
             self.image_mean, self.image_std = preprocessing_stats(path)
         else:
@@ -61,7 +59,7 @@ class LiTMethod(Method):
             vision.update(drop_path_rate=0.0, attention_dropout=0.0)  # a locked tower is deterministic
             overrides = dict(self.config_overrides)
             overrides["vision_config"] = {**vision, **overrides.get("vision_config", {})}
-            config = LiTConfig.from_preset(self.model_args.preset, **overrides)
+            config = build_config(LiTConfig, self.model_args.preset, **overrides)
             model = LiTModel._from_config(config, attn_implementation=self.model_args.attn_implementation)
             missing, unexpected = model.vision_model.load_state_dict(tower.model.state_dict(), strict=False)
             if unexpected or [key for key in missing if "position_embedding" not in key]:

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ..data.views import SingleCropView
+from ..errors import UsageError
 from ..masking import block_mask, mask_rng, mask_to_keep_indices, num_kept, random_keep_indices, reversed_block_mask
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
 from ..teachers import load_teacher
 from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .base import Method, Objective, register_method
+from .base import Method, Objective, build_config, load_checked, register_method
 
 
 class UTAMasks:
@@ -84,7 +85,7 @@ class UTAMethod(Method):
 
     def load_teacher(self) -> nn.Module:
         if not self.model_args.teacher:
-            raise ValueError(
+            raise UsageError(
                 "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
             )
         teacher = load_teacher(
@@ -97,11 +98,17 @@ class UTAMethod(Method):
         tower = self._text_tower
         attn = self.model_args.attn_implementation
         if self.model_args.model_name_or_path:
-            model = UTAModel.from_pretrained(
-                self.model_args.model_name_or_path, attn_implementation=attn, **self.config_overrides
+            model = load_checked(
+                UTAModel,
+                self.model_args.model_name_or_path,
+                "--method uta",
+                trust_remote_code=self.model_args.trust_remote_code,
+                attn_implementation=attn,
+                **self.config_overrides,
             )
         else:
-            config = UTAConfig.from_preset(
+            config = build_config(
+                UTAConfig,
                 self.model_args.preset,
                 **{"projection_dim": tower.projection.shape[0], "text_config": tower.config, **self.config_overrides},
             )

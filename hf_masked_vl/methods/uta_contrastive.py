@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..data.views import SingleCropView
+from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
 from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .base import Method, Objective, register_method
@@ -40,7 +41,7 @@ class UTAContrastiveMethod(Method):
 
     def build_model(self, teacher=None) -> UTAModel:
         if not self.model_args.model_name_or_path:
-            raise ValueError(
+            raise UsageError(
                 "--method uta_contrastive needs --model_name_or_path (a UTA checkpoint with its text tower)"
             )
         return super().build_model(teacher)

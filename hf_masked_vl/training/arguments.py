@@ -147,6 +147,17 @@ class PretrainingArguments(TrainingArguments):
             "contrastive fine-tuning. Unset: one lr."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into a non-empty --output_dir that is not a run to resume (replacing what is there). "
+            "Without it such a folder is refused."
+        },
+    )
+    hub_include_checkpoints: bool = field(
+        default=False, metadata={"help": "--push_to_hub also uploads the intermediate checkpoint-* folders."}
+    )
+    hub_include_logs: bool = field(default=False, metadata={"help": "--push_to_hub also uploads the logs (runs/)."})
     ema_momentum: float | None = field(
         default=None,
         metadata={"help": "Start of the EMA momentum's cosine schedule (unset: the method's, 0.996 for A-CLIP)."},

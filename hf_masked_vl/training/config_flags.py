@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from ..errors import UsageError
+
 _BASE_FIELDS = {field.name for field in dataclasses.fields(PreTrainedConfig)}
 _SCALARS = (bool, int, float, str)
 
@@ -122,7 +124,7 @@ def config_overrides_from(arguments: Any, config_class: type[PreTrainedConfig], 
             overrides[key] = value
     for key in overrides:
         if key not in valid:
-            raise ValueError(_unknown_key_message(key, valid, config_class))
+            raise UsageError(_unknown_key_message(key, valid, config_class))
     return overrides
 
 
@@ -131,13 +133,13 @@ def check_override_keys(overrides: dict, config_class: type[PreTrainedConfig]) -
     valid = [field.name for field in tunable_fields(config_class)] + list(getattr(config_class, "deprecated_keys", ()))
     for key, value in overrides.items():
         if key not in valid:
-            raise ValueError(_unknown_key_message(key, valid, config_class))
+            raise UsageError(_unknown_key_message(key, valid, config_class))
         sub_class = (getattr(config_class, "sub_configs", None) or {}).get(key)
         if isinstance(sub_class, type) and dataclasses.is_dataclass(sub_class) and isinstance(value, dict):
             sub_valid = [field.name for field in dataclasses.fields(sub_class)]
             for sub_key in value:
                 if sub_key not in sub_valid:
-                    raise ValueError(_unknown_key_message(f"{key}.{sub_key}", sub_valid, sub_class, sub_key))
+                    raise UsageError(_unknown_key_message(f"{key}.{sub_key}", sub_valid, sub_class, sub_key))
 
 
 def _unknown_key_message(key: str, valid: list[str], config_class: type, lookup: str | None = None) -> str:
@@ -150,9 +152,9 @@ def _parse_json(text: str, what: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{what} is not valid JSON ({error.msg} at character {error.pos}): {text!r}") from None
+        raise UsageError(f"{what} is not valid JSON ({error.msg} at character {error.pos}): {text!r}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}: {text!r}")
+        raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}: {text!r}")
     return value
 
 

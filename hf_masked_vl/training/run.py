@@ -9,6 +9,7 @@ picks another registered method (`hf_masked_vl.methods`); this module never name
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import math
@@ -16,15 +17,27 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import transformers
 from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
+from .. import __version__
 from ..data.demo import ensure_demo_dataset
 from ..data.streaming import ImageTextStream, load_stream
+from ..errors import UsageError, run_cli, validate_config
 from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
 from ..evaluation.data import demo_splits, load_labelled_split, read_json_list
-from ..hub import CardInfo, EvaluationFigure, hub_id_or_none, public_name, push_checkpoint, save_checkpoint
+from ..hub import (
+    CardInfo,
+    EvaluationFigure,
+    check_hub_access,
+    hub_id_or_none,
+    public_name,
+    push_checkpoint,
+    save_checkpoint,
+)
 from ..methods import METHODS, Method, available_methods, get_method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .config_flags import config_arguments_class, config_overrides_from
@@ -34,6 +47,7 @@ from .trainer import MaskedVLTrainer
 logger = logging.getLogger("hf_masked_vl")
 
 DEFAULT_METHOD = ModelArguments.method
+RUN_MARKER = "hf_masked_vl_run.json"  # written into output_dir when a run starts: "this folder is a run of ours"
 # An EMA still holding more than this share of its initial (random) weights has not covered its averaging window.
 EMA_INITIAL_WEIGHT_LIMIT = 0.01
 
@@ -66,9 +80,17 @@ def _requested_method(argv: list[str]) -> str:
     if len(argv) == 1 and argv[0].endswith(".json"):
         try:
             with open(argv[0], encoding="utf-8") as handle:
-                return json.load(handle).get("method", DEFAULT_METHOD)
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"cannot read the argument file {argv[0]}: {error}") from None
+                arguments = json.load(handle)
+        except OSError as error:
+            raise UsageError(f"cannot read the argument file {argv[0]}: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise UsageError(
+                f"the argument file {argv[0]} is not valid JSON: {error.msg} at line {error.lineno}, column "
+                f"{error.colno}"
+            ) from None
+        if not isinstance(arguments, dict):
+            raise UsageError(f"the argument file {argv[0]} must hold a JSON object of argument names to values")
+        return arguments.get("method", DEFAULT_METHOD)
     for index, argument in enumerate(argv):
         if argument == "--method" and index + 1 < len(argv):
             return argv[index + 1]
@@ -100,7 +122,10 @@ def parse_arguments(argv: list[str] | None = None):
     method = get_method(_requested_method(argv))
     parser, config_arguments = build_parser(method)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+        try:
+            parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+        except ValueError as error:  # unknown keys
+            raise UsageError(f"the argument file {argv[0]}: {error}") from None
     else:
         parsed = parser.parse_args_into_dataclasses(args=argv)
     if config_arguments is None:
@@ -125,17 +150,93 @@ def training_source(data_args: DataArguments):
         demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
         source = load_stream("parquet", demo.train_files, split="train", streaming=data_args.streaming)
         return source, "embedded demo shapes", demo
-    source = load_stream(
-        data_args.dataset_name,
-        data_args.data_files,
-        split=data_args.train_split,
-        streaming=data_args.streaming,
-        config_name=data_args.dataset_config_name,
-    )
+    check_data_files(data_args.data_files, "--data_files")
+    try:
+        source = load_stream(
+            data_args.dataset_name,
+            data_args.data_files,
+            split=data_args.train_split,
+            streaming=data_args.streaming,
+            config_name=data_args.dataset_config_name,
+        )
+    except (FileNotFoundError, ValueError) as error:  # unknown dataset or split, no data files
+        raise UsageError(f"cannot read --dataset_name {data_args.dataset_name}: {_first_line(error)}") from None
     label = public_name(data_args.dataset_name)
     if data_args.data_files:
         label += " (" + ", ".join(public_name(path) for path in data_args.data_files[:3]) + ")"
     return source, label, None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_data_files(patterns: list[str] | None, flag: str) -> None:
+    """Local files or globs must match something (datasets would otherwise look them up as a Hub repo and fail
+    deep inside with `Repo id must be ...`). URLs and `hf://` paths are left to datasets."""
+    for pattern in patterns or []:
+        if "://" in pattern:
+            continue
+        expanded = os.path.expanduser(pattern)
+        if not glob.glob(expanded, recursive=True) and not _brace_matches(expanded):
+            raise UsageError(f"{flag} {pattern!r} matches no file (checked from {os.getcwd()})")
+
+
+def _brace_matches(pattern: str) -> bool:
+    """webdataset-style `shard-{00000..00012}.tar` ranges: does the first name of the range exist?"""
+    import re
+
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    return bool(match) and os.path.exists(pattern[: match.start()] + match.group(1) + pattern[match.end() :])
+
+
+def check_output_dir(training_args: PretrainingArguments) -> None:
+    """A non-empty `output_dir` is refused unless it is a run of this package being resumed, or the user says to
+    overwrite it: a run with a checkpoint resumes (`--resume_from_checkpoint true`) or is refused, never silently
+    overwritten."""
+    folder = Path(training_args.output_dir)
+    if not folder.is_dir() or not any(folder.iterdir()) or training_args.overwrite_output_dir:
+        return
+    resume = training_args.resume_from_checkpoint
+    if (folder / RUN_MARKER).is_file():
+        last = get_last_checkpoint(str(folder))
+        if resume:
+            return
+        if last is not None:
+            raise UsageError(
+                f"--output_dir {folder} holds a run of hf_masked_vl with {os.path.basename(last)}: pass "
+                "--resume_from_checkpoint true to continue it, or --overwrite_output_dir to start over"
+            )
+        raise UsageError(
+            f"--output_dir {folder} holds a finished run of hf_masked_vl: choose another --output_dir, or pass "
+            "--overwrite_output_dir to replace it"
+        )
+    if resume and resume is not True and os.path.isdir(str(resume)):
+        return  # resuming from an explicit checkpoint folder into this directory
+    entries = sorted(entry.name for entry in folder.iterdir())
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise UsageError(
+        f"--output_dir {folder} is not empty ({shown}) and is not a run of hf_masked_vl: choose an empty or new "
+        "folder, or pass --overwrite_output_dir"
+    )
+
+
+def first_example_or_error(dataset, what: str) -> None:
+    """Fail before training when the training data yields no usable record at all."""
+    for _ in dataset:
+        return
+    raise UsageError(
+        f"the training data ({what}) yields no usable record: every record was skipped (undecodable image, empty "
+        "caption or bad map) or the dataset is empty; check --dataset_name, --data_files and the column flags"
+    )
+
+
+def check_finite(model, what: str) -> None:
+    """Never write a model with NaN or infinite weights as the final folder."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise RuntimeError(f"{what}: weight {name} holds NaN or infinite values; the final folder was not written")
 
 
 def evaluation_splits(data_args: DataArguments, demo):
@@ -190,7 +291,13 @@ def choose_export(
 def main(argv: list[str] | None = None) -> RunResult:
     method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
     if training_args.output_dir is None:
-        raise SystemExit("--output_dir is required")
+        raise UsageError("--output_dir is required")
+    if isinstance(training_args.resume_from_checkpoint, str) and training_args.resume_from_checkpoint.lower() in (
+        "true",
+        "last",
+    ):
+        training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
+    check_output_dir(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
@@ -200,8 +307,13 @@ def main(argv: list[str] | None = None) -> RunResult:
     if data_args.templates_file:
         overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file))
     method = method_class(model_args, data_args, training_args, overrides)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    if push_to_hub:
+        check_hub_access(repo_id, training_args.hub_token)  # before training, not after an hour of it
     teacher = method.load_teacher()
     model = method.build_model(teacher)
+    validate_config(model.config, "when training starts")
     tokenizer = method.tokenizer(model)
     image_processor = method.image_processor(model)
     if tokenizer is not None and getattr(model.config, "text_config", None) is not None:
@@ -230,7 +342,11 @@ def main(argv: list[str] | None = None) -> RunResult:
             warmup=training_args.ema_warmup,
             averaged=method.ema_averaged(model),
         )
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
+    first_example_or_error(train_dataset, dataset_label)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    (Path(training_args.output_dir) / RUN_MARKER).write_text(
+        json.dumps({"package": "hf_masked_vl", "version": __version__, "method": method_class.name}, indent=1)
+    )
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
@@ -308,15 +424,20 @@ def main(argv: list[str] | None = None) -> RunResult:
         base_model=hub_id_or_none(method.base_model()),
         template=method.card_template,
     )
+    validate_config(final.config, "when saving")
+    check_finite(final, f"the {exported} weights")
     save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card, pipelines=method.pipelines)
     if push_to_hub:
-        repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+        extra = (["checkpoint-*/**"] if training_args.hub_include_checkpoints else []) + (
+            ["runs/**"] if training_args.hub_include_logs else []
+        )
         url = push_checkpoint(
             training_args.output_dir,
             repo_id,
             token=training_args.hub_token,
             private=training_args.hub_private_repo,
             revision=training_args.hub_revision,
+            extra_patterns=extra,
         )
         logger.info("pushed %s to %s", training_args.output_dir, url)
 
@@ -346,8 +467,13 @@ def main(argv: list[str] | None = None) -> RunResult:
     )
 
 
-__all__ = ["METHODS", "RunResult", "build_parser", "choose_export", "main", "parse_arguments"]
+def cli() -> int:
+    """Console entry point (`hf-masked-vl-pretrain`): exit status 0, or 2 with one `error:` line for a usage error."""
+    return run_cli(main)
+
+
+__all__ = ["METHODS", "RunResult", "build_parser", "choose_export", "cli", "main", "parse_arguments"]
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
