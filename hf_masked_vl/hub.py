@@ -177,6 +177,15 @@ def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path
     return card
 
 
+def prepare_for_saving(model: PreTrainedModel) -> None:
+    """Register the model's config and class for the Auto classes and write its complete `auto_map`, so that every
+    `save_pretrained` of it (final folder and intermediate `checkpoint-N`) carries the flat model code."""
+    type(model.config).register_for_auto_class()
+    auto_map = auto_map_for(model)
+    type(model).register_for_auto_class(own_auto_class(model, auto_map))
+    model.config.auto_map = auto_map
+
+
 def save_checkpoint(
     model: PreTrainedModel,
     folder: str | Path,
@@ -192,10 +201,7 @@ def save_checkpoint(
     text tower and none otherwise."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    type(model.config).register_for_auto_class()
-    auto_map = auto_map_for(model)
-    type(model).register_for_auto_class(own_auto_class(model, auto_map))
-    model.config.auto_map = auto_map
+    prepare_for_saving(model)
     if pipelines is None:
         pipelines = (ZERO_SHOT_ENSEMBLE_TASK,) if hasattr(model, "get_text_features") else ()
     if ZERO_SHOT_ENSEMBLE_TASK in pipelines:
@@ -268,6 +274,7 @@ __all__ = [
     "check_hub_access",
     "checkpoint_files",
     "hub_code_files",
+    "prepare_for_saving",
     "hub_id_or_none",
     "own_auto_class",
     "public_name",

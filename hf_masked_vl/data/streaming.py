@@ -78,7 +78,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
     Records whose image cannot be decoded, whose caption is missing or empty, or whose map cell is missing or
     malformed are skipped, never raised; every yielded example carries `num_skipped`, the number of records skipped
     just before it, so the count survives DataLoader workers (the trainer logs the running total as
-    `skipped_samples`).
+    `skipped_samples`), and `stream_position` = (worker, epoch, records read in this epoch), so that a checkpoint
+    records exactly where the stream was and `resume_from` continues there (bit-exact with at most one worker).
 
     Per-sample randomness (`transform`'s generator and `sample_seed`) is a function of (seed, the sample's
     content CRC, epoch), so views and masks are reproducible whatever the worker or shard order.
@@ -130,14 +131,32 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.image_column, self.caption_column = image_column, caption_column
         self.seed = seed
         self.epoch = 0
+        self._epoch_offset = 0
+        self._resume_epoch: int | None = None
+        self._resume_skip: dict[int, int] = {}
 
     @property
     def num_shards(self) -> int:
         return self.dataset.num_shards
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.dataset.set_epoch(epoch)
+        """The Trainer's epoch; after `resume_from` it counts from the resumed stream epoch."""
+        self.epoch = epoch + self._epoch_offset
+        self.dataset.set_epoch(self.epoch)
+
+    def resume_from(self, positions: dict[int, tuple[int, int]]) -> None:
+        """Continue exactly after the last consumed example: `positions` maps each DataLoader worker to the
+        (epoch, records read in that epoch) of its last consumed example (the trainer saves them in every
+        checkpoint). The Trainer restarts its epoch count at 0, so epochs are offset to the resumed one; in it each
+        worker first skips the records it had read (without decoding them). With several workers the resumed epoch
+        is the earliest one among them; a worker that had already moved on to the next epoch repeats the records it
+        read there (resume is bit-exact with at most one worker)."""
+        self._epoch_offset = min(epoch for epoch, _ in positions.values())
+        self._resume_skip = {
+            worker: count for worker, (epoch, count) in positions.items() if epoch == self._epoch_offset
+        }
+        self._resume_epoch = self._epoch_offset
+        self.set_epoch(0)
 
     def _maps(self, record: dict) -> dict[str, np.ndarray] | None:
         maps = {}
@@ -149,8 +168,27 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         return maps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The examples of one epoch. The last one is tagged with the position (next epoch, 0 records), so that a
+        checkpoint taken right after it resumes with the next epoch instead of an empty one."""
+        pending = None
+        for example in self._examples():
+            if pending is not None:
+                yield pending
+            pending = example
+        if pending is not None:
+            worker, epoch, _ = pending["stream_position"]
+            pending["stream_position"] = (worker, epoch + 1, 0)
+            yield pending
+
+    def _examples(self) -> Iterator[dict[str, Any]]:
+        worker_info = torch.utils.data.get_worker_info()
+        worker = worker_info.id if worker_info is not None else 0
+        epoch = self.epoch
+        to_skip = self._resume_skip.get(worker, 0) if epoch == self._resume_epoch else 0
         skipped = 0
-        for record in self.dataset:
+        for records_read, record in enumerate(self.dataset, start=1):
+            if records_read <= to_skip:
+                continue  # already consumed before the checkpoint this run resumed from
             if self.image_column not in record:
                 raise ValueError(f"column {self.image_column!r} not in the dataset; available: {sorted(record)}")
             raw = record[self.image_column]
@@ -172,6 +210,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             if caption is not None:
                 example["caption"] = caption
             example["num_skipped"] = skipped
+            example["stream_position"] = (worker, epoch, records_read)
             skipped = 0
             yield example
         if skipped:
@@ -207,6 +246,9 @@ class ImageTextCollator:
         }
         batch["sample_seeds"] = torch.tensor([example["sample_seed"] for example in examples], dtype=torch.long)
         batch["num_skipped"] = torch.tensor([example.get("num_skipped", 0) for example in examples])
+        if "stream_position" in examples[0]:
+            positions = torch.tensor([example["stream_position"] for example in examples], dtype=torch.long)
+            batch["stream_worker"], batch["stream_epoch"], batch["stream_records"] = positions.unbind(1)
         if self.tokenizer is not None and "caption" in examples[0]:
             batch.update(tokenize_texts(self.tokenizer, [e["caption"] for e in examples], self.context_length))
         if self.mask_generator is not None:

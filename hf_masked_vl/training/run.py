@@ -34,6 +34,7 @@ from ..hub import (
     EvaluationFigure,
     check_hub_access,
     hub_id_or_none,
+    prepare_for_saving,
     public_name,
     push_checkpoint,
     save_checkpoint,
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     (Path(training_args.output_dir) / RUN_MARKER).write_text(
         json.dumps({"package": "hf_masked_vl", "version": __version__, "method": method_class.name}, indent=1)
     )
+    prepare_for_saving(model)  # checkpoint-N folders carry the model code too
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         teacher=teacher,
         ema_callback=ema_callback,
     )
+    if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
+        trainer.extra_checkpoint_files.append(image_processor)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_runtime = time.perf_counter() - started

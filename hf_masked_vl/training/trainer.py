@@ -3,21 +3,28 @@ and accounts for where the time goes."""
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..errors import UsageError
 from ..methods import Objective
-from .ema import EMACallback
+from .ema import EMA_WEIGHTS_NAME, EMACallback
 from .flops import flop_counter
 
 logger = logging.getLogger(__name__)
+
+DATA_STATE_NAME = "data_state.json"
 
 
 class _ObjectiveStepCallback(TrainerCallback):
@@ -105,6 +112,9 @@ class MaskedVLTrainer(Trainer):
         self._loss_parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._skipped: list[torch.Tensor] = []
         self.skipped_samples = 0
+        # where the stream is: per DataLoader worker, the (epoch, records read) of the last example consumed
+        self.stream_positions: dict[int, tuple[int, int]] = {}
+        self.extra_checkpoint_files: list = []  # objects with save_pretrained (tokenizer, image processor)
         # throughput accounting
         self.flops_per_micro_step: int | None = None
         self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": 0.0, "start": None}
@@ -153,14 +163,85 @@ class MaskedVLTrainer(Trainer):
         return self.ema_callback.ema_model if self.ema_callback is not None else None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """As `Trainer.train`; a resumed run also restores `ema.safetensors` from the checkpoint folder."""
+        """As `Trainer.train`; a resumed run also restores the EMA (`ema.safetensors`), the stream position and
+        the count of skipped records (`data_state.json`), and warns about any state the checkpoint lacks."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint found in output_dir={self.args.output_dir!r} to resume from")
+                raise UsageError(f"no checkpoint found in output_dir={self.args.output_dir!r} to resume from")
+        if resume_from_checkpoint:
+            self._restore_data_state(resume_from_checkpoint)
         if self.ema_callback is not None:
             self.ema_callback.resume_dir = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _restore_data_state(self, folder: str) -> None:
+        if not os.path.isdir(folder):
+            raise UsageError(f"--resume_from_checkpoint {folder}: no such checkpoint folder")
+        missing = [
+            what
+            for what, pattern in (
+                ("trainer state (trainer_state.json: training would restart at step 0)", TRAINER_STATE_NAME),
+                ("optimizer state (optimizer.pt)", "optimizer.pt"),
+                ("learning-rate scheduler state (scheduler.pt)", "scheduler.pt"),
+                ("random number generator state (rng_state*.pth)", "rng_state*.pth"),
+                ("stream position (data_state.json)", DATA_STATE_NAME),
+            )
+            if not glob.glob(os.path.join(folder, pattern))
+        ]
+        if self.ema_callback is not None and not os.path.isfile(os.path.join(folder, EMA_WEIGHTS_NAME)):
+            missing.append(f"EMA weights ({EMA_WEIGHTS_NAME})")
+        if missing:
+            logger.warning(
+                "resuming from %s without its %s: that state starts afresh, so the run will differ from an "
+                "uninterrupted one",
+                folder,
+                "; ".join(missing),
+            )
+        path = os.path.join(folder, DATA_STATE_NAME)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+        positions = {int(worker): tuple(position) for worker, position in state.get("positions", {}).items()}
+        self.stream_positions = dict(positions)
+        resume = getattr(self.train_dataset, "resume_from", None)
+        if positions and resume is not None:
+            resume(positions)
+            self.args.ignore_data_skip = True  # the stream is positioned exactly; no batches to replay
+        elif positions:
+            logger.warning("the training dataset cannot be positioned: the Trainer replays batches instead")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, plus what makes it resumable exactly and usable on its own: the stream position
+        and skipped-record count (`data_state.json`), the tokenizer and image processor."""
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self._flush_skipped()
+        state = {
+            "global_step": self.state.global_step,
+            "skipped_samples": self.skipped_samples,
+            "positions": {str(worker): list(position) for worker, position in sorted(self.stream_positions.items())},
+            "world_size": self.args.world_size,
+            "dataloader_num_workers": self.args.dataloader_num_workers,
+        }
+        with open(os.path.join(folder, DATA_STATE_NAME), "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=1)
+        for item in self.extra_checkpoint_files:
+            item.save_pretrained(folder)
+
+    def _track_position(self, inputs: dict) -> None:
+        epochs, records = inputs.pop("stream_epoch", None), inputs.pop("stream_records", None)
+        workers = inputs.pop("stream_worker", None)
+        if epochs is None or records is None:
+            return
+        workers = workers.tolist() if workers is not None else [0] * len(epochs)
+        for worker, epoch, count in zip(workers, epochs.tolist(), records.tolist()):
+            if (epoch, count) > self.stream_positions.get(worker, (-1, -1)):
+                self.stream_positions[worker] = (epoch, count)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """As the Trainer's, timed: the wait for the next batches is the data-loading share of the step time."""
@@ -187,6 +268,7 @@ class MaskedVLTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._track_position(inputs)
         skipped = inputs.pop("num_skipped", None)
         if skipped is not None:
             self._skipped.append(skipped.detach().sum())
@@ -263,4 +345,4 @@ def vision_layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-__all__ = ["MaskedVLTrainer", "NonFiniteLossError", "vision_layer_id"]
+__all__ = ["DATA_STATE_NAME", "MaskedVLTrainer", "NonFiniteLossError", "vision_layer_id"]

@@ -1,0 +1,127 @@
+"""Resume is exact: a run killed with SIGKILL past a checkpoint and resumed gives bit-identical weights (fp32, CPU),
+across epoch boundaries of a stream shorter than `max_steps`, with the count of skipped records carried over."""
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import pytest
+from safetensors.torch import load_file
+from test_training import TINY_OVERRIDES
+
+from hf_masked_vl.training.run import main as run_pretraining
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_STEPS, SAVE_STEPS = 12, 3
+
+
+@pytest.fixture(scope="module")
+def short_stream(small_demo, tmp_path_factory):
+    """Two demo shards (64 records) plus a shard holding 8 undecodable images: 4 steps of 16 per epoch, so 12 steps
+    cross two epoch boundaries, and every epoch skips 8 records."""
+    folder = tmp_path_factory.mktemp("short-stream")
+    broken = folder / "broken.parquet"
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    rows = {"image": [{"bytes": b"not an image", "path": None}] * 8, "caption": ["a broken image"] * 8}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(broken))
+    good = []
+    for index, path in enumerate(small_demo.train_files[:2]):
+        table = datasets.load_dataset("parquet", data_files=[path], split="train").select_columns(["image", "caption"])
+        table = table.select(range(32))
+        target = folder / f"good-{index}.parquet"
+        table.to_parquet(str(target))
+        good.append(str(target))
+    return [*good, str(broken)]
+
+
+def arguments(files, output) -> list[str]:
+    return [
+        "--output_dir", str(output), "--dataset_name", "parquet", "--data_files", *files,
+        "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), "--save_total_limit", "10",
+        "--per_device_train_batch_size", "16", "--bf16", "false", "--dataloader_num_workers", "1",
+        "--shuffle_buffer", "16", "--disable_tqdm", "true", "--report_to", "none", "--logging_steps", "2",
+        "--config_overrides", TINY_OVERRIDES, "--seed", "7",
+    ]  # fmt: skip
+
+
+def final_state(output) -> dict:
+    folder = output / f"checkpoint-{MAX_STEPS}"
+    tensors = {**load_file(str(folder / "model.safetensors"))}
+    tensors.update({f"ema.{key}": value for key, value in load_file(str(folder / "ema.safetensors")).items()})
+    return tensors
+
+
+def launch(argv) -> subprocess.Popen:
+    """The real entry point in a fresh process; every run of a comparison uses the same environment (threads)."""
+    command = [sys.executable, "scripts/run_pretraining.py", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, errors = process.communicate(timeout=600)
+    assert process.returncode == 0, errors[-3000:]
+
+
+def test_sigkill_then_resume_is_bit_exact_across_epochs(short_stream, tmp_path):
+    finish(launch(arguments(short_stream, tmp_path / "uninterrupted")))
+    expected = final_state(tmp_path / "uninterrupted")
+    expected_data = json.loads((tmp_path / "uninterrupted" / f"checkpoint-{MAX_STEPS}" / "data_state.json").read_text())
+    assert expected_data["skipped_samples"] == 8 * 3  # 12 steps of 16 = 3 epochs of 64 good records
+
+    output = tmp_path / "killed"
+    kill_after = random.Random().choice([SAVE_STEPS, 2 * SAVE_STEPS, 3 * SAVE_STEPS])  # a random checkpoint
+    process = launch(arguments(short_stream, output))
+    marker = output / f"checkpoint-{kill_after}" / "data_state.json"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.4))  # somewhere past that checkpoint
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists(), "the run ended before reaching the checkpoint to kill after"
+    shutil.rmtree(output / f"checkpoint-{MAX_STEPS}", ignore_errors=True)  # had it got that far
+
+    finish(launch([*arguments(short_stream, output), "--resume_from_checkpoint", "true"]))
+    resumed = final_state(output)
+    assert resumed.keys() == expected.keys()
+    different = [key for key in expected if not (resumed[key] == expected[key]).all()]
+    assert not different, f"killed after checkpoint-{kill_after}: {len(different)} tensors differ, e.g. {different[:3]}"
+    data = json.loads((output / f"checkpoint-{MAX_STEPS}" / "data_state.json").read_text())
+    assert data["skipped_samples"] == expected_data["skipped_samples"]  # cumulative across the resume
+    assert data["positions"] == expected_data["positions"]
+
+
+def test_missing_state_is_named_when_resuming(short_stream, tmp_path, caplog):
+    output = tmp_path / "partial"
+    run_pretraining([*arguments(short_stream, output)[:-2], "--seed", "7"])
+    last = output / f"checkpoint-{MAX_STEPS}"
+    shutil.rmtree(last)
+    checkpoint = output / f"checkpoint-{3 * SAVE_STEPS}"
+    (checkpoint / "optimizer.pt").unlink()
+    for path in checkpoint.glob("rng_state*.pth"):
+        path.unlink()
+    with caplog.at_level(logging.WARNING):
+        run_pretraining([*arguments(short_stream, output), "--resume_from_checkpoint", "true"])
+    warnings = " ".join(record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING)
+    assert "optimizer state (optimizer.pt)" in warnings and "random number generator state" in warnings
+    assert "scheduler.pt" not in warnings.split("without its")[1].split(":")[0]  # present, so not named
+
+
+def test_intermediate_checkpoints_can_be_evaluated(short_stream, tmp_path, capsys):
+    from hf_masked_vl.evaluation.cli import main as evaluate
+
+    output = tmp_path / "evaluable"
+    run_pretraining(arguments(short_stream, output)[:12] + arguments(short_stream, output)[14:] + ["--max_steps", "3"])
+    checkpoint = output / "checkpoint-3"
+    names = {path.name for path in checkpoint.iterdir()}
+    assert {"preprocessor_config.json", "tokenizer.json", "modeling_aclip.py", "ema.safetensors"} <= names
+    results = evaluate(["--model", str(checkpoint), "--protocol", "zero_shot", "knn", "--max_samples", "16"])
+    assert set(results) == {"zero_shot", "knn"}
