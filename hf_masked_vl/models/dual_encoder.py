@@ -1,5 +1,5 @@
-"""The base of the dual encoders (A-CLIP, UTA): a `MaskedViTModel` image tower with a projection and a transformers
-CLIP text tower with a projection, in the style of transformers 5's `CLIPModel`."""
+"""The base of the dual encoders (A-CLIP, UTA, LiT): a `MaskedViTModel` image tower with a projection and a
+transformers CLIP text tower with a projection, in the style of transformers 5's `CLIPModel`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,26 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
 
-from .modeling_masked_vit import MaskedViTModelOutput
+from .modeling_masked_vit import MaskedViTModelOutput, MaskedVLModelMixin, output_flag
 
 
-class DualEncoderPreTrainedModel(PreTrainedModel):
+def nested_to_tuple(output: ModelOutput) -> tuple:
+    """`ModelOutput.to_tuple` with the tower outputs (`vision_model_output`, `text_model_output`) as tuples too, as
+    transformers' `CLIPOutput.to_tuple`."""
+    return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in output.values())
+
+
+class DualEncoderPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
     """Shared attributes, init and feature getters. A concrete model defines `vision_model`, `visual_projection`,
-    `text_model`, `text_projection` and `logit_scale`; its config has `logit_scale_init_value`."""
+    `text_model`, `text_projection` and `logit_scale`; its config has `logit_scale_init_value`.
+
+    Output flags: `output_attentions` / `output_hidden_states` given to `forward` (or set on the model's config, or
+    on a tower's own config) reach both towers; the results are in `vision_model_output` / `text_model_output`.
+    The image tower computes attention maps under any attention implementation; the CLIP text tower, as in
+    transformers, only under `attn_implementation="eager"` (an empty tuple otherwise).
+    """
 
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
@@ -28,9 +41,13 @@ class DualEncoderPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Heads and projections here; the towers (sub-models) initialise themselves."""
+        """Heads, projections and the logit scale; the towers (sub-models) initialise themselves. Each tensor is set
+        from the module that owns it, so a missing key gets the same init whatever else the checkpoint holds."""
         if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=0.02)
+            if any(module is getattr(self, name, None) for name in self.clip_initialised_projections):
+                init.normal_(module.weight, std=module.in_features**-0.5)
+            else:
+                init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm1d):
@@ -40,26 +57,56 @@ class DualEncoderPreTrainedModel(PreTrainedModel):
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
         elif isinstance(module, DualEncoderPreTrainedModel):
-            for name in self.clip_initialised_projections:
-                projection = getattr(module, name)
-                init.normal_(projection.weight, std=projection.in_features**-0.5)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding (as transformers' `CLIPTextModelWithProjection`)."""
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.token_embedding = value
+
+    def tower_output_flags(
+        self, tower: PreTrainedModel, output_attentions: bool | None, output_hidden_states: bool | None
+    ) -> dict[str, bool]:
+        """The output flags a tower is called with: the argument when given, else the flag of this model's config
+        or of the tower's own config."""
+        return {
+            "output_attentions": output_flag(output_attentions, "output_attentions", self.config, tower.config),
+            "output_hidden_states": output_flag(
+                output_hidden_states, "output_hidden_states", self.config, tower.config
+            ),
+        }
+
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text tower; `pooler_output` is the projected (unnormalised) end-of-text embedding (B, E)."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        flags = self.tower_output_flags(self.text_model, output_attentions, output_hidden_states)
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **flags)
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
     ) -> MaskedViTModelOutput:
-        """Image tower; `pooler_output` is the projection of the final CLS token (B, E), unnormalised."""
-        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, **kwargs)
+        """Image tower; `pooler_output` is the projection of the final CLS token (B, E), unnormalised. Other keyword
+        arguments (`attention_bias`, `output_cls_attentions`) go to `MaskedViTModel.forward`."""
+        kwargs.pop("return_dict", None)
+        flags = self.tower_output_flags(self.vision_model, output_attentions, output_hidden_states)
+        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, return_dict=True, **flags, **kwargs)
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 
 
-__all__ = ["DualEncoderPreTrainedModel"]
+__all__ = ["DualEncoderPreTrainedModel", "nested_to_tuple"]

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_aclip import AClipConfig
-from .dual_encoder import DualEncoderPreTrainedModel
+from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 
@@ -29,6 +29,8 @@ class AClipOutput(ModelOutput):
     logits_per_text: (B_txt, B_img).
     text_embeds: (B_txt, E) normalised. image_embeds: (B_img, E) normalised, first view.
     clip_loss / simclr_loss / byol_loss: the unweighted parts of `loss`.
+    vision_model_output: the image tower's output over all V·B views, view-major (`attentions` / `hidden_states`
+        when requested). text_model_output: the text tower's, `pooler_output` projected.
     """
 
     loss: torch.Tensor | None = None
@@ -41,6 +43,9 @@ class AClipOutput(ModelOutput):
     byol_loss: torch.Tensor | None = None
     vision_model_output: MaskedViTModelOutput | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return nested_to_tuple(self)
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int, bias: bool = True) -> nn.Sequential:
@@ -90,6 +95,7 @@ class AClipModel(AClipPreTrainedModel):
             self.byol_predictor = mlp_head(out, hidden, out, layers=2, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -98,6 +104,8 @@ class AClipModel(AClipPreTrainedModel):
         keep_indices: torch.Tensor | None = None,
         byol_targets: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> AClipOutput:
         """
@@ -105,6 +113,9 @@ class AClipModel(AClipPreTrainedModel):
         pixel_values: (B, C, H, W), or (B, V, C, H, W) for V augmented views of each image.
         keep_indices: (B, K) or (B, V, K) kept patch indices per view; `None` keeps every patch.
         byol_targets: (B, C_byol) EMA targets; enables the BYOL loss.
+        output_attentions / output_hidden_states: of both towers (`None`: the configs' flags), in
+            `vision_model_output` / `text_model_output`.
+        return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("AClipModel.forward needs both pixel_values and input_ids")
@@ -116,10 +127,13 @@ class AClipModel(AClipPreTrainedModel):
         # view-major: rows [v * B + b] so that each view is a contiguous block
         flat_pixels = pixel_values.transpose(0, 1).flatten(0, 1)
         flat_keep = keep_indices.transpose(0, 1).flatten(0, 1) if keep_indices is not None else None
-        vision_outputs = self.vision_model(flat_pixels, keep_indices=flat_keep)
+        vision_flags = self.tower_output_flags(self.vision_model, output_attentions, output_hidden_states)
+        vision_outputs = self.vision_model(flat_pixels, keep_indices=flat_keep, return_dict=True, **vision_flags)
         cls_tokens = vision_outputs.pooler_output  # (V·B, D)
         image_embeds = F.normalize(self.visual_projection(cls_tokens), dim=-1).view(views, batch, -1)
-        text_outputs = self.get_text_features(input_ids, attention_mask)
+        text_outputs = self.get_text_features(
+            input_ids, attention_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logit_scale = self.logit_scale.exp()
         logits_per_text = logit_scale * text_embeds @ image_embeds[0].t()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_attg_mae import AttGMAEConfig
 from .configuration_masked_vit import MaskedViTConfig
@@ -34,7 +34,7 @@ from .modeling_mae import (
     per_patch_loss,
     pixel_targets,
 )
-from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
 
 _AUTO_MAP = {
     "AutoModel": "modeling_attg_mae.AttGMAEModel",
@@ -100,7 +100,7 @@ def guided_reconstruction_loss(
     raise ValueError(f"normalizer={normalizer!r} is not 'count' or 'weights'")
 
 
-class AttGMAEPreTrainedModel(PreTrainedModel):
+class AttGMAEPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
     config_class = AttGMAEConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
@@ -124,6 +124,16 @@ class AttGMAEPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vit.embeddings.patch_embed
 
+    def encoder_output_flags(
+        self, output_attentions: bool | None, output_hidden_states: bool | None
+    ) -> dict[str, bool]:
+        """The encoder's output flags: the argument when given, else this model's config or the encoder's own."""
+        configs = (self.config, self.vit.config)
+        return {
+            "output_attentions": output_flag(output_attentions, "output_attentions", *configs),
+            "output_hidden_states": output_flag(output_hidden_states, "output_hidden_states", *configs),
+        }
+
 
 class AttGMAEModel(AttGMAEPreTrainedModel):
     """The AttG-MAE encoder: a `MaskedViTModel` of `config.vision_config` at `vit`. Loads the encoder of an
@@ -141,6 +151,7 @@ class AttGMAEModel(AttGMAEPreTrainedModel):
         self.vit = MaskedViTModel._from_config(config.vision_config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -152,14 +163,16 @@ class AttGMAEModel(AttGMAEPreTrainedModel):
         """
         pixel_values: (B, C, H, W).
         keep_indices: (B, K) patch indices to encode (any order); `None` encodes all N patches.
+        output_attentions / output_hidden_states: `None` reads `config` (this model's, then `vision_config`).
         Other keyword arguments (`attention_bias`, `output_cls_attentions`) go to `MaskedViTModel.forward`.
-        Returns `MaskedViTModelOutput` with `last_hidden_state` (B, 1 + K, D) and `pooler_output` (B, D).
+        Returns `MaskedViTModelOutput` with `last_hidden_state` (B, 1 + K, D) and `pooler_output` (B, D), or a tuple
+        with `return_dict=False`.
         """
         return self.vit(
             pixel_values,
             keep_indices=keep_indices,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **self.encoder_output_flags(output_attentions, output_hidden_states),
             **kwargs,
         )
 
@@ -222,6 +235,7 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
             raise ValueError(f"guidance_temperature={temperature} must be a finite number > 0")
         return guidance_weights(guidance, temperature, self.config.num_patches)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -243,14 +257,16 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
         guidance_temperature: τ for this call (the trainer passes the scheduled value); default
             `config.guidance_temperature`.
         return_loss: compute `loss` and `reconstruction_loss`.
+        output_attentions / output_hidden_states: the encoder's; `None` reads `config`, then `vision_config`.
+        return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
         batch = pixel_values.shape[0]
         keep_indices = self.resolve_keep_indices(batch, keep_indices, noise)
         encoder_outputs = self.vit(
             pixel_values,
             keep_indices=keep_indices,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **self.encoder_output_flags(output_attentions, output_hidden_states),
         )
         self._sync_decoder_attention()
         logits = self.decoder(encoder_outputs.last_hidden_state, keep_indices)

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_lit import LiTConfig
-from .dual_encoder import DualEncoderPreTrainedModel
+from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import clip_contrastive_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 
@@ -33,6 +33,9 @@ class LiTOutput(ModelOutput):
     clip_loss: torch.Tensor | None = None
     vision_model_output: MaskedViTModelOutput | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return nested_to_tuple(self)
 
 
 class LiTPreTrainedModel(DualEncoderPreTrainedModel):
@@ -67,20 +70,27 @@ class LiTModel(LiTPreTrainedModel):
             if self.vision_model.norm is not None:
                 self.vision_model.norm.requires_grad_(True)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> LiTOutput:
-        """input_ids / attention_mask: (B_txt, L). pixel_values: (B_img, C, H, W)."""
+        """input_ids / attention_mask: (B_txt, L). pixel_values: (B_img, C, H, W).
+        output_attentions / output_hidden_states: of both towers (`None`: the configs' flags), in
+        `vision_model_output` / `text_model_output`. return_dict: `False` (or `config.return_dict=False`) returns a
+        tuple of the non-`None` fields."""
         if pixel_values is None or input_ids is None:
             raise ValueError("LiTModel.forward needs both pixel_values and input_ids")
-        vision_outputs = self.get_image_features(pixel_values)
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        vision_outputs = self.get_image_features(pixel_values, **flags)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
-        text_outputs = self.get_text_features(input_ids, attention_mask)
+        text_outputs = self.get_text_features(input_ids, attention_mask, **flags)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logit_scale = self.logit_scale.exp()
         logits_per_text = logit_scale * text_embeds @ image_embeds.t()

@@ -15,10 +15,10 @@ from functools import partial
 import torch
 from timm.layers import DropPath, Mlp, PatchEmbed, RotaryEmbeddingCat, SwiGLU, apply_keep_indices_nlc
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .attention import MaskedAttention
 from .configuration_masked_vit import MaskedViTConfig
@@ -81,7 +81,8 @@ class MaskedViTEmbeddings(nn.Module):
             embed_dim=config.hidden_size,
         )
         if config.freeze_patch_embedding:
-            # `forward` also runs it under no_grad: `from_pretrained` re-creates parameters with requires_grad=True
+            # `from_pretrained` re-creates parameters with requires_grad=True: `MaskedVLModelMixin.tie_weights`
+            # freezes them again after loading, and `forward` runs the projection under no_grad anyway
             self.patch_embed.requires_grad_(False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         table = torch.zeros(1, 1 + config.num_patches, config.hidden_size)
@@ -152,7 +153,54 @@ class MaskedViTBlock(GradientCheckpointingLayer):
         return hidden_states, probs, cls_probs
 
 
-class MaskedViTPreTrainedModel(PreTrainedModel):
+def output_flag(value: bool | None, name: str, *configs: PreTrainedConfig) -> bool:
+    """A forward's `output_attentions` / `output_hidden_states`: the argument when given, else True when `name` is
+    set on any of `configs` (a composite model's own config, then the config of the tower it calls)."""
+    if value is not None:
+        return bool(value)
+    return any(bool(getattr(config, name, False)) for config in configs)
+
+
+def freeze_patch_embeddings(model: nn.Module) -> None:
+    """`requires_grad=False` on the patch embedding of every `MaskedViTEmbeddings` in `model` whose config sets
+    `freeze_patch_embedding`."""
+    for module in model.modules():
+        if isinstance(module, MaskedViTEmbeddings) and module.config.freeze_patch_embedding:
+            module.patch_embed.requires_grad_(False)
+
+
+class MaskedVLModelMixin:
+    """What every `PreTrainedModel` of the package shares; listed before `PreTrainedModel` in the bases.
+
+    - `initialize_weights`: transformers' pass over a composite model (each sub-model's `_initialize_weights` on
+      its own modules, children before parents, as `smart_apply`), without the shortcut transformers takes for
+      custom code: there, a module owning no parameter or buffer of its own is marked initialised without calling
+      `_init_weights`. That skipped transformers' `CLIPAttention` / `CLIPMLP`, whose `_init_weights` sets the text
+      tower's q/k/v, out and MLP weights, so after `from_pretrained` with those keys missing they kept the generic
+      normal(0.02) instead of CLIP's init. The shortcut protects remote code that writes tensors in place; every
+      `_init_weights` reached here (ours, CLIP's) writes through `transformers.initialization`, which leaves loaded
+      tensors alone.
+    - `tie_weights`: also re-applies `freeze_patch_embedding`. transformers calls it at the end of `post_init` and
+      of `from_pretrained` (after loading and initialising missing keys), and loading re-creates every parameter
+      with `requires_grad=True`. transformers' own `Wav2Vec2ForCTC.tie_weights` is the same kind of post-load hook.
+    """
+
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self) -> None:
+        def visit(module: nn.Module, initialize) -> None:
+            for child in module.children():
+                visit(child, child._initialize_weights if isinstance(child, PreTrainedModel) else initialize)
+            initialize(module, False)  # is_custom_code=False: no skipping of modules without tensors of their own
+
+        visit(self, self._initialize_weights)
+
+    def tie_weights(self, *args, **kwargs) -> None:
+        super().tie_weights(*args, **kwargs)
+        freeze_patch_embeddings(self)
+
+
+class MaskedViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
     config_class = MaskedViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
@@ -243,6 +291,7 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
             raise ValueError(f"attention_bias has {len(attention_bias)} entries, expected one per layer ({num_layers})")
         return attention_bias
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -262,11 +311,10 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         output_attentions: return each layer's probabilities (B, H, 1 + K, 1 + K) (runs the eager kernel).
             `None` (default): `config.output_attentions`; likewise `output_hidden_states`.
         output_cls_attentions: return each layer's CLS-query probabilities (B, H, 1 + K) next to a fused kernel.
+        return_dict: `False` (or `config.return_dict=False`) returns the non-`None` fields as a tuple.
         """
-        if output_attentions is None:
-            output_attentions = bool(getattr(self.config, "output_attentions", False))
-        if output_hidden_states is None:
-            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
+        output_attentions = output_flag(output_attentions, "output_attentions", self.config)
+        output_hidden_states = output_flag(output_hidden_states, "output_hidden_states", self.config)
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
         if keep_indices is not None:
@@ -309,10 +357,13 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
 
 
 __all__ = [
+    "MaskedVLModelMixin",
     "MaskedViTBlock",
     "MaskedViTModel",
     "MaskedViTModelOutput",
     "MaskedViTPreTrainedModel",
+    "freeze_patch_embeddings",
     "gather_tokens",
     "get_2d_sincos_pos_embed",
+    "output_flag",
 ]

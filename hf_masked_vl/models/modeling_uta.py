@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_uta import UTAConfig
-from .dual_encoder import DualEncoderPreTrainedModel
+from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import clip_contrastive_loss, token_alignment_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, gather_tokens
 
@@ -41,6 +41,9 @@ class UTAOutput(ModelOutput):
     vision_model_output: MaskedViTModelOutput | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
 
+    def to_tuple(self) -> tuple:
+        return nested_to_tuple(self)
+
 
 class UTAPreTrainedModel(DualEncoderPreTrainedModel):
     config_class = UTAConfig
@@ -63,6 +66,7 @@ class UTAModel(UTAPreTrainedModel):
         self.register_buffer("logit_scale", torch.tensor(config.logit_scale_init_value))  # fixed, not trained
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -71,16 +75,22 @@ class UTAModel(UTAPreTrainedModel):
         keep_indices: torch.Tensor | None = None,
         teacher_tokens: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> UTAOutput:
         """
         pixel_values: (B, C, H, W). keep_indices: (B, K) kept patches (None: all).
         teacher_tokens: (B, 1 + N, E) teacher targets for CLS and every patch of the student's grid.
         input_ids / attention_mask: (B_txt, L) captions or prompts.
+        output_attentions / output_hidden_states: of both towers (`None`: the configs' flags), in
+            `vision_model_output` / `text_model_output`.
+        return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
         if pixel_values is None:
             raise ValueError("UTAModel.forward needs pixel_values")
-        vision_outputs = self.vision_model(pixel_values, keep_indices=keep_indices)
+        vision_flags = self.tower_output_flags(self.vision_model, output_attentions, output_hidden_states)
+        vision_outputs = self.vision_model(pixel_values, keep_indices=keep_indices, return_dict=True, **vision_flags)
         token_embeds = self.visual_projection(vision_outputs.last_hidden_state)
         image_embeds = F.normalize(token_embeds[:, 0], dim=-1)
 
@@ -96,7 +106,12 @@ class UTAModel(UTAPreTrainedModel):
 
         text_embeds = logits_per_text = text_outputs = None
         if input_ids is not None:
-            text_outputs = self.get_text_features(input_ids, attention_mask)
+            text_outputs = self.get_text_features(
+                input_ids,
+                attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
             text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
             logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()
             if return_loss and teacher_tokens is None:
