@@ -131,6 +131,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.image_column, self.caption_column = image_column, caption_column
         self.seed = seed
         self.epoch = 0
+        self.split_by_node = False  # set when the source was split between processes (the trainer reads it)
         self._epoch_offset = 0
         self._resume_epoch: int | None = None
         self._resume_skip: dict[int, int] = {}

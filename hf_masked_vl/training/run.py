@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
+from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -326,6 +327,17 @@ def main(argv: list[str] | None = None) -> RunResult:
     if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
         model.config.zero_shot_templates = tuple(demo.templates)
     map_columns = method.map_columns(model)
+    split_by_node = training_args.world_size > 1
+    if split_by_node:  # each process reads its own shards
+        if source.num_shards % training_args.world_size:
+            logger.warning(
+                "the stream has %d shards, not a multiple of %d processes: every process reads every record and "
+                "keeps 1 in %d (more shards split the reading too)",
+                source.num_shards,
+                training_args.world_size,
+                training_args.world_size,
+            )
+        source = split_dataset_by_node(source, rank=training_args.process_index, world_size=training_args.world_size)
     train_dataset = ImageTextStream(
         source,
         method.transform(model),
@@ -335,6 +347,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         shuffle_buffer=data_args.shuffle_buffer,
         map_columns=map_columns,
     )
+    train_dataset.split_by_node = split_by_node
     ema_callback = None
     if method.uses_ema:
         ema_callback = EMACallback(

@@ -37,6 +37,14 @@ class _ObjectiveStepCallback(TrainerCallback):
         self.objective.after_optimizer_step(model)
 
 
+class _EpochDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader that forwards `set_epoch` to its dataset (the Trainer calls it at every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
 class NonFiniteLossError(RuntimeError):
     """Training met a NaN or infinite loss."""
 
@@ -120,6 +128,24 @@ class MaskedVLTrainer(Trainer):
         self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": 0.0, "start": None}
         self._last_step_end: float | None = None
 
+    # ---- data ----
+    def get_train_dataloader(self):
+        """Under distributed training a stream already split by node (`split_by_node`: each process reads its own
+        shards, `datasets.distributed.split_dataset_by_node`) gets a plain per-process DataLoader: accelerate would
+        otherwise dispatch or re-shard it (and a second split silently drops data)."""
+        dataset = self.train_dataset
+        if self.args.world_size <= 1 or not getattr(dataset, "split_by_node", False):
+            return super().get_train_dataloader()
+        return _EpochDataLoader(
+            dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+
     # ---- optimizer ----
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Weight decay on matrices and embeddings only (ndim >= 2), never on biases, norms (LayerNorm and the heads'
@@ -185,7 +211,7 @@ class MaskedVLTrainer(Trainer):
                 ("optimizer state (optimizer.pt)", "optimizer.pt"),
                 ("learning-rate scheduler state (scheduler.pt)", "scheduler.pt"),
                 ("random number generator state (rng_state*.pth)", "rng_state*.pth"),
-                ("stream position (data_state.json)", DATA_STATE_NAME),
+                ("stream position (data_state*.json)", "data_state*.json"),
             )
             if not glob.glob(os.path.join(folder, pattern))
         ]
@@ -198,7 +224,8 @@ class MaskedVLTrainer(Trainer):
                 folder,
                 "; ".join(missing),
             )
-        path = os.path.join(folder, DATA_STATE_NAME)
+        name = DATA_STATE_NAME if self.args.world_size <= 1 else f"data_state-rank{self.args.process_index}.json"
+        path = os.path.join(folder, name)
         if not os.path.isfile(path):
             return
         with open(path, encoding="utf-8") as handle:
@@ -217,10 +244,11 @@ class MaskedVLTrainer(Trainer):
         """The Trainer's checkpoint, plus what makes it resumable exactly and usable on its own: the stream position
         and skipped-record count (`data_state.json`), the tokenizer and image processor."""
         super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self._flush_skipped()
+        self._flush_skipped(all_processes=True)
+        # every process writes where its own stream is; the main process also the tokenizer and processor
+        name = DATA_STATE_NAME if self.args.world_size <= 1 else f"data_state-rank{self.args.process_index}.json"
+        os.makedirs(folder, exist_ok=True)
         state = {
             "global_step": self.state.global_step,
             "skipped_samples": self.skipped_samples,
@@ -228,10 +256,11 @@ class MaskedVLTrainer(Trainer):
             "world_size": self.args.world_size,
             "dataloader_num_workers": self.args.dataloader_num_workers,
         }
-        with open(os.path.join(folder, DATA_STATE_NAME), "w", encoding="utf-8") as handle:
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
             json.dump(state, handle, indent=1)
-        for item in self.extra_checkpoint_files:
-            item.save_pretrained(folder)
+        if self.args.should_save:
+            for item in self.extra_checkpoint_files:
+                item.save_pretrained(folder)
 
     def _track_position(self, inputs: dict) -> None:
         epochs, records = inputs.pop("stream_epoch", None), inputs.pop("stream_records", None)
@@ -294,21 +323,26 @@ class MaskedVLTrainer(Trainer):
                 if values:
                     logs[name] = round(torch.stack(values).mean().item(), 4)
             self._loss_parts.clear()
-            self._flush_skipped()
+            self._flush_skipped(all_processes=True)
             logs["skipped_samples"] = self.skipped_samples
             if self.ema_callback is not None:
                 logs["ema_momentum"] = round(self.ema_callback.current_momentum, 6)
             logs.update(self._throughput())
         super().log(logs, *args, **kwargs)
 
-    def _flush_skipped(self) -> None:
-        if self._skipped:
-            self.skipped_samples += int(torch.stack(self._skipped).sum())
-            self._skipped.clear()
+    def _flush_skipped(self, all_processes: bool = False) -> None:
+        """Add the skipped records seen since the last flush; `all_processes` sums them over the processes (a
+        collective call: every process must make it)."""
+        local = torch.stack(self._skipped).sum() if self._skipped else torch.zeros((), dtype=torch.long)
+        self._skipped.clear()
+        if all_processes and self.args.world_size > 1:
+            local = self.accelerator.reduce(local.to(self.args.device), reduction="sum").cpu()
+        self.skipped_samples += int(local)
 
     def finalize_counts(self) -> int:
-        """The exact number of skipped input records so far (also those since the last log)."""
-        self._flush_skipped()
+        """The exact number of skipped input records so far, over all processes (also those since the last log).
+        Every process must call it."""
+        self._flush_skipped(all_processes=True)
         return self.skipped_samples
 
     def _throughput(self) -> dict[str, float]:

@@ -1,0 +1,93 @@
+"""More than one process: `accelerate launch --num_processes 2` on the CPU (gloo), each process reading its own
+shards of the stream, against one process with the same global batch: the same loss curve within a stated
+tolerance, EMA (A-CLIP) and frozen teacher (UTA) included."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_aclip_config
+from datasets.distributed import split_dataset_by_node
+from test_training import TINY_OVERRIDES
+from test_uta import UTA_STUDENT
+
+from hf_masked_vl import AClipModel
+from hf_masked_vl.data.streaming import ImageTextStream, load_stream
+from hf_masked_vl.hub import save_checkpoint
+from hf_masked_vl.tokenization import build_image_processor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+# Batches differ in content between the runs (each process reads its own shards), and BatchNorm heads see the
+# per-process batch on CPUs (no SyncBatchNorm kernel): the curves agree in level, not step by step.
+TOLERANCE = 0.10  # relative difference of the mean loss over all steps and over the last half
+
+
+def losses(output) -> list[float]:
+    history = json.loads((output / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def launch(argv: list[str], processes: int, output) -> None:
+    common = [
+        "--output_dir", str(output), "--max_steps", str(STEPS), "--save_steps", str(STEPS), "--logging_steps", "1",
+        "--bf16", "false", "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--report_to", "none",
+        "--demo_num_train", "256", "--max_eval_samples", "16", "--seed", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, "scripts/run_pretraining.py", *common, *argv, "--per_device_train_batch_size", "16"]
+    else:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--multi_gpu",
+            "--main_process_port", "29533", "scripts/run_pretraining.py", *common, *argv,
+            "--per_device_train_batch_size", str(16 // processes), "--use_cpu", "true", "--ddp_backend", "gloo",
+            "--ddp_find_unused_parameters", "false",
+        ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def compare(single: list[float], double: list[float]) -> None:
+    assert len(single) == len(double) == STEPS
+    half = STEPS // 2
+    for a, b in ((single, double), (single[half:], double[half:])):
+        relative = abs(statistics.mean(a) - statistics.mean(b)) / abs(statistics.mean(a))
+        assert relative < TOLERANCE, (single, double, relative)
+
+
+@pytest.mark.parametrize("method", ["a_clip", "uta"])
+def test_two_processes_match_one(method, small_demo, tmp_path, tokenizer):
+    if method == "a_clip":
+        argv = ["--config_overrides", TINY_OVERRIDES]
+    else:
+        teacher = tmp_path / "teacher"
+        torch.manual_seed(0)
+        save_checkpoint(AClipModel(tiny_aclip_config()).eval(), teacher, tokenizer, build_image_processor(32))
+        argv = ["--method", "uta", "--teacher", str(teacher), "--config_overrides", UTA_STUDENT]
+    launch(argv, 1, tmp_path / "one")
+    launch(argv, 2, tmp_path / "two")
+    compare(losses(tmp_path / "one"), losses(tmp_path / "two"))
+    checkpoint = tmp_path / "two" / f"checkpoint-{STEPS}"
+    names = {path.name for path in checkpoint.iterdir()}
+    assert {"data_state-rank0.json", "data_state-rank1.json", "rng_state_0.pth", "rng_state_1.pth"} <= names
+    if method == "a_clip":
+        assert "ema.safetensors" in names
+    assert (tmp_path / "two" / "model.safetensors").is_file()
+
+
+def test_each_process_reads_its_own_shards(small_demo):
+    def captions(rank: int | None) -> list[str]:
+        source = load_stream("parquet", small_demo.train_files)
+        if rank is not None:
+            source = split_dataset_by_node(source, rank=rank, world_size=2)
+        stream = ImageTextStream(source, lambda image, rng, maps=None: {}, shuffle_buffer=0)
+        return [example["caption"] + str(example["sample_seed"]) for example in stream]
+
+    everything, first, second = captions(None), captions(0), captions(1)
+    assert first and second and not set(first) & set(second)
+    assert sorted(first + second) == sorted(everything)
