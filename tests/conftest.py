@@ -1,6 +1,9 @@
 """Shared fixtures: offline Hub, a private demo cache, tiny configs."""
 
+import io
 import os
+import struct
+import zlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -56,3 +59,31 @@ def tokenizer():
     from hf_masked_vl.tokenization import build_clip_tokenizer
 
     return build_clip_tokenizer(16)
+
+
+def encoded(image, fmt: str = "PNG", **kwargs) -> bytes:
+    """A PIL image saved in `fmt`, as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width × height RGB pixels but holds a few bytes of data: a bomb, not a big allocation."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+
+
+def truncated_jpeg() -> bytes:
+    """The first half of a 64 × 64 noise JPEG: the header opens, the pixels are cut."""
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    data = encoded(photo, "JPEG")
+    return data[: len(data) // 2]

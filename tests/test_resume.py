@@ -97,6 +97,13 @@ def test_sigkill_then_resume_is_bit_exact_across_epochs(short_stream, tmp_path):
     data = json.loads((output / f"checkpoint-{MAX_STEPS}" / "data_state.json").read_text())
     assert data["skipped_samples"] == expected_data["skipped_samples"]  # cumulative across the resume
     assert data["positions"] == expected_data["positions"]
+    # every skipped record named once in skipped.jsonl, those re-read after the kill not twice
+    lines = [json.loads(line) for line in (output / "skipped.jsonl").read_text().splitlines()]
+    expected_lines = (tmp_path / "uninterrupted" / "skipped.jsonl").read_text().splitlines()
+    assert len(lines) == len(expected_lines) == expected_data["skipped_samples"]
+    assert {line["reason"] for line in lines} == {"undecodable image"} or all(
+        "image" in line["reason"] for line in lines
+    )
 
 
 def test_missing_state_is_named_when_resuming(short_stream, tmp_path, caplog):

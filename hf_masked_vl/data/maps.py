@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .images import open_image
+
 MAP_MODES = ("bilinear", "nearest", "majority")
 
 
@@ -106,12 +108,10 @@ def _array_from_cell(value: Any) -> np.ndarray | None:
         return np.asarray(value)
     if isinstance(value, dict) and ("bytes" in value or "path" in value):
         data, path = value.get("bytes"), value.get("path")
-        with Image.open(io.BytesIO(data) if data else path) as image:
-            image.load()
+        with open_image(io.BytesIO(data) if data else path) as image:  # decompression bombs refused unread
             return np.asarray(image)
     if isinstance(value, (bytes, bytearray)):
-        with Image.open(io.BytesIO(value)) as image:
-            image.load()
+        with open_image(io.BytesIO(value)) as image:
             return np.asarray(image)
     array = np.asarray(value)
     if array.dtype == object:

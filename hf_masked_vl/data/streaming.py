@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import io
+import json
 import logging
+import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -14,9 +16,15 @@ import torch
 from PIL import Image
 
 from ..models.pipeline_zero_shot import tokenize_texts
+from .images import BadImageError, decode_image, load_image
 from .maps import MAP_DECODERS
+from .records import CAPTION_EXCERPT, BadRecordError, fingerprint, reason_kind, skipped_record
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CAPTION_CHARS = 16384
+DEFAULT_ID_COLUMNS = ("__key__", "__url__")
+COLUMN_CHECK_RECORDS = 100  # without features, a column none of the first 100 records has is a ValueError
 
 
 def load_stream(
@@ -36,49 +44,121 @@ def load_stream(
     return dataset
 
 
-def decode_image(value: Any) -> Image.Image | None:
-    """A PIL RGB image from a `datasets` image cell (undecoded dict, PIL image, bytes or path); None if it
-    cannot be decoded."""
-    try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-            image = Image.open(io.BytesIO(data)) if data else Image.open(path)
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, str):
-            image = Image.open(value)
-        else:
-            return None
-        image.load()
-        return image.convert("RGB")
-    except Exception:  # undecodable, truncated, missing file: skipped and counted by the caller
-        return None
-
-
 def image_key(value: Any, image: Image.Image) -> int:
     """A stable 32-bit key of a sample (CRC of its encoded bytes, or of its pixels)."""
     data = value.get("bytes") if isinstance(value, dict) else value if isinstance(value, (bytes, bytearray)) else None
     return zlib.crc32(data if data else image.tobytes())
 
 
-def pick_caption(value: Any, rng: np.random.Generator) -> str | None:
-    """A non-empty caption from a string or a list of strings (one at random); None if there is none."""
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _caption_candidates(value: Any, max_chars: int | None) -> tuple[list[str], str | None]:
+    """The usable captions of a cell (text, non-empty once stripped, at most `max_chars` characters) and, when there
+    is none, the reason."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    candidates: list[str] = []
+    longest, empty, not_text = 0, False, None
+    for item in items:
+        if item is None:
+            continue
+        text = _as_text(item)
+        if text is None:
+            not_text = not_text or ("bytes, not UTF-8" if isinstance(item, (bytes, bytearray)) else type(item).__name__)
+        elif not text.strip():
+            empty = True
+        elif max_chars is not None and len(text.strip()) > max_chars:
+            longest = max(longest, len(text.strip()))
+        else:
+            candidates.append(text)
+    if candidates:
+        return candidates, None
+    if longest:
+        return [], f"caption too long ({longest} characters > {max_chars})"
+    if empty:
+        return [], "empty caption"
+    if not_text:
+        return [], f"caption not text ({not_text})"
+    return [], "missing caption"
+
+
+def check_caption(value: Any, max_chars: int | None = None) -> str | None:
+    """Why a caption cell has no usable caption (`missing caption`, `empty caption`, `caption not text (int)`,
+    `caption too long (N characters > max_chars)`), or None when it has one."""
+    return _caption_candidates(value, max_chars)[1]
+
+
+def pick_caption(value: Any, rng: np.random.Generator, max_chars: int | None = None) -> str | None:
+    """A non-empty caption from a string (or UTF-8 bytes) or a list of them (one at random, drawn from `rng`), at most
+    `max_chars` characters; None if there is none."""
+    candidates, _ = _caption_candidates(value, max_chars)
+    if not candidates:
+        return None
     if isinstance(value, (list, tuple)):
-        candidates = [c for c in value if isinstance(c, str) and c.strip()]
-        return candidates[int(rng.integers(len(candidates)))].strip() if candidates else None
-    return value.strip() if isinstance(value, str) and value.strip() else None
+        return candidates[int(rng.integers(len(candidates)))].strip()
+    return candidates[0].strip()
+
+
+def _cell_path(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("path"), str) and value["path"]:
+        return value["path"]
+    return value if isinstance(value, str) else None
+
+
+def _cell_fingerprint(value: Any) -> str | None:
+    """CRC32 of an image cell's encoded bytes (of the file for a path, of the pixels for a PIL image); None when
+    there are none."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return fingerprint(data)
+    if isinstance(data, Image.Image):
+        return fingerprint(data.tobytes())
+    path = _cell_path(value)
+    if path is None:
+        return None
+    try:
+        crc = 0
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+        return f"{crc:08x}"
+    except OSError:
+        return None
+
+
+def _caption_excerpt(value: Any) -> str | None:
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        text = _as_text(item)
+        if text is not None and text.strip():
+            return text.strip()[:CAPTION_EXCERPT]
+    return None
 
 
 class ImageTextStream(torch.utils.data.IterableDataset):
     """Training examples from a `datasets.IterableDataset`: the image, optionally its caption and per-image maps
     (guidance, segments), transformed into the method's views.
 
-    Records whose image cannot be decoded, whose caption is missing or empty, or whose map cell is missing or
-    malformed are skipped, never raised; every yielded example carries `num_skipped`, the number of records skipped
-    just before it, so the count survives DataLoader workers (the trainer logs the running total as
-    `skipped_samples`), and `stream_position` = (worker, epoch, records read in this epoch), so that a checkpoint
+    Bad records are skipped, never raised, each with a reason (`hf_masked_vl.data.records`): the image column absent
+    from the record or its cell empty, an image that cannot be used (`images.load_image`: empty file, undecodable,
+    truncated, decompression bomb, unsupported mode, ...), a caption that is missing, empty, not text (non-UTF-8 bytes,
+    a number, ...) or longer than `max_caption_chars`, a map cell that is missing or malformed. Every yielded example
+    carries `num_skipped`, the number of records skipped just before it, and `skipped_records`, those records as plain
+    dicts (epoch, position, worker, rank, identifying columns, image path, CRC32 fingerprint, caption excerpt), so they
+    survive DataLoader workers. The stream holds each example back until the next one is ready, so the records skipped
+    after the last example of a worker's pass travel with that last example; only a worker that yields no example at
+    all cannot deliver its skipped records: they are logged (warning) and kept in `unattached_skipped` (reachable from
+    the main process only without workers). A column absent from the whole dataset is a `ValueError`: up front when
+    the features are known, else once the first `COLUMN_CHECK_RECORDS` records (or all, if fewer) lack it.
+
+    Every example also carries `stream_position` = (worker, epoch, records read in this epoch), so that a checkpoint
     records exactly where the stream was and `resume_from` continues there (bit-exact with at most one worker).
 
     Per-sample randomness (`transform`'s generator and `sample_seed`) is a function of (seed, the sample's
@@ -91,6 +171,11 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         map_columns: role → column of per-image maps the method reads, e.g. `{"guidance": "guidance"}` (float maps,
             `maps.decode_float_map`) or `{"segments": "segments"}` (label maps, `maps.decode_label_map`).
         seed: base seed; `shuffle_buffer` > 0 shuffles shards and a buffer of that many examples.
+        max_caption_chars: longest caption kept (characters, once stripped; None: no limit). Longer ones make the
+            record bad (a megabyte "caption" is broken data); kept captions are truncated to the text context by the
+            tokenizer later.
+        id_columns: columns copied into skipped records to identify them (e.g. `["id", "url"]`); default: `__key__`
+            and `__url__` when the dataset has them (webdataset).
     """
 
     def __init__(
@@ -102,15 +187,23 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 1000,
         map_columns: dict[str, str] | None = None,
+        max_caption_chars: int | None = DEFAULT_MAX_CAPTION_CHARS,
+        id_columns: Sequence[str] | None = None,
     ):
         self.map_columns = dict(map_columns or {})
         unknown = [role for role in self.map_columns if role not in MAP_DECODERS]
         if unknown:
             raise ValueError(f"unknown map role(s) {unknown}; known: {sorted(MAP_DECODERS)}")
+        if max_caption_chars is not None and (isinstance(max_caption_chars, bool) or max_caption_chars < 1):
+            raise ValueError(f"max_caption_chars={max_caption_chars!r} must be a positive number of characters or None")
+        wanted = [c for c in (image_column, caption_column, *self.map_columns.values()) if c is not None]
         features = dataset.features
+        if id_columns is None:
+            candidates = DEFAULT_ID_COLUMNS if features is None else [c for c in DEFAULT_ID_COLUMNS if c in features]
+            id_columns = [c for c in candidates if c not in wanted]
+        self.id_columns = [id_columns] if isinstance(id_columns, str) else list(id_columns)
         if features is not None:
-            wanted = [image_column, caption_column, *self.map_columns.values()]
-            missing = [c for c in wanted if c is not None and c not in features]
+            missing = [c for c in (*wanted, *self.id_columns) if c not in features]
             if missing:
                 hint = ""
                 if any(self.map_columns.get(role) in missing for role in ("guidance", "segments")):
@@ -123,7 +216,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 if isinstance(features[column], datasets.Image):
                     dataset = dataset.cast_column(column, datasets.Image(decode=False))
             # read only what the method uses: other columns (e.g. unused image columns) are never decoded
-            dataset = dataset.select_columns([c for c in wanted if c is not None])
+            dataset = dataset.select_columns(list(dict.fromkeys([*wanted, *self.id_columns])))
         if shuffle_buffer > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.dataset = dataset
@@ -135,6 +228,9 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self._epoch_offset = 0
         self._resume_epoch: int | None = None
         self._resume_skip: dict[int, int] = {}
+        self.max_caption_chars = max_caption_chars
+        self._unchecked_columns = wanted if features is None else []
+        self.unattached_skipped: list[dict[str, Any]] = []
 
     @property
     def num_shards(self) -> int:
@@ -159,87 +255,161 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self._resume_epoch = self._epoch_offset
         self.set_epoch(0)
 
-    def _maps(self, record: dict) -> dict[str, np.ndarray] | None:
+    def _maps(self, record: dict) -> dict[str, np.ndarray]:
         maps = {}
         for role, column in self.map_columns.items():
-            value = MAP_DECODERS[role](record.get(column))
+            if column not in record:
+                raise BadRecordError(f"missing map column ({column})")
+            if record[column] is None:
+                raise BadRecordError(f"missing {role} map")
+            value = MAP_DECODERS[role](record[column])
             if value is None:
-                return None
+                raise BadRecordError(f"malformed {role} map")
             maps[role] = value
         return maps
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """The examples of one epoch. The last one is tagged with the position (next epoch, 0 records), so that a
-        checkpoint taken right after it resumes with the next epoch instead of an empty one."""
-        pending = None
-        for example in self._examples():
-            if pending is not None:
-                yield pending
-            pending = example
-        if pending is not None:
-            worker, epoch, _ = pending["stream_position"]
-            pending["stream_position"] = (worker, epoch + 1, 0)
-            yield pending
+    def _example(self, record: dict) -> dict[str, Any]:
+        """The training example of one record; raises `BadRecordError` naming why it must be skipped. Cheap checks
+        (cells present, caption) come before decoding the image and the maps."""
+        if self.image_column not in record:
+            raise BadRecordError("missing image column")
+        raw = record[self.image_column]
+        if raw is None:
+            raise BadRecordError("missing image")
+        if self.caption_column is not None:
+            reason = check_caption(record.get(self.caption_column), self.max_caption_chars)
+            if reason is not None:
+                raise BadRecordError(reason)
+        image = load_image(raw)
+        maps = self._maps(record)
+        key = image_key(raw, image)
+        rng = np.random.default_rng([self.seed, key, self.epoch])
+        caption = None
+        if self.caption_column is not None:
+            caption = pick_caption(record.get(self.caption_column), rng, self.max_caption_chars)
+        example = self.transform(image, rng, maps)
+        example["sample_seed"] = int(rng.integers(2**62))
+        if caption is not None:
+            example["caption"] = caption
+        return example
 
-    def _examples(self) -> Iterator[dict[str, Any]]:
+    def _skipped_record(self, record: dict, reason: str, position: int, where: dict[str, Any]) -> dict[str, Any]:
+        raw = record.get(self.image_column)
+        caption = record.get(self.caption_column) if self.caption_column is not None else None
+        return skipped_record(
+            reason,
+            position=position,
+            ids={column: record[column] for column in self.id_columns if column in record},
+            path=_cell_path(raw),
+            fingerprint=_cell_fingerprint(raw),
+            caption=_caption_excerpt(caption),
+            **where,
+        )
+
+    def _missing_columns_error(self, missing: set[str], record: dict, records_read: int) -> ValueError:
+        return ValueError(
+            f"column(s) {sorted(missing)} not in the dataset (none of the first {records_read} records has them); "
+            f"available: {sorted(record)}"
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The records of one epoch as examples. Each example is held back until the next one is ready, so records
+        skipped after it can travel with it; the last one is tagged with the position (next epoch, 0 records), so
+        that a checkpoint taken right after it resumes with the next epoch instead of an empty one."""
         worker_info = torch.utils.data.get_worker_info()
-        worker = worker_info.id if worker_info is not None else 0
-        epoch = self.epoch
-        to_skip = self._resume_skip.get(worker, 0) if epoch == self._resume_epoch else 0
-        skipped = 0
-        for records_read, record in enumerate(self.dataset, start=1):
-            if records_read <= to_skip:
-                continue  # already consumed before the checkpoint this run resumed from
-            if self.image_column not in record:
-                raise ValueError(f"column {self.image_column!r} not in the dataset; available: {sorted(record)}")
-            raw = record[self.image_column]
-            image = decode_image(raw)
-            maps = self._maps(record) if image is not None else None
-            if image is None or maps is None:
-                skipped += 1
+        worker = worker_info.id if worker_info is not None else None
+        worker_key, epoch = worker if worker is not None else 0, self.epoch
+        to_skip = self._resume_skip.get(worker_key, 0) if epoch == self._resume_epoch else 0
+        where = {"epoch": epoch, "worker": worker, "rank": int(os.environ.get("RANK", "0"))}
+        unchecked = set(self._unchecked_columns)
+        self.unattached_skipped = []
+        pending: list[dict[str, Any]] = []  # skipped since the last example
+        held: dict[str, Any] | None = None  # the last example, yielded once the next one is ready (or at the end)
+        reasons: Counter[str] = Counter()
+        position, record = -1, {}
+        for position, record in enumerate(self.dataset):
+            if position < to_skip:
+                continue  # consumed before the checkpoint this run resumed from
+            if unchecked:
+                unchecked.difference_update(record)
+                if unchecked and position + 1 >= COLUMN_CHECK_RECORDS:
+                    raise self._missing_columns_error(unchecked, record, position + 1)
+            try:
+                example = self._example(record)
+            except BadRecordError as error:
+                skipped = self._skipped_record(record, error.reason, position, where)
+                reasons[reason_kind(error.reason)] += 1
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("skipped record: %s", skipped)
+                pending.append(skipped)
                 continue
-            key = image_key(raw, image)
-            rng = np.random.default_rng([self.seed, key, self.epoch])
-            caption = None
-            if self.caption_column is not None:
-                caption = pick_caption(record.get(self.caption_column), rng)
-                if caption is None:
-                    skipped += 1
-                    continue
-            example = self.transform(image, rng, maps)
-            example["sample_seed"] = int(rng.integers(2**62))
-            if caption is not None:
-                example["caption"] = caption
-            example["num_skipped"] = skipped
-            example["stream_position"] = (worker, epoch, records_read)
-            skipped = 0
-            yield example
-        if skipped:
-            logger.warning(
-                "%d records at the end of the stream were skipped (undecodable image, empty caption or bad map)",
-                skipped,
+            if held is not None:
+                yield held
+            example["num_skipped"], example["skipped_records"] = len(pending), pending
+            example["stream_position"] = (worker_key, epoch, position + 1)
+            pending, held = [], example
+        if unchecked and position >= 0:
+            raise self._missing_columns_error(unchecked, record, position + 1)
+        if reasons:
+            logger.info(
+                "epoch %d, rank %d, worker %s: %d of %d records skipped (%s)",
+                self.epoch,
+                where["rank"],
+                "main" if worker is None else worker,
+                sum(reasons.values()),
+                position + 1,
+                ", ".join(f"{count} {kind}" for kind, count in reasons.most_common()),
             )
+        if held is None:
+            if pending:
+                self.unattached_skipped = pending
+                logger.warning(
+                    "epoch %d, rank %d, worker %s: all %d records read were skipped, none reaches the trainer: %s",
+                    self.epoch,
+                    where["rank"],
+                    "main" if worker is None else worker,
+                    len(pending),
+                    json.dumps(pending[:20], ensure_ascii=False, default=str),
+                )
+            return
+        if pending:  # skipped after the last example: they travel with it
+            held["num_skipped"] += len(pending)
+            held["skipped_records"].extend(pending)
+        held["stream_position"] = (worker_key, epoch + 1, 0)  # the epoch is done: a resume starts the next one
+        yield held
 
 
 class ImageTextCollator:
     """Stacks tensor fields, tokenizes captions (truncated to the text context, ending with end-of-text), gathers
-    `num_skipped` per example (B,) and `sample_seeds` (B,), and draws data-independent masks.
+    `num_skipped` per example (B,), `sample_seeds` (B,) and, as a flat list of plain dicts (not a tensor), the
+    examples' `skipped_records`; draws data-independent masks.
 
     `mask_generator(sample_seeds) -> keep_indices` (e.g. random or reversed-block masks), or a dict of batch tensors,
     runs here, in the DataLoader workers, not on the main process each step; masks that depend on the model (A-CLIP's
-    attentive masks) are drawn by the method's objective instead."""
+    attentive masks) are drawn by the method's objective instead.
+
+    `collect_skipped_records`: put `batch["skipped_records"]` into every batch (True), never (False), or — None, the
+    default — only in a single-process run (`WORLD_SIZE` unset or 1). Under several processes accelerate's default for
+    iterable datasets (`dispatch_batches=True`) concatenates the batches of all ranks and cannot merge lists of dicts
+    (`accelerate.utils.concatenate` raises on a non-empty one, or drops them): pass True only together with
+    `accelerator_config={"dispatch_batches": False}` (each rank then gets its own records; gather them with
+    `accelerate.utils.gather_object`). `num_skipped` is always there."""
 
     def __init__(
         self,
         tokenizer=None,
         context_length: int = 77,
         mask_generator: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+        collect_skipped_records: bool | None = None,
     ):
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.mask_generator = mask_generator
+        if collect_skipped_records is None:
+            collect_skipped_records = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+        self.collect_skipped_records = collect_skipped_records
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = {
             key: torch.stack([example[key] for example in examples])
             for key, value in examples[0].items()
@@ -258,7 +428,20 @@ class ImageTextCollator:
                 batch.update(drawn)
             elif drawn is not None:
                 batch["keep_indices"] = drawn
+        if self.collect_skipped_records:  # last: accelerate reads the batch size from the first field
+            batch["skipped_records"] = [record for example in examples for record in example.get("skipped_records", ())]
         return batch
 
 
-__all__ = ["ImageTextCollator", "ImageTextStream", "decode_image", "load_stream", "pick_caption"]
+__all__ = [
+    "DEFAULT_MAX_CAPTION_CHARS",
+    "BadImageError",
+    "BadRecordError",
+    "ImageTextCollator",
+    "ImageTextStream",
+    "check_caption",
+    "decode_image",
+    "load_image",
+    "load_stream",
+    "pick_caption",
+]

@@ -362,11 +362,14 @@ def main(argv: list[str] | None = None) -> RunResult:
         json.dumps({"package": "hf_masked_vl", "version": __version__, "method": method_class.name}, indent=1)
     )
     prepare_for_saving(model)  # checkpoint-N folders carry the model code too
+    collator = method.collator(model, tokenizer)
+    if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
+        collator.collect_skipped_records = training_args.world_size <= 1 or split_by_node
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=method.collator(model, tokenizer),
+        data_collator=collator,
         processing_class=tokenizer if tokenizer is not None else image_processor,
         objective=method.objective(model, teacher),
         teacher=teacher,

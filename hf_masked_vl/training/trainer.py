@@ -17,6 +17,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..data.records import append_skipped_records
 from ..errors import UsageError
 from ..methods import Objective
 from .ema import EMA_WEIGHTS_NAME, EMACallback
@@ -119,6 +120,7 @@ class MaskedVLTrainer(Trainer):
             self.add_callback(ema_callback)
         self._loss_parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._skipped: list[torch.Tensor] = []
+        self._skipped_records: list[dict] = []
         self.skipped_samples = 0
         # where the stream is: per DataLoader worker, the (epoch, records read) of the last example consumed
         self.stream_positions: dict[int, tuple[int, int]] = {}
@@ -231,6 +233,7 @@ class MaskedVLTrainer(Trainer):
         with open(path, encoding="utf-8") as handle:
             state = json.load(handle)
         self.skipped_samples = int(state.get("skipped_samples", 0))
+        self._truncate_skipped_records(int(state.get("skipped_records_written", 0)))
         positions = {int(worker): tuple(position) for worker, position in state.get("positions", {}).items()}
         self.stream_positions = dict(positions)
         resume = getattr(self.train_dataset, "resume_from", None)
@@ -252,6 +255,7 @@ class MaskedVLTrainer(Trainer):
         state = {
             "global_step": self.state.global_step,
             "skipped_samples": self.skipped_samples,
+            "skipped_records_written": _count_lines(self.skipped_records_path),
             "positions": {str(worker): list(position) for worker, position in sorted(self.stream_positions.items())},
             "world_size": self.args.world_size,
             "dataloader_num_workers": self.args.dataloader_num_workers,
@@ -261,6 +265,17 @@ class MaskedVLTrainer(Trainer):
         if self.args.should_save:
             for item in self.extra_checkpoint_files:
                 item.save_pretrained(folder)
+
+    def _truncate_skipped_records(self, lines: int) -> None:
+        """Keep the first `lines` records of `skipped.jsonl` (those written up to the resumed checkpoint): the
+        records after it will be read, and skipped, again."""
+        path = self.skipped_records_path
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            kept = [line for _, line in zip(range(lines), handle)]
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
 
     def _track_position(self, inputs: dict) -> None:
         epochs, records = inputs.pop("stream_epoch", None), inputs.pop("stream_records", None)
@@ -298,6 +313,9 @@ class MaskedVLTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._track_position(inputs)
+        records = inputs.pop("skipped_records", None)
+        if records:
+            self._skipped_records.extend(records)
         skipped = inputs.pop("num_skipped", None)
         if skipped is not None:
             self._skipped.append(skipped.detach().sum())
@@ -330,9 +348,19 @@ class MaskedVLTrainer(Trainer):
             logs.update(self._throughput())
         super().log(logs, *args, **kwargs)
 
+    @property
+    def skipped_records_path(self) -> str:
+        """`OUTPUT_DIR/skipped.jsonl`: one line per skipped input record (reason, where, identifiers); other
+        processes of a distributed run write `skipped-rank<R>.jsonl`."""
+        rank = self.args.process_index
+        return os.path.join(self.args.output_dir, "skipped.jsonl" if rank == 0 else f"skipped-rank{rank}.jsonl")
+
     def _flush_skipped(self, all_processes: bool = False) -> None:
-        """Add the skipped records seen since the last flush; `all_processes` sums them over the processes (a
-        collective call: every process must make it)."""
+        """Add the skipped records seen since the last flush to the count and to `skipped.jsonl`; `all_processes`
+        sums the counts over the processes (a collective call: every process must make it)."""
+        if self._skipped_records:
+            append_skipped_records(self.skipped_records_path, self._skipped_records)
+            self._skipped_records = []
         local = torch.stack(self._skipped).sum() if self._skipped else torch.zeros((), dtype=torch.long)
         self._skipped.clear()
         if all_processes and self.args.world_size > 1:
@@ -367,6 +395,13 @@ class MaskedVLTrainer(Trainer):
         if self.flops_per_micro_step is None:
             return math.nan
         return float(self.flops_per_micro_step * self.args.gradient_accumulation_steps)
+
+
+def _count_lines(path: str) -> int:
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
 
 
 def vision_layer_id(name: str, depth: int) -> int:
