@@ -108,15 +108,15 @@ def test_sigkill_then_resume_is_bit_exact_across_epochs(short_stream, tmp_path):
 
 def test_missing_state_is_named_when_resuming(short_stream, tmp_path, caplog):
     output = tmp_path / "partial"
-    run_pretraining([*arguments(short_stream, output)[:-2], "--seed", "7"])
-    last = output / f"checkpoint-{MAX_STEPS}"
-    shutil.rmtree(last)
-    checkpoint = output / f"checkpoint-{3 * SAVE_STEPS}"
+    short = ["--max_steps", str(SAVE_STEPS)]
+    run_pretraining([*arguments(short_stream, output), *short])
+    checkpoint = output / f"checkpoint-{SAVE_STEPS}"
     (checkpoint / "optimizer.pt").unlink()
     for path in checkpoint.glob("rng_state*.pth"):
         path.unlink()
     with caplog.at_level(logging.WARNING):
-        run_pretraining([*arguments(short_stream, output), "--resume_from_checkpoint", "true"])
+        run_pretraining([*arguments(short_stream, output), "--max_steps", str(SAVE_STEPS + 1),
+                         "--resume_from_checkpoint", "true"])  # fmt: skip
     warnings = " ".join(record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING)
     assert "optimizer state (optimizer.pt)" in warnings and "random number generator state" in warnings
     assert "scheduler.pt" not in warnings.split("without its")[1].split(":")[0]  # present, so not named

@@ -197,10 +197,9 @@ def test_checkpoint_holds_ema_and_resume_restores_it(small_demo, tokenizer, tmp_
         assert torch.equal(restored_at_start[key].cpu(), value)
     final_full = load_file(str(full / "checkpoint-4" / "ema.safetensors"))
     final_resumed = load_file(str(resumed_dir / "checkpoint-4" / "ema.safetensors"))
-    # streaming augmentation consumes the RNG while batches are skipped: close, not bitwise (hf_integration §4)
-    torch.testing.assert_close(
-        final_resumed["visual_projection.weight"], final_full["visual_projection.weight"], atol=5e-3, rtol=0
-    )
+    # the stream is positioned exactly (data_state.json): the resumed run is the uninterrupted one, bit for bit
+    for key, value in final_full.items():
+        assert torch.equal(final_resumed[key], value), key
 
 
 def test_resume_without_checkpoint_is_a_clear_error(small_demo, tokenizer, tmp_path):
@@ -275,53 +274,3 @@ def test_layer_wise_lr_decay_and_no_decay_on_vectors(small_demo, tokenizer, tmp_
     assert decay_of[id(model.simclr_head[1].weight)] == 0.0  # BatchNorm: no decay
     assert decay_of[id(model.logit_scale)] == 0.0
     assert id(model.vision_model.embeddings.patch_embed.proj.weight) not in lr_of  # frozen
-
-
-def test_two_process_ddp_run_with_gathered_losses(small_demo, tmp_path):
-    """torchrun, 2 CPU processes (gloo): all-gathered contrastive losses, EMA and saving under DDP."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    output = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "scripts/run_pretraining.py",
-        "--output_dir",
-        str(output),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--config_overrides",
-        TINY_OVERRIDES,
-        "--demo_num_train",
-        "256",
-        "--dataloader_num_workers",
-        "0",
-        "--save_steps",
-        "2",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-        "--ddp_backend",
-        "gloo",
-        "--ddp_find_unused_parameters",
-        "false",
-        "--max_eval_samples",
-        "16",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "RESULT zero_shot_top1=" in result.stdout
-    assert (output / "checkpoint-2" / "ema.safetensors").is_file()
-    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (output / "checkpoint-2").iterdir()}
