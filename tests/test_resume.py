@@ -132,3 +132,24 @@ def test_intermediate_checkpoints_can_be_evaluated(short_stream, tmp_path, capsy
     assert {"preprocessor_config.json", "tokenizer.json", "modeling_aclip.py", "ema.safetensors"} <= names
     results = evaluate(["--model", str(checkpoint), "--protocol", "zero_shot", "knn", "--max_samples", "16"])
     assert set(results) == {"zero_shot", "knn"}
+
+
+def test_skipped_count_is_exact_without_a_log_and_templates_are_saved(short_stream, tmp_path, capsys):
+    """logging_steps > max_steps: the count still covers every skipped record (summary, card, RESULT line,
+    skipped.jsonl), and a --templates_file ends up in the saved config for the exported pipeline."""
+    output = tmp_path / "quiet"
+    templates = tmp_path / "templates.json"
+    templates.write_text(json.dumps(["a drawing of a {}.", "{} on a plain background."]))
+    bad_first = [short_stream[-1], *short_stream[:-1]]  # the 8 broken records are read before any good one
+    argv = arguments(bad_first, output)
+    argv[argv.index("--max_steps") + 1] = "1"
+    argv[argv.index("--logging_steps") + 1] = "50"
+    argv[argv.index("--shuffle_buffer") + 1] = "0"
+    run_pretraining([*argv, "--templates_file", str(templates), "--eval_dataset_name", "demo",
+                     "--max_eval_samples", "16"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "RESULT skipped_samples=8" in printed
+    assert len((output / "skipped.jsonl").read_text().splitlines()) == 8
+    assert "Skipped input records: 8" in (output / "README.md").read_text()
+    config = json.loads((output / "config.json").read_text())
+    assert config["zero_shot_templates"] == ["a drawing of a {}.", "{} on a plain background."]
