@@ -55,10 +55,10 @@ def enclosing_box(
     return top, left, bottom - top, right - left
 
 
-def photometric_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """A-CLIP / SLIP online-view augmentation on a uint8 (3, H, W) tensor: colour jitter (0.4, 0.4, 0.2, 0.1)
-    with p=0.8 in random order, grayscale p=0.2, Gaussian blur σ∈[0.1, 2] p=0.1, solarize p=0.2. No flip."""
-    if rng.random() < 0.8:
+def color_jitter(image: torch.Tensor, rng: np.random.Generator, p: float = 0.8) -> torch.Tensor:
+    """With probability `p`, torchvision's ColorJitter(0.4, 0.4, 0.2, 0.1) on a uint8 (3, H, W) tensor: brightness,
+    contrast, saturation and hue factors drawn in that order, then applied in a random order."""
+    if rng.random() < p:
         factors = {
             "brightness": rng.uniform(0.6, 1.4),
             "contrast": rng.uniform(0.6, 1.4),
@@ -68,15 +68,41 @@ def photometric_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.
         for name in rng.permutation(list(factors)):
             adjust = getattr(TF, f"adjust_{name}")
             image = adjust(image, factors[name])
-    if rng.random() < 0.2:
+    return image
+
+
+def random_grayscale(image: torch.Tensor, rng: np.random.Generator, p: float = 0.2) -> torch.Tensor:
+    """With probability `p`, grayscale kept as 3 channels."""
+    if rng.random() < p:
         image = TF.rgb_to_grayscale(image, num_output_channels=3)
-    if rng.random() < 0.1:
-        sigma = float(rng.uniform(0.1, 2.0))
+    return image
+
+
+def random_gaussian_blur(
+    image: torch.Tensor, rng: np.random.Generator, p: float, sigma_range: tuple[float, float] = (0.1, 2.0)
+) -> torch.Tensor:
+    """With probability `p`, a Gaussian blur with σ uniform in `sigma_range` (kernel 2·⌈3σ⌉ + 1)."""
+    if rng.random() < p:
+        sigma = float(rng.uniform(*sigma_range))
         kernel = 2 * math.ceil(3 * sigma) + 1
         image = TF.gaussian_blur(image, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
-    if rng.random() < 0.2:
+    return image
+
+
+def random_solarize(image: torch.Tensor, rng: np.random.Generator, p: float = 0.2) -> torch.Tensor:
+    """With probability `p`, solarize: values >= 128 inverted."""
+    if rng.random() < p:
         image = TF.solarize(image, threshold=128)
     return image
+
+
+def photometric_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A-CLIP / SLIP online-view augmentation on a uint8 (3, H, W) tensor: colour jitter (0.4, 0.4, 0.2, 0.1)
+    with p=0.8 in random order, grayscale p=0.2, Gaussian blur σ∈[0.1, 2] p=0.1, solarize p=0.2. No flip."""
+    image = color_jitter(image, rng, 0.8)
+    image = random_grayscale(image, rng, 0.2)
+    image = random_gaussian_blur(image, rng, 0.1)
+    return random_solarize(image, rng, 0.2)
 
 
 def crop_resize(image: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
@@ -189,11 +215,118 @@ class SingleCropView:
         return example
 
 
+class MultiCropViews:
+    """DINO's multi-crop (spec §5.6): `num_global_crops` random-resized crops of `global_size` (scale
+    `global_scale`) and `num_local_crops` of `local_size` (scale `local_scale`), bicubic, each flipped horizontally
+    with p=0.5 and, with `photometric`, augmented as DINO: colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2,
+    Gaussian blur σ∈[0.1, 2] with p=1.0 on global crops 1, 3, ..., p=0.1 on global crops 2, 4, ... (which are also
+    solarized with p=0.2) and p=0.5 on local crops. Every draw comes from `rng`, the global crops first.
+
+    Returns `global_pixel_values` (G, 3, S, S) and `local_pixel_values` (L, 3, s, s); each map in
+    `global_map_specs` / `local_map_specs` (role → `MapSpec`) comes back as `global_<role>` (G, size, size) /
+    `local_<role>` (L, size', size'), cut, flipped and resampled with its crop's own geometry (MRE with DINO: every
+    crop carries its own label map). With `num_local_crops=0` the `local_*` keys are absent (not empty tensors).
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        num_global_crops: int = 2,
+        num_local_crops: int = 8,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        photometric: bool = True,
+        horizontal_flip: bool = True,
+        global_map_specs: dict[str, MapSpec] | None = None,
+        local_map_specs: dict[str, MapSpec] | None = None,
+    ):
+        if num_global_crops < 1:
+            raise ValueError(f"num_global_crops={num_global_crops} must be at least 1")
+        if num_local_crops < 0:
+            raise ValueError(f"num_local_crops={num_local_crops} must be non-negative")
+        if global_size < 1 or local_size < 1:
+            raise ValueError(f"crop sizes must be positive, got global_size={global_size}, local_size={local_size}")
+        for name, (low, high) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name}={(low, high)} must satisfy 0 < low <= high <= 1")
+        self.global_size, self.local_size = global_size, local_size
+        self.num_global_crops, self.num_local_crops = num_global_crops, num_local_crops
+        self.global_scale, self.local_scale = global_scale, local_scale
+        self.mean, self.std = list(mean), list(std)
+        self.photometric = photometric
+        self.horizontal_flip = horizontal_flip
+        self.global_map_specs = dict(global_map_specs or {})
+        self.local_map_specs = dict(local_map_specs or {})
+
+    def _augment(self, view: torch.Tensor, rng: np.random.Generator, blur_p: float, solarize_p: float) -> torch.Tensor:
+        view = color_jitter(view, rng, 0.8)
+        view = random_grayscale(view, rng, 0.2)
+        view = random_gaussian_blur(view, rng, blur_p)
+        return random_solarize(view, rng, solarize_p) if solarize_p > 0 else view
+
+    def _crops(
+        self,
+        tensor: torch.Tensor,
+        rng: np.random.Generator,
+        maps: dict[str, np.ndarray] | None,
+        specs: dict[str, MapSpec],
+        size: int,
+        scale: tuple[float, float],
+        augmentations: list[tuple[float, float]],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One crop per (blur p, solarize p) in `augmentations`. Returns pixels (n, 3, size, size), maps by role."""
+        height, width = tensor.shape[-2:]
+        pixels, per_crop = [], []
+        for blur_p, solarize_p in augmentations:
+            box = random_resized_crop_box(rng, height, width, scale)
+            view = crop_resize(tensor, box, size)
+            flip = bool(self.horizontal_flip and rng.random() < 0.5)
+            if flip:
+                view = TF.horizontal_flip(view)
+            if self.photometric:
+                view = self._augment(view, rng, blur_p, solarize_p)
+            pixels.append(normalize(view, self.mean, self.std))
+            per_crop.append(_view_maps(maps, specs, ViewGeometry(box, (height, width), flip)))
+        return torch.stack(pixels), {role: torch.stack([crop[role] for crop in per_crop]) for role in specs}
+
+    def __call__(
+        self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
+    ) -> dict[str, torch.Tensor]:
+        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        global_augmentations = [(1.0, 0.0) if index % 2 == 0 else (0.1, 0.2) for index in range(self.num_global_crops)]
+        pixels, global_maps = self._crops(
+            tensor, rng, maps, self.global_map_specs, self.global_size, self.global_scale, global_augmentations
+        )
+        example = {"global_pixel_values": pixels}
+        example.update({f"global_{role}": value for role, value in global_maps.items()})
+        if self.num_local_crops:
+            pixels, local_maps = self._crops(
+                tensor,
+                rng,
+                maps,
+                self.local_map_specs,
+                self.local_size,
+                self.local_scale,
+                [(0.5, 0.0)] * self.num_local_crops,
+            )
+            example["local_pixel_values"] = pixels
+            example.update({f"local_{role}": value for role, value in local_maps.items()})
+        return example
+
+
 __all__ = [
     "AClipViews",
+    "MultiCropViews",
     "SingleCropView",
+    "color_jitter",
     "crop_resize",
     "enclosing_box",
     "photometric_augment",
+    "random_gaussian_blur",
+    "random_grayscale",
     "random_resized_crop_box",
+    "random_solarize",
 ]
