@@ -12,6 +12,7 @@ from .configuration_aclip import A_CLIP_PRESETS, AClipConfig
 from .configuration_attg_mae import ATTG_MAE_PRESETS, AttGMAEConfig
 from .configuration_lit import LIT_PRESETS, LiTConfig
 from .configuration_masked_vit import MaskedViTConfig
+from .configuration_mre_vit import MRE_VIT_PRESETS, MREViTConfig
 from .configuration_uta import UTA_PRESETS, UTAConfig
 from .modeling_aclip import AClipModel, AClipOutput
 from .modeling_attg_mae import (
@@ -25,8 +26,10 @@ from .modeling_attg_mae import (
 from .modeling_lit import LiTModel, LiTOutput
 from .modeling_mae import MAEDecoder, patchify, per_patch_loss, pixel_targets, unpatchify
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+from .modeling_mre_vit import MREViTForDINO, MREViTForDINOOutput, MREViTForMAE, MREViTForMAEOutput, MREViTModel
 from .modeling_uta import UTAModel, UTAOutput
 from .pipeline_zero_shot import ZeroShotEnsemblePipeline, build_zero_shot_classifier, tokenize_texts
+from .relation_bias import RELATION_BIAS_TYPES, MaskRelationBias
 
 ZERO_SHOT_ENSEMBLE_TASK = "zero-shot-image-classification-ensemble"
 
@@ -41,6 +44,9 @@ AutoModelForPreTraining.register(AttGMAEConfig, AttGMAEForPreTraining, exist_ok=
 AutoConfig.register(LiTConfig.model_type, LiTConfig, exist_ok=True)
 AutoModel.register(LiTConfig, LiTModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(LiTConfig, LiTModel, exist_ok=True)
+AutoConfig.register(MREViTConfig.model_type, MREViTConfig, exist_ok=True)
+AutoModel.register(MREViTConfig, MREViTModel, exist_ok=True)
+AutoModelForPreTraining.register(MREViTConfig, MREViTForMAE, exist_ok=True)
 AutoConfig.register(UTAConfig.model_type, UTAConfig, exist_ok=True)
 AutoModel.register(UTAConfig, UTAModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(UTAConfig, UTAModel, exist_ok=True)
@@ -66,6 +72,15 @@ __all__ = [
     "LiTModel",
     "LiTOutput",
     "MAEDecoder",
+    "MRE_VIT_PRESETS",
+    "MREViTConfig",
+    "MREViTForDINO",
+    "MREViTForDINOOutput",
+    "MREViTForMAE",
+    "MREViTForMAEOutput",
+    "MREViTModel",
+    "MaskRelationBias",
+    "RELATION_BIAS_TYPES",
     "MaskedViTConfig",
     "MaskedViTModel",
     "MaskedViTModelOutput",

@@ -23,16 +23,17 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention. q, k, v: (B, H, T, d); `attention_mask` is additive (float) or boolean (True = attend),
-    broadcastable to (B, H, T, T). Returns the output (B, T, H, d) and the probabilities (B, H, T, T)."""
+    broadcastable to (B, H, T, T). Returns the output (B, T, H, d) and the probabilities (B, H, T, T) in float32
+    (before dropout; softmax in float32 whatever the input dtype, so attention maps for a loss keep full precision)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    output = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+    dropped = nn.functional.dropout(probs.to(query.dtype), p=dropout, training=module.training)
+    output = torch.matmul(dropped, value).transpose(1, 2).contiguous()
     return output, probs
 
 

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from timm.layers import DropPath, Mlp, PatchEmbed, RotaryEmbeddingCat, SwiGLU, apply_keep_indices_nlc
+from timm.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    RotaryEmbeddingCat,
+    SwiGLU,
+    apply_keep_indices_nlc,
+    resample_abs_pos_embed,
+)
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -79,6 +87,7 @@ class MaskedViTEmbeddings(nn.Module):
             patch_size=config.patch_size,
             in_chans=config.num_channels,
             embed_dim=config.hidden_size,
+            strict_img_size=False,  # other sizes are checked in `forward` (multi-crop views, interpolated positions)
         )
         if config.freeze_patch_embedding:
             # `from_pretrained` re-creates parameters with requires_grad=True: `MaskedVLModelMixin.tie_weights`
@@ -97,15 +106,47 @@ class MaskedViTEmbeddings(nn.Module):
         """(1, 1 + N, D) fixed 2D sin-cos table with a zero row for CLS, exactly MAE's (`get_2d_sincos_pos_embed`)."""
         return get_2d_sincos_pos_embed(self.config.hidden_size, self.config.grid_size, cls_token=True).unsqueeze(0)
 
-    def forward(self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
-        """pixel_values: (B, C, H, W); keep_indices: (B, K) patch indices in [0, N). Returns (B, 1 + K, D)."""
+    def grid_of(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> tuple[int, int]:
+        """The (rows, columns) patch grid of `pixel_values` (B, C, H, W); a size other than the config's needs
+        `interpolate_pos_encoding=True`, and every size must be a multiple of the patch size."""
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={patch}")
+        size = self.config.image_size
+        if (height, width) != (size, size) and not interpolate_pos_encoding:
+            raise ValueError(
+                f"image size {height}x{width} does not match the model ({size}x{size}); pass "
+                "interpolate_pos_encoding=True to resample the position embeddings (DINO's local crops)"
+            )
+        return height // patch, width // patch
+
+    def patch_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, 1 + h·w, D) position table for a (h, w) grid: the model's own, or its patch part resampled bicubically
+        (timm's `resample_abs_pos_embed`, DINO's `interpolate_pos_encoding`), CLS row unchanged."""
+        table = self.position_embedding
+        side = self.config.grid_size
+        if tuple(grid) == (side, side):
+            return table
+        return resample_abs_pos_embed(table, list(grid), [side, side], num_prefix_tokens=1, antialias=False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """pixel_values: (B, C, H, W); keep_indices: (B, K) patch indices in [0, N). Returns (B, 1 + K, D).
+        `interpolate_pos_encoding`: accept another image size (a multiple of the patch), positions resampled."""
+        grid = self.grid_of(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_patch_embedding):
             patches = self.patch_embed(pixel_values)
         cls = self.cls_token.expand(patches.shape[0], -1, -1)
         if self.position_embedding is not None:
-            patches = patches + self.position_embedding[:, 1:]
-            cls = cls + self.position_embedding[:, :1]
+            positions = self.patch_positions(grid)
+            patches = patches + positions[:, 1:]
+            cls = cls + positions[:, :1]
         if keep_indices is not None:
             patches = gather_tokens(patches, keep_indices)
         return torch.cat((cls, patches), dim=1)
@@ -300,6 +341,7 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         output_cls_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> MaskedViTModelOutput:
         """
@@ -311,6 +353,8 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         output_attentions: return each layer's probabilities (B, H, 1 + K, 1 + K) (runs the eager kernel).
             `None` (default): `config.output_attentions`; likewise `output_hidden_states`.
         output_cls_attentions: return each layer's CLS-query probabilities (B, H, 1 + K) next to a fused kernel.
+        interpolate_pos_encoding: accept an image size other than `config.image_size` (a multiple of the patch
+            size): absolute positions are resampled bicubically and RoPE is evaluated on the new grid.
         return_dict: `False` (or `config.return_dict=False`) returns the non-`None` fields as a tuple.
         """
         output_attentions = output_flag(output_attentions, "output_attentions", self.config)
@@ -323,10 +367,11 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
                     f"keep_indices must be (B, K) with B={pixel_values.shape[0]}, got {tuple(keep_indices.shape)}"
                 )
             keep_indices = keep_indices.to(device=pixel_values.device, dtype=torch.long)
-        hidden_states = self.embeddings(pixel_values, keep_indices)
+        hidden_states = self.embeddings(pixel_values, keep_indices, interpolate_pos_encoding)
         rope = None
         if self.rope is not None:
-            rope = self.rope.get_embed()
+            grid = self.embeddings.grid_of(pixel_values, interpolate_pos_encoding)
+            rope = self.rope.get_embed(None if grid == (self.config.grid_size,) * 2 else list(grid))
             if keep_indices is not None:
                 rope = apply_keep_indices_nlc(hidden_states, rope, keep_indices)
 

@@ -298,9 +298,9 @@ class MaskedVLTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         window = self._window
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is not None:
-            window["images"] += pixel_values.shape[0]
+        seeds = inputs.get("sample_seeds", inputs.get("pixel_values"))  # one per image, whatever its views
+        if seeds is not None:
+            window["images"] += seeds.shape[0]
         if self.flops_per_micro_step is None:
             with flop_counter() as counter:
                 loss = super().training_step(model, inputs, num_items_in_batch)
@@ -323,7 +323,11 @@ class MaskedVLTrainer(Trainer):
         with torch.no_grad(), self.accelerator.autocast():
             model_inputs = self.objective.prepare(inputs, model, self.ema_model, self.teacher)
         outputs = model(**model_inputs)
-        parts = {name: value for name, value in outputs.items() if name.endswith("_loss") and value is not None}
+        parts = {
+            name: value
+            for name, value in outputs.items()
+            if name.endswith(("_loss", "_entropy")) and value is not None  # loss parts and collapse monitors
+        }
         for name, value in parts.items():
             self._loss_parts[name].append(value.detach().float())
         if not torch.isfinite(outputs.loss.detach()).all():

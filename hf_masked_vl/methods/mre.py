@@ -1,0 +1,284 @@
+"""MRE-ViT (Taguchi et al., BMVC 2024): MAE and DINO with a learnable attention bias from segment masks, their
+baselines, and the distillation into a mask-free student.
+
+- `--method mre_mae`: MAE (random-resized crop (0.2, 1) + flip, 75% random masks drawn in the data workers) with the
+  bias in the encoder; reads a `segments` label-map column (SAM masks from `scripts/compute_guidance.py --producer
+  sam`, or the demo's object ids). `--relation_bias none` is the plain MAE baseline on the same model (no segments).
+- `--method mre_dino` / `--method dino`: DINO's multi-crop, EMA teacher (cosine momentum, the bias scalars included)
+  and centred, sharpened targets; `dino` is the baseline without bias and without segments.
+- `--method mre_distill --teacher MRE_FOLDER`: the trained bias model frozen and given the labels, a student of the
+  same architecture without bias. MAE teachers: L_MAE + λ·MSE of every layer's attention maps on the same visible
+  tokens; DINO teachers: KD on the same (global) views at the teacher temperature, no centring.
+
+Each view's label map is cut with the view's own crop and flip (nearest), then reduced to one label per patch by
+majority vote (`token_labels="nearest"`: the label at the patch centre).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..data.maps import MapSpec
+from ..data.views import MultiCropViews, SingleCropView
+from ..errors import UsageError
+from ..models import MREViTConfig, MREViTForDINO, MREViTForMAE
+from .attg_mae import RandomMasksAndMaps
+from .base import Method, Objective, build_config, checkpoint_config, load_checked, register_method
+
+MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
+
+
+def label_spec(config: MREViTConfig, grid: int) -> MapSpec:
+    """How a view turns its label map into token labels: `grid`² cells, majority vote or nearest."""
+    return MapSpec(grid, "majority" if config.token_labels == "majority" else "nearest")
+
+
+class MREMAEObjective(Objective):
+    """Pixels, the collator's keep indices and the view's token labels (when the model has a bias)."""
+
+    def __init__(self, config: MREViTConfig):
+        self.config = config
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+        inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
+        if self.config.relation_bias != "none":
+            inputs["token_labels"] = batch["segments"]
+        return inputs
+
+
+class DINOObjective(Objective):
+    """The EMA teacher's logits of the global crops (with their labels), τ_t of this step and the last-layer freeze."""
+
+    def __init__(self, config: MREViTConfig):
+        self.config = config
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+        if ema_model is None:
+            raise ValueError("DINO needs the EMA teacher (the method keeps one)")
+        uses_labels = self.config.relation_bias != "none"
+        global_labels = batch.get("global_segments") if uses_labels else None
+        local_labels = batch.get("local_segments") if uses_labels else None
+        local_pixels = batch.get("local_pixel_values")
+        if local_pixels is not None and local_pixels.shape[1] == 0:
+            local_pixels = local_labels = None
+        return {
+            "pixel_values": batch["global_pixel_values"],
+            "token_labels": global_labels,
+            "local_pixel_values": local_pixels,
+            "local_token_labels": local_labels,
+            "teacher_logits": ema_model.teacher_logits(batch["global_pixel_values"], global_labels),
+            "teacher_temperature": self.config.teacher_temperature_at(self.step, self.max_steps),
+            "freeze_last_layer": self.step < self.config.freeze_last_layer_fraction * self.max_steps,
+            "return_loss": True,
+        }
+
+
+class MREDistillObjective(Objective):
+    """The frozen bias teacher sees the labels; the mask-free student sees the same visible tokens (MAE) or the same
+    views (DINO)."""
+
+    def __init__(self, config: MREViTConfig, objective: str):
+        self.config, self.objective = config, objective
+
+    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+        if teacher is None:
+            raise ValueError("mre_distill needs the frozen teacher (--teacher)")
+        if self.objective == "mae":
+            keep = batch["keep_indices"]
+            teacher_out = teacher(
+                batch["pixel_values"],
+                keep_indices=keep,
+                token_labels=batch["segments"],
+                output_attentions=True,
+                return_loss=False,
+            )
+            attentions = tuple(a.float() for a in teacher_out.attentions)
+            return {"pixel_values": batch["pixel_values"], "keep_indices": keep, "teacher_attentions": attentions}
+        views = batch["global_pixel_values"]
+        return {
+            "pixel_values": views,
+            "teacher_logits": teacher.teacher_logits(views, batch["global_segments"]),
+            "teacher_temperature": self.config.teacher_temperature,
+            "distillation": True,
+            "return_loss": True,
+        }
+
+
+@register_method
+class MREMAEMethod(Method):
+    name = "mre_mae"
+    summary = "MRE-MAE: MAE with a learnable attention bias from segment masks (a `segments` column)"
+    config_class = MREViTConfig
+    model_class = MREViTForMAE
+    card_template = "mre_vit.md"
+    evaluations = ("knn", "linear")
+
+    def map_columns(self, model: MREViTForMAE) -> dict[str, str]:
+        return {"segments": self.data_args.segments_column} if model.config.relation_bias != "none" else {}
+
+    def transform(self, model: MREViTForMAE) -> SingleCropView:
+        vision = model.config.vision_config
+        specs = {"segments": label_spec(model.config, vision.grid_size)} if self.map_columns(model) else {}
+        return SingleCropView(
+            vision.image_size, crop_scale=MAE_CROP_SCALE, mean=self.image_mean, std=self.image_std, map_specs=specs
+        )
+
+    def mask_generator(self, model: MREViTForMAE) -> RandomMasksAndMaps:
+        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+
+    def objective(self, model: MREViTForMAE, teacher=None) -> MREMAEObjective:
+        return MREMAEObjective(model.config)
+
+
+def multi_crop_views(method: Method, config: MREViTConfig, with_labels: bool, num_local: int | None = None):
+    vision = config.vision_config
+    global_specs = {"segments": label_spec(config, vision.grid_size)} if with_labels else {}
+    local_specs = {"segments": label_spec(config, config.local_grid_size)} if with_labels else {}
+    return MultiCropViews(
+        global_size=vision.image_size,
+        local_size=config.local_crop_size,
+        num_global_crops=config.num_global_crops,
+        num_local_crops=config.num_local_crops if num_local is None else num_local,
+        global_scale=tuple(config.global_crop_scale),
+        local_scale=tuple(config.local_crop_scale),
+        mean=method.image_mean,
+        std=method.image_std,
+        global_map_specs=global_specs,
+        local_map_specs=local_specs,
+    )
+
+
+@register_method
+class MREDINOMethod(Method):
+    name = "mre_dino"
+    summary = "MRE-DINO: DINO (multi-crop, EMA teacher) with a learnable attention bias from segment masks"
+    config_class = MREViTConfig
+    model_class = MREViTForDINO
+    card_template = "mre_vit.md"
+    evaluations = ("knn", "linear")
+    uses_ema = True
+    ema_momentum = 0.996  # DINO: 0.996 → 1, cosine
+
+    def map_columns(self, model: MREViTForDINO) -> dict[str, str]:
+        return {"segments": self.data_args.segments_column} if model.config.relation_bias != "none" else {}
+
+    def transform(self, model: MREViTForDINO) -> MultiCropViews:
+        return multi_crop_views(self, model.config, bool(self.map_columns(model)))
+
+    def objective(self, model: MREViTForDINO, teacher=None) -> DINOObjective:
+        return DINOObjective(model.config)
+
+    def ema_averaged(self, model: MREViTForDINO) -> tuple[str, ...]:
+        """The teacher averages the encoder, the bias scalars and the head; the loss's centre is shared."""
+        prefixes = ["vit.", "head."]
+        if any(name.startswith("relation_bias.") for name, _ in model.named_parameters()):
+            prefixes.append("relation_bias.")
+        return tuple(prefixes)
+
+
+def _baseline_overrides(name: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    overrides = dict(overrides or {})
+    bias = overrides.setdefault("relation_bias", "none")
+    if bias != "none":
+        raise UsageError(f"--method {name} is the baseline without bias, not relation_bias={bias!r}: use mre_{name}")
+    return overrides
+
+
+@register_method
+class DINOMethod(MREDINOMethod):
+    name = "dino"
+    summary = "DINO: the baseline of MRE-DINO (no attention bias, no segments)"
+
+    def __init__(self, model_args, data_args, training_args, config_overrides=None):
+        super().__init__(model_args, data_args, training_args, _baseline_overrides(self.name, config_overrides))
+
+
+def teacher_objective(config: MREViTConfig) -> str:
+    """ "mae" or "dino": what an MRE checkpoint was trained with (its `architectures`)."""
+    architectures = config.architectures or []
+    if "MREViTForDINO" in architectures:
+        return "dino"
+    if "MREViTForMAE" in architectures:
+        return "mae"
+    raise UsageError(
+        f"the --teacher checkpoint's architectures {architectures} name neither MREViTForMAE nor MREViTForDINO"
+    )
+
+
+@register_method
+class MREDistillMethod(Method):
+    name = "mre_distill"
+    summary = "MRE distillation: a frozen bias model (--teacher) into a student of the same architecture without bias"
+    config_class = MREViTConfig
+    card_template = "mre_vit.md"
+    map_roles = ("segments",)
+    evaluations = ("knn", "linear")
+
+    def load_teacher(self) -> nn.Module:
+        path = self.model_args.teacher
+        if not path:
+            raise UsageError("--method mre_distill needs --teacher MRE_FOLDER (a trained mre_mae or mre_dino model)")
+        config = checkpoint_config(path, self.model_args.trust_remote_code)
+        if config.model_type != MREViTConfig.model_type:
+            raise UsageError(f"--teacher {path} is a {config.model_type!r} checkpoint, not an MRE-ViT ('mre_vit')")
+        self.teacher_kind = teacher_objective(config)
+        if config.relation_bias == "none":
+            raise UsageError(f"--teacher {path} has no attention bias (relation_bias='none'): nothing to distill")
+        model_class = MREViTForDINO if self.teacher_kind == "dino" else MREViTForMAE
+        self.model_class = model_class
+        teacher = load_checked(
+            model_class, path, "--method mre_distill --teacher", trust_remote_code=self.model_args.trust_remote_code
+        )
+        return teacher.requires_grad_(False).eval()
+
+    def build_model(self, teacher: nn.Module | None = None) -> nn.Module:
+        if self.model_args.model_name_or_path:  # continue a student
+            return super().build_model(teacher)
+        overrides = {**teacher.config.to_dict(), **self.config_overrides, "relation_bias": "none"}
+        for key in ("architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype"):
+            overrides.pop(key, None)
+        config = build_config(MREViTConfig, "tiny", **overrides)
+        model = self.model_class._from_config(config, attn_implementation=self.model_args.attn_implementation)
+        if config.distillation_student_init == "teacher":
+            state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("relation_bias.")}
+            model.load_state_dict(state, strict=False)
+        return model
+
+    def base_model(self) -> str | None:
+        return self.model_args.teacher
+
+    def transform(self, model: nn.Module):
+        config = model.config
+        if self.teacher_kind == "dino":  # KD on the same views: the global crops only
+            return multi_crop_views(self, config, with_labels=True, num_local=0)
+        specs = {"segments": label_spec(config, config.vision_config.grid_size)}
+        return SingleCropView(
+            config.vision_config.image_size,
+            crop_scale=MAE_CROP_SCALE,
+            mean=self.image_mean,
+            std=self.image_std,
+            map_specs=specs,
+        )
+
+    def mask_generator(self, model: nn.Module) -> RandomMasksAndMaps | None:
+        if self.teacher_kind != "mae":
+            return None
+        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+
+    def objective(self, model: nn.Module, teacher=None) -> MREDistillObjective:
+        return MREDistillObjective(model.config, self.teacher_kind)
+
+
+__all__ = [
+    "DINOMethod",
+    "DINOObjective",
+    "MREDINOMethod",
+    "MREDistillMethod",
+    "MREDistillObjective",
+    "MREMAEMethod",
+    "MREMAEObjective",
+    "label_spec",
+    "teacher_objective",
+]

@@ -1,0 +1,497 @@
+"""MRE-ViT (Taguchi et al., BMVC 2024, "SAM Helps SSL"): the shared ViT with a learnable attention bias from segment
+labels, and its pre-training heads.
+
+- `MREViTModel`: the encoder `vit` (a `MaskedViTModel`) and the bias `relation_bias` (u_pos, u_neg per layer and
+  head). Given token labels it adds the bias in every layer; without them it *is* the plain ViT (the same weights
+  give exactly `MaskedViTModel`'s output), so a checkpoint also serves where no masks are available.
+- `MREViTForMAE`: MAE with the bias in the encoder (built from the visible tokens' labels), the shared MAE decoder
+  without bias, and optionally the attention distillation of the mask-free student (L_MAE + λ·MSE of the
+  post-softmax attention maps of every layer and head against a frozen teacher's, eqs. 8–9).
+- `MREViTForDINO`: DINO with the bias in student and teacher (each crop with its own labels), DINO's head and loss
+  (centre in a buffer), and the KD loss of the mask-free student (eq. 10: same view, teacher temperature, no
+  centring).
+
+All three keep the encoder at `vit` and the bias at `relation_bias`, so each loads the encoder of the others.
+
+Hub code: imports only torch, transformers, timm and single-dot siblings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_mre_vit import MREViTConfig
+from .dino import DINOHead, DINOLoss, distillation_loss, init_dino_weights
+from .modeling_mae import (
+    MAEDecoder,
+    init_mae_decoder_weights,
+    keep_indices_from_noise,
+    mae_decoder_config,
+    mask_from_keep_indices,
+    per_patch_loss,
+    pixel_targets,
+)
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .relation_bias import MaskRelationBias, with_cls_label
+
+_AUTO_MAP = {
+    "AutoModel": "modeling_mre_vit.MREViTModel",
+    "AutoModelForPreTraining": "modeling_mre_vit.MREViTForMAE",
+}
+
+
+@dataclass
+class MREViTForMAEOutput(ModelOutput):
+    """
+    loss: L_MAE (+ λ·L_att when teacher attentions were given).
+    reconstruction_loss: MAE's mean squared error over the masked patches.
+    attention_distillation_loss: mean squared error between the student's and the teacher's attention maps
+        (every layer and head, all entries), or None.
+    logits: (B, N, p²·C) predicted pixels of every patch.
+    mask: (B, N) 1 = masked (the loss is taken there), 0 = visible.
+    last_hidden_state: (B, 1 + K, D) encoder output.
+    keep_indices: (B, K) the visible patches.
+    hidden_states / attentions: the encoder's, on request (attentions (B, H, 1 + K, 1 + K) float32 per layer).
+    """
+
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    attention_distillation_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    keep_indices: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MREViTForDINOOutput(ModelOutput):
+    """
+    loss: the DINO loss (or, with `distillation=True`, the KD loss against the teacher's logits of the same views).
+    dino_loss / distillation_loss: whichever was computed.
+    teacher_entropy: mean entropy of the centred, sharpened teacher distribution (a collapse monitor).
+    logits: (V, B, K) head outputs of every view: the global crops first, then the local crops.
+    pooler_output: (V, B, D) CLS tokens (after the final norm) of every view.
+    """
+
+    loss: torch.Tensor | None = None
+    dino_loss: torch.Tensor | None = None
+    distillation_loss: torch.Tensor | None = None
+    teacher_entropy: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+class MREViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
+    config_class = MREViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedViTBlock"]
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    accepts_loss_kwargs = False
+    extra_auto_map = _AUTO_MAP
+
+    def __init__(self, config: MREViTConfig):
+        super().__init__(config)
+        self.vit = MaskedViTModel._from_config(config.vision_config)
+        vision = config.vision_config
+        self.relation_bias = MaskRelationBias(
+            vision.num_hidden_layers,
+            vision.num_attention_heads,
+            vision.hidden_size // vision.num_attention_heads,
+            config.relation_bias,
+            config.relation_bias_init,
+            config.scale_relation_bias,
+        )
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The encoder (a sub-model) initialises itself; the bias starts at `relation_bias_init` (fixed: ±1); the
+        MAE decoder gets MAE's init and DINO's head DINO's (trunc-normal(0.02), zero biases, unit weight norm)."""
+        if isinstance(module, MaskRelationBias):
+            module.reset_parameters()
+        elif isinstance(self, MREViTForDINO) and (_is_within(module, self.head) or module is self.dino_loss):
+            init_dino_weights(module, std=self.config.vision_config.initializer_range)
+        else:
+            init_mae_decoder_weights(module, std=self.config.vision_config.initializer_range)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embed
+
+    def no_weight_decay(self) -> set[str]:
+        """CLS token, positions and the relation scalars are never weight-decayed (decay would pull u towards 0)."""
+        return {"vit.embeddings.cls_token", "vit.embeddings.position_embedding", "relation_bias.u_pos",
+                "relation_bias.u_neg"}  # fmt: skip
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        token_labels: torch.Tensor | None = None,
+        keep_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cls_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> MaskedViTModelOutput:
+        """The encoder on `[CLS] + kept patches`, with the relation bias when `token_labels` (B, N) or (B, h, w) of
+        the whole patch grid are given (gathered at `keep_indices`, CLS labelled 0)."""
+        configs = (self.config, self.vit.config)
+        bias = None
+        if token_labels is not None and self.relation_bias.enabled:
+            grid = self.vit.embeddings.grid_of(pixel_values, interpolate_pos_encoding)
+            num_patches = grid[0] * grid[1]
+            if token_labels.shape[0] != pixel_values.shape[0] or token_labels[0].numel() != num_patches:
+                raise ValueError(
+                    f"token_labels must be (B, N) or (B, h, w) with B={pixel_values.shape[0]} and N={num_patches} "
+                    f"labels ({grid[0]}x{grid[1]} patches), got shape {tuple(token_labels.shape)}"
+                )
+            labels = with_cls_label(token_labels.to(pixel_values.device), keep_indices)
+            bias = self.relation_bias(labels)
+        return self.vit(
+            pixel_values,
+            keep_indices=keep_indices,
+            attention_bias=bias,
+            output_attentions=output_flag(output_attentions, "output_attentions", *configs),
+            output_hidden_states=output_flag(output_hidden_states, "output_hidden_states", *configs),
+            output_cls_attentions=output_cls_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+
+
+def _is_within(module: nn.Module, parent: nn.Module) -> bool:
+    return any(module is child for child in parent.modules())
+
+
+class MREViTModel(MREViTPreTrainedModel):
+    """The MRE-ViT encoder: `vit` + `relation_bias`. Loads the encoder of any MRE-ViT checkpoint.
+
+    Example:
+        >>> model = MREViTModel(MREViTConfig.from_preset("tiny"))
+        >>> labels = torch.randint(0, 6, (2, 36))                  # one segment label per patch, 0 = none
+        >>> model(torch.randn(2, 3, 48, 48), token_labels=labels).last_hidden_state.shape
+        torch.Size([2, 37, 192])
+    """
+
+    def __init__(self, config: MREViTConfig):
+        super().__init__(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        token_labels: torch.Tensor | None = None,
+        keep_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cls_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> MaskedViTModelOutput:
+        """
+        pixel_values: (B, C, H, W).
+        token_labels: (B, N) or (B, h, w) int segment label of every patch (0 = no segment); `None`: no bias.
+        keep_indices: (B, K) patches to encode (the bias then uses the visible tokens' labels).
+        Returns `MaskedViTModelOutput`: `last_hidden_state` (B, 1 + K, D), `pooler_output` (B, D), and the
+        requested `hidden_states` / `attentions` / `cls_attentions`.
+        """
+        return self.encode(
+            pixel_values,
+            token_labels,
+            keep_indices,
+            output_attentions,
+            output_hidden_states,
+            output_cls_attentions,
+            interpolate_pos_encoding,
+        )
+
+
+def attention_distillation_mse(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean over layers of the mean squared error between attention maps (B, H, T, T) of corresponding layers, in
+    float32 (every layer, every head, every entry)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"student has {len(student)} attention maps, teacher {len(teacher)}: the depths must match")
+    losses = []
+    for layer, (s, t) in enumerate(zip(student, teacher)):
+        if s.shape != t.shape:
+            raise ValueError(
+                f"attention maps of layer {layer} differ: student {tuple(s.shape)}, teacher {tuple(t.shape)} (same "
+                "heads and the same visible tokens are needed)"
+            )
+        losses.append((s.float() - t.float().to(s.device)).square().mean())
+    return torch.stack(losses).mean()
+
+
+class MREViTForMAE(MREViTPreTrainedModel):
+    """MAE with the mask-relation bias in the encoder (`vit`, `relation_bias`) and MAE's decoder (`decoder`, no bias).
+
+    Masking as `AttGMAEForPreTraining`: keep indices (B, K) from the caller (the collator draws them), or from
+    ViTMAE-style `noise` (B, N), or none (every patch, autoencoding loss over all patches). With
+    `teacher_attentions` (the frozen bias model's maps on the same visible tokens) the loss adds
+    `attention_distillation_weight` × their mean squared error to the student's (the mask-free distillation).
+
+    Example:
+        >>> model = MREViTForMAE(MREViTConfig.from_preset("tiny"))
+        >>> out = model(torch.randn(2, 3, 48, 48), noise=torch.rand(2, 36), token_labels=torch.randint(0, 6, (2, 36)))
+        >>> out.logits.shape, out.mask.sum(1)
+        (torch.Size([2, 36, 192]), tensor([27., 27.]))
+    """
+
+    def __init__(self, config: MREViTConfig):
+        super().__init__(config)
+        decoder_config = mae_decoder_config(
+            config.vision_config,
+            hidden_size=config.decoder_hidden_size,
+            num_hidden_layers=config.decoder_num_hidden_layers,
+            num_attention_heads=config.decoder_num_attention_heads,
+            mlp_ratio=config.decoder_mlp_ratio,
+        )
+        self.decoder = MAEDecoder(config.vision_config.hidden_size, decoder_config)
+        self.post_init()
+
+    def _sync_decoder_attention(self) -> None:
+        implementation = self.config._attn_implementation
+        if implementation and self.decoder.config._attn_implementation != implementation:
+            self.decoder.config._attn_implementation = implementation
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        token_labels: torch.Tensor | None = None,
+        teacher_attentions: tuple[torch.Tensor, ...] | None = None,
+        return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MREViTForMAEOutput:
+        """
+        pixel_values: (B, C, H, W) normalised images (also the reconstruction target).
+        keep_indices: (B, K) visible patches; or `noise` (B, N): keep the K of smallest noise.
+        token_labels: (B, N) or (B, h, w) segment labels of all patches (0 = none); the bias uses the visible ones.
+        teacher_attentions: per encoder layer, (B, H, 1 + K, 1 + K) attention maps of a frozen teacher on the same
+            visible tokens; adds λ·L_att to the loss and makes the encoder return its own maps (eager attention).
+        return_loss: compute the losses.
+        """
+        batch, num_patches = pixel_values.shape[0], self.config.num_patches
+        if noise is not None:
+            if keep_indices is not None:
+                raise ValueError("pass either keep_indices or noise, not both")
+            if noise.shape != (batch, num_patches):
+                raise ValueError(f"noise must be (B, N) = {(batch, num_patches)}, got {tuple(noise.shape)}")
+            keep_indices = keep_indices_from_noise(noise, self.config.num_kept_patches)
+        if keep_indices is not None:
+            keep_indices = keep_indices.to(device=pixel_values.device, dtype=torch.long)
+        need_attentions = teacher_attentions is not None and return_loss
+        encoder_outputs = self.encode(
+            pixel_values,
+            token_labels,
+            keep_indices,
+            output_attentions=True if need_attentions else output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        self._sync_decoder_attention()
+        logits = self.decoder(encoder_outputs.last_hidden_state, keep_indices)
+        mask = mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
+
+        loss = reconstruction = distillation = None
+        if return_loss:
+            target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
+            per_patch = per_patch_loss(logits, target)
+            masked = keep_indices is not None and keep_indices.shape[1] < num_patches
+            loss_mask = mask if masked else torch.ones_like(mask)
+            reconstruction = (per_patch * loss_mask).sum() / loss_mask.sum()
+            loss = reconstruction
+            if need_attentions:
+                distillation = attention_distillation_mse(encoder_outputs.attentions, teacher_attentions)
+                loss = loss + self.config.attention_distillation_weight * distillation
+        keep_attentions = need_attentions or output_flag(output_attentions, "output_attentions", self.config)
+        return MREViTForMAEOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction,
+            attention_distillation_loss=distillation,
+            logits=logits,
+            mask=mask,
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            keep_indices=keep_indices,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions if keep_attentions else None,
+        )
+
+
+def _views(pixel_values: torch.Tensor | None, labels: torch.Tensor | None, what: str):
+    """(B, V, C, H, W) or (B, C, H, W) pixels and (B, V, N) / (B, N) labels → lists of V per-view tensors."""
+    if pixel_values is None:
+        return [], []
+    if pixel_values.ndim == 4:
+        pixel_values = pixel_values[:, None]
+        labels = labels[:, None] if labels is not None else None
+    if pixel_values.ndim != 5:
+        raise ValueError(f"{what} must be (B, C, H, W) or (B, V, C, H, W), got shape {tuple(pixel_values.shape)}")
+    num_views = pixel_values.shape[1]
+    if labels is not None and labels.shape[:2] != pixel_values.shape[:2]:
+        raise ValueError(
+            f"{what} labels must be (B, V, N) for {num_views} views of {pixel_values.shape[0]} images, got "
+            f"{tuple(labels.shape)}"
+        )
+    per_view_labels = [labels[:, v] if labels is not None else None for v in range(num_views)]
+    return [pixel_values[:, v] for v in range(num_views)], per_view_labels
+
+
+class MREViTForDINO(MREViTPreTrainedModel):
+    """DINO (Caron et al. 2021) with the mask-relation bias: encoder `vit` + `relation_bias`, projection head `head`
+    (DINO's MLP, bottleneck, weight-normalised last layer) and `dino_loss` (its centre is a persistent buffer, saved in
+    checkpoints and restored on resume).
+
+    The teacher is a copy of this model (the EMA, or the frozen bias model when distilling): its `teacher_logits`
+    on the global crops go into the student's `forward`, which returns the DINO loss (cross-entropy of every
+    (teacher global, other student view) pair, centred and sharpened teacher) and updates the centre; with
+    `distillation=True`, the KD loss of each view against the teacher's logits of the same view, without centring.
+
+    Example:
+        >>> model = MREViTForDINO(MREViTConfig.from_preset("tiny"))
+        >>> views, labels = torch.randn(2, 2, 3, 48, 48), torch.randint(0, 6, (2, 2, 36))
+        >>> teacher = model.teacher_logits(views, labels)                   # (2 views, B, K)
+        >>> model(views, token_labels=labels, teacher_logits=teacher, teacher_temperature=0.04).logits.shape
+        torch.Size([2, 2, 1024])
+    """
+
+    def __init__(self, config: MREViTConfig):
+        super().__init__(config)
+        self.head = DINOHead(
+            config.vision_config.hidden_size,
+            config.dino_out_dim,
+            use_bn=config.dino_use_bn,
+            norm_last_layer=config.dino_norm_last_layer,
+            num_layers=config.dino_num_layers,
+            hidden_dim=config.dino_hidden_dim,
+            bottleneck_dim=config.dino_bottleneck_dim,
+        )
+        self.dino_loss = DINOLoss(config.dino_out_dim, config.student_temperature, config.center_momentum)
+        self.post_init()
+
+    _keep_in_fp32_modules_strict = ["dino_loss"]  # the centre's small EMA steps vanish in bf16
+    # a DINO checkpoint's own `auto_map` (trust_remote_code) gives AutoModelForPreTraining to this head; with the
+    # package installed, AutoModelForPreTraining maps MREViTConfig to MREViTForMAE: load DINO heads by class
+    extra_auto_map = {**_AUTO_MAP, "AutoModelForPreTraining": "modeling_mre_vit.MREViTForDINO"}
+
+    def view_outputs(
+        self, pixel_values: torch.Tensor, token_labels: torch.Tensor | None, freeze_last_layer: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One view batch (B, C, H, W) (any multiple of the patch size) → (head logits (B, K), CLS (B, D))."""
+        encoded = self.encode(pixel_values, token_labels, interpolate_pos_encoding=True)
+        cls = encoded.pooler_output
+        return self.head(cls, freeze_last_layer=freeze_last_layer), cls
+
+    def all_views(
+        self,
+        pixel_values: torch.Tensor,
+        token_labels: torch.Tensor | None = None,
+        local_pixel_values: torch.Tensor | None = None,
+        local_token_labels: torch.Tensor | None = None,
+        freeze_last_layer: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head logits (V, B, K) and CLS tokens (V, B, D) of the global views, then the local views. Views of one
+        size run as one batch (DINO's multi-crop wrapper)."""
+        logits, pooled = [], []
+        for pixels, labels, what in (
+            (pixel_values, token_labels, "pixel_values"),
+            (local_pixel_values, local_token_labels, "local_pixel_values"),
+        ):
+            views, view_labels = _views(pixels, labels, what)
+            if not views:
+                continue
+            batch = views[0].shape[0]
+            stacked_labels = None if view_labels[0] is None else torch.cat([lab.flatten(1) for lab in view_labels])
+            out, cls = self.view_outputs(torch.cat(views), stacked_labels, freeze_last_layer)
+            logits.extend(out.split(batch))
+            pooled.extend(cls.split(batch))
+        return torch.stack(logits), torch.stack(pooled)
+
+    @torch.no_grad()
+    def teacher_logits(self, pixel_values: torch.Tensor, token_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher side: head logits (V, B, K) of the views `pixel_values` (B, V, C, H, W) (DINO: the global
+        crops), each with its labels (B, V, N). Run on the EMA / frozen teacher copy of this model."""
+        return self.all_views(pixel_values, token_labels)[0]
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        token_labels: torch.Tensor | None = None,
+        local_pixel_values: torch.Tensor | None = None,
+        local_token_labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_temperature: float | None = None,
+        distillation: bool = False,
+        freeze_last_layer: bool = False,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> MREViTForDINOOutput:
+        """
+        pixel_values: (B, G, C, H, W) global crops (or (B, C, H, W), one view); token_labels (B, G, N) (or (B, N)).
+        local_pixel_values / local_token_labels: (B, L, C, h, w) / (B, L, n) local crops (positions interpolated).
+        teacher_logits: (G, B, K) the teacher's head outputs of the global crops (`teacher_logits`); needed for the
+            loss. With `distillation=True`, one per student view (G + L) of the same views.
+        teacher_temperature: τ_t of this step (the trainer passes the warm-up schedule's value); default
+            `config.teacher_temperature`.
+        freeze_last_layer: no gradient into the head's last layer (DINO's first epoch).
+        """
+        logits, pooled = self.all_views(
+            pixel_values, token_labels, local_pixel_values, local_token_labels, freeze_last_layer
+        )
+        temperature = self.config.teacher_temperature if teacher_temperature is None else float(teacher_temperature)
+        loss = dino = kd = entropy = None
+        if return_loss:
+            if teacher_logits is None:
+                raise ValueError("the DINO loss needs teacher_logits (V_t, B, K) from the teacher's global crops")
+            teacher_logits = teacher_logits.to(logits.device)
+            if distillation:
+                if teacher_logits.shape != logits.shape:
+                    raise ValueError(
+                        f"distillation pairs each student view with the teacher's logits of the same view: teacher "
+                        f"{tuple(teacher_logits.shape)} vs student {tuple(logits.shape)}"
+                    )
+                kd = torch.stack(
+                    [
+                        distillation_loss(s, t, temperature, self.config.student_temperature)
+                        for s, t in zip(logits, teacher_logits)
+                    ]
+                ).mean()
+                loss = kd
+            else:
+                result = self.dino_loss(logits, teacher_logits, temperature, update_center=self.training)
+                loss = dino = result.loss
+                entropy = result.teacher_entropy
+        return MREViTForDINOOutput(
+            loss=loss,
+            dino_loss=dino,
+            distillation_loss=kd,
+            teacher_entropy=entropy,
+            logits=logits,
+            pooler_output=pooled,
+        )
+
+
+__all__ = [
+    "MREViTForDINO",
+    "MREViTForDINOOutput",
+    "MREViTForMAE",
+    "MREViTForMAEOutput",
+    "MREViTModel",
+    "MREViTPreTrainedModel",
+    "attention_distillation_mse",
+]
