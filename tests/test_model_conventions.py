@@ -31,6 +31,10 @@ from hf_masked_vl import (
     LiTModel,
     MaskedViTConfig,
     MaskedViTModel,
+    MREViTConfig,
+    MREViTForDINO,
+    MREViTForMAE,
+    MREViTModel,
     UTAConfig,
     UTAModel,
 )
@@ -42,6 +46,7 @@ EVA = dict(
     use_rope=True, mlp_type="swiglu", mlp_sub_norm=True, qkv_bias="qv", mlp_ratio=8 / 3, rescale_residual_init=True
 )
 MAE_DECODER = dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4)
+MRE_HEADS = dict(**MAE_DECODER, dino_out_dim=64, dino_hidden_dim=32, dino_bottleneck_dim=16, local_crop_size=16)
 BATCH, TEXT_LENGTH, LAYERS, HEADS = 2, 7, 2, 4  # tiny towers: 32 px, 8 px patches (16 patches), 2 layers, 4 heads
 
 
@@ -53,6 +58,8 @@ class Case:
     delete: str  # regex of checkpoint keys removed in the missing-keys test
     dual: bool = False  # image tower + text tower
     masked: bool = False  # AttGMAEForPreTraining: the encoder sees K = 4 of 16 patches
+    extra: Callable[[torch.Generator], dict] | None = None  # further inputs (segment labels, ...)
+    output_flags: bool = True  # returns the encoder's attentions / hidden states on request (not DINO's multi-view)
 
 
 CASES = {
@@ -105,8 +112,35 @@ CASES = {
         r"^decoder\.(mask_token|decoder_embed|layers\.0\.attn|pred)|^vit\.norm\.",
         masked=True,
     ),
+    "mre_vit": Case(
+        MREViTModel,
+        lambda: MREViTConfig(vision_config=tiny_vit_kwargs(), **MRE_HEADS),
+        "last_hidden_state",
+        r"^relation_bias\.u_pos|^vit\.layers\.0\.",
+        extra=lambda generator: {"token_labels": torch.randint(0, 4, (BATCH, 16), generator=generator)},
+    ),
+    "mre_mae": Case(
+        MREViTForMAE,
+        lambda: MREViTConfig(vision_config=tiny_vit_kwargs(position_embedding_type="sincos"), **MRE_HEADS),
+        "logits",
+        r"^decoder\.(mask_token|pred)|^relation_bias\.u_neg",
+        masked=True,
+        extra=lambda generator: {"token_labels": torch.randint(0, 4, (BATCH, 16), generator=generator)},
+    ),
+    "mre_dino": Case(
+        MREViTForDINO,
+        lambda: MREViTConfig(vision_config=tiny_vit_kwargs(), **MRE_HEADS),
+        "logits",
+        r"^head\.(mlp\.0|last_layer)\.|^dino_loss\.center|^relation_bias\.u_pos",
+        extra=lambda generator: {
+            "token_labels": torch.randint(0, 4, (BATCH, 16), generator=generator),
+            "return_loss": False,
+        },
+        output_flags=False,
+    ),
 }
 NAMES = list(CASES)
+FLAG_NAMES = [name for name in NAMES if CASES[name].output_flags]
 
 
 def make_inputs(case: Case, seed: int = 0) -> dict:
@@ -118,7 +152,10 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
         inputs["input_ids"] = ids
     if case.masked:
         inputs["noise"] = torch.rand(BATCH, 16, generator=generator)
+    if case.model_class is AttGMAEForPreTraining:
         inputs["guidance"] = torch.rand(BATCH, 4, 4, generator=generator)
+    if case.extra is not None:
+        inputs.update(case.extra(generator))
     return inputs
 
 
@@ -157,7 +194,7 @@ def test_every_model_class_is_covered():
 # ---------------------------------------------------------------- output flags and return_dict
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FLAG_NAMES)
 def test_output_flags_reach_every_tower(name):
     """`output_attentions` / `output_hidden_states` as call arguments: every layer of every tower (the text tower's
     maps need the eager kernel, as in transformers; the image tower switches to it by itself)."""
@@ -173,11 +210,11 @@ def test_output_flags_reach_every_tower(name):
     plain = model(**make_inputs(CASES[name]))
     for tower, output in towers(name, plain).items():
         assert output.attentions is None and output.hidden_states is None, tower
-    if name == "attg_mae_pretraining":  # the encoder's, at the top level
+    if name in ("attg_mae_pretraining", "mre_mae"):  # the encoder's, at the top level
         assert len(outputs.attentions) == LAYERS and len(outputs.hidden_states) == LAYERS + 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FLAG_NAMES)
 def test_image_tower_attentions_under_sdpa(name):
     model = build(name)
     assert model.config._attn_implementation == "sdpa"
@@ -186,7 +223,7 @@ def test_image_tower_attentions_under_sdpa(name):
     assert len(vision.attentions) == LAYERS and vision.attentions[0].shape[1] == HEADS
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FLAG_NAMES)
 def test_config_output_flags(name):
     """`config.output_attentions` / `config.output_hidden_states` of the model (or of a tower's own config) apply
     when the call passes `None`; an explicit argument wins."""
