@@ -1,8 +1,8 @@
-"""Offline guidance: per-image maps (TokenCut object maps, CLS attention, Grad-CAM, ...) computed once and stored
-as a dataset column beside each image (`scripts/compute_guidance.py`).
+"""Offline guidance: per-image maps (TokenCut object maps, CLS attention, Grad-CAM, SAM label maps) computed once
+and stored as a dataset column beside each image (`scripts/compute_guidance.py`).
 
 Not Hub code: never copied into checkpoints. `gradcam` needs the `[gradcam]` extra (grad-cam package) only when
-that producer is built.
+that producer is built; `sam` uses segment-anything (a core dependency) or transformers' `SamModel`.
 """
 
 from .attention import attention_map
@@ -19,6 +19,7 @@ from .producers import (
     register_producer,
     resample_to_grid,
 )
+from .sam import SamOptions, SamProducer, build_sam_producer, masks_to_label_map  # registers the "sam" producer
 from .tokencut import TokenCutResult, tokencut
 from .writer import GuidanceSummary, write_guidance
 
@@ -33,12 +34,16 @@ __all__ = [
     "PRODUCERS",
     "Preprocessor",
     "ProducerSpec",
+    "SamOptions",
+    "SamProducer",
     "TokenCutProducer",
     "TokenCutResult",
     "attention_map",
     "available_producers",
     "build_producer",
+    "build_sam_producer",
     "load_backbone",
+    "masks_to_label_map",
     "register_producer",
     "resample_to_grid",
     "tokencut",

@@ -4,13 +4,17 @@
     python scripts/compute_guidance.py --producer tokencut --backbone facebook/dino-vitb16 \\
         --dataset_name parquet --data_files "data/train-*.parquet" --output_dir guidance/train --grid 14
     python scripts/compute_guidance.py --producer gradcam --backbone resnet50 --output_dir guidance/gradcam
+    python scripts/compute_guidance.py --producer sam --sam_checkpoint sam_vit_h_4b8939.pth --sam_model_type vit_h \
+        --dataset_name parquet --data_files "data/train-*.parquet" --output_dir guidance/sam   # segment-anything
+    python scripts/compute_guidance.py --producer sam --backbone facebook/sam-vit-huge --output_dir guidance/sam
 
 Without `--dataset_name` / `--data_files` the embedded demo is used (`--split train`, or its labelled `eval` /
 `probe` splits). `--data_files` alone picks the builder from the extension (parquet, arrow, webdataset tar).
 Prints a summary and, last, `RESULT images=…`, `RESULT skipped=…` and, when the source carries the demo's
-`segments` ground truth, `RESULT <producer>_iou_at_half=…` and `RESULT <producer>_iou=…` (foreground:
-map > 0). See `writer.py` for the output layout, resuming
-and the IoU rule, `producers.py` for the producers and their registry.
+`segments` ground truth, `RESULT <producer>_iou_at_half=…` (float maps) and `RESULT <producer>_iou=…` (foreground:
+map > 0); label producers (`sam`) end with `RESULT <producer>_covered_share=…` (pixels with label > 0). See
+`writer.py` for the output layout, resuming and the IoU rule, `producers.py` for the producers and their registry,
+`sam.py` for the SAM backends.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ _BUILDERS_BY_EXTENSION = {".parquet": "parquet", ".arrow": "arrow", ".tar": "web
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Compute guidance maps (TokenCut, CLS attention, Grad-CAM, ...) and write them as parquet shards "
-        "holding every original column plus the map column.",
+        description="Compute guidance maps (TokenCut, CLS attention, Grad-CAM, SAM label maps) and write them as "
+        "parquet shards holding every original column plus the map column.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     producers = "; ".join(f"{name}: {PRODUCERS[name].description}" for name in available_producers())
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default=None,
         help="Hub name or folder of the backbone (default: the producer's own, e.g. facebook/dino-vitb16 for "
-        "tokencut/attention, the timm name resnet50 for gradcam)",
+        "tokencut/attention, the timm name resnet50 for gradcam, facebook/sam-vit-huge for sam; a .pth file or "
+        "--sam_checkpoint selects segment-anything for sam)",
     )
     parser.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with a checkpoint")
     parser.add_argument("--grid", type=int, default=DEFAULT_GRID, help="target model's patch grid (maps are grid²)")
@@ -109,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         args.producer, args.backbone, args.grid, device, trust_remote_code=args.trust_remote_code, **options
     )
     dataset, source = load_source(args)
-    print(f"{args.producer}: backbone {args.backbone or spec.default_backbone}, {args.grid}x{args.grid} maps, {device}")
+    backbone = getattr(producer, "backbone_name", None) or args.backbone or spec.default_backbone
+    side = producer.map_size
+    print(f"{args.producer}: backbone {backbone}, {side}x{side} {producer.kind} maps in {producer.column!r}, {device}")
     summary = write_guidance(
         dataset,
         producer,
@@ -130,15 +137,25 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         f"{summary.output_dir / 'overlays'}"
     )
     if summary.iou is not None:
+        half = "" if summary.iou_at_half is None else f", map>=0.5 {summary.iou_at_half:.4f}"
         print(
-            f"foreground IoU vs ground truth over {summary.num_iou_images} images: map>0 {summary.iou:.4f}, "
-            f"map>=0.5 {summary.iou_at_half:.4f} (object patch: at least half of its pixels are object)"
+            f"foreground IoU vs ground truth over {summary.num_iou_images} images: map>0 {summary.iou:.4f}{half} "
+            "(object patch: at least half of its pixels are object)"
+        )
+    if summary.covered_share is not None:
+        reference = " (SAM ViT-H in the MRE-ViT paper: about 70-73%)" if args.producer == "sam" else ""
+        print(
+            f"covered: {100 * summary.covered_share:.1f}% of the pixels of {summary.num_images} label maps have a "
+            f"label > 0{reference}"
         )
     print(f"RESULT images={summary.num_images}")
     print(f"RESULT skipped={summary.num_skipped}")
-    if summary.iou is not None:
+    if summary.iou_at_half is not None:
         print(f"RESULT {args.producer}_iou_at_half={summary.iou_at_half:.4f}")
+    if summary.iou is not None:
         print(f"RESULT {args.producer}_iou={summary.iou:.4f}")
+    if summary.covered_share is not None:
+        print(f"RESULT {args.producer}_covered_share={summary.covered_share:.4f}")
     return summary
 
 

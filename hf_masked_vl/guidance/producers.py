@@ -1,22 +1,34 @@
 """Guidance producers and their registry.
 
-A producer turns a batch of PIL images into one map per image, at the *target model's* patch grid (`grid`,
-default 14 = 224 / 16), and says which dataset column it writes and how that column is stored. The writer
-(`writer.py`) and the command line (`cli.py`) only talk to this interface, so a new producer (e.g. SAM, writing a
-`segments` label-map column) is one `register_producer` call away:
+A producer turns a batch of PIL images into one map per image, and says which dataset column it writes and how
+that column is stored. The writer (`writer.py`) and the command line (`cli.py`) only talk to this interface, so a
+new producer is one `register_producer` call away. Registered producers (`--producer`):
+
+* `tokencut`: TokenCut object map from a ViT's last-layer keys (AttG-MAE: DINO ViT-B/16), float, `guidance`;
+* `attention`: raw last-layer CLS attention of a ViT, float, `guidance`;
+* `gradcam`: Grad-CAM of a timm CNN (`gradcam.py`; the `[gradcam]` extra), float, `guidance`;
+* `sam`: SAM automatic masks as a label map (MRE-ViT; `sam.py`, which registers it), label, `segments`:
+  segment-anything from a checkpoint file or transformers' `SamModel` by Hub name / folder.
+
+For example (`sam.py` does exactly this):
 
     register_producer(ProducerSpec(
-        name="sam", factory=build_sam_producer, default_backbone="vit_b@/path/sam_vit_b.pth",
-        description="SAM automatic masks as an object-id map", options={"points_per_side": dict(type=int)},
+        name="sam", factory=build_sam_producer, default_backbone="facebook/sam-vit-huge",
+        description="SAM automatic masks as a label map", options={"points_per_side": dict(type=int)},
     ))
 
 `factory(backbone, grid, device, trust_remote_code, **options)` returns the producer; `options` become CLI flags
 (`--points_per_side`), passed on only when given.
 
-Float producers (`kind="float"`) write `guidance`: a (grid, grid) float32 map in [0, 1] stored as
-`datasets.Array2D`, which `hf_masked_vl.data.maps.decode_float_map` reads. When the backbone's own patch grid
-differs from `grid`, the map is resampled bilinearly (`align_corners=False`, antialiased when shrinking) and then
-normalised again with the producer's own rule, so the range guarantees hold at the target grid.
+Float producers (`kind="float"`) write `guidance`: a map at the *target model's* patch grid (`grid`, default
+14 = 224 / 16), (grid, grid) float32 in [0, 1], stored as `datasets.Array2D`, which
+`hf_masked_vl.data.maps.decode_float_map` reads. When the backbone's own patch grid differs from `grid`, the map is
+resampled bilinearly (`align_corners=False`, antialiased when shrinking) and then normalised again with the
+producer's own rule, so the range guarantees hold at the target grid.
+
+Label producers (`kind="label"`, `sam`) write integer label maps (0 = none) at their own resolution
+(`map_size`, finer than the patch grid: views crop them and vote them down per patch), stored as 8-bit PNG image
+cells, which `hf_masked_vl.data.maps.decode_label_map` reads; `grid` then only sets the writer's IoU report.
 """
 
 from __future__ import annotations
@@ -50,7 +62,8 @@ def resample_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 class GuidanceProducer:
-    """Base class: `__call__(images) -> (B, grid, grid)` float32 numpy maps in [0, 1].
+    """Base class: `__call__(images) -> (B, map_size, map_size)` numpy maps: float32 in [0, 1] at `grid` (float
+    producers), or integer labels (label producers).
 
     Class attributes: `name`; `column` (the dataset column written, "guidance"); `kind` ("float": a float map read
     by `maps.decode_float_map`; "label": an integer label map read by `maps.decode_label_map`)."""
@@ -67,6 +80,11 @@ class GuidanceProducer:
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def map_size(self) -> int:
+        """Side of the written maps (`grid` for float producers)."""
+        return self.grid
+
     def feature(self):
         """The `datasets` feature of the written column."""
         import datasets
@@ -78,7 +96,7 @@ class GuidanceProducer:
         return np.asarray(value, dtype=np.float32)
 
     def foreground(self, value: np.ndarray) -> np.ndarray:
-        """Boolean foreground of one map (for the IoU report): map > 0."""
+        """Boolean foreground of one map (for the IoU report and a label map's covered share): map > 0."""
         return np.asarray(value) > 0
 
     def heat(self, value: np.ndarray) -> np.ndarray:

@@ -4,11 +4,13 @@ Output layout (`output_dir`):
 
 * `<split>-00000.parquet`, `<split>-00001.parquet`, ...: every original column with its original feature (image
   columns keep their stored bytes; an image stored only as a local file path gets that file's bytes embedded, so
-  the shards stand alone) plus the producer's column (`guidance`: `datasets.Array2D((grid, grid), "float32")`).
-  Read them back with `datasets.load_dataset("parquet", data_files={"train": "OUT/train-*.parquet"},
-  streaming=True)`; `hf_masked_vl.data.maps.decode_float_map` reads the `guidance` cells.
+  the shards stand alone) plus the producer's column (float producers: `guidance`,
+  `datasets.Array2D((grid, grid), "float32")`; label producers: e.g. `segments`, 8-bit PNG label maps,
+  `datasets.Image()`; a source column of that name is replaced). Read them back with
+  `datasets.load_dataset("parquet", data_files={"train": "OUT/train-*.parquet"}, streaming=True)`;
+  `hf_masked_vl.data.maps.decode_float_map` / `decode_label_map` read the cells.
 * `stats/<split>-run.json`: what produced the shards (producer, backbone, grid, shard size, ...);
-  `stats/<split>-00000.json`: per-shard counts and IoU sums.
+  `stats/<split>-00000.json`: per-shard counts, IoU sums and (label producers) covered / total pixels.
 * `overlays/<split>-<record>.png`: image | map heat | overlay, for the first `num_overlays` images.
 
 Shard k holds the source records [k · shard_size, (k + 1) · shard_size) in stream order (records whose image
@@ -17,11 +19,15 @@ complete, its stats file first; a later run with the same settings skips every s
 and whose record count matches (reading, not decoding, those records), so an interrupted run resumes where it
 stopped. A run with different settings in the same folder and split is refused.
 
-IoU report (when the source has a ground-truth object-id column, the demo's `segments`: 0 = background): per
-image, the producer's foreground (map > 0, at the patch grid) against the true object patches, a patch being
-object when **at least half of its pixels** are object pixels (segments > 0 averaged over the patch cell with
-adaptive average pooling, ≥ 0.5); the mean over images is reported (an image where both are empty counts 1). The
-IoU of map ≥ 0.5 is reported too (more telling for maps without an exact-zero background: attention, Grad-CAM).
+IoU report (when the source has a ground-truth object-id column, the demo's `segments`: 0 = background; read from
+the source record, also when the producer writes a column of the same name): per image, the producer's foreground
+(map > 0; label > 0 for label maps, at the patch grid) against the true object patches, a patch being object when
+**at least half of its pixels** are object pixels (segments > 0 averaged over the patch cell with adaptive average
+pooling, ≥ 0.5); the mean over images is reported (an image where both are empty counts 1). For float maps the IoU
+of map ≥ 0.5 is reported too (more telling for maps without an exact-zero background: attention, Grad-CAM).
+
+Covered share (label producers): the share of pixels with label > 0 over every written map (all at the stored
+resolution, so also the mean of the per-image shares); SAM covers about 70–73% in the MRE-ViT paper.
 """
 
 from __future__ import annotations
@@ -60,7 +66,9 @@ _COLORMAP = (
 class GuidanceSummary:
     """What a `write_guidance` run saw (counts include shards reused from an earlier run).
 
-    iou / iou_at_half: mean per-image IoU of map > 0 / map ≥ 0.5 against the ground truth (None without one)."""
+    iou / iou_at_half: mean per-image IoU of map > 0 / map ≥ 0.5 against the ground truth (None without one;
+    iou_at_half None for label maps). covered_share: label producers, the share of written pixels with label > 0
+    (None for float producers or when nothing was written)."""
 
     output_dir: Path
     split: str
@@ -73,6 +81,9 @@ class GuidanceSummary:
     iou: float | None = None
     iou_at_half: float | None = None
     num_iou_images: int = 0
+    covered_share: float | None = None
+    covered_pixels: int = 0
+    map_pixels: int = 0
 
 
 def patch_foreground(binary: np.ndarray, grid: int) -> np.ndarray:
@@ -206,17 +217,14 @@ def write_guidance(
         for name in image_columns:
             raw = raw.cast_column(name, datasets.Image(decode=False))
         if producer.column in features:
-            log(f"the source already has a {producer.column!r} column: it is replaced")
+            note = " (the IoU report reads the source's)" if producer.column == ground_truth_column else ""
+            log(f"the source already has a {producer.column!r} column: it is replaced{note}")
     out_features = None
     if features is not None:
-        out_features = datasets.Features({**{k: v for k, v in features.items() if k != producer.column}})
+        out_features = datasets.Features(dict(features))  # a replaced column keeps its place, a new one is last
         out_features[producer.column] = producer.feature()
-    with_truth = (
-        ground_truth_column is not None
-        and producer.kind == "float"
-        and producer.column != ground_truth_column
-        and (features is None or ground_truth_column in features)
-    )
+    with_truth = ground_truth_column is not None and (features is None or ground_truth_column in features)
+    is_label = producer.kind == "label"
 
     summary = GuidanceSummary(output_dir=output_dir, split=split)
     iou_sum = iou_half_sum = 0.0
@@ -242,11 +250,13 @@ def write_guidance(
                 summary.num_iou_images += stats.get("num_iou_images", 0)
                 iou_sum += stats.get("iou_sum", 0.0)
                 iou_half_sum += stats.get("iou_half_sum", 0.0)
+                summary.covered_pixels += stats.get("covered_pixels", 0)
+                summary.map_pixels += stats.get("map_pixels", 0)
                 bar.update(len(chunk))
                 continue
         rows: list[dict] = []
         stats = {"num_records": len(chunk), "num_images": 0, "num_skipped": 0, "num_iou_images": 0}
-        stats.update(iou_sum=0.0, iou_half_sum=0.0)
+        stats.update(iou_sum=0.0, iou_half_sum=0.0, covered_pixels=0, map_pixels=0)
         for offset in range(0, len(chunk), batch_size):
             batch, images, indices = [], [], []
             for position, example in enumerate(chunk[offset : offset + batch_size]):
@@ -265,14 +275,18 @@ def write_guidance(
                 row = {key: (_embed_file_bytes(v) if key in image_columns else v) for key, v in example.items()}
                 row[producer.column] = producer.to_cell(value)
                 rows.append(row)
+                if is_label:
+                    stats["covered_pixels"] += int(np.count_nonzero(producer.foreground(value)))
+                    stats["map_pixels"] += int(np.asarray(value).size)
                 if with_truth:
                     segments = decode_label_map(example.get(ground_truth_column))
                     if segments is not None:
                         truth = patch_foreground(segments > 0, producer.grid)
                         predicted = patch_foreground(producer.foreground(value), producer.grid)
                         stats["iou_sum"] += foreground_iou(predicted, truth)
-                        predicted = patch_foreground(producer.heat(value) >= 0.5, producer.grid)
-                        stats["iou_half_sum"] += foreground_iou(predicted, truth)
+                        if not is_label:
+                            predicted = patch_foreground(producer.heat(value) >= 0.5, producer.grid)
+                            stats["iou_half_sum"] += foreground_iou(predicted, truth)
                         stats["num_iou_images"] += 1
                 if overlays_done < num_overlays:
                     overlay_dir.mkdir(parents=True, exist_ok=True)
@@ -293,13 +307,17 @@ def write_guidance(
         summary.num_iou_images += stats["num_iou_images"]
         iou_sum += stats["iou_sum"]
         iou_half_sum += stats["iou_half_sum"]
+        summary.covered_pixels += stats["covered_pixels"]
+        summary.map_pixels += stats["map_pixels"]
     bar.close()
     close = getattr(records, "close", None)
     if close is not None:  # a stream left half read (max_samples) otherwise complains at interpreter exit
         close()
     if summary.num_iou_images:
         summary.iou = iou_sum / summary.num_iou_images
-        summary.iou_at_half = iou_half_sum / summary.num_iou_images
+        summary.iou_at_half = None if is_label else iou_half_sum / summary.num_iou_images
+    if is_label and summary.map_pixels:
+        summary.covered_share = summary.covered_pixels / summary.map_pixels
     return summary
 
 
