@@ -150,9 +150,12 @@ class Method:
         return None
 
 
-def build_config(config_class: type[PreTrainedConfig], preset: str, **overrides) -> PreTrainedConfig:
-    """`config_class.from_preset(preset, **overrides)`; a value that cannot hold is a `UsageError` naming it."""
+def build_config(config_class: type[PreTrainedConfig], preset: str | None, **overrides) -> PreTrainedConfig:
+    """`config_class.from_preset(preset, **overrides)` (`preset=None`: `config_class(**overrides)`); a value that
+    cannot hold is a `UsageError` naming it."""
     try:
+        if preset is None:
+            return config_class(**overrides)
         return config_class.from_preset(preset, **overrides)
     except UsageError:
         raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedConfig
 
 from ..data.maps import MapSpec
 from ..data.views import MultiCropViews, SingleCropView
@@ -236,10 +237,11 @@ class MREDistillMethod(Method):
     def build_model(self, teacher: nn.Module | None = None) -> nn.Module:
         if self.model_args.model_name_or_path:  # continue a student
             return super().build_model(teacher)
-        overrides = {**teacher.config.to_dict(), **self.config_overrides, "relation_bias": "none"}
-        for key in ("architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype"):
-            overrides.pop(key, None)
-        config = build_config(MREViTConfig, "tiny", **overrides)
+        # the teacher's architecture and recipe, without the bias, with the command line's changes
+        own_fields = set(MREViTConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+        fields = {name: getattr(teacher.config, name) for name in own_fields}
+        fields["vision_config"] = teacher.config.vision_config.to_dict()
+        config = build_config(MREViTConfig, None, **{**fields, **self.config_overrides, "relation_bias": "none"})
         model = self.model_class._from_config(config, attn_implementation=self.model_args.attn_implementation)
         if config.distillation_student_init == "teacher":
             state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("relation_bias.")}
