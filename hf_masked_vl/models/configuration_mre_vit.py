@@ -49,6 +49,7 @@ MRE_VIT_PRESETS: dict[str, dict] = {
         "dino_bottleneck_dim": 128,
         "local_crop_size": 24,
         "num_local_crops": 4,
+        "relation_bias_lr_scale": 100.0,
     },
 }  # fmt: skip
 
@@ -73,6 +74,10 @@ class MREViTConfig(PreTrainedConfig):
             `"fixed"` (+1 / −1, frozen), `"positive_only"`, `"negative_only"` (the paper's Table 4 ablation) or
             `"none"` (a plain ViT: the MAE / DINO baselines and the distilled student).
         relation_bias_init: start value of the learnable scalars (0).
+        relation_bias_lr_scale: learning-rate multiplier of the relation scalars (1: the paper does not say). The
+            bias enters the logits divided by sqrt(d_h), so the scalars need values of several units to matter; at
+            the learning rates of a ViT, Adam moves them by about lr per step, which a run of the paper's length
+            (hundreds of thousands of steps) covers and a short run does not: the `tiny` preset uses 100.
         scale_relation_bias: divide the bias by sqrt(d_h) with the logits, e = (q·k + b) / sqrt(d_h) (eq. 5).
         token_labels: how the data pipeline turns a view's label map into one label per patch: `"majority"` (most
             frequent label in the patch, 0 counted) or `"nearest"` (the label at the patch centre).
@@ -103,6 +108,7 @@ class MREViTConfig(PreTrainedConfig):
     vision_config: dict | MaskedViTConfig | None = None
     relation_bias: str = "per_layer_head"
     relation_bias_init: float = 0.0
+    relation_bias_lr_scale: float = 1.0
     scale_relation_bias: bool = True
     token_labels: str = "majority"
     decoder_hidden_size: int = 512
@@ -187,6 +193,8 @@ class MREViTConfig(PreTrainedConfig):
             raise ValueError(f"center_momentum={self.center_momentum} must be in [0, 1)")
         if not (self.attention_distillation_weight >= 0 and math.isfinite(self.attention_distillation_weight)):
             raise ValueError(f"attention_distillation_weight={self.attention_distillation_weight} must be >= 0")
+        if not (self.relation_bias_lr_scale > 0 and math.isfinite(self.relation_bias_lr_scale)):
+            raise ValueError(f"relation_bias_lr_scale={self.relation_bias_lr_scale} must be a finite number > 0")
         if not math.isfinite(self.relation_bias_init):
             raise ValueError(f"relation_bias_init={self.relation_bias_init} must be finite")
 

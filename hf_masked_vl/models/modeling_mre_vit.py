@@ -133,6 +133,11 @@ class MREViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
         return {"vit.embeddings.cls_token", "vit.embeddings.position_embedding", "relation_bias.u_pos",
                 "relation_bias.u_neg"}  # fmt: skip
 
+    def learning_rate_scales(self) -> dict[str, float]:
+        """The relation scalars train at lr × `config.relation_bias_lr_scale` (read by the package's trainer)."""
+        return {name: self.config.relation_bias_lr_scale for name, _ in self.relation_bias.named_parameters(
+            prefix="relation_bias")}  # fmt: skip
+
     def encode(
         self,
         pixel_values: torch.Tensor,

@@ -158,23 +158,36 @@ class MaskedVLTrainer(Trainer):
                 excluded |= {f"{prefix}.{name}" if prefix else name for name in module.no_weight_decay()}
         return [name for name, p in model.named_parameters() if p.ndim >= 2 and name not in excluded]
 
+    def learning_rate_scales(self, model: nn.Module) -> dict[str, float]:
+        """Per-parameter learning-rate multipliers that submodules declare with `learning_rate_scales()` (name →
+        factor, relative to the submodule), e.g. MRE's relation-bias scalars."""
+        scales = {}
+        for prefix, module in model.named_modules():
+            if callable(getattr(module, "learning_rate_scales", None)):
+                for name, factor in module.learning_rate_scales().items():
+                    scales[f"{prefix}.{name}" if prefix else name] = float(factor)
+        return scales
+
     def create_optimizer(self, model=None):
-        """As `Trainer.create_optimizer`; with `args.layer_decay` the image tower's parameters get
-        lr × decay^(depth + 1 - layer) (embeddings: layer 0, block i: i + 1, the rest: depth + 1)."""
-        layer_decay = getattr(self.args, "layer_decay", None)
-        if self.optimizer is not None or not layer_decay:
-            return super().create_optimizer(model)
+        """As `Trainer.create_optimizer`, with parameter groups when learning rates differ: with `args.layer_decay`
+        the image tower's parameters get lr × decay^(depth + 1 - layer) (embeddings: layer 0, block i: i + 1, the
+        rest: depth + 1), and a parameter a submodule lists in `learning_rate_scales()` gets lr × its factor."""
         opt_model = self.model if model is None else model
+        layer_decay = getattr(self.args, "layer_decay", None)
+        scales = {name: factor for name, factor in self.learning_rate_scales(opt_model).items() if factor != 1.0}
+        if self.optimizer is not None or not (layer_decay or scales):
+            return super().create_optimizer(model)
         decay_names = set(self.get_decay_parameter_names(opt_model))
-        depth = opt_model.config.vision_config.num_hidden_layers
-        groups: dict[tuple[int, bool], dict] = {}
+        depth = opt_model.config.vision_config.num_hidden_layers if layer_decay else 0
+        groups: dict[tuple[float, bool], dict] = {}
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            layer = vision_layer_id(name, depth)
-            key = (layer, name in decay_names)
+            scale = scales.get(name, 1.0)
+            if layer_decay:
+                scale *= layer_decay ** (depth + 1 - vision_layer_id(name, depth))
+            key = (scale, name in decay_names)
             if key not in groups:
-                scale = layer_decay ** (depth + 1 - layer)
                 groups[key] = {
                     "params": [],
                     "lr": self.args.learning_rate * scale,
