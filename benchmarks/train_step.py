@@ -4,9 +4,14 @@
     python benchmarks/train_step.py --method a_clip       # A-CLIP vs transformers CLIPModel, ViT-B/16, batch 32
     python benchmarks/train_step.py --method attg_mae     # AttG-MAE vs transformers ViTMAEForPreTraining, ViT-B/16
     python benchmarks/train_step.py --method a_clip --preset tiny --batch_size 64 --dtype fp32
+    python benchmarks/train_step.py --method mre_mae      # MRE-MAE with vs without segments, ViT-S/16, batch 32
+    python benchmarks/train_step.py --method dino         # a DINO step, ViT-S/16, 2 global + 8 local crops
 
 `--dtype auto` (default) uses bf16 autocast only where the hardware runs it fast. Steps are timed round-robin
-after warm-up (median), FLOPs come from `torch.utils.flop_counter` (CPU attention included). Prints a table, then
+after warm-up (median), FLOPs come from `torch.utils.flop_counter` (CPU attention included), and the peak memory of
+one more step of each, alone: on CUDA `torch.cuda.max_memory_allocated` over the step, minus what the other steps'
+models hold; on the CPU the tensors the step owns before it starts (weights, optimizer state, EMA, inputs) plus the
+peak of the allocations made during the step (`torch.profiler`, `profile_memory=True`). Prints a table, then
 `RESULT` lines last.
 
 - a_clip: everything the trainer does per optimizer step — the EMA forward on the EMA view (CLS attention of every
@@ -16,13 +21,23 @@ after warm-up (median), FLOPs come from `torch.utils.flop_counter` (CPU attentio
 - attg_mae: the guided loss (exp(M / τ) weights on a random map) with the same weights and masks as transformers'
   `ViTMAEForPreTraining` (converted weights, the same `noise`). `RESULT attg_over_vitmae_step_time=…` and
   `RESULT attg_over_vitmae_flops=…` (target: ≤ 1.05 and within 2%).
+- mre_mae: the MRE-MAE training step (ViT-S/16 encoder with the mask-relation bias, MAE's decoder, 75% masks) with
+  token labels (5 random rectangles per image at the token grid, labels 1–5, later ones on top, 0 elsewhere) against
+  the same model and masks without labels (a plain ViT), plus the encoder alone (forward + backward) both ways.
+  `RESULT bias_step_time_ratio=…` (target ≤ 1.10) and `RESULT bias_peak_memory_ratio=…` (target ≤ 1.2).
+- dino: everything the trainer does per DINO step — the EMA teacher on the 2 global crops, the student on the 2 global
+  and the local crops (`vit-s-16`: 8 of 96 px), DINO's head and centred loss, backward, gradient clipping, AdamW and
+  the EMA update. `RESULT dino_images_per_s=…` and `RESULT dino_gflops_per_image=…` (an image = its 2 + L crops).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,9 +46,70 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 from hf_masked_vl import AClipConfig, AClipModel, AttGMAEConfig, AttGMAEForPreTraining
 from hf_masked_vl.data.views import enclosing_box, random_resized_crop_box
 from hf_masked_vl.methods.a_clip import AClipObjective
+from hf_masked_vl.methods.mre import DINOObjective
+from hf_masked_vl.models import MREViTConfig, MREViTForDINO, MREViTForMAE
 from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
 from hf_masked_vl.training.ema import EMACallback
 from hf_masked_vl.training.flops import count_flops
+
+
+@dataclass
+class Suite:
+    """What a benchmark times: `steps` (name → step function; the first is the base of the ratios), the preset, notes
+    printed under the table, and per step what it owns (modules, optimizers, tensors) for its resting memory."""
+
+    steps: dict[str, Callable[[], None]]
+    preset: str
+    notes: list[str] = field(default_factory=list)
+    owned: dict[str, list] = field(default_factory=dict)
+    images_per_step: int | None = None  # default: --batch_size
+
+
+def _tensors(thing) -> list[torch.Tensor]:
+    if isinstance(thing, torch.Tensor):
+        return [thing]
+    if isinstance(thing, torch.nn.Module):
+        return [t for t in (*thing.parameters(), *thing.buffers())] + [
+            p.grad for p in thing.parameters() if p.grad is not None
+        ]
+    if isinstance(thing, torch.optim.Optimizer):
+        return [v for state in thing.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    if isinstance(thing, dict):
+        return [t for value in thing.values() for t in _tensors(value)]
+    if isinstance(thing, (list, tuple)):
+        return [t for value in thing for t in _tensors(value)]
+    return []
+
+
+def resting_bytes(owned: list) -> int:
+    """Bytes of the distinct storages of every tensor in `owned` (modules: parameters, buffers, gradients;
+    optimizers: their state; dicts / lists of tensors)."""
+    storages = {}
+    for tensor in _tensors(owned):
+        storage = tensor.untyped_storage()
+        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def step_peak_bytes(step: Callable[[], None], owned: list, device: torch.device) -> int:
+    """Peak tensor memory of one step: what the step owns before it starts plus the peak of what it allocates."""
+    resting = resting_bytes(owned)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return resting + torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    live = peak = 0
+    for _, allocated in sorted((event.time_range.start, event.self_cpu_memory_usage) for event in profiler.events()):
+        live += allocated
+        peak = max(peak, live)
+    return resting + peak
 
 
 def matching_clip(config: AClipConfig) -> CLIPModel:
@@ -115,6 +191,7 @@ def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precis
         objective.after_optimizer_step(model)
         ema.update(model, 0.998)
 
+    step.owned = [model, ema.ema_model, optimizer, batch]
     return step
 
 
@@ -135,10 +212,11 @@ def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precisi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.owned = [model, optimizer, batch["input_ids"], batch["attention_mask"], pixel_values]
     return step
 
 
-def aclip_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
+def aclip_benchmark(args, device, precision) -> Suite:
     preset = args.preset or "vit-b-16"
     config = AClipConfig.from_preset(preset)
     batch = synthetic_batch(config, args.batch_size, device)
@@ -149,10 +227,11 @@ def aclip_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
         ),
         "A-CLIP attentive + SimCLR + BYOL": aclip_step_fn(config, batch, device, precision),
     }
-    return steps, preset, ["paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16"]
+    notes = ["paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16"]
+    return Suite(steps, preset, notes, {name: step.owned for name, step in steps.items()})
 
 
-def attg_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
+def attg_benchmark(args, device, precision) -> Suite:
     preset = args.preset or "vit-b-16"
     config = AttGMAEConfig.from_preset(preset)
     attg = AttGMAEForPreTraining(config).to(device).train()
@@ -173,48 +252,186 @@ def attg_benchmark(args, device, precision) -> tuple[dict, str, list[str]]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+        step.owned = [model, optimizer, pixels, noise, inputs]
         return step
 
     steps = {
         "MAE (transformers ViTMAEForPreTraining)": step_fn(vit_mae, {}),
         "AttG-MAE (guided loss, same weights and masks)": step_fn(attg, {"guidance": guidance}),
     }
-    return steps, preset, []
+    return Suite(steps, preset, [], {name: step.owned for name, step in steps.items()})
 
 
-BENCHMARKS = {"a_clip": aclip_benchmark, "attg_mae": attg_benchmark}
+def rectangle_labels(batch_size: int, grid: int, num_rectangles: int = 5, seed: int = 0) -> torch.Tensor:
+    """(B, grid²) token labels: per image `num_rectangles` random rectangles (sides 2 … grid/2 tokens) labelled
+    1, 2, … in drawing order (later ones on top), 0 where none lies (SAM's top-5 masks at the token grid)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((batch_size, grid, grid), dtype=np.int64)
+    for image in labels:
+        for label in range(1, num_rectangles + 1):
+            height, width = rng.integers(2, max(3, grid // 2 + 1), size=2)
+            top, left = rng.integers(0, grid - height + 1), rng.integers(0, grid - width + 1)
+            image[top : top + height, left : left + width] = label
+    return torch.from_numpy(labels.reshape(batch_size, -1))
+
+
+def mre_mae_benchmark(args, device, precision) -> Suite:
+    preset = args.preset or "vit-s-16"
+    config = MREViTConfig.from_preset(preset)
+    with_bias = MREViTForMAE(config).to(device).train()
+    plain = copy.deepcopy(with_bias)  # the same weights, trained without labels: a plain ViT encoder
+    grid, patches = config.vision_config.grid_size, config.num_patches
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(args.batch_size, 3, config.vision_config.image_size, config.vision_config.image_size,
+                         generator=generator).to(device)  # fmt: skip
+    noise = torch.rand(args.batch_size, patches, generator=generator).to(device)
+    labels = rectangle_labels(args.batch_size, grid).to(device)
+    covered = (labels > 0).float().mean().item()
+
+    def step_fn(model, token_labels):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+
+        def step():
+            with autocast(precision, device):
+                loss = model(pixel_values=pixels, noise=noise, token_labels=token_labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step.owned = [model, optimizer, pixels, noise, labels]
+        return step
+
+    def encoder_fn(model, token_labels):
+        keep = torch.argsort(noise, dim=1)[:, : config.num_kept_patches]
+
+        def step():
+            with autocast(precision, device):
+                hidden = model.encode(pixels, token_labels, keep).last_hidden_state
+            hidden.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        step.owned = [model, pixels, keep, labels]
+        return step
+
+    steps = {
+        "MRE-MAE without segments (plain ViT encoder)": step_fn(plain, None),
+        "MRE-MAE with segments (bias in every layer)": step_fn(with_bias, labels),
+        "encoder fwd+bwd without segments": encoder_fn(plain, None),
+        "encoder fwd+bwd with segments": encoder_fn(with_bias, labels),
+    }
+    notes = [
+        f"token labels: 5 random rectangles per image on the {grid}x{grid} grid ({covered:.0%} of tokens labelled); "
+        f"{config.num_kept_patches} of {patches} patches visible; decoder {config.decoder_hidden_size} wide, "
+        f"{config.decoder_num_hidden_layers} deep (no bias)"
+    ]
+    return Suite(steps, preset, notes, {name: step.owned for name, step in steps.items()})
+
+
+def dino_benchmark(args, device, precision) -> Suite:
+    preset = args.preset or "vit-s-16"
+    config = MREViTConfig.from_preset(preset, relation_bias="none")
+    model = MREViTForDINO(config).to(device).train()
+    ema = EMACallback(momentum=0.996, model=model, averaged=("vit.", "head."))
+    objective = DINOObjective(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+    generator = torch.Generator().manual_seed(0)
+    size, local = config.vision_config.image_size, config.local_crop_size
+    batch = {
+        "global_pixel_values": torch.randn(args.batch_size, config.num_global_crops, 3, size, size,
+                                           generator=generator).to(device),
+        "local_pixel_values": torch.randn(args.batch_size, config.num_local_crops, 3, local, local,
+                                          generator=generator).to(device),
+    }  # fmt: skip
+
+    def step():
+        with autocast(precision, device):
+            with torch.no_grad():
+                inputs = objective.prepare(batch, model, ema.ema_model)
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)  # DINO's clip_grad
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model, 0.996)
+
+    name = (f"DINO: EMA teacher on {config.num_global_crops}x{size}px, student on {config.num_global_crops}x{size} + "
+            f"{config.num_local_crops}x{local}px")  # fmt: skip
+    notes = [f"DINO head: {config.dino_hidden_dim} hidden, {config.dino_bottleneck_dim} bottleneck, "
+             f"{config.dino_out_dim} prototypes; an image = its {config.num_global_crops + config.num_local_crops} "
+             "crops"]  # fmt: skip
+    return Suite({name: step}, preset, notes, {name: [model, ema.ema_model, optimizer, batch]})
+
+
+BENCHMARKS = {
+    "a_clip": aclip_benchmark,
+    "attg_mae": attg_benchmark,
+    "mre_mae": mre_mae_benchmark,
+    "dino": dino_benchmark,
+}
 RESULT_KEYS = {"a_clip": ("aclip", "clip"), "attg_mae": ("attg", "vitmae")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="a_clip", choices=list(BENCHMARKS))
-    parser.add_argument("--preset", default=None, help="size preset (default vit-b-16)")
+    parser.add_argument("--preset", default=None, help="size preset (default vit-b-16; mre_mae and dino: vit-s-16)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 only where it is fast")
+    parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory step")
     args = parser.parse_args()
     device = torch.device(args.device)
     precision = choose_precision(args.dtype, device)
     torch.manual_seed(0)
 
-    steps, preset, notes = BENCHMARKS[args.method](args, device, precision)
+    suite = BENCHMARKS[args.method](args, device, precision)
+    steps = suite.steps
     flops = {name: count_flops(step) for name, step in steps.items()}
     times = time_interleaved(steps, args.steps, args.warmup, device)
+    memory = {}
+    if not args.no_memory:
+        memory = {name: step_peak_bytes(step, suite.owned.get(name, []), device) for name, step in steps.items()}
     rows = [(name, statistics.median(values)) for name, values in times.items()]
     base_name, base_time = rows[0]
-    print(f"device={device} precision={precision} preset={preset} batch={args.batch_size} timed steps={args.steps}")
-    print(f"| {'step':<48} | {'ms / step':>10} | {'img / s':>8} | {'GFLOP / step':>12} | {'time vs base':>12} |")
-    print(f"| {'-' * 48} | {'-' * 10} | {'-' * 8} | {'-' * 12} | {'-' * 12} |")
+    images = suite.images_per_step or args.batch_size
+    print(
+        f"device={device} precision={precision} preset={suite.preset} batch={args.batch_size} timed steps={args.steps}"
+    )
+    print(
+        f"| {'step':<48} | {'ms / step':>10} | {'img / s':>8} | {'GFLOP / step':>12} | {'time vs base':>12} | "
+        f"{'peak MiB':>9} |"
+    )
+    print(f"| {'-' * 48} | {'-' * 10} | {'-' * 8} | {'-' * 12} | {'-' * 12} | {'-' * 9} |")
     for name, seconds in rows:
+        peak = f"{memory[name] / 2**20:>9.0f}" if name in memory else f"{'-':>9}"
         print(
-            f"| {name:<48} | {seconds * 1e3:>10.1f} | {args.batch_size / seconds:>8.1f} | "
-            f"{flops[name] / 1e9:>12.1f} | {seconds / base_time:>12.3f} |"
+            f"| {name:<48} | {seconds * 1e3:>10.1f} | {images / seconds:>8.1f} | "
+            f"{flops[name] / 1e9:>12.1f} | {seconds / base_time:>12.3f} | {peak} |"
         )
-    for note in notes:
+    for note in suite.notes:
         print(note)
+    if args.method == "mre_mae":
+        (plain, plain_time), (biased, biased_time) = rows[0], rows[1]
+        (enc_plain, enc_plain_time), (enc_biased, enc_biased_time) = rows[2], rows[3]
+        print(f"RESULT plain_step_ms={plain_time * 1e3:.1f}")
+        print(f"RESULT bias_step_ms={biased_time * 1e3:.1f}")
+        print(f"RESULT bias_encoder_time_ratio={enc_biased_time / enc_plain_time:.3f}")
+        print(f"RESULT bias_flops_ratio={flops[biased] / flops[plain]:.4f}")
+        if memory:
+            print(f"RESULT bias_encoder_peak_memory_ratio={memory[enc_biased] / memory[enc_plain]:.3f}")
+            print(f"RESULT bias_peak_memory_ratio={memory[biased] / memory[plain]:.3f}")
+        print(f"RESULT bias_step_time_ratio={biased_time / plain_time:.3f}")
+        return
+    if args.method == "dino":
+        name, seconds = rows[0]
+        if memory:
+            print(f"RESULT dino_peak_memory_mib={memory[name] / 2**20:.0f}")
+        print(f"RESULT dino_step_ms={seconds * 1e3:.1f}")
+        print(f"RESULT dino_images_per_s={images / seconds:.2f}")
+        print(f"RESULT dino_gflops_per_image={flops[name] / 1e9 / images:.2f}")
+        return
     ours, peer = RESULT_KEYS[args.method]
     name, seconds = rows[-1]
     print(f"RESULT {peer}_step_ms={base_time * 1e3:.1f}")

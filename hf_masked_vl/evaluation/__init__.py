@@ -5,6 +5,9 @@
 * `knn`: DINO's weighted k-NN on backbone CLS features, train split → test split (headline k = 20).
 * `linear`: a logistic-regression probe on standardised backbone CLS features.
 
+`evaluation.segments` gives the k-NN / linear features of an MRE-ViT model with segment labels (its attention bias
+on), from splits read with a segments column.
+
 `evaluate_many` extracts each split's features once and shares them between protocols.
 """
 
@@ -17,6 +20,7 @@ from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_lis
 from .features import LabelledFeatures, extract_feature_sets, extract_features, image_features, image_tower
 from .knn import KNNResult, weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
+from .segments import evaluate_with_segments, extract_segment_features, processor_geometry, segment_inputs
 from .zero_shot import ZeroShotMetrics, zero_shot_accuracy, zero_shot_metrics
 
 PROTOCOLS = ("zero_shot", "knn", "linear")
@@ -114,7 +118,20 @@ def evaluate_many(
     kinds = (["backbone"] if trained else []) + (["embedding"] if "zero_shot" in protocols else [])
     test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size)
     train = extract_features(model, image_processor, train_split, batch_size) if trained else None
-    common = dict(chance=1 / len(class_names), num_classes=len(class_names), dataset_name=test_split.name)
+    trained_results = {}
+    if trained:
+        trained_results = trained_protocol_results(
+            trained,
+            train,
+            test["backbone"],
+            class_names,
+            test_split.name,
+            _device(model),
+            ks=ks,
+            temperature=temperature,
+            weight_decay=weight_decay,
+            max_iter=max_iter,
+        )
     results = {}
     for protocol in protocols:
         if protocol == "zero_shot":
@@ -122,22 +139,44 @@ def evaluate_many(
             results[protocol] = EvaluationResult(
                 protocol,
                 metrics.top1,
+                chance=1 / len(class_names),
+                num_classes=len(class_names),
+                dataset_name=test_split.name,
                 num_train=0,
                 num_test=metrics.num_samples,
                 details={"top5": metrics.top5},
                 num_skipped=metrics.num_skipped,
-                **common,
             )
-            continue
-        backbone = test["backbone"]
-        sizes = dict(
-            num_train=len(train.labels),
-            num_test=len(backbone.labels),
-            num_skipped=train.num_skipped + backbone.num_skipped,
-        )
-        features = (train.features, train.labels, backbone.features, backbone.labels, len(class_names))
+        else:
+            results[protocol] = trained_results[protocol]
+    return results
+
+
+def trained_protocol_results(
+    protocols: Sequence[str],
+    train: LabelledFeatures,
+    test: LabelledFeatures,
+    class_names: Sequence[str],
+    dataset_name: str = "",
+    device=None,
+    ks: Sequence[int] = (10, 20, 100),
+    temperature: float = 0.07,
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> dict[str, EvaluationResult]:
+    """k-NN and / or linear-probe results ({protocol: result}) of features already extracted (`evaluate_many`'s
+    backbone features, or `evaluation.segments`' features with segment labels)."""
+    common = dict(chance=1 / len(class_names), num_classes=len(class_names), dataset_name=dataset_name)
+    sizes = dict(
+        num_train=len(train.labels),
+        num_test=len(test.labels),
+        num_skipped=train.num_skipped + test.num_skipped,
+    )
+    features = (train.features, train.labels, test.features, test.labels, len(class_names))
+    results = {}
+    for protocol in protocols:
         if protocol == "knn":
-            per_k = weighted_knn(*features, ks=ks, temperature=temperature, device=_device(model))
+            per_k = weighted_knn(*features, ks=ks, temperature=temperature, device=device)
             details, notes = {}, []
             for k, result in per_k.items():
                 details[f"top1_k{k}"] = result.top1
@@ -149,12 +188,16 @@ def evaluate_many(
             results[protocol] = EvaluationResult(
                 protocol, per_k[headline].top1, details=details, notes=notes, **sizes, **common
             )
-        else:
-            probe = linear_probe(*features, weight_decay=weight_decay, max_iter=max_iter, device=_device(model))
+        elif protocol == "linear":
+            probe = linear_probe(*features, weight_decay=weight_decay, max_iter=max_iter, device=device)
             details = {"train_top1": probe.train_top1}
             if probe.top5 is not None:
                 details = {"top5": probe.top5, **details}
             results[protocol] = EvaluationResult(protocol, probe.top1, details=details, **sizes, **common)
+        else:
+            raise ValueError(
+                f"{protocol!r} is not a protocol on labelled train features; choose from {TRAINED_PROTOCOLS}"
+            )
     return results
 
 
@@ -198,14 +241,19 @@ __all__ = [
     "demo_splits",
     "evaluate",
     "evaluate_many",
+    "evaluate_with_segments",
+    "extract_segment_features",
     "extract_feature_sets",
     "extract_features",
     "image_features",
     "image_tower",
     "linear_probe",
     "load_labelled_split",
+    "processor_geometry",
     "read_json_list",
+    "segment_inputs",
     "supported_protocols",
+    "trained_protocol_results",
     "weighted_knn",
     "zero_shot_accuracy",
     "zero_shot_metrics",

@@ -16,6 +16,8 @@ class LabelledSplit:
     """(raw image cell, int label) records, re-iterable, with the names of the classes.
 
     `records` yields undecoded image cells (see `decode_image`); `name` labels the split in reports and model cards.
+    A split read with a segments column (`segments_column=...`) yields (image cell, label, segments cell) triples:
+    every protocol reads the first two, `evaluation.segments` the third.
     """
 
     records: Iterable[tuple]
@@ -47,10 +49,13 @@ def load_labelled_split(
     max_samples: int | None = None,
     config_name: str | None = None,
     name: str | None = None,
+    segments_column: str | None = None,
 ) -> LabelledSplit:
     """A labelled split streamed from any `datasets` source (Hub name, or a builder such as `parquet` or
     `imagefolder` with `data_files`). Class names come from the label column's `ClassLabel` unless given; labels
-    must be ints in [0, number of classes). `name` defaults to "<dataset_name>[/<config_name>] (<split>)"."""
+    must be ints in [0, number of classes). `name` defaults to "<dataset_name>[/<config_name>] (<split>)".
+    With `segments_column` the records are (image, label, segments cell) triples (undecoded label maps, see
+    `data.maps.decode_label_map`) for the features of a model with a mask-relation bias (`evaluation.segments`)."""
     dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=True)
     features = dataset.features
     if features is not None:
@@ -58,6 +63,8 @@ def load_labelled_split(
             raise _missing_column("image", image_column, features)
         if label_column not in features:
             raise _missing_column("label", label_column, features)
+        if segments_column is not None and segments_column not in features:
+            raise _missing_column("segments", segments_column, features)
     if class_names is None:
         if features is None:
             raise ValueError("the dataset declares no features: pass the class names (class_names=...)")
@@ -68,34 +75,45 @@ def load_labelled_split(
                 "(class_names=..., --class_names_file)"
             )
         class_names = list(label_feature.names)
-    if features is not None and isinstance(features[image_column], datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    for column in (image_column, segments_column):
+        if column is not None and features is not None and isinstance(features[column], datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
     if max_samples is not None:
         dataset = dataset.take(max_samples)
     num_classes = len(class_names)
+    columns = [("image", image_column), ("label", label_column)]
+    if segments_column is not None:
+        columns.append(("segments", segments_column))
 
     def records() -> Iterator[tuple]:
         for record in dataset:
-            for kind, column in (("image", image_column), ("label", label_column)):
+            for kind, column in columns:
                 if column not in record:
                     raise _missing_column(kind, column, record)
             label = int(record[label_column])
             if not 0 <= label < num_classes:
                 raise ValueError(f"label {label} is outside [0, {num_classes}) (the number of class names)")
-            yield record[image_column], label
+            if segments_column is None:
+                yield record[image_column], label
+            else:
+                yield record[image_column], label, record[segments_column]
 
     if name is None:
         name = f"{dataset_name}{'' if config_name is None else '/' + config_name} ({split})"
     return LabelledSplit(records=_Reiterable(records), class_names=list(class_names), name=name)
 
 
-def demo_splits(demo: DemoDataset, max_samples: int | None = None) -> tuple[LabelledSplit, LabelledSplit]:
+def demo_splits(
+    demo: DemoDataset, max_samples: int | None = None, segments_column: str | None = None
+) -> tuple[LabelledSplit, LabelledSplit]:
     """(train, test) of the embedded demo: the labelled `probe` split (k-NN, linear probe) and the `eval` split
-    (every protocol's test split). `max_samples` caps each."""
+    (every protocol's test split). `max_samples` caps each. `segments_column="segments"` adds the demo's object-id
+    maps (ground-truth segments) to every record (see `load_labelled_split`)."""
     if not demo.probe_files:
         raise ValueError(f"{demo.root} has no probe split (written before demo version 2): call ensure_demo_dataset")
-    train = load_labelled_split("parquet", demo.probe_files, max_samples=max_samples, name="demo shapes (probe)")
-    test = load_labelled_split("parquet", demo.eval_files, max_samples=max_samples, name="demo shapes (eval)")
+    common = dict(max_samples=max_samples, segments_column=segments_column)
+    train = load_labelled_split("parquet", demo.probe_files, name="demo shapes (probe)", **common)
+    test = load_labelled_split("parquet", demo.eval_files, name="demo shapes (eval)", **common)
     return train, test
 
 

@@ -114,7 +114,7 @@ def extract_feature_sets(
             chunks[kind].append(image_features(model, pixel_values, kind).cpu())
 
     images: list = []
-    for raw, label in split.records:
+    for raw, label, *_ in split.records:  # (image, label) or (image, label, segments)
         image = decode_image(raw)
         if image is None:
             skipped += 1

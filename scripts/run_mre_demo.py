@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""MRE-ViT end to end on the demo data, on a CPU, with the demo's object-id maps as ground-truth segments (in place
+of SAM masks): MAE vs MRE-MAE, DINO vs MRE-DINO, the teacher with and without segments, the mask-free distilled
+student, the paper's Fig. 4, and locked-image tuning of the student for zero-shot classification.
+
+    python scripts/run_mre_demo.py --output_dir outputs/mre-demo
+    python scripts/run_mre_demo.py --output_dir outputs/mre-demo --dtype fp32    # the CPU budget run
+
+1. `mre_mae` and its baseline MAE (`mre_mae --relation_bias none`: the same model without bias, the same init),
+   same budget and seed.
+2. `relation_bias.png` (the paper's Fig. 4): the learned u_pos, u_neg of `mre_mae` per layer (mean and spread over
+   the heads) and per head; the share of layer-head pairs with u_pos > u_neg and the mean u_neg.
+3. `dino` and `mre_dino`, same budget and seed.
+4. k-NN (k = 20) and linear-probe top-1 on the demo's eval split (the probe split trains the protocols): every run
+   without segments (the run's own evaluation), and the MRE models again with segments (`evaluation.segments`: the
+   label map through the processor's geometry, the bias on).
+5. `mre_distill --teacher <mre_mae>`: the mask-free student (attention distillation), evaluated without segments.
+6. `lit --model_name_or_path <student>`: zero-shot top-1 on the eval split (target: at least 3x chance).
+
+Prints a table, the paper's directions with whether they hold here, writes `results.json`, and `RESULT` lines last.
+Everything (run folders, figure, results) goes under --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hf_masked_vl.data.demo import ensure_demo_dataset
+from hf_masked_vl.training.run import main as run_pretraining
+
+TRAIN_FLAGS = ["--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none", "--overwrite_output_dir",
+               "true"]  # fmt: skip
+PROTOCOLS = ("knn", "linear")
+CLAIMS = {  # name → (what, the paper's evidence)
+    "mre_mae_gt_mae": ("MRE-MAE (with segments) > MAE", "Table 1: MAE ViT-B/16 linear 73.3 → 77.1"),
+    "mre_dino_gt_dino": ("MRE-DINO (with segments) > DINO", "Table 1: DINO gains in fine-tuning; linear -0.2 … -1.2"),
+    "teacher_masks_gt_no_masks": ("teacher with masks > teacher without", "Table 2: 77.2 vs 76.0"),
+    "student_approx_teacher": ("distilled student ≈ teacher with masks", "Table 2: 77.1 vs 77.2"),
+}
+
+
+# ---- the paper's Fig. 4 ----
+def relation_bias_values(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(u_pos, u_neg) of a trained MRE-ViT folder, each (layers, heads), as the attention sees them before 1/√d_h."""
+    from hf_masked_vl.models import MREViTModel
+
+    model = quiet_load(MREViTModel, folder)
+    u_pos, u_neg = model.relation_bias.values()
+    return u_pos.detach().float().numpy(), u_neg.detach().float().numpy()
+
+
+def plot_relation_bias(u_pos: np.ndarray, u_neg: np.ndarray, path: Path, backend: str = "auto") -> str:
+    """Fig. 4 of the paper: (a) head-averaged u_pos / u_neg per layer, (b) their spread over the heads, (c, d) every
+    head. matplotlib when installed (`backend="auto"`), else drawn with PIL. Returns the backend used."""
+    if backend in ("auto", "matplotlib"):
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+        else:
+            layers = np.arange(1, u_pos.shape[0] + 1)
+            figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+            for values, name, colour in ((u_pos, "u_pos (same segment)", "tab:red"),
+                                         (u_neg, "u_neg (two segments)", "tab:blue")):  # fmt: skip
+                axes[0].plot(layers, values.mean(1), "o-", color=colour, label=name)
+                axes[1].plot(layers, values.std(1), "o-", color=colour, label=name)
+            axes[0].axhline(0, color="grey", lw=0.8)
+            axes[0].set(title="(a) mean over heads", xlabel="layer", xticks=layers)
+            axes[1].set(title="(b) std over heads", xlabel="layer", xticks=layers)
+            axes[0].legend(fontsize=8)
+            limit = float(max(np.abs(u_pos).max(), np.abs(u_neg).max(), 1e-6))
+            for axis, values, title in ((axes[2], u_pos, "(c) u_pos per head"), (axes[3], u_neg, "(d) u_neg per head")):
+                image = axis.imshow(values, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+                axis.set(title=title, xlabel="head", ylabel="layer")
+                axis.set_xticks(range(values.shape[1]), [str(i + 1) for i in range(values.shape[1])])
+                axis.set_yticks(range(values.shape[0]), [str(i) for i in layers])
+                figure.colorbar(image, ax=axis)
+            figure.tight_layout()
+            figure.savefig(path, dpi=110)
+            plt.close(figure)
+            return "matplotlib"
+    draw_relation_bias_pil(u_pos, u_neg, path)
+    return "pil"
+
+
+def _diverging(value: float, limit: float) -> tuple[int, int, int]:
+    t = float(np.clip(value / limit, -1, 1))
+    low, mid, high = np.array([60, 90, 200]), np.array([240, 240, 240]), np.array([200, 50, 50])
+    colour = mid + (high - mid) * t if t >= 0 else mid + (low - mid) * (-t)
+    return tuple(int(c) for c in colour)
+
+
+def draw_relation_bias_pil(u_pos: np.ndarray, u_neg: np.ndarray, path: Path, cell: int = 36) -> None:
+    """Fig. 4 without matplotlib: per layer, bars of the head-averaged u_pos (red) and u_neg (blue) with the head
+    spread as a whisker; then the per-head values as two colour grids (blue < 0 < red)."""
+    layers, heads = u_pos.shape
+    limit = float(max(np.abs(u_pos).max(), np.abs(u_neg).max(), 1e-6))
+    bar_w, plot_h = 2 * cell, 200
+    grid_w = heads * cell
+    width = 60 + layers * bar_w + 40 + 2 * (grid_w + 40)
+    canvas = Image.new("RGB", (width, plot_h + 80), "white")
+    draw = ImageDraw.Draw(canvas)
+    zero = 30 + plot_h // 2
+    scale = (plot_h // 2 - 10) / limit
+    draw.text((10, 5), f"u per layer (mean over heads, whisker: std), |max| {limit:.3g}", fill="black")
+    draw.line((50, zero, 50 + layers * bar_w, zero), fill="grey")
+    for layer in range(layers):
+        for k, (values, colour) in enumerate(((u_pos, (200, 50, 50)), (u_neg, (60, 90, 200)))):
+            mean, std = float(values[layer].mean()), float(values[layer].std())
+            x0 = 55 + layer * bar_w + k * (bar_w // 2 - 4)
+            top, bottom = sorted((zero, zero - mean * scale))
+            draw.rectangle((x0, top, x0 + bar_w // 2 - 8, bottom), fill=colour)
+            xc = x0 + (bar_w // 2 - 8) // 2
+            draw.line((xc, zero - (mean - std) * scale, xc, zero - (mean + std) * scale), fill="black")
+        draw.text((55 + layer * bar_w + 10, plot_h + 40), f"L{layer + 1}", fill="black")
+    draw.text((55, plot_h + 58), "red: u_pos, blue: u_neg", fill="black")
+    for index, (values, title) in enumerate(((u_pos, "u_pos per head"), (u_neg, "u_neg per head"))):
+        x0 = 60 + layers * bar_w + 40 + index * (grid_w + 40)
+        draw.text((x0, 5), title, fill="black")
+        for layer in range(layers):
+            for head in range(heads):
+                box = (x0 + head * cell, 30 + layer * cell, x0 + (head + 1) * cell - 2, 30 + (layer + 1) * cell - 2)
+                draw.rectangle(box, fill=_diverging(float(values[layer, head]), limit))
+    canvas.save(path)
+
+
+# ---- evaluation with segments ----
+def quiet_load(model_class, folder: Path):
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the MAE decoder / DINO head are not part of MREViTModel
+    try:
+        return model_class.from_pretrained(str(folder)).eval()
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def segment_scores(folder: Path, demo) -> dict[str, float]:
+    """k-NN and linear top-1 of an MRE-ViT folder with segment labels (the demo's object ids)."""
+    from transformers import AutoImageProcessor
+
+    from hf_masked_vl.evaluation import demo_splits, evaluate_with_segments
+    from hf_masked_vl.models import MREViTModel
+
+    model = quiet_load(MREViTModel, folder)
+    train, test = demo_splits(demo, segments_column="segments")
+    processor = AutoImageProcessor.from_pretrained(str(folder))
+    results = evaluate_with_segments(model, image_processor=processor, test_split=test, train_split=train)
+    return {protocol: result.top1 for protocol, result in results.items()}
+
+
+def tolerance(accuracy: float, num_test: int) -> float:
+    """Two binomial standard errors of a top-1 accuracy on `num_test` images."""
+    return 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / num_test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 only where the hardware runs it fast")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of MAE and MRE-MAE")
+    parser.add_argument("--batch_size", type=int, default=64, help="batch of MAE, MRE-MAE and the distillation")
+    parser.add_argument("--learning_rate", type=float, default=1.5e-3, help="MAE, MRE-MAE and the distillation")
+    parser.add_argument("--dino_steps", type=int, default=120, help="optimizer steps of DINO and MRE-DINO")
+    parser.add_argument("--dino_batch_size", type=int, default=32)
+    parser.add_argument("--dino_learning_rate", type=float, default=5e-4)
+    parser.add_argument("--distill_steps", type=int, default=200, help="optimizer steps of the distillation")
+    parser.add_argument("--lit_steps", type=int, default=500)
+    parser.add_argument("--lit_batch_size", type=int, default=64)
+    parser.add_argument("--lit_learning_rate", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny", help="MRE-ViT preset of every run")
+    parser.add_argument("--plot_backend", default="auto", choices=["auto", "matplotlib", "pil"])
+    args = parser.parse_args()
+    flags = list(TRAIN_FLAGS)
+    if args.dtype != "auto":
+        flags += ["--bf16", str(args.dtype == "bf16").lower()]
+    started = time.perf_counter()
+    load_at_start = os.getloadavg()  # other work on the machine slows every run: say how busy it was
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    demo = ensure_demo_dataset()
+    demo_seconds = time.perf_counter() - started
+    chance = 1 / len(demo.class_names)
+    wall: dict[str, float] = {"demo_data": demo_seconds}
+    runs: dict[str, dict] = {}
+
+    def train(name: str, method_flags: list[str], budget: list[str]) -> dict:
+        folder = output / name
+        begin = time.perf_counter()
+        result = run_pretraining([*method_flags, *budget, "--seed", str(args.seed), "--preset", args.preset,
+                                  "--output_dir", str(folder), *flags])  # fmt: skip
+        wall[name] = time.perf_counter() - begin
+        runs[name] = {
+            "folder": str(folder),
+            "train_runtime_s": result.train_runtime,
+            "wall_s": wall[name],
+            "exported": result.exported,
+            "num_test": next(iter(result.results.values())).num_test,
+            **{protocol: result.results[protocol].top1 for protocol in result.results},
+        }
+        return runs[name]
+
+    def with_segments(name: str) -> dict:
+        begin = time.perf_counter()
+        scores = segment_scores(output / name, demo)
+        wall[f"{name} (segments eval)"] = time.perf_counter() - begin
+        runs[name]["with_segments"] = scores
+        return scores
+
+    mae_budget = ["--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
+                  "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
+                  "--logging_steps", str(max(1, args.steps // 4))]  # fmt: skip
+    dino_budget = ["--max_steps", str(args.dino_steps), "--per_device_train_batch_size", str(args.dino_batch_size),
+                   "--learning_rate", str(args.dino_learning_rate), "--weight_decay", "0.04", "--max_grad_norm", "3.0",
+                   "--warmup_steps", "0.1", "--logging_steps", str(max(1, args.dino_steps // 4))]  # fmt: skip
+
+    # 1. MAE vs MRE-MAE, then Fig. 4 from the trained bias
+    train("mae", ["--method", "mre_mae", "--relation_bias", "none"], mae_budget)
+    train("mre_mae", ["--method", "mre_mae"], mae_budget)
+    with_segments("mre_mae")
+    u_pos, u_neg = relation_bias_values(output / "mre_mae")
+    figure = output / "relation_bias.png"
+    backend = plot_relation_bias(u_pos, u_neg, figure, args.plot_backend)
+    frac_upos_gt_uneg = float((u_pos > u_neg).mean())
+    mean_upos, mean_uneg = float(u_pos.mean()), float(u_neg.mean())
+
+    # 2. DINO vs MRE-DINO
+    train("dino", ["--method", "dino"], dino_budget)
+    train("mre_dino", ["--method", "mre_dino"], dino_budget)
+    with_segments("mre_dino")
+
+    # 3. the mask-free student of the MRE-MAE teacher, 4. LiT on it
+    distill_budget = ["--max_steps", str(args.distill_steps), "--per_device_train_batch_size", str(args.batch_size),
+                      "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
+                      "--logging_steps", str(max(1, args.distill_steps // 4))]  # fmt: skip
+    train("mre_distill", ["--method", "mre_distill", "--teacher", str(output / "mre_mae")], distill_budget)
+    lit_budget = ["--max_steps", str(args.lit_steps), "--per_device_train_batch_size", str(args.lit_batch_size),
+                  "--learning_rate", str(args.lit_learning_rate),
+                  "--logging_steps", str(max(1, args.lit_steps // 2))]  # fmt: skip
+    lit = train("lit", ["--method", "lit", "--model_name_or_path", str(output / "mre_distill")], lit_budget)
+    lit_top1 = lit["zero_shot"]
+    total = time.perf_counter() - started
+
+    # ---- table and the paper's directions ----
+    rows = {
+        "MAE": runs["mae"],
+        "MRE-MAE (teacher), without segments": runs["mre_mae"],
+        "MRE-MAE (teacher), with segments": runs["mre_mae"]["with_segments"],
+        "DINO": runs["dino"],
+        "MRE-DINO, without segments": runs["mre_dino"],
+        "MRE-DINO, with segments": runs["mre_dino"]["with_segments"],
+        "distilled student (mask-free), without segments": runs["mre_distill"],
+    }
+    num_test = runs["mre_mae"]["num_test"]
+    teacher = runs["mre_mae"]["with_segments"]
+    checks: dict[str, dict[str, bool]] = {}
+    tolerances = {protocol: tolerance(teacher[protocol], num_test) for protocol in PROTOCOLS}
+    for protocol in PROTOCOLS:
+        checks.setdefault("mre_mae_gt_mae", {})[protocol] = teacher[protocol] > runs["mae"][protocol]
+        checks.setdefault("mre_dino_gt_dino", {})[protocol] = (
+            runs["mre_dino"]["with_segments"][protocol] > runs["dino"][protocol]
+        )
+        checks.setdefault("teacher_masks_gt_no_masks", {})[protocol] = teacher[protocol] > runs["mre_mae"][protocol]
+        checks.setdefault("student_approx_teacher", {})[protocol] = (
+            abs(runs["mre_distill"][protocol] - teacher[protocol]) <= tolerances[protocol]
+        )
+    extra = {  # the paper's Table 2 also has the teacher without masks and the student above MAE
+        f"MRE-MAE without segments > MAE ({p})": runs["mre_mae"][p] > runs["mae"][p] for p in PROTOCOLS
+    } | {f"distilled student > MAE ({p})": runs["mre_distill"][p] > runs["mae"][p] for p in PROTOCOLS}
+    bias_checks = {"u_pos > u_neg (share of layer-head pairs > 1/2)": frac_upos_gt_uneg > 0.5,
+                   "u_neg < 0 (mean over layers and heads)": mean_uneg < 0}  # fmt: skip
+
+    steps_note = (f"MAE / MRE-MAE: {args.steps} steps of batch {args.batch_size}, lr {args.learning_rate}; "
+                  f"DINO / MRE-DINO: {args.dino_steps} steps of batch {args.dino_batch_size}, lr "
+                  f"{args.dino_learning_rate}; distillation: {args.distill_steps} steps; LiT: {args.lit_steps} steps; "
+                  f"seed {args.seed}, preset {args.preset}, dtype {args.dtype}")  # fmt: skip
+    print(f"\n{steps_note}\ndemo eval split: {num_test} images, {len(demo.class_names)} classes, chance {chance:.4f}")
+    print("| model | k-NN top-1 (k=20) | linear top-1 |\n| --- | --- | --- |")
+    for name, scores in rows.items():
+        print(f"| {name} | {scores['knn']:.4f} | {scores['linear']:.4f} |")
+    print(f"\nLiT on the distilled student: zero-shot top-1 {lit_top1:.4f} ({lit_top1 / chance:.1f}x chance)")
+    print(f"learned bias (mre_mae, {u_pos.shape[0]} layers x {u_pos.shape[1]} heads): mean u_pos {mean_upos:+.4f}, "
+          f"mean u_neg {mean_uneg:+.4f}, u_pos > u_neg in {frac_upos_gt_uneg:.0%} of layer-head pairs")  # fmt: skip
+    print("| layer | u_pos (mean over heads) | u_neg (mean over heads) |\n| --- | --- | --- |")
+    for layer in range(u_pos.shape[0]):
+        print(f"| {layer + 1} | {u_pos[layer].mean():+.4f} | {u_neg[layer].mean():+.4f} |")
+    print("\nper-run wall time (training + its evaluation + saving):")
+    for name, seconds in wall.items():
+        print(f"  {name}: {seconds:.1f} s")
+    print(f"  total: {total:.1f} s (load average at start {load_at_start[0]:.2f}, at end {os.getloadavg()[0]:.2f})")
+    print()
+    for key, per_protocol in checks.items():
+        what, evidence = CLAIMS[key]
+        for protocol, holds in per_protocol.items():
+            note = f" (tolerance {tolerances[protocol]:.4f} = 2 standard errors on {num_test} images)" * (
+                key == "student_approx_teacher"
+            )
+            print(f"paper's direction: {what} ({protocol}){note}: {'holds' if holds else 'does NOT hold'} here "
+                  f"[{evidence}]")  # fmt: skip
+    for what, holds in bias_checks.items():
+        print(f"paper's direction: {what}: {'holds' if holds else 'does NOT hold'} here [Fig. 4]")
+    for what, holds in extra.items():
+        print(f"also (Table 2): {what}: {'holds' if holds else 'does NOT hold'} here")
+    lit_holds = lit_top1 >= 3 * chance
+    print(f"target: LiT zero-shot top-1 >= 3x chance: {'holds' if lit_holds else 'does NOT hold'} here")
+
+    summary = {
+        "settings": vars(args),
+        "chance": chance,
+        "runs": runs,
+        "relation_bias": {
+            "u_pos": u_pos.tolist(),
+            "u_neg": u_neg.tolist(),
+            "frac_upos_gt_uneg": frac_upos_gt_uneg,
+            "mean_upos": mean_upos,
+            "mean_uneg": mean_uneg,
+            "figure": str(figure),
+            "plot_backend": backend,
+        },  # fmt: skip
+        "checks": checks,
+        "student_tolerance": tolerances,
+        "bias_checks": bias_checks,
+        "extra_checks": extra,
+        "lit_zero_shot_top1": lit_top1,
+        "lit_at_least_3x_chance": lit_holds,
+        "wall_s": wall,
+        "total_wall_s": total,
+        "load_average": {"start": load_at_start, "end": os.getloadavg()},
+    }
+    (output / "results.json").write_text(json.dumps(summary, indent=1))
+    print(f"figure: {figure} ({backend}); results: {output / 'results.json'}")
+    print(f"wall time {total:.0f} s")
+    for key, name in (("mae", "mae"), ("mre_mae", "mre_mae"), ("dino", "dino"), ("mre_dino", "mre_dino"),
+                      ("mre_distill", "distilled")):  # fmt: skip
+        for protocol in PROTOCOLS:
+            print(f"RESULT {protocol}_top1_{name}={runs[key][protocol]:.4f}")
+        if "with_segments" in runs[key]:
+            for protocol in PROTOCOLS:
+                print(f"RESULT {protocol}_top1_{name}_with_segments={runs[key]['with_segments'][protocol]:.4f}")
+    print(f"RESULT frac_upos_gt_uneg={frac_upos_gt_uneg:.4f}")
+    print(f"RESULT mean_upos={mean_upos:.5f}")
+    print(f"RESULT mean_uneg={mean_uneg:.5f}")
+    print(f"RESULT lit_zero_shot_top1={lit_top1:.4f}")
+    print(f"RESULT lit_over_chance={lit_top1 / chance:.2f}")
+    print(f"RESULT chance={chance:.4f}")
+    print(f"RESULT wall_time_s={total:.1f}")
+
+
+if __name__ == "__main__":
+    main()
