@@ -23,9 +23,9 @@ Everything (run folders, figure, results) goes under --output_dir.
 Budget: the defaults (tiny preset; MAE runs 400 steps of 64, DINO runs 120 steps of 32, distillation 200 steps, LiT
 500 steps) take about 9.3 minutes in fp32 on 2 Zen 4 cores (MAE ~100 s, MRE-MAE ~110 s, DINO ~80 s, MRE-DINO ~85 s,
 distillation ~65 s, LiT ~115 s, the segment evaluations ~2.5 s each; +20 s when the demo data is generated first),
-i.e. under the 20 minutes of a 2-core AVX2 CPU. Caveat of the scale: in 400 steps each learned u moves by a few
-hundredths (Adam moves a scalar by at most about the learning rate per step), so the bias changes the features very
-little and the with / without segment comparisons sit within the noise of 480 test images (printed with the
+i.e. under the 20 minutes of a 2-core AVX2 CPU. Caveat of the scale: the u scalars train at lr × 100 (the tiny
+preset's `relation_bias_lr_scale`; at the plain learning rate they move by a few hundredths in 400 steps and change
+nothing); the with / without segment comparisons still sit within the noise of 480 test images (printed with the
 table).
 """
 
