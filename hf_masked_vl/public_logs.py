@@ -17,6 +17,8 @@ import socket
 import stat
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from .hub import public_name
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,12 @@ def public_log_files(logs: str | Path, staging: str | Path, repo_folder: str = "
                 {path for _, path in uploads},
             )
             copy = staging / repo_path
-            if write_public_event_file(source, copy, hosts):
+            try:
+                written = write_public_event_file(source, copy, hosts)
+            except (OSError, DecodeError) as error:  # a damaged log never stops the push of the model
+                logger.warning("not pushing the log %s: %s", source, error)
+                continue
+            if written:
                 uploads.append((copy, repo_path))
     return uploads
 
