@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.resources
+import logging
 import os
+import re
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+import huggingface_hub.constants
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import LocalTokenNotFoundError
 from transformers import PreTrainedModel
 
+from .errors import UsageError
 from .models import ZERO_SHOT_ENSEMBLE_TASK, ZeroShotEnsemblePipeline
+
+logger = logging.getLogger(__name__)
 
 PROTOCOL_LABELS = {"zero_shot": "zero-shot top-1", "knn": "k-NN top-1 (k=20)", "linear": "linear-probe top-1"}
 PROTOCOL_TASKS = {
@@ -35,6 +44,22 @@ CHECKPOINT_FILE_PATTERNS = (
     "preprocessor_config.json",
     "README.md",
 )
+# What `MaskedVLTrainer` adds in an intermediate `checkpoint-N` folder to resume from it: transformers'
+# TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME and one rng_state*.pth per process, this package's
+# data_state*.json and EMA weights. `training_args.bin` is left out on purpose: a pickle of the TrainingArguments
+# holding the absolute paths of the machine that trained, which resuming does not read (the arguments come from the
+# command line).
+CHECKPOINT_STATE_PATTERNS = (
+    "trainer_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    "data_state*.json",
+    "ema.safetensors",
+)
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint-\d+$")  # transformers' PREFIX_CHECKPOINT_DIR-<global step>
+LOGS_FOLDER = "runs"  # where transformers' TensorBoard callback writes by default, in output_dir
 
 
 @dataclass
@@ -75,17 +100,64 @@ def hub_code_files() -> set[str]:
     return {entry.name for entry in folder.iterdir() if entry.name.endswith(".py") and entry.name != "__init__.py"}
 
 
-def checkpoint_files(folder: str | Path) -> list[str]:
-    """The files of `folder` that this package writes for a checkpoint (the push allow-list)."""
+def checkpoint_files(folder: str | Path, training_state: bool = False) -> list[str]:
+    """The files of `folder` that this package writes for a checkpoint (the push allow-list): the final folder's
+    (`CHECKPOINT_FILE_PATTERNS` and the Hub code) and, with `training_state`, what a `checkpoint-N` folder holds to
+    resume (`CHECKPOINT_STATE_PATTERNS`). Only regular files inside `folder` count: a symlink or a special file
+    under an allowed name is left out, with a warning naming it."""
     folder = Path(folder)
+    patterns = CHECKPOINT_FILE_PATTERNS + (CHECKPOINT_STATE_PATTERNS if training_state else ())
     code = hub_code_files()
     names = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and (
-            path.name in code or any(fnmatch.fnmatch(path.name, p) for p in CHECKPOINT_FILE_PATTERNS)
-        ):
-            names.append(path.name)
+        if path.name in code or any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
+            if is_plain_file_inside(path, folder):
+                names.append(path.name)
     return names
+
+
+def is_plain_file_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is a regular file (not a symlink, FIFO or device) whose real location is inside `folder`;
+    warns naming it when it is not."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        logger.warning("not pushing %s: it is a symbolic link (to %s)", path, os.readlink(path))
+        return False
+    if not stat.S_ISREG(mode):
+        logger.warning("not pushing %s: it is not a regular file", path)
+        return False
+    if not path.resolve().is_relative_to(folder.resolve()):
+        logger.warning("not pushing %s: its real location %s is outside %s", path, path.resolve(), folder)
+        return False
+    return True
+
+
+def run_checkpoint_folders(output_dir: str | Path) -> list[str]:
+    """The intermediate `checkpoint-<step>` folders of the run in `output_dir`, by step. A linked folder is left
+    out with a warning. (Every real `checkpoint-<int>` folder counts until the run record lists the run's own.)"""
+    output_dir = Path(output_dir)
+    folders = []
+    for path in output_dir.iterdir():
+        if not CHECKPOINT_FOLDER.match(path.name):
+            continue
+        if path.is_symlink():
+            logger.warning("not pushing %s: it is a symbolic link (to %s)", path, os.readlink(path))
+        elif path.is_dir():
+            folders.append(path.name)
+    return sorted(folders, key=lambda name: int(name.split("-")[1]))
+
+
+def upload_plan(folder: str | Path, include_checkpoints: bool = False) -> list[tuple[Path, str]]:
+    """Every file `push_checkpoint` uploads from `folder`, as (local file, path in the repo): the final folder's
+    `checkpoint_files` and, with `include_checkpoints`, those of each `checkpoint-N` folder with its training
+    state. Nothing else: no glob over the folder, no symlink, no file this package does not write."""
+    folder = Path(folder)
+    plan = [(folder / name, name) for name in checkpoint_files(folder)]
+    if include_checkpoints:
+        for checkpoint in run_checkpoint_folders(folder):
+            files = checkpoint_files(folder / checkpoint, training_state=True)
+            plan += [(folder / checkpoint / name, f"{checkpoint}/{name}") for name in files]
+    return plan
 
 
 def auto_map_for(model: PreTrainedModel) -> dict[str, str]:
@@ -226,48 +298,75 @@ def push_checkpoint(
     token: str | None = None,
     private: bool | None = None,
     revision: str | None = None,
-    extra_patterns: list[str] | None = None,
+    include_checkpoints: bool = False,
+    logs: str | Path | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload, in one commit, only the files this package writes for a checkpoint
-    (`checkpoint_files`: weights, config, code, tokenizer, processor, card) plus `extra_patterns` the user asked for
-    (e.g. `["checkpoint-*/**", "runs/**"]`). Anything else in the folder stays on the machine. Returns the commit
-    URL."""
-    allow = checkpoint_files(folder) + list(extra_patterns or [])
-    if "config.json" not in allow:
+    """Create `repo_id` if needed and upload, in one commit, the files of `upload_plan` (weights, config, code,
+    tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too) and, with `logs`, a
+    public copy of the TensorBoard event files under that folder (`public_logs`: no host name, no absolute path) as
+    `runs/...`. Each file is named one by one, never by a glob; anything else in the folder stays on the machine.
+    Returns the commit URL."""
+    from .public_logs import public_log_files
+
+    plan = upload_plan(folder, include_checkpoints)
+    if "config.json" not in {path_in_repo for _, path_in_repo in plan}:
         raise FileNotFoundError(f"{folder} holds no checkpoint of this package (no config.json)")
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message="Upload hf_masked_vl checkpoint",
-        revision=revision,
-        allow_patterns=allow,
-    )
+    with tempfile.TemporaryDirectory(prefix="hf_masked_vl_logs_") as staging:
+        if logs is not None:
+            log_files = public_log_files(logs, staging, LOGS_FOLDER)
+            if not log_files:
+                logger.warning("--hub_include_logs: no TensorBoard event file under %s to push", logs)
+            plan += log_files
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for local, path in plan]
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.create_commit(
+            repo_id=repo_id,
+            operations=operations,
+            commit_message="Upload hf_masked_vl checkpoint",
+            revision=revision,
+        )
     return str(commit.commit_url)
 
 
 def check_hub_access(repo_id: str, token: str | None = None) -> None:
-    """Fail early, before training, when the Hub cannot be reached or the token cannot write to `repo_id`."""
-    api = HfApi(token=token)
+    """Fail early, before training, in one line (`UsageError`) when the Hub cannot be reached (offline mode, no
+    network), no token is found or the token cannot write to `repo_id`. The message never holds the token."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise UsageError(
+            "--push_to_hub needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1): unset it, or drop --push_to_hub"
+        )
     try:
-        whoami = api.whoami()
+        whoami = HfApi(token=token).whoami()
+    except LocalTokenNotFoundError:
+        raise UsageError(
+            "--push_to_hub needs a Hub token with write access: log in with `hf auth login`, set HF_TOKEN or pass "
+            "--hub_token, or drop --push_to_hub"
+        ) from None
     except Exception as error:
-        raise RuntimeError(
-            f"--push_to_hub: cannot reach the Hub or the token is not valid ({type(error).__name__}: {error}). "
-            "Log in with `hf auth login` or pass --hub_token, or drop --push_to_hub."
+        raise UsageError(
+            f"--push_to_hub: cannot reach the Hub or the token is not valid ({type(error).__name__}: "
+            f"{redacted_first_line(error, token)}). Log in with `hf auth login` or pass --hub_token, or drop "
+            "--push_to_hub."
         ) from None
     owner = repo_id.split("/")[0] if "/" in repo_id else whoami.get("name")
     allowed = {whoami.get("name")} | {org.get("name") for org in whoami.get("orgs", []) or []}
     if owner not in allowed:
-        raise RuntimeError(
-            f"--push_to_hub: the token of {whoami.get('name')!r} cannot create or write {repo_id!r} (owner "
+        raise UsageError(
+            f"--hub_model_id {repo_id}: the token of {whoami.get('name')!r} cannot create or write it (owner "
             f"{owner!r} is not the user or one of their organisations)"
         )
 
 
+def redacted_first_line(error: BaseException, token: str | None) -> str:
+    """The first line of an error's message, with `token` (if any) replaced by `***`."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text.replace(token, "***") if token else text
+
+
 __all__ = [
     "CHECKPOINT_FILE_PATTERNS",
+    "CHECKPOINT_STATE_PATTERNS",
     "CardInfo",
     "EvaluationFigure",
     "auto_map_for",
@@ -280,5 +379,7 @@ __all__ = [
     "public_name",
     "push_checkpoint",
     "render_model_card",
+    "run_checkpoint_folders",
     "save_checkpoint",
+    "upload_plan",
 ]

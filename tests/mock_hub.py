@@ -17,6 +17,7 @@ class MockHub:
         self.created_repos: list[str] = []
         self.uploaded: dict[str, bytes] = {}
         self.commits: list[str] = []
+        self.commit_tokens: list[str] = []  # the bearer token of each commit request
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +60,7 @@ class MockHub:
                     modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
                     return self._reply(200, {"files": modes})
                 if "/commit/" in self.path:
+                    hub.commit_tokens.append(self.headers.get("Authorization", "").removeprefix("Bearer "))
                     for line in body.decode().splitlines():
                         entry = json.loads(line)
                         if entry.get("key") == "file":

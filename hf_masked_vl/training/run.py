@@ -31,6 +31,7 @@ from ..errors import UsageError, run_cli, validate_config
 from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
 from ..evaluation.data import demo_splits, load_labelled_split, read_json_list
 from ..hub import (
+    LOGS_FOLDER,
     CardInfo,
     EvaluationFigure,
     check_hub_access,
@@ -292,6 +293,8 @@ def choose_export(
 
 def main(argv: list[str] | None = None) -> RunResult:
     method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
+    # The token lives in this local only: the Trainer pickles its arguments into every checkpoint-N/training_args.bin
+    hub_token, training_args.hub_token = training_args.hub_token, None
     if training_args.output_dir is None:
         raise UsageError("--output_dir is required")
     if isinstance(training_args.resume_from_checkpoint, str) and training_args.resume_from_checkpoint.lower() in (
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     if push_to_hub:
-        check_hub_access(repo_id, training_args.hub_token)  # before training, not after an hour of it
+        check_hub_access(repo_id, hub_token)  # before training, not after an hour of it
     teacher = method.load_teacher()
     model = method.build_model(teacher)
     validate_config(model.config, "when training starts")
@@ -448,16 +451,14 @@ def main(argv: list[str] | None = None) -> RunResult:
     check_finite(final, f"the {exported} weights")
     save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card, pipelines=method.pipelines)
     if push_to_hub:
-        extra = (["checkpoint-*/**"] if training_args.hub_include_checkpoints else []) + (
-            ["runs/**"] if training_args.hub_include_logs else []
-        )
         url = push_checkpoint(
             training_args.output_dir,
             repo_id,
-            token=training_args.hub_token,
+            token=hub_token,
             private=training_args.hub_private_repo,
             revision=training_args.hub_revision,
-            extra_patterns=extra,
+            include_checkpoints=training_args.hub_include_checkpoints,
+            logs=os.path.join(training_args.output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
         )
         logger.info("pushed %s to %s", training_args.output_dir, url)
 
