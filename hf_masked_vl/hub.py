@@ -6,6 +6,8 @@ from __future__ import annotations
 import fnmatch
 import importlib.resources
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +188,7 @@ def prepare_for_saving(model: PreTrainedModel) -> None:
     model.config.auto_map = auto_map
 
 
-def save_checkpoint(
+def write_checkpoint_folder(
     model: PreTrainedModel,
     folder: str | Path,
     tokenizer=None,
@@ -194,11 +196,8 @@ def save_checkpoint(
     card: CardInfo | None = None,
     pipelines: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
-    `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
-    code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
-    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
-    text tower and none otherwise."""
+    """Write the files of a complete checkpoint (see `save_checkpoint`) straight into `folder`, a new or empty
+    folder (a staging folder: nothing there is replaced atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prepare_for_saving(model)
@@ -217,6 +216,44 @@ def save_checkpoint(
             image_processor.save_pretrained(folder)
     if card is not None:
         render_model_card(model, card, folder)
+    return folder
+
+
+def move_files_into(staging: str | Path, folder: str | Path, last: str = "config.json") -> None:
+    """Move every file of `staging` into `folder` with `os.replace` (same file system), `last` at the end: a name
+    already in `folder` is replaced, a link there is replaced itself and never written through, and a reader sees
+    each file old or new, never half-written. `config.json` last: a folder with it is a complete checkpoint."""
+    staging, folder = Path(staging), Path(folder)
+    names = sorted(entry.name for entry in staging.iterdir())
+    for name in sorted(names, key=lambda name: name == last):
+        os.replace(staging / name, folder / name)
+
+
+def save_checkpoint(
+    model: PreTrainedModel,
+    folder: str | Path,
+    tokenizer=None,
+    image_processor=None,
+    card: CardInfo | None = None,
+    pipelines: tuple[str, ...] | None = None,
+) -> Path:
+    """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
+    `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
+    code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
+    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
+    text tower and none otherwise.
+
+    The files are written into a hidden temporary folder inside `folder` and moved in when all are written
+    (`move_files_into`, `config.json` last): an interrupted save leaves the folder's previous files whole, and a
+    link planted in `folder` is replaced, never written through. Other files of `folder` are left alone."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".save-", suffix=".tmp", dir=folder))
+    try:
+        write_checkpoint_folder(model, staging, tokenizer, image_processor, card, pipelines)
+        move_files_into(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -274,6 +311,7 @@ __all__ = [
     "check_hub_access",
     "checkpoint_files",
     "hub_code_files",
+    "move_files_into",
     "prepare_for_saving",
     "hub_id_or_none",
     "own_auto_class",
@@ -281,4 +319,5 @@ __all__ = [
     "push_checkpoint",
     "render_model_card",
     "save_checkpoint",
+    "write_checkpoint_folder",
 ]
