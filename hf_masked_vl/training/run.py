@@ -42,7 +42,15 @@ from ..methods import METHODS, Method, available_methods, get_method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
-from .outputs import FINISHED, RUN_RECORD_NAME, RunRecord, foreign_entries, save_final_folder, start_run
+from .outputs import (
+    FINISHED,
+    RUN_RECORD_NAME,
+    RunRecord,
+    checkpoint_problem,
+    foreign_entries,
+    save_final_folder,
+    start_run,
+)
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -239,6 +247,16 @@ def check_output_dir(training_args: PretrainingArguments, method: str) -> None:
     # a run that stopped before its first checkpoint: this one starts over (removing only what its record lists)
 
 
+def check_resume_folder(training_args: PretrainingArguments) -> None:
+    """A checkpoint folder given by name to `--resume_from_checkpoint` must be complete (before any model is
+    built; the trainer checks it again)."""
+    folder = training_args.resume_from_checkpoint
+    if isinstance(folder, str) and folder:
+        problem = checkpoint_problem(folder, strict=False)
+        if problem is not None:
+            raise UsageError(f"--resume_from_checkpoint {folder}: {problem}")
+
+
 def first_example_or_error(dataset, what: str) -> None:
     """Fail before training when the training data yields no usable record at all."""
     for _ in dataset:
@@ -315,6 +333,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     ):
         training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
     check_output_dir(training_args, method_class.name)
+    check_resume_folder(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
