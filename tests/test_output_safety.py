@@ -213,3 +213,20 @@ def test_the_final_folder_replaces_a_planted_link_and_leaves_other_files(tmp_pat
     assert json.loads((folder / "config.json").read_text())["model_type"] == "a_clip"
     assert (folder / "notes.txt").read_text() == "mine"
     assert not [entry.name for entry in folder.iterdir() if entry.name.startswith(".")]
+
+
+def test_the_best_checkpoint_survives_rotation_and_the_users_are_never_rotated(small_demo, tokenizer, tmp_path):
+    from test_training import make_trainer
+
+    trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=1)
+    for name in ("checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-9"):
+        (tmp_path / name).mkdir()
+    listed = ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]  # checkpoint-9 is the user's
+    trainer.run_record = RunRecord(tmp_path, "a_clip", sessions=["0123abcd"], checkpoints=listed)
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")
+    trainer._rotate_checkpoints(str(tmp_path), 2)  # after saving checkpoint-4: keep it and the best
+    kept = sorted(path.name for path in tmp_path.glob("checkpoint-*"))
+    assert kept == ["checkpoint-2", "checkpoint-4", "checkpoint-9"]
+    trainer._rotate_checkpoints(str(tmp_path), 1, keep_newest=False)  # at the end, save_total_limit 1: the best only
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-9"]
+    assert RunRecord.read(tmp_path).checkpoints == ["checkpoint-2"]

@@ -139,7 +139,7 @@ class RunRecord:
         return cls(
             folder=folder,
             method=data["method"],
-            status=data.get("status", FINISHED) if data.get("status") in (RUNNING, FINISHED) else FINISHED,
+            status=data["status"] if data.get("status") in (RUNNING, FINISHED) else FINISHED,
             sessions=_plain_names(data.get("sessions"), _SESSION),
             checkpoints=_plain_names(data.get("checkpoints"), _CHECKPOINT),
             final_files=_plain_names(data.get("final_files")),
