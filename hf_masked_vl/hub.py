@@ -8,8 +8,10 @@ import importlib.resources
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +48,9 @@ CHECKPOINT_FILE_PATTERNS = (
 )
 # What `MaskedVLTrainer` adds in an intermediate `checkpoint-N` folder to resume from it: transformers'
 # TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME and one rng_state*.pth per process, this package's
-# data_state*.json and EMA weights. `training_args.bin` is left out on purpose: a pickle of the TrainingArguments
-# holding the absolute paths of the machine that trained, which resuming does not read (the arguments come from the
-# command line).
+# data_state*.json, EMA weights and completeness manifest. `training_args.bin` is left out on purpose: a pickle of
+# the TrainingArguments holding the absolute paths of the machine that trained, which resuming does not read (the
+# arguments come from the command line).
 CHECKPOINT_STATE_PATTERNS = (
     "trainer_state.json",
     "optimizer.pt",
@@ -57,6 +59,7 @@ CHECKPOINT_STATE_PATTERNS = (
     "rng_state*.pth",
     "data_state*.json",
     "ema.safetensors",
+    "checkpoint_manifest.json",
 )
 CHECKPOINT_FOLDER = re.compile(r"^checkpoint-\d+$")  # transformers' PREFIX_CHECKPOINT_DIR-<global step>
 LOGS_FOLDER = "runs"  # where transformers' TensorBoard callback writes by default, in output_dir
@@ -132,29 +135,34 @@ def is_plain_file_inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def run_checkpoint_folders(output_dir: str | Path) -> list[str]:
-    """The intermediate `checkpoint-<step>` folders of the run in `output_dir`, by step. A linked folder is left
-    out with a warning. (Every real `checkpoint-<int>` folder counts until the run record lists the run's own.)"""
+def run_checkpoint_folders(output_dir: str | Path, names: Sequence[str] | None = None) -> list[str]:
+    """The intermediate `checkpoint-<step>` folders of `output_dir` to push, by step: `names` (the run's own, from
+    its record: `training.outputs.run_checkpoints`) or, when None, every `checkpoint-<int>` folder. A linked folder
+    is left out with a warning."""
     output_dir = Path(output_dir)
+    candidates = names if names is not None else [path.name for path in output_dir.iterdir()]
     folders = []
-    for path in output_dir.iterdir():
-        if not CHECKPOINT_FOLDER.match(path.name):
+    for name in candidates:
+        path = output_dir / name
+        if not CHECKPOINT_FOLDER.match(name):
             continue
         if path.is_symlink():
             logger.warning("not pushing %s: it is a symbolic link (to %s)", path, os.readlink(path))
         elif path.is_dir():
-            folders.append(path.name)
+            folders.append(name)
     return sorted(folders, key=lambda name: int(name.split("-")[1]))
 
 
-def upload_plan(folder: str | Path, include_checkpoints: bool = False) -> list[tuple[Path, str]]:
+def upload_plan(folder: str | Path, include_checkpoints: bool | Sequence[str] = False) -> list[tuple[Path, str]]:
     """Every file `push_checkpoint` uploads from `folder`, as (local file, path in the repo): the final folder's
-    `checkpoint_files` and, with `include_checkpoints`, those of each `checkpoint-N` folder with its training
-    state. Nothing else: no glob over the folder, no symlink, no file this package does not write."""
+    `checkpoint_files` and, with `include_checkpoints`, those of the `checkpoint-N` folders (True: every one; a list:
+    those names, e.g. the run record's) with their training state. Nothing else: no glob over the folder, no
+    symlink, no file this package does not write."""
     folder = Path(folder)
     plan = [(folder / name, name) for name in checkpoint_files(folder)]
     if include_checkpoints:
-        for checkpoint in run_checkpoint_folders(folder):
+        names = None if include_checkpoints is True else list(include_checkpoints)
+        for checkpoint in run_checkpoint_folders(folder, names):
             files = checkpoint_files(folder / checkpoint, training_state=True)
             plan += [(folder / checkpoint / name, f"{checkpoint}/{name}") for name in files]
     return plan
@@ -258,7 +266,7 @@ def prepare_for_saving(model: PreTrainedModel) -> None:
     model.config.auto_map = auto_map
 
 
-def save_checkpoint(
+def write_checkpoint_folder(
     model: PreTrainedModel,
     folder: str | Path,
     tokenizer=None,
@@ -266,11 +274,8 @@ def save_checkpoint(
     card: CardInfo | None = None,
     pipelines: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
-    `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
-    code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
-    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
-    text tower and none otherwise."""
+    """Write the files of a complete checkpoint (see `save_checkpoint`) straight into `folder`, a new or empty
+    folder (a staging folder: nothing there is replaced atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prepare_for_saving(model)
@@ -292,17 +297,56 @@ def save_checkpoint(
     return folder
 
 
+def move_files_into(staging: str | Path, folder: str | Path, last: str = "config.json") -> None:
+    """Move every file of `staging` into `folder` with `os.replace` (same file system), `last` at the end: a name
+    already in `folder` is replaced, a link there is replaced itself and never written through, and a reader sees
+    each file old or new, never half-written. `config.json` last: a folder with it is a complete checkpoint."""
+    staging, folder = Path(staging), Path(folder)
+    names = sorted(entry.name for entry in staging.iterdir())
+    for name in sorted(names, key=lambda name: name == last):
+        os.replace(staging / name, folder / name)
+
+
+def save_checkpoint(
+    model: PreTrainedModel,
+    folder: str | Path,
+    tokenizer=None,
+    image_processor=None,
+    card: CardInfo | None = None,
+    pipelines: tuple[str, ...] | None = None,
+) -> Path:
+    """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
+    `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
+    code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
+    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
+    text tower and none otherwise.
+
+    The files are written into a hidden temporary folder inside `folder` and moved in when all are written
+    (`move_files_into`, `config.json` last): an interrupted save leaves the folder's previous files whole, and a
+    link planted in `folder` is replaced, never written through. Other files of `folder` are left alone."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".save-", suffix=".tmp", dir=folder))
+    try:
+        write_checkpoint_folder(model, staging, tokenizer, image_processor, card, pipelines)
+        move_files_into(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def push_checkpoint(
     folder: str | Path,
     repo_id: str,
     token: str | None = None,
     private: bool | None = None,
     revision: str | None = None,
-    include_checkpoints: bool = False,
+    include_checkpoints: bool | Sequence[str] = False,
     logs: str | Path | None = None,
 ) -> str:
     """Create `repo_id` if needed and upload, in one commit, the files of `upload_plan` (weights, config, code,
-    tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too) and, with `logs`, a
+    tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too: True for every one, or
+    a list of names) and, with `logs`, a
     public copy of the TensorBoard event files under that folder (`public_logs`: no host name, no absolute path) as
     `runs/...`. Each file is named one by one, never by a glob; anything else in the folder stays on the machine.
     Returns the commit URL."""
@@ -373,6 +417,7 @@ __all__ = [
     "check_hub_access",
     "checkpoint_files",
     "hub_code_files",
+    "move_files_into",
     "prepare_for_saving",
     "hub_id_or_none",
     "own_auto_class",
@@ -382,4 +427,5 @@ __all__ = [
     "run_checkpoint_folders",
     "save_checkpoint",
     "upload_plan",
+    "write_checkpoint_folder",
 ]

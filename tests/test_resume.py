@@ -114,9 +114,9 @@ def test_missing_state_is_named_when_resuming(short_stream, tmp_path, caplog):
     (checkpoint / "optimizer.pt").unlink()
     for path in checkpoint.glob("rng_state*.pth"):
         path.unlink()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING):  # named explicitly: `true` would skip it as incomplete (its manifest)
         run_pretraining([*arguments(short_stream, output), "--max_steps", str(SAVE_STEPS + 1),
-                         "--resume_from_checkpoint", "true"])  # fmt: skip
+                         "--resume_from_checkpoint", str(checkpoint)])  # fmt: skip
     warnings = " ".join(record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING)
     assert "optimizer state (optimizer.pt)" in warnings and "random number generator state" in warnings
     assert "scheduler.pt" not in warnings.split("without its")[1].split(":")[0]  # present, so not named

@@ -110,27 +110,6 @@ def test_truncated_weights_name_the_file(tmp_path, capsys, small_demo):
     assert status == 2 and "model.safetensors" in err and "damaged or incomplete" in err
 
 
-def test_output_dir_is_never_silently_overwritten(tmp_path, capsys, small_demo):
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    status, err = run(["--output_dir", str(foreign), *FAST], capsys)
-    assert status == 2 and "not a run of hf_masked_vl" in err and "--overwrite_output_dir" in err
-    assert (foreign / "notes.txt").read_text() == "mine"
-
-    done = tmp_path / "done"
-    run_pretraining(["--output_dir", str(done), *FAST])
-    status, err = run(["--output_dir", str(done), *FAST], capsys)
-    assert status == 2 and "finished run" in err
-    assert run(["--output_dir", str(done), "--overwrite_output_dir", "true", *FAST], capsys)[0] == 0
-
-    with_checkpoint = tmp_path / "with-checkpoint"
-    run_pretraining(["--output_dir", str(with_checkpoint), *COMMON, "--save_strategy", "steps", "--save_steps", "1",
-                     "--config_overrides", TINY_OVERRIDES])  # fmt: skip
-    status, err = run(["--output_dir", str(with_checkpoint), *FAST], capsys)
-    assert status == 2 and "checkpoint-1" in err and "--resume_from_checkpoint true" in err
-
-
 def test_push_uploads_only_the_checkpoint_and_checks_access_first(tmp_path, small_demo):
     from mock_hub import MockHub
 

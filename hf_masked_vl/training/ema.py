@@ -1,7 +1,8 @@
 """Exponential moving average of a model, as a `TrainerCallback`.
 
 One update per optimizer step (never per micro-batch); floating buffers are averaged too, integer buffers copied;
-saved as `ema.safetensors` in every checkpoint and restored on resume. A method may average only part of the model
+saved as `ema.safetensors` inside every checkpoint by `MaskedVLTrainer` (before the checkpoint is complete and renamed
+into place) and restored on resume. A method may average only part of the model
 (A-CLIP's official EMA covers the image tower, the text blocks, both projections and the BYOL projector): the other
 tensors are *shared*, i.e. copied from the online model at every update, so the EMA model always uses the online
 token embedding, text positions and final text norm.
@@ -123,6 +124,8 @@ class EMACallback(TrainerCallback):
         self.initial_weight *= momentum
 
     def save(self, folder: str) -> None:
+        """Write the EMA weights and schedule position to `folder/ema.safetensors`. The trainer calls it while the
+        checkpoint is still under its temporary name, so the EMA is covered by the checkpoint's completeness."""
         state = {key: value.detach().contiguous().cpu() for key, value in self.ema_model.state_dict().items()}
         metadata = {"momentum": repr(self.current_momentum), "initial_weight": repr(self.initial_weight)}
         save_file(state, os.path.join(folder, EMA_WEIGHTS_NAME), metadata=metadata)
@@ -156,12 +159,6 @@ class EMACallback(TrainerCallback):
             state.global_step, state.max_steps, self.momentum, self.end_momentum, self.warmup
         )
         self.update(model, self.current_momentum)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                self.save(folder)
 
 
 __all__ = ["EMA_WEIGHTS_NAME", "EMACallback", "cosine_momentum", "ema_momentum_at"]

@@ -22,9 +22,7 @@ from pathlib import Path
 import transformers
 from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from .. import __version__
 from ..data.demo import ensure_demo_dataset
 from ..data.streaming import ImageTextStream, load_stream
 from ..errors import UsageError, run_cli, validate_config
@@ -39,18 +37,28 @@ from ..hub import (
     prepare_for_saving,
     public_name,
     push_checkpoint,
-    save_checkpoint,
+    write_checkpoint_folder,
 )
 from ..methods import METHODS, Method, available_methods, get_method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
+from .outputs import (
+    FINISHED,
+    RUN_RECORD_NAME,
+    RunRecord,
+    checkpoint_problem,
+    foreign_entries,
+    run_checkpoints,
+    save_final_folder,
+    start_run,
+)
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
 
 DEFAULT_METHOD = ModelArguments.method
-RUN_MARKER = "hf_masked_vl_run.json"  # written into output_dir when a run starts: "this folder is a run of ours"
+RUN_MARKER = RUN_RECORD_NAME  # the run record (`training.outputs`): what this package wrote into output_dir
 # An EMA still holding more than this share of its initial (random) weights has not covered its averaging window.
 EMA_INITIAL_WEIGHT_LIMIT = 0.01
 
@@ -194,35 +202,61 @@ def _brace_matches(pattern: str) -> bool:
     return bool(match) and os.path.exists(pattern[: match.start()] + match.group(1) + pattern[match.end() :])
 
 
-def check_output_dir(training_args: PretrainingArguments) -> None:
-    """A non-empty `output_dir` is refused unless it is a run of this package being resumed, or the user says to
-    overwrite it: a run with a checkpoint resumes (`--resume_from_checkpoint true`) or is refused, never silently
-    overwritten."""
+def check_output_dir(training_args: PretrainingArguments, method: str) -> None:
+    """`output_dir` must be new, empty, or a run of this package whose run record lists everything in it
+    (`training.outputs`); a folder with anything else is refused (naming a few entries) unless
+    `--overwrite_output_dir`, also when resuming from a checkpoint folder given by name. A run of ours is resumed
+    (`--resume_from_checkpoint`) with its own `--method` only; without `--resume_from_checkpoint` one with a
+    checkpoint or a finished one is refused unless `--overwrite_output_dir`, while one that stopped before its first
+    checkpoint is started over."""
     folder = Path(training_args.output_dir)
-    if not folder.is_dir() or not any(folder.iterdir()) or training_args.overwrite_output_dir:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--output_dir {folder} is a file, not a folder")
+    overwrite, resume = training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    try:
+        record = RunRecord.read(folder)
+    except UsageError:
+        if not overwrite:
+            raise
+        record = None
+    foreign = foreign_entries(folder, record)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        what = "is not a run of hf_masked_vl" if record is None else "holds files its hf_masked_vl run did not write"
+        raise UsageError(
+            f"--output_dir {folder} {what} ({shown}): choose an empty or new folder, or pass --overwrite_output_dir"
+        )
+    if record is None:
         return
-    resume = training_args.resume_from_checkpoint
-    if (folder / RUN_MARKER).is_file():
-        last = get_last_checkpoint(str(folder))
-        if resume:
-            return
-        if last is not None:
-            raise UsageError(
-                f"--output_dir {folder} holds a run of hf_masked_vl with {os.path.basename(last)}: pass "
-                "--resume_from_checkpoint true to continue it, or --overwrite_output_dir to start over"
-            )
+    if record.method != method and (resume or not overwrite):
+        raise UsageError(
+            f"--output_dir {folder} holds a run of --method {record.method}, not --method {method}: pass --method "
+            f"{record.method} to continue it, or choose another --output_dir"
+        )
+    if resume or overwrite:
+        return
+    checkpoints = record.existing_checkpoints()
+    if checkpoints:
+        raise UsageError(
+            f"--output_dir {folder} holds a run of hf_masked_vl with {checkpoints[-1]}: pass "
+            "--resume_from_checkpoint true to continue it, or --overwrite_output_dir to start over"
+        )
+    if record.status == FINISHED:
         raise UsageError(
             f"--output_dir {folder} holds a finished run of hf_masked_vl: choose another --output_dir, or pass "
             "--overwrite_output_dir to replace it"
         )
-    if resume and resume is not True and os.path.isdir(str(resume)):
-        return  # resuming from an explicit checkpoint folder into this directory
-    entries = sorted(entry.name for entry in folder.iterdir())
-    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    raise UsageError(
-        f"--output_dir {folder} is not empty ({shown}) and is not a run of hf_masked_vl: choose an empty or new "
-        "folder, or pass --overwrite_output_dir"
-    )
+    # a run that stopped before its first checkpoint: this one starts over (removing only what its record lists)
+
+
+def check_resume_folder(training_args: PretrainingArguments) -> None:
+    """A checkpoint folder given by name to `--resume_from_checkpoint` must be complete (before any model is
+    built; the trainer checks it again)."""
+    folder = training_args.resume_from_checkpoint
+    if isinstance(folder, str) and folder:
+        problem = checkpoint_problem(folder, strict=False)
+        if problem is not None:
+            raise UsageError(f"--resume_from_checkpoint {folder}: {problem}")
 
 
 def first_example_or_error(dataset, what: str) -> None:
@@ -302,7 +336,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         "last",
     ):
         training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
-    check_output_dir(training_args)
+    check_output_dir(training_args, method_class.name)
+    check_resume_folder(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
@@ -360,10 +395,9 @@ def main(argv: list[str] | None = None) -> RunResult:
             averaged=method.ema_averaged(model),
         )
     first_example_or_error(train_dataset, dataset_label)
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    (Path(training_args.output_dir) / RUN_MARKER).write_text(
-        json.dumps({"package": "hf_masked_vl", "version": __version__, "method": method_class.name}, indent=1)
-    )
+    run_record = None
+    if training_args.should_save:  # the record lists everything the run writes, from here on
+        run_record = start_run(training_args.output_dir, method_class.name, bool(training_args.resume_from_checkpoint))
     prepare_for_saving(model)  # checkpoint-N folders carry the model code too
     collator = method.collator(model, tokenizer)
     if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
@@ -377,6 +411,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         objective=method.objective(model, teacher),
         teacher=teacher,
         ema_callback=ema_callback,
+        run_record=run_record,
     )
     if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
         trainer.extra_checkpoint_files.append(image_processor)
@@ -449,15 +484,21 @@ def main(argv: list[str] | None = None) -> RunResult:
     )
     validate_config(final.config, "when saving")
     check_finite(final, f"the {exported} weights")
-    save_checkpoint(final, training_args.output_dir, tokenizer, image_processor, card, pipelines=method.pipelines)
+    save_final_folder(
+        run_record,
+        lambda staging: write_checkpoint_folder(
+            final, staging, tokenizer, image_processor, card, pipelines=method.pipelines
+        ),
+    )
     if push_to_hub:
+        own_checkpoints = run_checkpoints(training_args.output_dir) if training_args.hub_include_checkpoints else []
         url = push_checkpoint(
             training_args.output_dir,
             repo_id,
             token=hub_token,
             private=training_args.hub_private_repo,
             revision=training_args.hub_revision,
-            include_checkpoints=training_args.hub_include_checkpoints,
+            include_checkpoints=own_checkpoints,
             logs=os.path.join(training_args.output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
         )
         logger.info("pushed %s to %s", training_args.output_dir, url)

@@ -10,18 +10,30 @@ import math
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.records import append_skipped_records
 from ..errors import UsageError
 from ..methods import Objective
 from .ema import EMA_WEIGHTS_NAME, EMACallback
 from .flops import flop_counter
+from .outputs import (
+    RunRecord,
+    checkpoint_problem,
+    checkpoints_to_rotate,
+    new_session_id,
+    newest_complete_checkpoint,
+    publish_folder,
+    remove_path,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +94,15 @@ class MaskedVLTrainer(Trainer):
             saved nor optimised. Run under `no_grad` and autocast inside `objective.prepare`.
         ema_callback: an `EMACallback` (not yet initialised) when the method keeps an EMA model; the trainer copies
             the model into it after any SyncBatchNorm conversion.
+        run_record: the output folder's run record (`training.outputs.RunRecord`, main process) when the run keeps
+            one: it lists every checkpoint written, and only those are rotated and resumed from. Without it the
+            trainer rotates only the checkpoints it wrote itself and resumes from any `checkpoint-N` folder.
         All other arguments are `transformers.Trainer`'s.
+
+    Checkpoints are atomic: every process writes into `.checkpoint-N.tmp-<session>/checkpoint-N` (weights,
+    optimizer, scheduler, RNG and trainer state, `data_state*.json`, EMA, tokenizer, processor); after a barrier the
+    main process adds a manifest and renames the folder to `checkpoint-N`. `resume_from_checkpoint=True` takes the
+    newest complete checkpoint and names those it skipped.
 
     The loss returned by the model is a per-batch mean, so the Trainer scales it for gradient accumulation
     (`loss_is_scaled_for_ga = False`). Logged besides the Trainer's own figures: every output field whose name ends
@@ -100,6 +120,7 @@ class MaskedVLTrainer(Trainer):
         objective: Objective,
         teacher: nn.Module | None = None,
         ema_callback: EMACallback | None = None,
+        run_record: RunRecord | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -125,6 +146,9 @@ class MaskedVLTrainer(Trainer):
         # where the stream is: per DataLoader worker, the (epoch, records read) of the last example consumed
         self.stream_positions: dict[int, tuple[int, int]] = {}
         self.extra_checkpoint_files: list = []  # objects with save_pretrained (tokenizer, image processor)
+        self.run_record = run_record
+        self.session_id: str | None = None  # names the temporary checkpoint folders; the same on every process
+        self._written_checkpoints: list[str] = []  # without a run record: what this trainer wrote, oldest first
         # throughput accounting
         self.flops_per_micro_step: int | None = None
         self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": 0.0, "start": None}
@@ -205,20 +229,63 @@ class MaskedVLTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """As `Trainer.train`; a resumed run also restores the EMA (`ema.safetensors`), the stream position and
-        the count of skipped records (`data_state.json`), and warns about any state the checkpoint lacks."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise UsageError(f"no checkpoint found in output_dir={self.args.output_dir!r} to resume from")
+        the count of skipped records (`data_state.json`), and warns about any state the checkpoint lacks.
+        `resume_from_checkpoint=True` takes the newest complete checkpoint of the run (warning about every newer
+        one skipped and why); a damaged checkpoint folder given by name is a `UsageError` naming it."""
+        resume_from_checkpoint = self._agree_on_start(resume_from_checkpoint)
         if resume_from_checkpoint:
             self._restore_data_state(resume_from_checkpoint)
         if self.ema_callback is not None:
             self.ema_callback.resume_dir = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _agree_on_start(self, requested: str | bool | None) -> str | None:
+        """The main process picks the session id and the checkpoint to resume from (or the error to raise); every
+        process gets the same answer."""
+        answer: list = [None, None, None]
+        if self.is_world_process_zero():
+            session = self.run_record.session if self.run_record is not None else new_session_id()
+            try:
+                answer = [session, self._checkpoint_to_resume(requested), None]
+            except UsageError as error:
+                answer = [session, None, str(error)]
+        if self.args.world_size > 1:
+            broadcast_object_list(answer, from_process=0)
+        self.session_id, folder, error = answer
+        if error is not None:
+            raise UsageError(error)
+        return folder
+
+    def _own_checkpoints(self) -> list[str]:
+        """The `checkpoint-N` names this run wrote, oldest first."""
+        return list(self.run_record.checkpoints) if self.run_record is not None else list(self._written_checkpoints)
+
+    def _checkpoint_to_resume(self, requested: str | bool | None) -> str | None:
+        output_dir = self.args.output_dir
+        if requested is True:
+            if self.run_record is not None:
+                names = self.run_record.checkpoints
+            else:
+                names = [path.name for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir()]
+            names = [name for name in names if os.path.isdir(os.path.join(output_dir, name))]
+            if not names:
+                raise UsageError(f"no checkpoint found in output_dir={output_dir!r} to resume from")
+            chosen, skipped = newest_complete_checkpoint(output_dir, names)
+            if chosen is None:
+                raise UsageError(
+                    f"no complete checkpoint found in output_dir={output_dir!r} to resume from: " + "; ".join(skipped)
+                )
+            if skipped:
+                logger.warning("resuming from %s; skipped the newer %s", chosen.name, "; ".join(skipped))
+            return str(chosen)
+        if requested:
+            problem = checkpoint_problem(requested, strict=False)
+            if problem is not None:
+                raise UsageError(f"--resume_from_checkpoint {requested}: {problem}")
+            return str(requested)
+        return None
+
     def _restore_data_state(self, folder: str) -> None:
-        if not os.path.isdir(folder):
-            raise UsageError(f"--resume_from_checkpoint {folder}: no such checkpoint folder")
         missing = [
             what
             for what, pattern in (
@@ -257,12 +324,37 @@ class MaskedVLTrainer(Trainer):
             logger.warning("the training dataset cannot be positioned: the Trainer replays batches instead")
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, plus what makes it resumable exactly and usable on its own: the stream position
-        and skipped-record count (`data_state.json`), the tokenizer and image processor."""
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        """The Trainer's checkpoint, plus what makes it resumable exactly and usable on its own (the stream position
+        and skipped-record count in `data_state.json`, the EMA, the tokenizer and image processor), written under a
+        temporary name and renamed to `checkpoint-N` once complete. Only this run's checkpoints are rotated."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_parent = os.path.join(run_dir, f".{name}.tmp-{self.session_id}")
+        staged = os.path.join(staging_parent, name)
+        # the parent class writes (and rotates) inside the staging parent, where this checkpoint is alone
+        self._get_output_dir = lambda trial=None: staging_parent
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self._point_at_best_checkpoint(run_dir, staged)
+        self._save_resume_state(staged)
+        self._publish_checkpoint(staged, run_dir)
+
+    def _point_at_best_checkpoint(self, run_dir: str, staged: str) -> None:
+        """The parent class looked for the best checkpoint in the staging folder: point at its final place."""
+        best_step = self.state.best_global_step
+        if not best_step:
+            return
+        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
+        if (best_step == self.state.global_step or os.path.isdir(best)) and self.state.best_model_checkpoint != best:
+            self.state.best_model_checkpoint = best
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+
+    def _save_resume_state(self, folder: str) -> None:
+        """Every process writes where its own stream is; the main process also the EMA, tokenizer and processor."""
         self._flush_skipped(all_processes=True)
-        # every process writes where its own stream is; the main process also the tokenizer and processor
         name = DATA_STATE_NAME if self.args.world_size <= 1 else f"data_state-rank{self.args.process_index}.json"
         os.makedirs(folder, exist_ok=True)
         state = {
@@ -276,8 +368,56 @@ class MaskedVLTrainer(Trainer):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
             json.dump(state, handle, indent=1)
         if self.args.should_save:
+            if self.ema_callback is not None:
+                self.ema_callback.save(folder)
             for item in self.extra_checkpoint_files:
                 item.save_pretrained(folder)
+
+    def _publish_checkpoint(self, staged: str, run_dir: str) -> None:
+        """Once every process has written its part: the manifest, the record, the rename into place, rotation."""
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = os.path.basename(staged)
+            write_manifest(staged)
+            if self.run_record is not None:  # listed before the rename: a kill never leaves it unlisted
+                self.run_record.add_checkpoint(name)
+                self.run_record.save()
+            else:
+                self._written_checkpoints = [listed for listed in self._written_checkpoints if listed != name]
+                self._written_checkpoints.append(name)
+            publish_folder(staged, os.path.join(run_dir, name))
+            os.rmdir(os.path.dirname(staged))
+            self._rotate_checkpoints(run_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints(self, run_dir: str, limit: int | None, keep_newest: bool = True) -> None:
+        """`--save_total_limit` over this run's checkpoints only, keeping the best and (`keep_newest`) the newest."""
+        names = [name for name in self._own_checkpoints() if os.path.isdir(os.path.join(run_dir, name))]
+        protected = set(names[-1:] if keep_newest else [])
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(os.path.abspath(best)) == os.path.abspath(run_dir):
+            protected.add(os.path.basename(best))
+        removed = checkpoints_to_rotate(names, limit, protected)
+        for name in removed:
+            logger.info("deleting older checkpoint %s (--save_total_limit %s)", name, limit)
+            remove_path(Path(run_dir) / name)
+        if removed and self.run_record is not None:
+            self.run_record.checkpoints = [name for name in self.run_record.checkpoints if name not in removed]
+            self.run_record.save()
+        elif removed:
+            self._written_checkpoints = [name for name in self._written_checkpoints if name not in removed]
+
+    def _finalize_training(self, trial, *args, **kwargs):
+        """As the parent's, whose `save_total_limit == 1` clean-up (keep only the best checkpoint) would delete every
+        `checkpoint-*` folder of the output folder: here it covers this run's checkpoints only."""
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            output = super()._finalize_training(trial, *args, **kwargs)
+        finally:
+            self.args.save_total_limit = limit
+        if limit == 1 and self.state.best_model_checkpoint is not None and self.args.should_save:
+            self._rotate_checkpoints(self._get_output_dir(trial=trial), limit, keep_newest=False)
+        return output
 
     def _truncate_skipped_records(self, lines: int) -> None:
         """Keep the first `lines` records of `skipped.jsonl` (those written up to the resumed checkpoint): the
