@@ -34,13 +34,14 @@ def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
 
 @contextlib.contextmanager
 def usage_errors(what: str, *kinds: type[BaseException]) -> Iterator[None]:
-    """Turn the given exception types (default: `ValueError`, `OSError`, `ConnectionError`) raised inside the block
-    into a `UsageError` `"<what>: <first line of the message>"`; a `UsageError` passes unchanged.
+    """Turn the given exception types (default: `ValueError` and `OSError`, which covers missing files and a Hub
+    that cannot be reached) raised inside the block into a `UsageError` `"<what>: <first line of the message>"`; a
+    `UsageError` passes unchanged.
 
         with usage_errors(f"cannot read --dataset_name {name}"):
             dataset = load_dataset(name)
     """
-    caught = kinds or (ValueError, OSError, ConnectionError)
+    caught = kinds or (ValueError, OSError)
     try:
         yield
     except UsageError:

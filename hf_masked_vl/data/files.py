@@ -9,6 +9,7 @@ import re
 from ..errors import UsageError
 
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_PREFIX = re.compile(r"^[A-Za-z][\w+.-]*:")  # local-dir:, hf-hub:, open_clip:, https:
 
 
 def is_remote(pattern: str) -> bool:
@@ -17,8 +18,10 @@ def is_remote(pattern: str) -> bool:
 
 
 def is_local_path(name: str) -> bool:
-    """Whether a model or data name can only mean a local path (absolute, `./`, `../`, `~`, or more than one `/`),
-    never a Hub id (`org/name`)."""
+    """Whether a model or data name can only mean a plain local path (absolute, `./`, `../`, `~`, or more than one
+    `/`), never a Hub id (`org/name`) or a prefixed name (`local-dir:...`, `hf-hub:...`, `open_clip:...`)."""
+    if _PREFIX.match(name):
+        return False
     return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 

@@ -143,8 +143,8 @@ def print_report(results: dict[str, EvaluationResult]) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
-    check_minimums(args, {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1})
-    check_minimums(args, {"linear_weight_decay": 0.0})
+    minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1}
+    check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
     if not (math.isfinite(args.knn_temperature) and args.knn_temperature > 0):
         raise UsageError(f"--knn_temperature {args.knn_temperature}: must be a finite number above 0")
 

@@ -207,7 +207,8 @@ def _check_image_column(dataset: datasets.IterableDataset, image_column: str) ->
     """The image column must be in the dataset: in its features, or (features unknown) in its first record."""
     columns = dataset.features
     if columns is None:
-        columns = next(iter(dataset), None)
+        with contextlib.closing(iter(dataset)) as records:
+            columns = next(records, None)
         if columns is None:
             return  # an empty source writes no shard
     if image_column not in columns:

@@ -8,6 +8,7 @@ picks another registered method (`hf_masked_vl.methods`); this module never name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -257,13 +258,10 @@ def evaluation_splits(data_args: DataArguments) -> tuple[LabelledSplit | None, L
         return demo_splits(demo, max_samples=data_args.max_eval_samples)
     check_data_files(data_args.eval_data_files, "--eval_data_files")
     class_names = read_json_list(data_args.class_names_file, "--class_names_file")
-    splits = [data_args.eval_split, data_args.eval_train_split]
-    opened = []
-    for split in splits:
-        if split is None:
-            opened.append(None)
-            continue
-        with usage_errors(f"cannot read the evaluation set --eval_dataset_name {name} (split {split!r})"):
+
+    def open_split(split: str) -> LabelledSplit:
+        where = f"the evaluation set --eval_dataset_name {name} (split {split!r})"
+        with usage_errors(f"cannot read {where}"):
             labelled = load_labelled_split(
                 name,
                 data_args.eval_data_files,
@@ -273,11 +271,13 @@ def evaluation_splits(data_args: DataArguments) -> tuple[LabelledSplit | None, L
                 class_names=class_names,
                 max_samples=data_args.max_eval_samples,
             )
-            if next(iter(labelled.records), None) is None:  # also checks columns undeclared by the dataset, labels
-                raise UsageError(f"the evaluation set --eval_dataset_name {name} (split {split!r}) holds no record")
-        opened.append(labelled)
-    test, train = opened
-    return train, test
+            with contextlib.closing(iter(labelled.records)) as records:  # a first record: undeclared columns, labels
+                if next(records, None) is None:
+                    raise UsageError(f"{where} holds no record")
+        return labelled
+
+    test = open_split(data_args.eval_split)
+    return (open_split(data_args.eval_train_split) if data_args.eval_train_split else None), test
 
 
 def check_columns(dataset, columns: dict[str, str], hint: str = "") -> None:
