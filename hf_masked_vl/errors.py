@@ -3,9 +3,12 @@ deep inside a library."""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
+import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -15,6 +18,50 @@ class UsageError(ValueError):
 
     Command-line entry points print `error: <message>` and exit with status 2; library callers get a `ValueError`.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """`"; did you mean --a, --b?"` naming the closest of `choices` (each shown with `prefix`), or `""`."""
+    close = difflib.get_close_matches(word, list(choices), n=3)
+    return f"; did you mean {', '.join(prefix + choice for choice in close)}?" if close else ""
+
+
+@contextlib.contextmanager
+def usage_errors(what: str, *kinds: type[BaseException]) -> Iterator[None]:
+    """Turn the given exception types (default: `ValueError` and `OSError`, which covers missing files and a Hub
+    that cannot be reached) raised inside the block into a `UsageError` `"<what>: <first line of the message>"`; a
+    `UsageError` passes unchanged.
+
+        with usage_errors(f"cannot read --dataset_name {name}"):
+            dataset = load_dataset(name)
+    """
+    caught = kinds or (ValueError, OSError)
+    try:
+        yield
+    except UsageError:
+        raise
+    except caught as error:
+        raise UsageError(f"{what}: {first_line(error)}") from None
+
+
+def check_minimums(arguments: object, minimums: Mapping[str, float], reasons: Mapping[str, str] | None = None) -> None:
+    """Each flag of `minimums` that is set on `arguments` (an argparse namespace or a dataclass; `None` is unset, a
+    list is checked item by item) must be a finite number of at least its minimum, else a `UsageError` such as
+    `--batch_size 0: must be at least 1`, followed by `reasons[flag]` when given."""
+    for name, minimum in minimums.items():
+        value = getattr(arguments, name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None or isinstance(item, bool) or (math.isfinite(item) and item >= minimum):
+                continue
+            finite = "" if math.isfinite(item) else "a finite number, "
+            reason = (reasons or {}).get(name, "")
+            raise UsageError(f"--{name} {item}: must be {finite}at least {minimum}{reason}")
 
 
 def validate_config(config, when: str = "") -> None:
@@ -36,13 +83,14 @@ def validate_config(config, when: str = "") -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a command-line `main`: a `UsageError` becomes `error: <message>` on stderr and exit status 2."""
+    """Run a command-line `main`: a `UsageError` becomes one line `error: <message>` on stderr and exit status 2."""
     try:
         main(argv)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
-__all__ = ["UsageError", "run_cli", "validate_config"]
+__all__ = ["UsageError", "check_minimums", "did_you_mean", "first_line", "run_cli", "usage_errors", "validate_config"]

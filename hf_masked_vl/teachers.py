@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean, usage_errors
 from .tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip_tokenizer
 
 
@@ -268,12 +268,7 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
                     "UTA or LiT checkpoint of this package"
                 )
     if kind == "open_clip":
-        import open_clip
-
-        spec = name_or_path.removeprefix("open_clip:")
-        name, _, pretrained = spec.partition("@")
-        model = open_clip.create_model(name, pretrained=pretrained or None)
-        teacher = OpenCLIPTeacher(model)
+        teacher = OpenCLIPTeacher(_create_open_clip(name_or_path))
     elif kind == "hf":
         model = CLIPModel.from_pretrained(name_or_path)
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
@@ -289,6 +284,22 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
     else:
         raise UsageError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
     return teacher.eval().requires_grad_(False)
+
+
+def _create_open_clip(name_or_path: str) -> nn.Module:
+    """The open_clip model of `[open_clip:]NAME[@TAG_OR_FILE]`; an unknown name or tag is a `UsageError`."""
+    import open_clip
+
+    name, _, pretrained = name_or_path.removeprefix("open_clip:").partition("@")
+    known = open_clip.list_models()
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in known:
+        raise UsageError(
+            f"--teacher {name_or_path}: {name!r} is not an open_clip model{did_you_mean(name, known)} "
+            "(open_clip.list_models() lists them; hf-hub:ORG/REPO names a Hub model)"
+        )
+    what = f"--teacher {name_or_path}: cannot create the open_clip model"
+    with usage_errors(what, RuntimeError, OSError, ValueError):  # an unknown tag, a missing or damaged file
+        return open_clip.create_model(name, pretrained=pretrained or None)
 
 
 @contextlib.contextmanager

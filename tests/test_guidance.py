@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -17,6 +18,7 @@ from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from hf_masked_vl import AClipModel, MaskedViTConfig, MaskedViTModel, UTAConfig, UTAModel
 from hf_masked_vl.data.maps import decode_float_map
+from hf_masked_vl.errors import UsageError
 from hf_masked_vl.guidance import (
     AttentionProducer,
     GuidanceProducer,
@@ -473,7 +475,7 @@ def test_compute_guidance_gradcam_from_a_local_timm_folder(tiny_resnet, small_de
     assert list(result_lines(capsys.readouterr().out))[-1] == "gradcam_iou"
     table = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "train-00000.parquet"), split="train")
     assert np.asarray(table[0]["guidance"]).shape == (7, 7)
-    with pytest.raises(SystemExit, match="--tau does not apply"):
+    with pytest.raises(UsageError, match="--tau does not apply"):
         compute_guidance(["--producer", "gradcam", "--tau", "0.3", "--output_dir", str(tmp_path / "x")])
 
 
@@ -488,3 +490,48 @@ def test_demo_source_by_default(monkeypatch, small_demo, tiny_dino_dir, tmp_path
     assert summary.num_images == 48 and summary.shards_written == ["eval-00000.parquet"]
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT attention_iou=")
     assert os.path.isdir(tmp_path / "stats")
+
+
+# ---- compute_guidance never destroys its input ----
+
+
+def tokencut_command(backbone: str, data_files: list[str], output_dir, *extra: str) -> list[str]:
+    """A fast compute_guidance command line: the tiny DINO, a few records, small shards, no overlays."""
+    return ["--producer", "tokencut", "--backbone", backbone, "--dataset_name", "parquet", "--data_files", *data_files,
+            "--output_dir", str(output_dir), "--shard_size", "4", "--num_overlays", "0", "--device", "cpu",
+            "--no_progress", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["same folder", "inside output_dir"])
+def test_output_dir_holding_the_input_is_refused(layout, tiny_dino_dir, small_demo, tmp_path):
+    out = tmp_path / "out"
+    source = out / "train-00000.parquet" if layout == "same folder" else out / "raw" / "part.parquet"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(open(small_demo.train_files[0], "rb").read())
+    before = source.read_bytes()
+    with pytest.raises(UsageError, match="--output_dir .* holds the input file"):
+        compute_guidance(tokencut_command(tiny_dino_dir, [str(source)], out, "--max_samples", "4"))
+    assert source.read_bytes() == before and [p for p in out.rglob("*") if p.is_file()] == [source]
+
+
+def test_run_record_holds_max_samples_and_a_smaller_cap_is_refused(tiny_dino_dir, small_demo, tmp_path):
+    out = tmp_path / "out"
+    command = tokencut_command(tiny_dino_dir, small_demo.train_files[:1], out)
+    compute_guidance([*command, "--max_samples", "8"])
+    record = json.loads((out / "stats" / "train-run.json").read_text())
+    assert record["max_samples"] == 8 and record["data_files"] == [str(Path(small_demo.train_files[0]).resolve())]
+    shards = {p.name: p.read_bytes() for p in out.glob("train-*.parquet")}
+    assert sorted(shards) == ["train-00000.parquet", "train-00001.parquet"]
+    with pytest.raises(UsageError, match=r"max_samples: 8 → 6.*fresh --output_dir"):
+        compute_guidance([*command, "--max_samples", "6"])  # would rewrite shard 1 as partial
+    assert {p.name: p.read_bytes() for p in out.glob("train-*.parquet")} == shards
+    assert json.loads((out / "stats" / "train-run.json").read_text()) == record
+
+
+def test_a_mistake_leaves_the_folder_usable(tiny_dino_dir, small_demo, tmp_path):
+    out = tmp_path / "out"
+    command = tokencut_command(tiny_dino_dir, small_demo.train_files[:1], out, "--max_samples", "4")
+    with pytest.raises(UsageError, match="--image_column 'imgae' is not a column"):
+        compute_guidance([*command, "--image_column", "imgae"])
+    assert not (out / "stats" / "train-run.json").exists()
+    assert compute_guidance(command).num_images == 4

@@ -359,5 +359,5 @@ def test_compute_guidance_sam_transformers_backend(tiny_hf_sam_dir, small_demo, 
     assert run["backend"] == "transformers" and run["segments_size"] == 128
     cell = datasets.load_dataset("parquet", data_files=str(out / "train-00000.parquet"), split="train")[0]["segments"]
     assert decode_label_map(cell).shape == (128, 128)
-    with pytest.raises(SystemExit, match="--points_per_side does not apply"):
+    with pytest.raises(UsageError, match="--points_per_side does not apply"):
         compute_guidance(["--producer", "tokencut", "--points_per_side", "8", "--output_dir", str(tmp_path / "x")])

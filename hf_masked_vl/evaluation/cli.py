@@ -18,14 +18,18 @@ types with the Auto classes); a folder or Hub repository with foreign code needs
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
 
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
+from ..data.files import check_data_files, check_local_path
+from ..errors import UsageError, check_minimums, run_cli, usage_errors
+from ..methods.base import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
 from . import (
     DEFAULT_MAX_ITER,
@@ -84,26 +88,32 @@ def load_splits(
     args: argparse.Namespace, has_train_protocols: bool
 ) -> tuple[LabelledSplit | None, LabelledSplit, list[str] | None]:
     """(train split or None, test split, templates or None) from the data arguments."""
-    templates = read_json_list(args.templates_file)
+    templates = read_json_list(args.templates_file, "--templates_file")
     if args.dataset_name is None:
         if args.demo_dir is not None:
-            demo = read_demo_dataset(args.demo_dir)
+            with usage_errors(f"cannot read --demo_dir {args.demo_dir}"):
+                demo = read_demo_dataset(args.demo_dir)
         else:
             demo = ensure_demo_dataset(args.demo_cache_dir, num_train=args.demo_num_train)
         train, test = demo_splits(demo, args.max_samples)
         return (train if has_train_protocols else None), test, templates or demo.templates
+    check_data_files(args.data_files, "--data_files")
+    check_data_files(args.train_data_files, "--train_data_files")
     common = dict(
         image_column=args.image_column,
         label_column=args.label_column,
-        class_names=read_json_list(args.class_names_file),
+        class_names=read_json_list(args.class_names_file, "--class_names_file"),
         max_samples=args.max_samples,
         config_name=args.dataset_config_name,
     )
-    test = load_labelled_split(args.dataset_name, args.data_files, args.split, **common)
+    with usage_errors(f"cannot read --dataset_name {args.dataset_name} (--split {args.split})"):
+        test = load_labelled_split(args.dataset_name, args.data_files, args.split, **common)
     train = None
     if has_train_protocols and (args.train_split is not None or args.train_data_files is not None):
         data_files = args.train_data_files if args.train_data_files is not None else args.data_files
-        train = load_labelled_split(args.dataset_name, data_files, args.train_split or "train", **common)
+        split = args.train_split or "train"
+        with usage_errors(f"cannot read --dataset_name {args.dataset_name} (--train_split {split})"):
+            train = load_labelled_split(args.dataset_name, data_files, split, **common)
     return train, test, templates
 
 
@@ -131,21 +141,45 @@ def print_report(results: dict[str, EvaluationResult]) -> None:
     print(f"RESULT chance={next(iter(results.values())).chance:.4f}")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
+    minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1}
+    check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
+    if not (math.isfinite(args.knn_temperature) and args.knn_temperature > 0):
+        raise UsageError(f"--knn_temperature {args.knn_temperature}: must be a finite number above 0")
+
+
+def load_model(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:
+    """The model of a checkpoint folder or Hub id; a missing folder, a folder that is not a checkpoint, foreign code
+    without `--trust_remote_code` or damaged weights are a `UsageError` naming `--model`."""
+    check_local_path(name_or_path, "--model")
+    try:
+        checkpoint_config(name_or_path, trust_remote_code)
+    except UsageError as error:
+        raise UsageError(f"--model {name_or_path}: {error}") from None
+    try:
+        return AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise UsageError(f"--model {name_or_path}: {weights_error(name_or_path, error)}") from error
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     remote = args.trust_remote_code
     dtype = choose_precision(args.dtype, args.device).dtype
-    model = AutoModel.from_pretrained(args.model, dtype=dtype, trust_remote_code=remote)
-    model = model.to(args.device).eval()
+    model = load_model(args.model, dtype, remote).to(args.device).eval()
     protocols = args.protocol
     if protocols is None:
         supported = supported_protocols(model)
         protocols = [p for p in supported if p not in TRAINED_PROTOCOLS or has_train_data(args)] or list(supported)
-    check_protocols(model, protocols, has_train_split=has_train_data(args))
-    tokenizer = (
-        AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote) if "zero_shot" in protocols else None
-    )
-    image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
+    with usage_errors(f"--protocol {' '.join(protocols)}", ValueError):
+        check_protocols(model, protocols, has_train_split=has_train_data(args))
+    with usage_errors(f"--model {args.model}: cannot load its tokenizer or image processor"):
+        tokenizer = (
+            AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote) if "zero_shot" in protocols else None
+        )
+        image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
     train, test, templates = load_splits(args, any(p in TRAINED_PROTOCOLS for p in protocols))
     results = evaluate_many(
         model,
@@ -167,8 +201,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
 
 def cli() -> int:
     """Console entry point (`hf-masked-vl-evaluate`): exit status 0, or 2 with one `error:` line for a usage error."""
-    from ..errors import run_cli
-
     return run_cli(main)
 
 

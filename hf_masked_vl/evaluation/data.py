@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import datasets
 
 from ..data.demo import DemoDataset
+from ..errors import UsageError
 
 
 @dataclass
@@ -35,8 +36,10 @@ class _Reiterable:
         return self.factory()
 
 
-def _missing_column(kind: str, column: str, available: Iterable[str]) -> ValueError:
-    return ValueError(f"{kind} column {column!r} is not in the dataset; available columns: {sorted(available)}")
+def _missing_column(kind: str, column: str, available: Iterable[str], where: str) -> UsageError:
+    return UsageError(
+        f"{kind} column {column!r} (--{kind}_column) is not in {where}; available columns: {sorted(available)}"
+    )
 
 
 def load_labelled_split(
@@ -56,15 +59,17 @@ def load_labelled_split(
     must be ints in [0, number of classes). `name` defaults to "<dataset_name>[/<config_name>] (<split>)".
     With `segments_column` the records are (image, label, segments cell) triples (undecoded label maps, see
     `data.maps.decode_label_map`) for the features of a model with a mask-relation bias (`evaluation.segments`)."""
+    if name is None:
+        name = f"{dataset_name}{'' if config_name is None else '/' + config_name} ({split})"
     dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=True)
     features = dataset.features
     if features is not None:
         if image_column not in features:
-            raise _missing_column("image", image_column, features)
+            raise _missing_column("image", image_column, features, name)
         if label_column not in features:
-            raise _missing_column("label", label_column, features)
+            raise _missing_column("label", label_column, features, name)
         if segments_column is not None and segments_column not in features:
-            raise _missing_column("segments", segments_column, features)
+            raise _missing_column("segments", segments_column, features, name)
     if class_names is None:
         if features is None:
             raise ValueError("the dataset declares no features: pass the class names (class_names=...)")
@@ -89,7 +94,7 @@ def load_labelled_split(
         for record in dataset:
             for kind, column in columns:
                 if column not in record:
-                    raise _missing_column(kind, column, record)
+                    raise _missing_column(kind, column, record, name)
             label = int(record[label_column])
             if not 0 <= label < num_classes:
                 raise ValueError(f"label {label} is outside [0, {num_classes}) (the number of class names)")
@@ -98,8 +103,6 @@ def load_labelled_split(
             else:
                 yield record[image_column], label, record[segments_column]
 
-    if name is None:
-        name = f"{dataset_name}{'' if config_name is None else '/' + config_name} ({split})"
     return LabelledSplit(records=_Reiterable(records), class_names=list(class_names), name=name)
 
 
@@ -117,14 +120,21 @@ def demo_splits(
     return train, test
 
 
-def read_json_list(path: str | None) -> list[str] | None:
-    """The JSON list of strings in `path` (class names, templates); None for no path."""
+def read_json_list(path: str | None, flag: str | None = None) -> list[str] | None:
+    """The JSON list of strings in `path` (class names, templates); None for no path. A file that cannot be read or
+    holds something else is a `UsageError` naming `flag` (the command-line flag that gave the path) when given."""
     if path is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        values = json.load(handle)
+    where = f"{flag} {path}" if flag else path
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except OSError as error:
+        raise UsageError(f"cannot read {where}: {error.strerror or error}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{where} is not valid JSON: {error}") from None
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{path} must hold a JSON list of strings")
+        raise UsageError(f"{where} must hold a JSON list of strings")
     return values
 
 

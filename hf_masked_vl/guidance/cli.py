@@ -22,12 +22,16 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..data.files import check_data_files, check_local_path, is_remote
 from ..data.streaming import load_stream
+from ..errors import UsageError, check_minimums, run_cli, usage_errors
 from .producers import DEFAULT_GRID, PRODUCERS, available_producers, build_producer
-from .writer import GuidanceSummary, write_guidance
+from .writer import GuidanceSummary, check_output_dir, write_guidance
 
 _BUILDERS_BY_EXTENSION = {".parquet": "parquet", ".arrow": "arrow", ".tar": "webdataset"}
 
@@ -73,33 +77,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_source(args: argparse.Namespace):
-    """The streamed source split and a description of it for the run record."""
+@dataclass
+class SourceFiles:
+    """Where the source split comes from: a `datasets` builder or name, its data files, the local files they name
+    (resolved: the output folder must not hold them) and a description for the run record."""
+
+    builder: str
+    data_files: dict[str, list[str]] | None
+    local_files: list[Path]
+    description: dict
+
+
+def resolve_source(args: argparse.Namespace) -> SourceFiles:
+    """The source of `args` (the embedded demo without `--dataset_name` / `--data_files`), checked: its local files
+    exist, its format is known. A mistake is a `UsageError` naming the flag."""
     if args.dataset_name is None and args.data_files is None:
         from ..data.demo import ensure_demo_dataset
 
         demo = ensure_demo_dataset()
         files = {"train": demo.train_files, "eval": demo.eval_files, "probe": demo.probe_files}
         if args.split not in files:
-            raise ValueError(f"the demo has splits {sorted(files)}, not {args.split!r}")
-        dataset = load_stream("parquet", {args.split: files[args.split]}, split=args.split)
-        return dataset, {"dataset": f"demo:{demo.root.name}"}
+            raise UsageError(f"--split {args.split}: the demo has the splits {', '.join(sorted(files))}")
+        local = [Path(path).resolve() for path in files[args.split]]
+        return SourceFiles("parquet", {args.split: files[args.split]}, local, {"dataset": f"demo:{demo.root.name}"})
+    local = [Path(path).resolve() for path in check_data_files(args.data_files, "--data_files")]
     name = args.dataset_name
     if name is None:
         extensions = {next((e for e in _BUILDERS_BY_EXTENSION if f.endswith(e)), None) for f in args.data_files}
         if len(extensions) != 1 or None in extensions:
-            raise ValueError("cannot tell the format of --data_files from their extensions; pass --dataset_name")
+            raise UsageError(
+                f"--data_files {' '.join(args.data_files)}: cannot tell their format from the extensions "
+                f"({', '.join(_BUILDERS_BY_EXTENSION)}); pass --dataset_name (parquet, imagefolder, webdataset, ...)"
+            )
         name = _BUILDERS_BY_EXTENSION[extensions.pop()]
     data_files = {args.split: list(args.data_files)} if args.data_files else None
-    dataset = load_stream(name, data_files, split=args.split, config_name=args.dataset_config)
-    return dataset, {"dataset": name, "dataset_config": args.dataset_config, "data_files": args.data_files}
+    remote = [pattern for pattern in args.data_files or [] if is_remote(pattern)]
+    description = {
+        "dataset": name,
+        "dataset_config": args.dataset_config,
+        "data_files": [str(path) for path in local] + remote if args.data_files else None,
+    }
+    return SourceFiles(name, data_files, local, description)
 
 
-def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+def checked_source(args: argparse.Namespace) -> SourceFiles:
+    """`resolve_source`, and `--output_dir` must not hold its files (`writer.check_output_dir`)."""
+    source = resolve_source(args)
+    check_output_dir(args.output_dir, source.local_files)
+    return source
+
+
+def load_source(args: argparse.Namespace, source: SourceFiles | None = None):
+    """The streamed source split and a description of it for the run record."""
+    source = source or resolve_source(args)
+    with usage_errors(f"cannot read --dataset_name {source.builder} (--split {args.split})"):
+        dataset = load_stream(source.builder, source.data_files, split=args.split, config_name=args.dataset_config)
+    return dataset, source.description
+
+
+def producer_options(args: argparse.Namespace) -> dict:
+    """The options of `--producer` that were given; another producer's option, or a number that cannot work, is a
+    `UsageError`."""
+    check_minimums(args, {"grid": 1, "shard_size": 1, "batch_size": 1, "max_samples": 1, "num_overlays": 0})
     spec = PRODUCERS[args.producer]
-    options = {key: getattr(args, key) for key in spec.options if getattr(args, key, None) is not None}
     others = [
         option
         for name, other in PRODUCERS.items()
@@ -108,13 +148,36 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         if option not in spec.options and getattr(args, option, None) is not None
     ]
     if others:
-        raise SystemExit(f"--{others[0]} does not apply to --producer {args.producer}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    producer = build_producer(  # first: a refused or missing backbone fails before any data is prepared
-        args.producer, args.backbone, args.grid, device, trust_remote_code=args.trust_remote_code, **options
-    )
-    dataset, source = load_source(args)
-    backbone = getattr(producer, "backbone_name", None) or args.backbone or spec.default_backbone
+        raise UsageError(f"--{others[0]} does not apply to --producer {args.producer}")
+    return {key: getattr(args, key) for key in spec.options if getattr(args, key, None) is not None}
+
+
+def choose_device(name: str | None) -> torch.device:
+    """`--device`, default cuda when available; a device that does not exist here is a `UsageError`."""
+    with usage_errors(f"--device {name}: not a torch device", RuntimeError):
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    options = producer_options(args)
+    device = choose_device(args.device)
+    uses_demo = args.dataset_name is None and args.data_files is None
+    source = None if uses_demo else checked_source(args)  # missing files fail before the backbone loads
+    backbone = args.backbone or PRODUCERS[args.producer].default_backbone
+    check_local_path(backbone, "--backbone")
+    what = f"cannot build --producer {args.producer} (--backbone {backbone})"
+    with usage_errors(what, ValueError, OSError, ImportError):  # a missing, refused or unsupported backbone
+        producer = build_producer(
+            args.producer, args.backbone, args.grid, device, trust_remote_code=args.trust_remote_code, **options
+        )
+    source = source or checked_source(args)  # the demo is written (once) only after the backbone has loaded
+    dataset, description = load_source(args, source)
+    backbone = getattr(producer, "backbone_name", None) or backbone
     side = producer.map_size
     print(f"{args.producer}: backbone {backbone}, {side}x{side} {producer.kind} maps in {producer.column!r}, {device}")
     summary = write_guidance(
@@ -127,9 +190,15 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         image_column=args.image_column,
         num_overlays=args.num_overlays,
         max_samples=args.max_samples,
-        run_info=source,
+        run_info=description,
         progress=not args.no_progress,
     )
+    print_summary(summary, args.producer)
+    return summary
+
+
+def print_summary(summary: GuidanceSummary, producer: str) -> None:
+    """What was written, the IoU or covered share, then the `RESULT` lines."""
     print(
         f"{summary.split}: {summary.num_images} images written, {summary.num_skipped} skipped (undecodable) of "
         f"{summary.num_records} records; {len(summary.shards_written)} shard(s) written, "
@@ -143,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
             "(object patch: at least half of its pixels are object)"
         )
     if summary.covered_share is not None:
-        reference = " (SAM ViT-H in the MRE-ViT paper: about 70-73%)" if args.producer == "sam" else ""
+        reference = " (SAM ViT-H in the MRE-ViT paper: about 70-73%)" if producer == "sam" else ""
         print(
             f"covered: {100 * summary.covered_share:.1f}% of the pixels of {summary.num_images} label maps have a "
             f"label > 0{reference}"
@@ -151,19 +220,16 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
     print(f"RESULT images={summary.num_images}")
     print(f"RESULT skipped={summary.num_skipped}")
     if summary.iou_at_half is not None:
-        print(f"RESULT {args.producer}_iou_at_half={summary.iou_at_half:.4f}")
+        print(f"RESULT {producer}_iou_at_half={summary.iou_at_half:.4f}")
     if summary.iou is not None:
-        print(f"RESULT {args.producer}_iou={summary.iou:.4f}")
+        print(f"RESULT {producer}_iou={summary.iou:.4f}")
     if summary.covered_share is not None:
-        print(f"RESULT {args.producer}_covered_share={summary.covered_share:.4f}")
-    return summary
+        print(f"RESULT {producer}_covered_share={summary.covered_share:.4f}")
 
 
 def cli() -> int:
     """Console entry point (`hf-masked-vl-guidance`): exit status 0, or 2 with one `error:` line for a usage error."""
-    from ..errors import run_cli
-
     return run_cli(main)
 
 
-__all__ = ["build_parser", "cli", "load_source", "main"]
+__all__ = ["SourceFiles", "build_parser", "checked_source", "cli", "load_source", "main", "resolve_source"]

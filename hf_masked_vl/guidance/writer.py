@@ -17,7 +17,10 @@ Shard k holds the source records [k · shard_size, (k + 1) · shard_size) in str
 cannot be decoded are skipped and counted, not written). Each shard is written to `<name>.tmp` and renamed when
 complete, its stats file first; a later run with the same settings skips every shard whose parquet and stats exist
 and whose record count matches (reading, not decoding, those records), so an interrupted run resumes where it
-stopped. A run with different settings in the same folder and split is refused.
+stopped. A run with different settings in the same folder and split is refused (every setting that changes the
+output is in the run record, `max_samples` included; only a larger `max_samples` continues a run). The run record is
+written once every check has passed, so a mistake (a missing image column, other settings) leaves the folder as it
+was. The output folder must not hold the input files (`check_output_dir`).
 
 IoU report (when the source has a ground-truth object-id column, the demo's `segments`: 0 = background; read from
 the source record, also when the producer writes a column of the same name): per image, the producer's foreground
@@ -49,6 +52,7 @@ from PIL import Image
 
 from ..data.maps import decode_label_map
 from ..data.streaming import decode_image
+from ..errors import UsageError
 from .producers import GuidanceProducer
 
 OVERLAY_SIDE = 224
@@ -161,19 +165,56 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def _check_run_record(path: Path, record: dict) -> None:
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {
-            k: (previous.get(k), record.get(k)) for k in set(previous) | set(record) if previous.get(k) != record.get(k)
-        }
-        if changed:
-            details = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in sorted(changed.items()))
-            raise ValueError(
-                f"{path.parent.parent} already holds shards of this split made with other settings ({details}); "
-                "use a fresh --output_dir (or delete it) to recompute"
+def check_output_dir(output_dir: str | Path, input_files: list[str | Path]) -> None:
+    """The output folder must not hold any input file (at any depth; paths are compared resolved, so symbolic links
+    and `..` do not hide one): the shards it writes (`<split>-00000.parquet`, ...) could replace the source before it
+    is read. A `UsageError` naming `--output_dir`."""
+    output = Path(output_dir).resolve()
+    for path in input_files:
+        source = Path(path).resolve()
+        if source.is_relative_to(output):
+            raise UsageError(
+                f"--output_dir {output_dir} holds the input file {source} (its shards could replace the source "
+                "before it is read): choose a folder outside the input data"
             )
-    _write_json(path, record)
+
+
+def _cap_grows(previous: int | None, new: int | None) -> bool:
+    """A larger `max_samples` (or none) extends a run: its first shards are those of the earlier, smaller one."""
+    return new is None or (previous is not None and new >= previous)
+
+
+def _check_run_record(path: Path, record: dict) -> None:
+    """Refuse to mix shards of different settings in one folder (read-only: the caller writes the record once every
+    check has passed). Only a larger `max_samples` may continue a run; a smaller one would leave the earlier run's
+    later shards beside a partial one."""
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    keys = set(previous) | set(record)
+    changed = {k: (previous.get(k), record.get(k)) for k in keys if previous.get(k) != record.get(k)}
+    if set(changed) == {"max_samples"} and _cap_grows(*changed["max_samples"]):
+        return
+    if changed:
+        details = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise UsageError(
+            f"--output_dir {path.parent.parent} already holds shards of split {record.get('split')!r} made with other "
+            f"settings ({details}); use a fresh --output_dir (or delete it) to recompute"
+        )
+
+
+def _check_image_column(dataset: datasets.IterableDataset, image_column: str) -> None:
+    """The image column must be in the dataset: in its features, or (features unknown) in its first record."""
+    columns = dataset.features
+    if columns is None:
+        with contextlib.closing(iter(dataset)) as records:
+            columns = next(records, None)
+        if columns is None:
+            return  # an empty source writes no shard
+    if image_column not in columns:
+        raise UsageError(
+            f"--image_column {image_column!r} is not a column of the dataset; its columns: {', '.join(columns)}"
+        )
 
 
 def write_guidance(
@@ -196,20 +237,24 @@ def write_guidance(
     to the run record (e.g. the dataset's name); `log` receives the progress messages (resumed shards, ...)."""
     from tqdm.auto import tqdm
 
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be positive")
+    if shard_size < 1 or batch_size < 1 or (max_samples is not None and max_samples < 1):
+        raise UsageError(
+            f"shard_size ({shard_size}), batch_size ({batch_size}) and max_samples ({max_samples}) must be positive"
+        )
     output_dir = Path(output_dir)
     stats_dir, overlay_dir = output_dir / "stats", output_dir / "overlays"
-    stats_dir.mkdir(parents=True, exist_ok=True)
     record = {**producer.describe(), "split": split, "shard_size": shard_size, "image_column": image_column}
-    _check_run_record(stats_dir / f"{split}-run.json", {**record, **(run_info or {})})
+    record = {**record, "max_samples": max_samples, **(run_info or {})}
+    record_path = stats_dir / f"{split}-run.json"
+    _check_image_column(dataset, image_column)
+    _check_run_record(record_path, record)
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(record_path, record)  # only now: every check has passed
     for stale in output_dir.glob(f"{split}-*.parquet.tmp"):
         log(f"removing the unfinished shard {stale.name} of an interrupted run")
         stale.unlink()
 
     features = dataset.features
-    if features is not None and image_column not in features:
-        raise ValueError(f"image column {image_column!r} not in the dataset; available: {sorted(features)}")
     raw = dataset
     image_columns = [image_column]
     if features is not None:
@@ -323,6 +368,7 @@ def write_guidance(
 
 __all__ = [
     "GuidanceSummary",
+    "check_output_dir",
     "colorize",
     "foreground_iou",
     "patch_foreground",

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import CLIPTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..data.streaming import ImageTextCollator
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
 
 if TYPE_CHECKING:
@@ -171,6 +171,10 @@ def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> Pre
     foreign code without `--trust_remote_code`)."""
     from transformers import AutoConfig
 
+    from ..data.files import is_local_path
+
+    if is_local_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise UsageError(f"{name_or_path}: no such folder (checked from {os.getcwd()})")
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -205,16 +209,21 @@ def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: st
     except UsageError:
         raise
     except Exception as error:
-        weights = [
-            os.path.join(name_or_path, name)
-            for name in (os.listdir(name_or_path) if os.path.isdir(name_or_path) else [])
-            if name.endswith(".safetensors") and name != "ema.safetensors"
-        ]
-        where = ", ".join(weights) or name_or_path
-        raise UsageError(
-            f"cannot load the weights in {where} ({type(error).__name__}: {str(error).strip().splitlines()[0]}): "
-            "the file is damaged or incomplete, or does not match the config; re-save or re-download it"
-        ) from error
+        raise weights_error(name_or_path, error) from error
+
+
+def weights_error(name_or_path: str, error: Exception) -> UsageError:
+    """The one-line error of a checkpoint whose config reads but whose weights do not load, naming its files."""
+    weights = [
+        os.path.join(name_or_path, name)
+        for name in (os.listdir(name_or_path) if os.path.isdir(name_or_path) else [])
+        if name.endswith(".safetensors") and name != "ema.safetensors"
+    ]
+    where = ", ".join(weights) or name_or_path
+    return UsageError(
+        f"cannot load the weights in {where} ({type(error).__name__}: {first_line(error)}): "
+        "the file is damaged or incomplete, or does not match the config; re-save or re-download it"
+    )
 
 
 def image_tower_config(model: PreTrainedModel):
@@ -260,5 +269,6 @@ __all__ = [
     "checkpoint_config",
     "image_tower_config",
     "load_checked",
+    "weights_error",
     "register_method",
 ]

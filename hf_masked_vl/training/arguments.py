@@ -5,10 +5,12 @@ fields are flags too (`training.config_flags`)."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..errors import UsageError, check_minimums, first_line
 from ..precision import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,9 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(default=None)
 
+    def __post_init__(self):
+        check_minimums(self, {"demo_num_train": 1, "shuffle_buffer": 0, "max_eval_samples": 1})
+
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
@@ -185,11 +190,55 @@ class PretrainingArguments(TrainingArguments):
                 self.bf16 = self.precision_choice.bf16
         else:
             self.precision_choice = PrecisionChoice("bf16" if self.bf16 else "fp32", "requested explicitly (--bf16)")
-        if self.ema_momentum is not None and not 0.0 <= self.ema_momentum <= self.ema_end_momentum <= 1.0:
-            raise ValueError(
-                f"need 0 <= ema_momentum ({self.ema_momentum}) <= ema_end_momentum ({self.ema_end_momentum}) <= 1"
+        self._check_values()
+        try:
+            super().__post_init__()
+        except UsageError:
+            raise
+        except ValueError as error:  # transformers' own checks of the TrainingArguments flags
+            raise UsageError(f"invalid training arguments: {first_line(error)}") from None
+
+    def _check_values(self) -> None:
+        """Values that would crash or silently misbehave later (a ZeroDivisionError in the Trainer, an optimizer
+        that refuses NaN, a DataLoader with -1 workers) are a `UsageError` naming the flag, before anything runs."""
+        check_minimums(self, _MINIMUMS, _MINIMUM_REASONS)
+        for name in ("weight_decay", "max_grad_norm", "adam_epsilon"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"--{name} {getattr(self, name)}: must be a finite number")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UsageError(f"--{name} {getattr(self, name)}: must be in [0, 1)")
+        for name in ("ema_momentum", "ema_end_momentum"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name} {value}: must be in [0, 1] (the EMA keeps this share of its weights)")
+        if self.ema_momentum is not None and self.ema_momentum > self.ema_end_momentum:
+            raise UsageError(
+                f"--ema_momentum {self.ema_momentum}: must not exceed --ema_end_momentum {self.ema_end_momentum} "
+                "(the schedule rises from the one to the other)"
             )
-        super().__post_init__()
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise UsageError(f"--layer_decay {self.layer_decay}: must be in (0, 1]")
+
+
+# Flags of PretrainingArguments that must be at least this (finite); checked before the Trainer sees them.
+_MINIMUMS = {
+    "learning_rate": 0.0,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "max_steps": 1,
+    "dataloader_num_workers": 0,
+    "warmup_steps": 0.0,
+    "ema_warmup": 0.0,
+    "logging_steps": 0.0,
+    "save_steps": 0.0,
+    "seed": 0,
+}
+_MINIMUM_REASONS = {
+    "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "
+    "steps; --num_train_epochs cannot set it)",
+}
 
 
 def _has_accelerator() -> bool:

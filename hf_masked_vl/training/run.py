@@ -8,8 +8,9 @@ picks another registered method (`hf_masked_vl.methods`); this module never name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
+import itertools
 import json
 import logging
 import math
@@ -19,15 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import transformers
 from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, set_seed
 
 from ..data.demo import ensure_demo_dataset
+from ..data.files import check_data_files
 from ..data.streaming import ImageTextStream, load_stream
-from ..errors import UsageError, run_cli, validate_config
+from ..errors import UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
-from ..evaluation.data import demo_splits, load_labelled_split, read_json_list
+from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
     LOGS_FOLDER,
     CardInfo,
@@ -86,22 +89,30 @@ class RunResult:
 
 
 # ---- arguments ----
+def _read_argument_file(path: str) -> dict:
+    """The JSON object of a single-file command line (`run_pretraining.py args.json`)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            arguments = json.load(handle)
+    except OSError as error:
+        raise UsageError(f"cannot read the argument file {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            f"the argument file {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        ) from None
+    if not isinstance(arguments, dict):
+        raise UsageError(f"the argument file {path} must hold a JSON object of argument names to values")
+    return arguments
+
+
+def _is_argument_file(argv: list[str]) -> bool:
+    return len(argv) == 1 and argv[0].endswith(".json")
+
+
 def _requested_method(argv: list[str]) -> str:
     """The `--method` of a command line or of a single JSON argument file (default: a_clip)."""
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        try:
-            with open(argv[0], encoding="utf-8") as handle:
-                arguments = json.load(handle)
-        except OSError as error:
-            raise UsageError(f"cannot read the argument file {argv[0]}: {error.strerror}") from None
-        except json.JSONDecodeError as error:
-            raise UsageError(
-                f"the argument file {argv[0]} is not valid JSON: {error.msg} at line {error.lineno}, column "
-                f"{error.colno}"
-            ) from None
-        if not isinstance(arguments, dict):
-            raise UsageError(f"the argument file {argv[0]} must hold a JSON object of argument names to values")
-        return arguments.get("method", DEFAULT_METHOD)
+    if _is_argument_file(argv):
+        return _read_argument_file(argv[0]).get("method", DEFAULT_METHOD)
     for index, argument in enumerate(argv):
         if argument == "--method" and index + 1 < len(argv):
             return argv[index + 1]
@@ -128,16 +139,18 @@ def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments)."""
+    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments). A flag the method
+    does not know (on the command line or as a key of the JSON argument file) is a `UsageError` naming the closest
+    known flags."""
     argv = sys.argv[1:] if argv is None else list(argv)
     method = get_method(_requested_method(argv))
     parser, config_arguments = build_parser(method)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        try:
-            parsed = parser.parse_json_file(os.path.abspath(argv[0]))
-        except ValueError as error:  # unknown keys
-            raise UsageError(f"the argument file {argv[0]}: {error}") from None
+    if _is_argument_file(argv):
+        arguments = _read_argument_file(argv[0])
+        _refuse_unknown(parser, [f"--{key}" for key in arguments], f"in the argument file {argv[0]}")
+        parsed = parser.parse_dict(arguments)
     else:
+        _refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}")
         parsed = parser.parse_args_into_dataclasses(args=argv)
     if config_arguments is None:
         model_args, data_args, training_args = parsed
@@ -147,12 +160,29 @@ def parse_arguments(argv: list[str] | None = None):
     return method, model_args, data_args, config_args, training_args
 
 
+def _refuse_unknown(parser: HfArgumentParser, given: list[str], where: str) -> None:
+    """`given`: flags and stray values that `parser` left over (or argument-file keys as flags)."""
+    known = set(parser._option_string_actions)
+    suggested = [option for option in known if option.startswith("--") and "-" not in option[2:]]
+    for argument in given:
+        flag = argument.split("=", 1)[0]
+        if flag in known:
+            continue
+        if not argument.startswith("-"):
+            raise UsageError(f"unexpected argument {argument!r} {where} (every value follows its --flag)")
+        raise UsageError(f"unknown flag {flag} {where}{did_you_mean(flag, suggested)}")
+
+
 # ---- data ----
 @dataclass
 class TrainingData:
-    stream: object
+    """What a run reads, opened and checked before any model is built (`check_before_training`)."""
+
+    stream: object  # the training source (a datasets IterableDataset)
     label: str  # for the model card: "embedded demo shapes" or the dataset's public name
     demo: object | None = None
+    eval_train: LabelledSplit | None = None  # labelled splits of the evaluations after training
+    eval_test: LabelledSplit | None = None
 
 
 def training_source(data_args: DataArguments):
@@ -162,7 +192,8 @@ def training_source(data_args: DataArguments):
         source = load_stream("parquet", demo.train_files, split="train", streaming=data_args.streaming)
         return source, "embedded demo shapes", demo
     check_data_files(data_args.data_files, "--data_files")
-    try:
+    # unknown dataset or split, no data files, a Hub name while offline
+    with usage_errors(f"cannot read --dataset_name {data_args.dataset_name}"):
         source = load_stream(
             data_args.dataset_name,
             data_args.data_files,
@@ -170,36 +201,10 @@ def training_source(data_args: DataArguments):
             streaming=data_args.streaming,
             config_name=data_args.dataset_config_name,
         )
-    except (FileNotFoundError, ValueError) as error:  # unknown dataset or split, no data files
-        raise UsageError(f"cannot read --dataset_name {data_args.dataset_name}: {_first_line(error)}") from None
     label = public_name(data_args.dataset_name)
     if data_args.data_files:
         label += " (" + ", ".join(public_name(path) for path in data_args.data_files[:3]) + ")"
     return source, label, None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def check_data_files(patterns: list[str] | None, flag: str) -> None:
-    """Local files or globs must match something (datasets would otherwise look them up as a Hub repo and fail
-    deep inside with `Repo id must be ...`). URLs and `hf://` paths are left to datasets."""
-    for pattern in patterns or []:
-        if "://" in pattern:
-            continue
-        expanded = os.path.expanduser(pattern)
-        if not glob.glob(expanded, recursive=True) and not _brace_matches(expanded):
-            raise UsageError(f"{flag} {pattern!r} matches no file (checked from {os.getcwd()})")
-
-
-def _brace_matches(pattern: str) -> bool:
-    """webdataset-style `shard-{00000..00012}.tar` ranges: does the first name of the range exist?"""
-    import re
-
-    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    return bool(match) and os.path.exists(pattern[: match.start()] + match.group(1) + pattern[match.end() :])
 
 
 def check_output_dir(training_args: PretrainingArguments, method: str) -> None:
@@ -276,30 +281,123 @@ def check_finite(model, what: str) -> None:
             raise RuntimeError(f"{what}: weight {name} holds NaN or infinite values; the final folder was not written")
 
 
-def evaluation_splits(data_args: DataArguments, demo):
-    """(train split or None, test split or None) for the evaluations after training. `--eval_dataset_name demo`
-    names the embedded demo's labelled splits (the default when training on the demo)."""
-    if data_args.eval_dataset_name == "demo":
+def evaluation_splits(data_args: DataArguments) -> tuple[LabelledSplit | None, LabelledSplit | None]:
+    """(train split or None, test split or None) for the evaluations after training, opened and checked (files,
+    columns, class names, a first record) so that a mistake fails before the first training step. `--eval_dataset_name
+    demo` names the embedded demo's labelled splits (the default when training on the demo)."""
+    name = data_args.eval_dataset_name or ("demo" if data_args.dataset_name is None else None)
+    if name is None:
+        return None, None
+    if name == "demo":
         demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
-    elif data_args.eval_dataset_name is not None:
-        common = dict(
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            class_names=read_json_list(data_args.class_names_file),
-            max_samples=data_args.max_eval_samples,
-        )
-        test = load_labelled_split(
-            data_args.eval_dataset_name, data_args.eval_data_files, data_args.eval_split, **common
-        )
-        train = None
-        if data_args.eval_train_split:
-            train = load_labelled_split(
-                data_args.eval_dataset_name, data_args.eval_data_files, data_args.eval_train_split, **common
-            )
-        return train, test
-    if demo is not None:
         return demo_splits(demo, max_samples=data_args.max_eval_samples)
-    return None, None
+    check_data_files(data_args.eval_data_files, "--eval_data_files")
+    class_names = read_json_list(data_args.class_names_file, "--class_names_file")
+
+    def open_split(split: str) -> LabelledSplit:
+        where = f"the evaluation set --eval_dataset_name {name} (split {split!r})"
+        with usage_errors(f"cannot read {where}"):
+            labelled = load_labelled_split(
+                name,
+                data_args.eval_data_files,
+                split,
+                image_column=data_args.image_column,
+                label_column=data_args.label_column,
+                class_names=class_names,
+                max_samples=data_args.max_eval_samples,
+            )
+            with contextlib.closing(iter(labelled.records)) as records:  # a first record: undeclared columns, labels
+                if next(records, None) is None:
+                    raise UsageError(f"{where} holds no record")
+        return labelled
+
+    test = open_split(data_args.eval_split)
+    return (open_split(data_args.eval_train_split) if data_args.eval_train_split else None), test
+
+
+def check_columns(dataset, columns: dict[str, str], hint: str = "") -> None:
+    """Each flag's column (`{"--image_column": "image"}`) must be in `dataset` when its features are known."""
+    features = getattr(dataset, "features", None)
+    if features is None:
+        return
+    for flag, column in columns.items():
+        if column not in features:
+            raise UsageError(
+                f"{flag} {column!r} is not a column of the training data (its columns: {', '.join(features)}){hint}"
+            )
+
+
+def map_column_hint(roles: list[str], demo) -> str:
+    """How to make the map columns of `roles` ("guidance", "segments") with compute_guidance."""
+    producers = {"guidance": "tokencut", "segments": "sam"}
+    producer = producers.get(roles[0], "tokencut") if roles else "tokencut"
+    if demo is None:
+        return (
+            f"; write maps beside the images with scripts/compute_guidance.py --producer {producer} (see its --help), "
+            "or name the column with --guidance_column / --segments_column"
+        )
+    return (
+        f"; the embedded demo has none: make them with `python scripts/compute_guidance.py --producer {producer} "
+        f"--output_dir guidance/demo`, then train with `--dataset_name parquet --data_files "
+        "'guidance/demo/train-*.parquet'`"
+    )
+
+
+def check_batch_fits(source, training_args: PretrainingArguments) -> None:
+    """A step's batch must not be larger than the training data: a stream of N < batch records yields batches of N
+    every step while the model card would state the requested size. Reads at most one batch of records, undecoded."""
+    processes = training_args.world_size
+    needed = training_args.per_device_train_batch_size * processes
+    features = getattr(source, "features", None) or {}
+    for column, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            source = source.cast_column(column, datasets.Image(decode=False))
+    available = sum(1 for _ in itertools.islice(source, needed))
+    if 0 < available < needed:  # no record at all: `first_example_or_error` says so
+        batch = f"{training_args.per_device_train_batch_size}" + (f" × {processes} processes" if processes > 1 else "")
+        raise UsageError(
+            f"--per_device_train_batch_size {batch} is larger than the training data ({available} records): every "
+            f"step would train on {available} records while the model card states {needed}; use at most "
+            f"{max(1, available // processes)} per device"
+        )
+
+
+_ATTENTION_SUPPORT = {"sdpa": "_supports_sdpa", "flex_attention": "_supports_flex_attn"}  # model class flags
+
+
+def check_attn_implementation(name: str, model_class: type | None) -> None:
+    """`--attn_implementation` must be `eager`, a name registered with transformers' `AttentionInterface` (sdpa,
+    flash_attention_*, flex_attention, or one's own) that `model_class` supports, or a Hub kernel (`org/name`)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if "/" in name:
+        return  # a kernel from the Hub: transformers loads and checks it
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name not in known:
+        raise UsageError(
+            f"--attn_implementation {name!r} is not an attention implementation{did_you_mean(name, known)} "
+            f"(known: {', '.join(known)})"
+        )
+    support = "_supports_flash_attn" if name.startswith("flash_attention") else _ATTENTION_SUPPORT.get(name)
+    if model_class is not None and support is not None and not getattr(model_class, support, False):
+        raise UsageError(f"--attn_implementation {name}: {model_class.__name__} does not support it; use sdpa or eager")
+
+
+def check_before_training(
+    method: Method, data_args: DataArguments, training_args: PretrainingArguments
+) -> TrainingData:
+    """Open and check what a run reads before any teacher or model is built, so that a mistake costs seconds and
+    one line: the attention implementation, the training data (files, columns, at least one batch of records) and
+    the evaluation splits (opened once here, used after training)."""
+    check_attn_implementation(method.model_args.attn_implementation, method.model_class)
+    source, label, demo = training_source(data_args)
+    columns = {"--image_column": data_args.image_column}
+    if method.reads_caption:
+        columns["--caption_column"] = data_args.caption_column
+    check_columns(source, columns)
+    check_batch_fits(source, training_args)
+    eval_train, eval_test = evaluation_splits(data_args)
+    return TrainingData(source, label, demo, eval_train, eval_test)
 
 
 # ---- weights to export ----
@@ -345,8 +443,9 @@ def main(argv: list[str] | None = None) -> RunResult:
 
     overrides = config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
     if data_args.templates_file:
-        overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file))
+        overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file, "--templates_file"))
     method = method_class(model_args, data_args, training_args, overrides)
+    data = check_before_training(method, data_args, training_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     if push_to_hub:
@@ -361,10 +460,12 @@ def main(argv: list[str] | None = None) -> RunResult:
             if getattr(tokenizer, name, None) is not None:
                 setattr(model.config.text_config, name, getattr(tokenizer, name))
 
-    source, dataset_label, demo = training_source(data_args)
+    source, dataset_label, demo = data.stream, data.label, data.demo
     if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
         model.config.zero_shot_templates = tuple(demo.templates)
     map_columns = method.map_columns(model)
+    map_flags = {f"--{role}_column": column for role, column in map_columns.items()}
+    check_columns(source, map_flags, map_column_hint(list(map_columns), demo))
     split_by_node = training_args.world_size > 1
     if split_by_node:  # each process reads its own shards
         if source.num_shards % training_args.world_size:
@@ -425,7 +526,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         return RunResult(training_args.output_dir, train_runtime)
 
     # ---- evaluate both weight sets, choose what to export ----
-    train_split, test_split = evaluation_splits(data_args, demo)
+    train_split, test_split = data.eval_train, data.eval_test
     candidates = {"online": model}
     if trainer.ema_model is not None:
         candidates = {"ema": trainer.ema_model, "online": model}
