@@ -5,13 +5,18 @@ fields are flags too (`training.config_flags`)."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..data.images import DEFAULT_MAX_IMAGE_BYTES
+from ..errors import UsageError
 from ..precision import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DATALOADER_TIMEOUT = 600.0  # seconds per batch: minutes above any sane batch, far below "forever"
 
 
 @dataclass
@@ -82,6 +87,13 @@ class DataArguments:
     segments_column: str = field(default="segments", metadata={"help": "Segment label maps (methods that read them)."})
     streaming: bool = field(default=True, metadata={"help": "Stream the dataset (default) or load it first."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Streaming shuffle buffer (0: no shuffle)."})
+    max_image_bytes: int = field(
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metadata={
+            "help": "Largest image file or encoded image cell read, in bytes (default 64 MiB); a larger one, or a "
+            "path to anything but a regular file (/dev/zero, a FIFO, a directory), is a skipped record."
+        },
+    )
     demo_num_train: int = field(default=8192, metadata={"help": "Size of the embedded demo's training split."})
     demo_cache_dir: str | None = field(
         default=None, metadata={"help": "Where the demo shards are written (default $HF_MASKED_VL_CACHE)."}
@@ -108,6 +120,10 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(default=None)
 
+    def __post_init__(self):
+        if isinstance(self.max_image_bytes, bool) or self.max_image_bytes < 1:
+            raise UsageError(f"--max_image_bytes {self.max_image_bytes} must be a positive number of bytes")
+
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
@@ -133,6 +149,13 @@ class PretrainingArguments(TrainingArguments):
         },
     )
     dataloader_num_workers: int = field(default=1)
+    dataloader_timeout: float = field(
+        default=DEFAULT_DATALOADER_TIMEOUT,
+        metadata={
+            "help": "Seconds a DataLoader worker may take to deliver one batch before the run stops with an error "
+            "(a stuck worker must not hang the run); 0: wait forever. Only with --dataloader_num_workers > 0."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator needs raw columns."}
     )
@@ -189,6 +212,8 @@ class PretrainingArguments(TrainingArguments):
             raise ValueError(
                 f"need 0 <= ema_momentum ({self.ema_momentum}) <= ema_end_momentum ({self.ema_end_momentum}) <= 1"
             )
+        if not (math.isfinite(self.dataloader_timeout) and self.dataloader_timeout >= 0):
+            raise UsageError(f"--dataloader_timeout {self.dataloader_timeout} must be >= 0 seconds (0: no timeout)")
         super().__post_init__()
 
 
