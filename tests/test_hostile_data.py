@@ -6,6 +6,7 @@ import io
 import multiprocessing
 import os
 import re
+import socket
 import threading
 
 import datasets
@@ -73,18 +74,21 @@ def skipped_of(examples: list[dict]) -> list[dict]:
 
 # ---- special files, oversize images, zero-size images ----
 def test_special_files_are_bad_records_not_hangs(tmp_path):
-    """/dev/zero, a FIFO and a directory used to hang the stream (the fingerprint read /dev/zero forever, a FIFO
-    blocked in open): now each is a bad record, named by what it is, and nothing reads it."""
+    """/dev/zero and a FIFO used to hang the stream (the fingerprint read /dev/zero forever, a FIFO blocked in open):
+    now they, a directory and a socket are bad records, named by what they are, and nothing reads them."""
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     folder = tmp_path / "folder.png"
     folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.png"))
     good = tmp_path / "good.png"
     good.write_bytes(png(1))
     cases = {
         "/dev/zero": "not a regular file (character device)",
         str(fifo): "not a regular file (FIFO)",
         str(folder): "not a regular file (directory)",
+        str(tmp_path / "sock.png"): "not a regular file (socket)",
         str(tmp_path / "absent.png"): "missing file",
     }
     rows = [{"image": {"bytes": None, "path": path}, "caption": "bad"} for path in cases]
@@ -95,6 +99,7 @@ def test_special_files_are_bad_records_not_hangs(tmp_path):
     records = skipped_of(examples)
     assert {record["path"]: record["reason"] for record in records} == cases
     assert all(record["fingerprint"] is None for record in records)  # nothing was read from them
+    sock.close()
 
 
 def test_image_size_cap_on_files_and_cells(tmp_path):

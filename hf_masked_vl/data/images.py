@@ -143,6 +143,16 @@ def _too_large(size: int, max_bytes: int) -> BadImageError:
     return BadImageError(f"image file too large ({size} bytes > {max_bytes})")
 
 
+def _special_or_unreadable(path: str | os.PathLike, error: Exception) -> BadImageError:
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        return BadImageError(f"not a regular file ({file_kind(mode)})")
+    return BadImageError(f"unreadable file ({type(error).__name__})")
+
+
 def read_image_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
     """The bytes of the regular file at `path`, read without ever blocking on a special file and never more than
     `max_bytes` + 1 bytes. Raises `BadImageError`: `missing file`, `not a regular file (character device)` (FIFO,
@@ -152,8 +162,8 @@ def read_image_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_IMAGE_
         descriptor = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
         raise BadImageError("missing file") from None
-    except (OSError, ValueError) as error:  # permission, a NUL in the name, ...
-        raise BadImageError(f"unreadable file ({type(error).__name__})") from None
+    except (OSError, ValueError) as error:  # a socket (ENXIO), permission, a NUL in the name, ...
+        raise _special_or_unreadable(path, error) from None
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
