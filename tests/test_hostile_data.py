@@ -381,7 +381,7 @@ def test_a_stuck_worker_stops_the_run_with_an_error(tmp_path, tokenizer):
     ("flags", "message"),
     [
         (["--max_image_bytes", "0"], "error: --max_image_bytes 0 must be a positive number of bytes"),
-        (["--dataloader_timeout", "-1"], "error: --dataloader_timeout -1.0 must be >= 0 seconds (0: no timeout)"),
+        (["--dataloader_timeout", "-1"], "error: --dataloader_timeout -1 must be >= 0 seconds (0: no timeout)"),
     ],
 )
 def test_limits_are_checked_as_usage_errors(flags, message, tmp_path, capsys):

@@ -213,7 +213,7 @@ class PretrainingArguments(TrainingArguments):
                 f"need 0 <= ema_momentum ({self.ema_momentum}) <= ema_end_momentum ({self.ema_end_momentum}) <= 1"
             )
         if not (math.isfinite(self.dataloader_timeout) and self.dataloader_timeout >= 0):
-            raise UsageError(f"--dataloader_timeout {self.dataloader_timeout} must be >= 0 seconds (0: no timeout)")
+            raise UsageError(f"--dataloader_timeout {self.dataloader_timeout:g} must be >= 0 seconds (0: no timeout)")
         super().__post_init__()
 
 
