@@ -228,7 +228,7 @@ def test_records_missing_keys_are_skipped_and_absent_columns_are_errors():
         "missing image column",
         "missing caption",
         "missing map column (guidance)",
-        "malformed guidance map",
+        "malformed guidance map (shape (), not (h, w))",  # the number 7
     ]
     with pytest.raises(ValueError, match=r"\['text'\] not in the dataset.*available"):
         list(ImageTextStream(source, view, caption_column="text", shuffle_buffer=0))

@@ -24,12 +24,20 @@ Decompression bombs: an image whose declared size exceeds `PIL.Image.MAX_IMAGE_P
 `DecompressionBombWarning`; above twice the limit PIL raises `DecompressionBombError`) is refused from its header,
 before any pixel is decoded, with the reason `decompression bomb (W×H > limit pixels)`. The global limit is read, never
 changed (set it to None to disable the check); the warning is not shown for each such image.
+
+Hostile files: an image cell that names a file is read by `read_image_file`, which opens it without blocking
+(`O_NONBLOCK`: a FIFO with no writer cannot hang the open), refuses anything but a regular file (`/dev/zero`, a FIFO, a
+directory, a socket: `not a regular file (character device)`, ...) and any file or in-cell encoding over `max_bytes`
+(`DEFAULT_MAX_IMAGE_BYTES`, 64 MiB: `image file too large (N bytes > M)`), and reads at most `max_bytes` + 1 bytes.
+Those bytes are then all that is decoded and fingerprinted: a file is read once. A decoded image with no pixel
+(0 × N) is refused too (`zero-size image (W×H)`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +53,14 @@ PIL_CONVERTED_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 SUPPORTED_MODES = (*PIL_CONVERTED_MODES, *SIXTEEN_BIT_MODES, "I", "F")
 BACKGROUND = (255, 255, 255)
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024  # 64 MiB: far above any photo, far below what would exhaust memory
+_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 class BadImageError(BadRecordError):
@@ -118,8 +134,64 @@ def open_image(source: str | os.PathLike | io.IOBase) -> Image.Image:
     return image
 
 
-def _image_source(value: Any) -> str | io.BytesIO:
-    """Bytes or path of an image cell: an undecoded `datasets` dict `{"bytes", "path"}`, bytes, or a path."""
+def file_kind(mode: int) -> str:
+    """What a `st_mode` that is not a regular file is: `directory`, `character device`, `FIFO`, ..."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def _too_large(size: int, max_bytes: int) -> BadImageError:
+    return BadImageError(f"image file too large ({size} bytes > {max_bytes})")
+
+
+def _special_or_unreadable(path: str | os.PathLike, error: Exception) -> BadImageError:
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        return BadImageError(f"not a regular file ({file_kind(mode)})")
+    return BadImageError(f"unreadable file ({type(error).__name__})")
+
+
+def read_image_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of the regular file at `path`, read without ever blocking on a special file and never more than
+    `max_bytes` + 1 bytes. Raises `BadImageError`: `missing file`, `not a regular file (character device)` (FIFO,
+    directory, ...), `image file too large (N bytes > max_bytes)`, `empty file`, `unreadable file (PermissionError)`."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadImageError("missing file") from None
+    except (OSError, ValueError) as error:  # a socket (ENXIO), permission, a NUL in the name, ...
+        raise _special_or_unreadable(path, error) from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise BadImageError(f"not a regular file ({file_kind(status.st_mode)})")
+        if status.st_size > max_bytes:
+            raise _too_large(status.st_size, max_bytes)
+        chunks, remaining = [], max_bytes + 1
+        while remaining > 0 and (chunk := os.read(descriptor, min(remaining, 1 << 20))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as error:
+        raise BadImageError(f"unreadable file ({type(error).__name__})") from None
+    finally:
+        os.close(descriptor)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:  # the file grew after fstat
+        raise _too_large(len(data), max_bytes)
+    if not data:
+        raise BadImageError("empty file")
+    return data
+
+
+def encoded_image(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes | Image.Image:
+    """The encoded bytes of an image cell (an undecoded `datasets` dict `{"bytes", "path"}`, bytes, or a path, read
+    with `read_image_file`), or the cell itself when it is a decoded PIL image. Raises `BadImageError` (`missing
+    image`, `empty file`, `image file too large (...)`, the reasons of `read_image_file`, ...)."""
+    if isinstance(value, Image.Image):
+        return value
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data is not None:
@@ -131,14 +203,13 @@ def _image_source(value: Any) -> str | io.BytesIO:
     if isinstance(value, (bytes, bytearray, memoryview)):
         if len(value) == 0:
             raise BadImageError("empty file")
-        return io.BytesIO(value)
+        if len(value) > max_bytes:
+            raise _too_large(len(value), max_bytes)
+        return bytes(value)
     if isinstance(value, (str, os.PathLike)):
-        try:
-            if os.path.getsize(value) == 0:
-                raise BadImageError("empty file")
-        except OSError:
-            raise BadImageError("missing file") from None
-        return os.fspath(value)
+        return read_image_file(value, max_bytes)
+    if value is None:
+        raise BadImageError("missing image")
     raise BadImageError(f"undecodable image (a {type(value).__name__} cell)")
 
 
@@ -197,16 +268,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(value: Any) -> Image.Image:
-    """An RGB image from a `datasets` image cell (undecoded dict `{"bytes", "path"}`, PIL image, bytes or path), upright
-    by its EXIF orientation, converted by `to_rgb`'s rules. Raises `BadImageError` naming the reason: `missing image`,
-    `empty file`, `missing file`, `undecodable image`, `truncated image`, `decompression bomb (W×H > limit pixels)`,
-    `unsupported image mode X`, ..."""
+def check_size(image: Image.Image) -> Image.Image:
+    """The image itself; `BadImageError` (`zero-size image (W×H)`) when it has no pixel."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise BadImageError(f"zero-size image ({width}×{height})")
+    return image
+
+
+def load_image(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    """An RGB image from a `datasets` image cell (undecoded dict `{"bytes", "path"}`, PIL image, bytes or path, read
+    by `encoded_image` with at most `max_bytes` bytes), upright by its EXIF orientation, converted by `to_rgb`'s rules.
+    Raises `BadImageError` naming the reason: `missing image`, `empty file`, `missing file`, `not a regular file
+    (...)`, `image file too large (...)`, `undecodable image`, `truncated image`, `decompression bomb (W×H > limit
+    pixels)`, `unsupported image mode X`, `zero-size image (W×H)`, ..."""
     if value is None:
         raise BadImageError("missing image")
-    image = value if isinstance(value, Image.Image) else open_image(_image_source(value))
+    source = encoded_image(value, max_bytes)
+    image = source if isinstance(source, Image.Image) else open_image(io.BytesIO(source))
     try:
-        return to_rgb(exif_upright(image))
+        return check_size(to_rgb(exif_upright(check_size(image))))
     except BadImageError:
         raise
     except Exception as error:  # a conversion PIL refuses, a lazily loaded PIL image that turns out broken, ...
@@ -216,21 +297,26 @@ def load_image(value: Any) -> Image.Image:
             image.close()
 
 
-def decode_image(value: Any) -> Image.Image | None:
+def decode_image(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image | None:
     """A PIL RGB image from a `datasets` image cell (undecoded dict, PIL image, bytes or path); None if it
     cannot be used (`load_image` says why)."""
     try:
-        return load_image(value)
+        return load_image(value, max_bytes)
     except BadImageError:
         return None
 
 
 __all__ = [
     "BadImageError",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "SUPPORTED_MODES",
+    "check_size",
     "decode_image",
+    "encoded_image",
     "exif_upright",
+    "file_kind",
     "load_image",
     "open_image",
+    "read_image_file",
     "to_rgb",
 ]

@@ -5,6 +5,18 @@ covers the whole source image at its own resolution (a 14 × 14 TokenCut map, a 
 view of the image applies the image's exact geometry to it with `transform_map`: the same crop box, the same flip,
 resampled at the centres of the view's output grid — bilinear for float maps, nearest for labels (never mixing two
 labels). `patch_majority` then turns a label map into one label per patch token by majority vote.
+
+Value ranges (`load_float_map`, `load_label_map`; a cell outside them is a bad record whose reason says why):
+    guidance maps: values in [0, 1], finite. Integer maps are scaled by their type's range first: 8-bit images and
+        uint8 arrays / 255, 16-bit images (PIL `I;16*`) and uint16 arrays / 65535, other unsigned arrays by their
+        largest value, 32-bit integer images (`I`) / 65535 when their values lie in 0..65535 (a 16-bit file opened
+        as `I`); 1-bit images are 0 / 1. Float maps, and integer lists or arrays (0 / 1 masks), are taken as they are.
+        A map that is still outside [0, 1] (an unscaled 7.0 or -3, NaN, inf) is refused: exp(M / τ) would overflow.
+    label maps: integer labels >= 0, 0 = unlabelled; only equal / different matters. Labels up to `MAX_LABEL`
+        (2^24 − 1, the integers float32 resampling keeps exact) are kept as they are. A map with a larger label (a
+        16/32-bit file with 65535 or 2^30, ...) is renumbered by rank: 0 stays 0, the other labels become 1, 2, ...
+        in increasing order, so identities and the vote's tie-break (smallest label) are unchanged. Negative,
+        non-integer or non-finite labels are refused.
 """
 
 from __future__ import annotations
@@ -18,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .images import open_image
+from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, check_size, encoded_image, open_image
+from .records import BadRecordError
 
 MAP_MODES = ("bilinear", "nearest", "majority")
+MAX_LABEL = 2**24 - 1  # float32 (grid_sample) holds every integer up to 2^24 exactly
 
 
 @dataclass(frozen=True)
@@ -82,15 +96,23 @@ def transform_map(
 
 
 def patch_majority(labels: torch.Tensor, grid: int) -> torch.Tensor:
-    """(grid·s, grid·s) integer labels → (grid, grid): the most frequent label of each s × s cell (ties: smallest)."""
+    """(grid·s, grid·s) integer labels → (grid, grid): the most frequent label of each s × s cell (ties: smallest).
+
+    Independent of the label values (no allocation sized by the largest label): each cell's s² labels are sorted and
+    the longest run wins; `argmax` returns the first longest run, i.e. the smallest label among ties. O(grid² · s²)
+    memory."""
     side = labels.shape[-1]
     if labels.shape[-2] != side or side % grid:
         raise ValueError(f"label map {tuple(labels.shape)} is not a square multiple of the {grid}-cell grid")
     cell = side // grid
-    blocks = labels.reshape(grid, cell, grid, cell).permute(0, 2, 1, 3).reshape(grid, grid, cell * cell)
-    num_labels = int(labels.max()) + 1 if labels.numel() else 1
-    counts = F.one_hot(blocks.long(), num_labels).sum(dim=2)  # (grid, grid, num_labels)
-    return counts.argmax(dim=-1)
+    blocks = labels.long().reshape(grid, cell, grid, cell).permute(0, 2, 1, 3).reshape(grid, grid, cell * cell)
+    values = blocks.sort(dim=-1).values  # (grid, grid, s²), ascending
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[..., 1:] = values[..., 1:] != values[..., :-1]
+    run = starts.cumsum(dim=-1) - 1  # (grid, grid, s²): index of each sample's run
+    lengths = torch.zeros_like(values).scatter_add_(-1, run, torch.ones_like(values))  # run r's length at index r
+    run_labels = torch.zeros_like(values).scatter_(-1, run, values)  # run r's label at index r
+    return run_labels.gather(-1, lengths.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 def apply_map_spec(values: np.ndarray, geometry: ViewGeometry, spec: MapSpec) -> torch.Tensor:
@@ -101,75 +123,131 @@ def apply_map_spec(values: np.ndarray, geometry: ViewGeometry, spec: MapSpec) ->
     return transform_map(values, geometry, spec.size, spec.mode)
 
 
-def _array_from_cell(value: Any) -> np.ndarray | None:
+def _malformed(role: str, detail: str) -> BadRecordError:
+    return BadRecordError(f"malformed {role} map ({detail})")
+
+
+def _cell_array(value: Any, role: str, max_bytes: int) -> tuple[np.ndarray, bool]:
+    """The values of a map cell and whether they come from an image: a PIL image, an encoded image (undecoded
+    `datasets` dict, bytes; read like image cells, `images.encoded_image`), or an array / nested list."""
     if value is None:
-        return None
+        raise BadRecordError(f"missing {role} map")
     if isinstance(value, Image.Image):
-        return np.asarray(value)
-    if isinstance(value, dict) and ("bytes" in value or "path" in value):
-        data, path = value.get("bytes"), value.get("path")
-        with open_image(io.BytesIO(data) if data else path) as image:  # decompression bombs refused unread
-            return np.asarray(image)
-    if isinstance(value, (bytes, bytearray)):
-        with open_image(io.BytesIO(value)) as image:
-            return np.asarray(image)
-    array = np.asarray(value)
-    if array.dtype == object:
-        return None
+        return np.asarray(check_size(value)), True
+    if isinstance(value, (dict, bytes, bytearray, memoryview)):
+        try:
+            with open_image(io.BytesIO(encoded_image(value, max_bytes))) as image:  # bombs refused unread
+                return np.asarray(check_size(image)), True
+        except BadImageError as error:
+            raise _malformed(role, error.reason) from None
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged lists, ...
+        raise _malformed(role, "not a numeric array") from None
+    if array.dtype.kind not in "biuf":
+        raise _malformed(role, f"not a numeric array ({array.dtype})")
+    return array, False
+
+
+def _checked_2d(array: np.ndarray, role: str) -> np.ndarray:
+    if array.ndim != 2:
+        raise _malformed(role, f"shape {tuple(array.shape)}, not (h, w)")
+    if array.size == 0:
+        raise _malformed(role, f"empty, shape {tuple(array.shape)}")
     return array
 
 
-def decode_float_map(value: Any) -> np.ndarray | None:
-    """A guidance map from a dataset cell: a 2-D array or nested list, a flat list of n² values, or an image
-    (8-bit values are scaled to [0, 1]). Returns (h, w) float32, or None when the cell is missing or malformed
-    (not 2-D / not square when flat, empty, non-finite)."""
+def _guidance_scale(array: np.ndarray, from_image: bool) -> float:
+    """What an integer map is divided by (module docstring); 1 for floats, booleans and signed integer arrays."""
+    if array.dtype.kind == "u":
+        return float(np.iinfo(array.dtype).max)
+    if from_image and array.dtype.kind == "i":  # mode I: a 16-bit file opened as 32-bit, or a real 32-bit one
+        if array.min() >= 0 and array.max() <= 65535:
+            return 65535.0
+        raise _malformed("guidance", f"32-bit integer image with values {array.min()}..{array.max()}, not 0..65535")
+    return 1.0
+
+
+def load_float_map(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+    """A guidance map from a dataset cell: a 2-D array or nested list, a flat list of n² values, or an image (integer
+    values scaled by their type's range, module docstring). Returns (h, w) float32 in [0, 1]. Raises
+    `BadRecordError` naming why the cell cannot be used: `missing guidance map`, `malformed guidance map (values
+    outside [0, 1]: min -3, max 7)`, `(non-finite values)`, `(shape (2, 3, 5), not (h, w))`, `(truncated image)`..."""
+    array, from_image = _cell_array(value, "guidance", max_bytes)
+    if array.ndim == 1:  # n² values
+        side = int(round(np.sqrt(array.size)))
+        if side * side != array.size:
+            raise _malformed("guidance", f"{array.size} values, not a square number")
+        array = array.reshape(side, side)
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):  # an image's first channel
+        array = array[..., 0]
+    array = _checked_2d(array, "guidance")
+    array = (array.astype(np.float64) / _guidance_scale(array, from_image)).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise _malformed("guidance", "non-finite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise _malformed("guidance", f"values outside [0, 1]: min {low:g}, max {high:g}")
+    return array
+
+
+def _renumbered(array: np.ndarray) -> np.ndarray:
+    """Labels renumbered by rank (0 stays 0, the others 1, 2, ... in increasing order), as int64."""
+    values, inverse = np.unique(array, return_inverse=True)
+    offset = 0 if values[0] == 0 else 1
+    if len(values) - 1 + offset > MAX_LABEL:
+        raise _malformed("segments", f"{len(values)} distinct labels, more than {MAX_LABEL}")
+    return inverse.reshape(array.shape).astype(np.int64) + offset
+
+
+def load_label_map(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+    """A segment label map from a dataset cell: an 8/16/32-bit or palette image, or a 2-D integer array / nested
+    list. Returns (h, w) int64 labels in 0..`MAX_LABEL` (0 = unlabelled; larger labels renumbered by rank, module
+    docstring). Raises `BadRecordError`: `missing segments map`, `malformed segments map (negative labels: min -1)`,
+    `(non-integer labels)`, `(shape (h, w, 3), not (h, w))`, ..."""
+    array = _checked_2d(_cell_array(value, "segments", max_bytes)[0], "segments")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise _malformed("segments", "non-finite labels")
+        if (array != np.round(array)).any():
+            raise _malformed("segments", "non-integer labels")
+    if array.min() < 0:
+        raise _malformed("segments", f"negative labels: min {array.min():g}")
+    if array.max() > MAX_LABEL:
+        return _renumbered(array)
+    return array.astype(np.int64)
+
+
+def decode_float_map(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray | None:
+    """`load_float_map`'s (h, w) float32 map, or None when the cell is missing or malformed."""
     try:
-        array = _array_from_cell(value)
-        if array is None:
-            return None
-        scale = 255.0 if array.dtype == np.uint8 else 1.0
-        if array.ndim == 1:
-            side = int(round(np.sqrt(array.size)))
-            if side * side != array.size:
-                return None
-            array = array.reshape(side, side)
-        if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-            array = array[..., 0]
-        array = array.astype(np.float32) / scale
-        if array.ndim != 2 or array.size == 0 or not np.isfinite(array).all():
-            return None
-        return array
-    except Exception:  # undecodable bytes, ragged lists, ...: skipped and counted by the caller
+        return load_float_map(value, max_bytes)
+    except BadRecordError:
         return None
 
 
-def decode_label_map(value: Any) -> np.ndarray | None:
-    """A segment label map from a dataset cell: an 8/16-bit or palette image, or a 2-D integer array / nested
-    list. Returns (h, w) int64 with labels >= 0 (0 = unlabelled), or None when missing or malformed."""
+def decode_label_map(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray | None:
+    """`load_label_map`'s (h, w) int64 labels, or None when the cell is missing or malformed."""
     try:
-        array = _array_from_cell(value)
-        if array is None or array.ndim != 2 or array.size == 0:
-            return None
-        if array.dtype.kind == "f":
-            if not np.isfinite(array).all() or (array != np.round(array)).any():
-                return None
-        elif array.dtype.kind not in "iub":
-            return None
-        array = array.astype(np.int64)
-        return array if array.min() >= 0 else None
-    except Exception:
+        return load_label_map(value, max_bytes)
+    except BadRecordError:
         return None
 
 
-MAP_DECODERS = {"guidance": decode_float_map, "segments": decode_label_map}
+MAP_DECODERS = {"guidance": decode_float_map, "segments": decode_label_map}  # None for a bad cell
+MAP_LOADERS = {"guidance": load_float_map, "segments": load_label_map}  # `BadRecordError` naming why
 
 __all__ = [
     "MAP_DECODERS",
+    "MAP_LOADERS",
+    "MAX_LABEL",
     "MapSpec",
     "ViewGeometry",
     "apply_map_spec",
     "decode_float_map",
     "decode_label_map",
+    "load_float_map",
+    "load_label_map",
     "patch_majority",
     "transform_map",
 ]

@@ -11,15 +11,21 @@ into `batch["skipped_records"]`):
                  shuffling): with the same seed, epoch and number of workers the stream reads the same order again.
     worker       the DataLoader worker id (None: read in the main process).
     rank         the process rank (`RANK`, 0 when unset).
+    file         the file that holds the record: for parquet, arrow, csv and json files read by
+                 `load_stream(..., record_locations=True)` (what training does) the file's path; webdataset: the
+                 shard's `__url__`; None for other sources (a Hub dataset, imagefolder: see `path`).
+    row          the record's 0-based row index in `file` (json lines: blank lines not counted); for a file that
+                 could not be read (`unreadable shard (...)`), the first row not read: the rows from there on were
+                 skipped with it. None when unknown (webdataset: the key is in `ids`).
     ids          the record's identifying columns, e.g. `{"__key__": "000123", "__url__": ".../shard-0003.tar"}` for
                  webdataset, or the stream's `id_columns` (e.g. `{"id": 42}`); `{}` when there are none.
     path         the image cell's `path` when it has one (imagefolder: the file; webdataset: `<key>.<ext>`), else None.
     fingerprint  CRC32 of the image's encoded bytes as 8 hex digits (`fingerprint(data)`), None without an image.
     caption      the caption's first `CAPTION_EXCERPT` characters when it is text, else None.
 
-Parquet, JSON and CSV records carry no source file: `datasets` 5 does not expose it publicly (the example key
-`(shard, batch)` lives on the private `_ex_iterable`). Name an identifying column with `id_columns`, or search the data
-for the fingerprint or the caption.
+Records of sources read by `datasets.load_dataset` (Hub datasets, `--streaming false`, compressed or remote files)
+carry no file or row: `datasets` 5 does not expose them publicly. Name an identifying column with `id_columns`, or
+search the data for the fingerprint or the caption.
 """
 
 from __future__ import annotations
@@ -41,7 +47,19 @@ class BadRecordError(ValueError):
         self.reason = reason
 
 
-SKIPPED_RECORD_FIELDS = ("reason", "epoch", "position", "worker", "rank", "ids", "path", "fingerprint", "caption")
+SKIPPED_RECORD_FIELDS = (
+    "reason",
+    "epoch",
+    "position",
+    "worker",
+    "rank",
+    "file",
+    "row",
+    "ids",
+    "path",
+    "fingerprint",
+    "caption",
+)
 CAPTION_EXCERPT = 80
 
 
@@ -66,6 +84,8 @@ def skipped_record(
     position: int,
     worker: int | None = None,
     rank: int = 0,
+    file: str | None = None,
+    row: int | None = None,
     ids: Mapping[str, Any] | None = None,
     path: str | None = None,
     fingerprint: str | None = None,
@@ -78,6 +98,8 @@ def skipped_record(
         "position": int(position),
         "worker": None if worker is None else int(worker),
         "rank": int(rank),
+        "file": None if file is None else str(file),
+        "row": None if row is None else int(row),
         "ids": {str(name): _plain(value) for name, value in (ids or {}).items()},
         "path": None if path is None else str(path),
         "fingerprint": fingerprint,

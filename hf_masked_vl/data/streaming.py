@@ -16,9 +16,18 @@ import torch
 from PIL import Image
 
 from ..models.pipeline_zero_shot import tokenize_texts
-from .images import BadImageError, decode_image, load_image
-from .maps import MAP_DECODERS
+from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, decode_image, encoded_image, load_image
+from .maps import MAP_LOADERS
 from .records import CAPTION_EXCERPT, BadRecordError, fingerprint, reason_kind, skipped_record
+from .sources import (
+    ERROR_COLUMN,
+    FILE_COLUMN,
+    LOCAL_BUILDERS,
+    LOCATION_COLUMNS,
+    ROW_COLUMN,
+    local_data_files,
+    read_local_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +43,24 @@ def load_stream(
     streaming: bool = True,
     config_name: str | None = None,
     num_shards: int = 16,
+    record_locations: bool = False,
 ) -> datasets.IterableDataset:
     """`load_dataset` as an `IterableDataset`: a Hub name or a local builder (`parquet`, `imagefolder`,
     `webdataset`, ...) with `data_files`. Without streaming the table is loaded, then iterated in `num_shards`
-    shards (so DataLoader workers can split it)."""
+    shards (so DataLoader workers can split it).
+
+    `record_locations`: local `parquet`, `arrow`, `csv` and `json` files (streamed, no `config_name`) are read by
+    `sources.read_local_files` instead, so that every record carries its file and row (`sources.LOCATION_COLUMNS`,
+    which `ImageTextStream` puts into skipped records) and a file that cannot be read is one skipped record instead
+    of an exception. Off by default: a consumer that copies every column (`scripts/compute_guidance.py`) must not
+    copy those."""
+    if record_locations and streaming and config_name is None and dataset_name in LOCAL_BUILDERS:
+        files = local_data_files(data_files, split)
+        if files is not None:
+            try:
+                return read_local_files(dataset_name, files)
+            except ValueError as error:  # no file is readable, json types not inferable: datasets says what it can
+                logger.info("reading %s files with datasets.load_dataset (%s)", dataset_name, error)
     dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=streaming)
     if not streaming:
         dataset = dataset.to_iterable_dataset(num_shards=max(1, min(num_shards, len(dataset))))
@@ -113,25 +136,24 @@ def _cell_path(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _cell_fingerprint(value: Any) -> str | None:
-    """CRC32 of an image cell's encoded bytes (of the file for a path, of the pixels for a PIL image); None when
-    there are none."""
-    data = value.get("bytes") if isinstance(value, dict) else value
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return fingerprint(data)
-    if isinstance(data, Image.Image):
-        return fingerprint(data.tobytes())
-    path = _cell_path(value)
-    if path is None:
-        return None
-    try:
-        crc = 0
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                crc = zlib.crc32(chunk, crc)
-        return f"{crc:08x}"
-    except OSError:
-        return None
+def _cell_fingerprint(
+    value: Any, encoded: bytes | Image.Image | None, max_bytes: int, read_file: bool = False
+) -> str | None:
+    """CRC32 of an image cell's encoded bytes, or of the pixels of a PIL image: of `encoded` (the bytes already read)
+    when given, else of the bytes the cell holds, else (`read_file`) of its regular file read here, at most
+    `max_bytes`; None when there are none."""
+    if encoded is None:
+        held = value.get("bytes") if isinstance(value, dict) else value
+        if isinstance(held, (bytes, bytearray, memoryview, Image.Image)):
+            encoded = held
+        elif not read_file:
+            return None
+        else:
+            try:
+                encoded = encoded_image(value, max_bytes)
+            except BadImageError:
+                return None
+    return fingerprint(encoded.tobytes() if isinstance(encoded, Image.Image) else encoded)
 
 
 def _caption_excerpt(value: Any) -> str | None:
@@ -147,16 +169,19 @@ class ImageTextStream(torch.utils.data.IterableDataset):
     (guidance, segments), transformed into the method's views.
 
     Bad records are skipped, never raised, each with a reason (`hf_masked_vl.data.records`): the image column absent
-    from the record or its cell empty, an image that cannot be used (`images.load_image`: empty file, undecodable,
-    truncated, decompression bomb, unsupported mode, ...), a caption that is missing, empty, not text (non-UTF-8 bytes,
-    a number, ...) or longer than `max_caption_chars`, a map cell that is missing or malformed. Every yielded example
-    carries `num_skipped`, the number of records skipped just before it, and `skipped_records`, those records as plain
-    dicts (epoch, position, worker, rank, identifying columns, image path, CRC32 fingerprint, caption excerpt), so they
-    survive DataLoader workers. The stream holds each example back until the next one is ready, so the records skipped
-    after the last example of a worker's pass travel with that last example; only a worker that yields no example at
-    all cannot deliver its skipped records: they are logged (warning) and kept in `unattached_skipped` (reachable from
-    the main process only without workers). A column absent from the whole dataset is a `ValueError`: up front when
-    the features are known, else once the first `COLUMN_CHECK_RECORDS` records (or all, if fewer) lack it.
+    from the record or its cell empty, an image that cannot be used (`images.load_image`: empty file, not a regular
+    file, larger than `max_image_bytes`, undecodable, truncated, decompression bomb, unsupported mode, zero-size, ...),
+    a caption that is missing, empty, not text (non-UTF-8 bytes, a number, ...) or longer than `max_caption_chars`, a
+    map cell that is missing or malformed (`maps.load_float_map`, `maps.load_label_map`), a file or row the source
+    could not read (its `__error__` column, `sources.read_local_files`). Every yielded example carries `num_skipped`,
+    the number of records skipped just before it, and `skipped_records`, those records as plain dicts (epoch,
+    position, worker, rank, source file and row, identifying columns, image path, CRC32 fingerprint, caption
+    excerpt), so they survive DataLoader workers. The stream holds each example back until the next one is ready, so
+    the records skipped after the last example of a worker's pass travel with that last example; only a worker that
+    yields no example at all cannot deliver its skipped records: they are logged (warning) and kept in
+    `unattached_skipped` (reachable from the main process only without workers). A column absent from the whole
+    dataset is a `ValueError`: up front when the features are known, else once the first `COLUMN_CHECK_RECORDS`
+    records (or all, if fewer) lack it.
 
     Every example also carries `stream_position` = (worker, epoch, records read in this epoch), so that a checkpoint
     records exactly where the stream was and `resume_from` continues there (bit-exact with at most one worker).
@@ -176,6 +201,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             tokenizer later.
         id_columns: columns copied into skipped records to identify them (e.g. `["id", "url"]`); default: `__key__`
             and `__url__` when the dataset has them (webdataset).
+        max_image_bytes: largest image file or encoded image cell read (bytes; `images.DEFAULT_MAX_IMAGE_BYTES`, 64
+            MiB); larger ones make the record bad without being read.
     """
 
     def __init__(
@@ -189,13 +216,16 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         map_columns: dict[str, str] | None = None,
         max_caption_chars: int | None = DEFAULT_MAX_CAPTION_CHARS,
         id_columns: Sequence[str] | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ):
         self.map_columns = dict(map_columns or {})
-        unknown = [role for role in self.map_columns if role not in MAP_DECODERS]
+        unknown = [role for role in self.map_columns if role not in MAP_LOADERS]
         if unknown:
-            raise ValueError(f"unknown map role(s) {unknown}; known: {sorted(MAP_DECODERS)}")
+            raise ValueError(f"unknown map role(s) {unknown}; known: {sorted(MAP_LOADERS)}")
         if max_caption_chars is not None and (isinstance(max_caption_chars, bool) or max_caption_chars < 1):
             raise ValueError(f"max_caption_chars={max_caption_chars!r} must be a positive number of characters or None")
+        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes={max_image_bytes!r} must be a positive number of bytes")
         wanted = [c for c in (image_column, caption_column, *self.map_columns.values()) if c is not None]
         features = dataset.features
         if id_columns is None:
@@ -216,7 +246,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 if isinstance(features[column], datasets.Image):
                     dataset = dataset.cast_column(column, datasets.Image(decode=False))
             # read only what the method uses: other columns (e.g. unused image columns) are never decoded
-            dataset = dataset.select_columns(list(dict.fromkeys([*wanted, *self.id_columns])))
+            locations = [column for column in LOCATION_COLUMNS if column in features]
+            dataset = dataset.select_columns(list(dict.fromkeys([*wanted, *self.id_columns, *locations])))
         if shuffle_buffer > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.dataset = dataset
@@ -229,6 +260,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self._resume_epoch: int | None = None
         self._resume_skip: dict[int, int] = {}
         self.max_caption_chars = max_caption_chars
+        self.max_image_bytes = max_image_bytes
         self._unchecked_columns = wanted if features is None else []
         self.unattached_skipped: list[dict[str, Any]] = []
 
@@ -260,27 +292,28 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         for role, column in self.map_columns.items():
             if column not in record:
                 raise BadRecordError(f"missing map column ({column})")
-            if record[column] is None:
-                raise BadRecordError(f"missing {role} map")
-            value = MAP_DECODERS[role](record[column])
-            if value is None:
-                raise BadRecordError(f"malformed {role} map")
-            maps[role] = value
+            maps[role] = MAP_LOADERS[role](record[column], self.max_image_bytes)
         return maps
 
-    def _example(self, record: dict) -> dict[str, Any]:
-        """The training example of one record; raises `BadRecordError` naming why it must be skipped. Cheap checks
-        (cells present, caption) come before decoding the image and the maps."""
+    def _check_cells(self, record: dict) -> None:
+        """Cheap checks before anything is read or decoded: the source's own error (an unreadable file or row), the
+        image cell present, the caption usable."""
+        if record.get(ERROR_COLUMN):
+            raise BadRecordError(record[ERROR_COLUMN])
         if self.image_column not in record:
             raise BadRecordError("missing image column")
-        raw = record[self.image_column]
-        if raw is None:
+        if record[self.image_column] is None:
             raise BadRecordError("missing image")
         if self.caption_column is not None:
             reason = check_caption(record.get(self.caption_column), self.max_caption_chars)
             if reason is not None:
                 raise BadRecordError(reason)
-        image = load_image(raw)
+
+    def _example(self, record: dict, encoded: bytes | Image.Image) -> dict[str, Any]:
+        """The training example of one record whose image cell holds `encoded` (`images.encoded_image`); raises
+        `BadRecordError` naming why it must be skipped."""
+        raw = record[self.image_column]
+        image = load_image(encoded, self.max_image_bytes)
         maps = self._maps(record)
         key = image_key(raw, image)
         rng = np.random.default_rng([self.seed, key, self.epoch])
@@ -293,15 +326,44 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             example["caption"] = caption
         return example
 
-    def _skipped_record(self, record: dict, reason: str, position: int, where: dict[str, Any]) -> dict[str, Any]:
+    def _example_or_skipped(
+        self, record: dict, position: int, where: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(example, None) for a good record, (None, skipped record) for a bad one. The image file is read once: the
+        skipped record's fingerprint reuses the bytes the example was made from."""
+        try:
+            self._check_cells(record)
+        except BadRecordError as error:  # the image was not read: read it (bounded) for the fingerprint
+            return None, self._skipped_record(record, error.reason, position, where, read_image=True)
+        encoded = None
+        try:
+            encoded = encoded_image(record[self.image_column], self.max_image_bytes)
+            return self._example(record, encoded), None
+        except BadRecordError as error:
+            return None, self._skipped_record(record, error.reason, position, where, encoded)
+
+    def _skipped_record(
+        self,
+        record: dict,
+        reason: str,
+        position: int,
+        where: dict[str, Any],
+        encoded: bytes | Image.Image | None = None,
+        read_image: bool = False,
+    ) -> dict[str, Any]:
+        """The skipped record of `record`; its fingerprint is `_cell_fingerprint`'s, the image file read for it only
+        when it was not read yet (`read_image`)."""
         raw = record.get(self.image_column)
         caption = record.get(self.caption_column) if self.caption_column is not None else None
+        digest = _cell_fingerprint(raw, encoded, self.max_image_bytes, read_file=read_image)
         return skipped_record(
             reason,
             position=position,
+            file=record.get(FILE_COLUMN) or record.get("__url__"),
+            row=record.get(ROW_COLUMN),
             ids={column: record[column] for column in self.id_columns if column in record},
             path=_cell_path(raw),
-            fingerprint=_cell_fingerprint(raw),
+            fingerprint=digest,
             caption=_caption_excerpt(caption),
             **where,
         )
@@ -334,11 +396,9 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 unchecked.difference_update(record)
                 if unchecked and position + 1 >= COLUMN_CHECK_RECORDS:
                     raise self._missing_columns_error(unchecked, record, position + 1)
-            try:
-                example = self._example(record)
-            except BadRecordError as error:
-                skipped = self._skipped_record(record, error.reason, position, where)
-                reasons[reason_kind(error.reason)] += 1
+            example, skipped = self._example_or_skipped(record, position, where)
+            if skipped is not None:
+                reasons[reason_kind(skipped["reason"])] += 1
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("skipped record: %s", skipped)
                 pending.append(skipped)

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..data.images import DEFAULT_MAX_IMAGE_BYTES
 from ..errors import UsageError, check_minimums, first_line
 from ..precision import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DATALOADER_TIMEOUT = 600.0  # seconds per batch: minutes above any sane batch, far below "forever"
 
 
 @dataclass
@@ -84,6 +87,13 @@ class DataArguments:
     segments_column: str = field(default="segments", metadata={"help": "Segment label maps (methods that read them)."})
     streaming: bool = field(default=True, metadata={"help": "Stream the dataset (default) or load it first."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Streaming shuffle buffer (0: no shuffle)."})
+    max_image_bytes: int = field(
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metadata={
+            "help": "Largest image file or encoded image cell read, in bytes (default 64 MiB); a larger one, or a "
+            "path to anything but a regular file (/dev/zero, a FIFO, a directory), is a skipped record."
+        },
+    )
     demo_num_train: int = field(default=8192, metadata={"help": "Size of the embedded demo's training split."})
     demo_cache_dir: str | None = field(
         default=None, metadata={"help": "Where the demo shards are written (default $HF_MASKED_VL_CACHE)."}
@@ -111,7 +121,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None)
 
     def __post_init__(self):
-        check_minimums(self, {"demo_num_train": 1, "shuffle_buffer": 0, "max_eval_samples": 1})
+        check_minimums(self, {"demo_num_train": 1, "shuffle_buffer": 0, "max_eval_samples": 1, "max_image_bytes": 1})
 
 
 @dataclass
@@ -138,6 +148,13 @@ class PretrainingArguments(TrainingArguments):
         },
     )
     dataloader_num_workers: int = field(default=1)
+    dataloader_timeout: float = field(
+        default=DEFAULT_DATALOADER_TIMEOUT,
+        metadata={
+            "help": "Seconds a DataLoader worker may take to deliver one batch before the run stops with an error "
+            "(a stuck worker must not hang the run); 0: wait forever. Only with --dataloader_num_workers > 0."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator needs raw columns."}
     )
@@ -234,6 +251,7 @@ _MINIMUMS = {
     "logging_steps": 0.0,
     "save_steps": 0.0,
     "seed": 0,
+    "dataloader_timeout": 0.0,
 }
 _MINIMUM_REASONS = {
     "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "

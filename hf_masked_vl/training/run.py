@@ -189,7 +189,9 @@ def training_source(data_args: DataArguments):
     """The training stream's source (the demo or the user's dataset), a label for the card, and the demo."""
     if data_args.dataset_name is None:
         demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
-        source = load_stream("parquet", demo.train_files, split="train", streaming=data_args.streaming)
+        source = load_stream(
+            "parquet", demo.train_files, split="train", streaming=data_args.streaming, record_locations=True
+        )
         return source, "embedded demo shapes", demo
     check_data_files(data_args.data_files, "--data_files")
     # unknown dataset or split, no data files, a Hub name while offline
@@ -200,6 +202,7 @@ def training_source(data_args: DataArguments):
             split=data_args.train_split,
             streaming=data_args.streaming,
             config_name=data_args.dataset_config_name,
+            record_locations=True,  # skipped records name their file and row; an unreadable file is skipped
         )
     label = public_name(data_args.dataset_name)
     if data_args.data_files:
@@ -485,6 +488,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         seed=training_args.seed,
         shuffle_buffer=data_args.shuffle_buffer,
         map_columns=map_columns,
+        max_image_bytes=data_args.max_image_bytes,
     )
     train_dataset.split_by_node = split_by_node
     ema_callback = None

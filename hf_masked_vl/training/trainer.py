@@ -158,19 +158,27 @@ class MaskedVLTrainer(Trainer):
     def get_train_dataloader(self):
         """Under distributed training a stream already split by node (`split_by_node`: each process reads its own
         shards, `datasets.distributed.split_dataset_by_node`) gets a plain per-process DataLoader: accelerate would
-        otherwise dispatch or re-shard it (and a second split silently drops data)."""
+        otherwise dispatch or re-shard it (and a second split silently drops data). With workers, a batch that takes
+        longer than `args.dataloader_timeout` seconds (`--dataloader_timeout`, 0: no limit) stops the run with
+        torch's `DataLoader timed out after N seconds` instead of hanging on a stuck worker."""
         dataset = self.train_dataset
         if self.args.world_size <= 1 or not getattr(dataset, "split_by_node", False):
-            return super().get_train_dataloader()
-        return _EpochDataLoader(
-            dataset,
-            batch_size=self._train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers,
-            prefetch_factor=self.args.dataloader_prefetch_factor,
-        )
+            loader = super().get_train_dataloader()
+        else:
+            loader = _EpochDataLoader(
+                dataset,
+                batch_size=self._train_batch_size,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+                persistent_workers=self.args.dataloader_persistent_workers,
+                prefetch_factor=self.args.dataloader_prefetch_factor,
+            )
+        timeout = float(getattr(self.args, "dataloader_timeout", 0) or 0)
+        iterated = getattr(loader, "base_dataloader", loader)  # accelerate's loaders wrap the DataLoader they iterate
+        if timeout > 0 and iterated.num_workers > 0:  # torch allows a timeout only with workers
+            iterated.timeout = int(timeout) if timeout.is_integer() else timeout  # read when an iteration starts
+        return loader
 
     # ---- optimizer ----
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
