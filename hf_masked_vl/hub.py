@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from .errors import UsageError
 from .models import ZERO_SHOT_ENSEMBLE_TASK, ZeroShotEnsemblePipeline
+from .public import public_log_files, public_name
 
 logger = logging.getLogger(__name__)
 
@@ -190,19 +191,6 @@ def own_auto_class(model: PreTrainedModel, auto_map: dict[str, str]) -> str:
     return next(name for name, ref in auto_map.items() if ref == model_ref and name != "AutoConfig")
 
 
-def public_name(name: str | None) -> str | None:
-    """A path or id as a card may show it: Hub ids and `open_clip:` specs as they are, local paths as their last
-    component only (never an absolute path of the machine that trained the model)."""
-    if not name:
-        return name
-    if name.startswith("open_clip:"):
-        spec, at, pretrained = name.partition("@")
-        return spec + (at + public_name(pretrained) if at else "")
-    if os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
-        return os.path.basename(os.path.normpath(name)) or name
-    return name
-
-
 def hub_id_or_none(name: str | None) -> str | None:
     """`name` if it can be a Hub model id (card metadata `base_model`), not a local path or an open_clip spec."""
     if not name or os.path.exists(name) or name.startswith("open_clip:") or name.count("/") > 1:
@@ -346,12 +334,9 @@ def push_checkpoint(
 ) -> str:
     """Create `repo_id` if needed and upload, in one commit, the files of `upload_plan` (weights, config, code,
     tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too: True for every one, or
-    a list of names) and, with `logs`, a
-    public copy of the TensorBoard event files under that folder (`public_logs`: no host name, no absolute path) as
-    `runs/...`. Each file is named one by one, never by a glob; anything else in the folder stays on the machine.
-    Returns the commit URL."""
-    from .public_logs import public_log_files
-
+    a list of names) and, with `logs`, a public copy of the TensorBoard event files under that folder
+    (`public.public_log_files`: no host name, no absolute path) as `runs/...`. Each file is named one by one, never
+    by a glob; anything else in the folder stays on the machine. Returns the commit URL."""
     plan = upload_plan(folder, include_checkpoints)
     if "config.json" not in {path_in_repo for _, path_in_repo in plan}:
         raise FileNotFoundError(f"{folder} holds no checkpoint of this package (no config.json)")

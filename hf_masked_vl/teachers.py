@@ -257,7 +257,7 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
         if name_or_path.startswith("open_clip:"):
             kind = "open_clip"
         else:
-            from .methods.base import checkpoint_config
+            from .loading import checkpoint_config
 
             config = checkpoint_config(name_or_path, trust_remote_code)
             kind = "hf" if config.model_type == "clip" else "hf_masked_vl"

@@ -160,7 +160,7 @@ def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[flo
 def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
     """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
     normalisation statistics its checkpoint was trained with."""
-    from .methods.base import checkpoint_config
+    from .loading import checkpoint_config
 
     config = checkpoint_config(name_or_path, trust_remote_code)
     if config.model_type in _HF_VIT_TYPES:

@@ -11,7 +11,7 @@ from pathlib import Path
 import huggingface_hub.constants
 from test_safety import FAST, ROOT, run
 
-from hf_masked_vl.public_logs import public_folder_name, public_text
+from hf_masked_vl.public import public_folder_name, public_text
 
 TOKEN = "hf_SECRETxyz"
 FAKE_HOST = "secret-host-7f3a9c"  # what socket.gethostname() returns inside the pushed run

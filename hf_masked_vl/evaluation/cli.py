@@ -29,7 +29,7 @@ import hf_masked_vl  # noqa: F401  (registers this package's model types with th
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
 from ..errors import UsageError, check_minimums, run_cli, usage_errors
-from ..methods.base import checkpoint_config, weights_error
+from ..loading import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
 from . import (
     DEFAULT_MAX_ITER,

@@ -28,7 +28,8 @@ from torch import nn
 from transformers import CLIPTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..data.streaming import ImageTextCollator
-from ..errors import UsageError, first_line
+from ..errors import UsageError
+from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
 from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
 
 if TYPE_CHECKING:
@@ -164,66 +165,6 @@ def build_config(config_class: type[PreTrainedConfig], preset: str | None, **ove
         if isinstance(error, StrictDataclassError) and cause is error:
             cause = str(error).strip().splitlines()[-1].strip()
         raise UsageError(f"invalid {config_class.__name__}: {cause}") from None
-
-
-def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedConfig:
-    """The config of a folder or Hub id, or a `UsageError` saying why it cannot be read (missing, not a checkpoint,
-    foreign code without `--trust_remote_code`)."""
-    from transformers import AutoConfig
-
-    from ..data.files import is_local_path
-
-    if is_local_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
-        raise UsageError(f"{name_or_path}: no such folder (checked from {os.getcwd()})")
-    try:
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        where = "folder" if os.path.isdir(name_or_path) else "path or Hub model id"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot read a model config from the {where} {name_or_path!r}: {first}") from error
-    except ValueError as error:
-        if "trust_remote_code" in str(error) and not trust_remote_code:
-            raise UsageError(
-                f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
-                "(only do so for code you have read or trust)"
-            ) from None
-        if "Unrecognized model" in str(error) or "model_type" in str(error):
-            raise UsageError(f"{name_or_path} is not a checkpoint of a known model type: {error}") from None
-        raise
-
-
-def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: str, trust_remote_code: bool = False,
-                 **kwargs) -> PreTrainedModel:  # fmt: skip
-    """`model_class.from_pretrained` that refuses a checkpoint of another model type (instead of training from random
-    weights with a warning) and names a damaged weights file."""
-    config = checkpoint_config(name_or_path, trust_remote_code)
-    expected = model_class.config_class.model_type
-    if config.model_type != expected:
-        raise UsageError(
-            f"{name_or_path} is a {config.model_type!r} checkpoint; {what} continues {expected!r} checkpoints "
-            "(start a new model without --model_name_or_path, or tune a text tower for a vision checkpoint with "
-            "--method lit)"
-        )
-    try:
-        return model_class.from_pretrained(name_or_path, **kwargs)
-    except UsageError:
-        raise
-    except Exception as error:
-        raise weights_error(name_or_path, error) from error
-
-
-def weights_error(name_or_path: str, error: Exception) -> UsageError:
-    """The one-line error of a checkpoint whose config reads but whose weights do not load, naming its files."""
-    weights = [
-        os.path.join(name_or_path, name)
-        for name in (os.listdir(name_or_path) if os.path.isdir(name_or_path) else [])
-        if name.endswith(".safetensors") and name != "ema.safetensors"
-    ]
-    where = ", ".join(weights) or name_or_path
-    return UsageError(
-        f"cannot load the weights in {where} ({type(error).__name__}: {first_line(error)}): "
-        "the file is damaged or incomplete, or does not match the config; re-save or re-download it"
-    )
 
 
 def image_tower_config(model: PreTrainedModel):

@@ -1,11 +1,12 @@
-"""Public copies of a run's TensorBoard logs, for `--push_to_hub --hub_include_logs`.
+"""What the package shows others: local paths by their public name (model cards, pushed logs), and public copies of a
+run's TensorBoard logs for `--push_to_hub --hub_include_logs`.
 
 TensorBoard names its files after the machine (`events.out.tfevents.<time>.<HOSTNAME>.<pid>.<n>`), transformers'
 default log folder is `runs/<date>_<HOSTNAME>`, and the `args` text summary holds the `TrainingArguments` as JSON
 with the absolute paths of this machine. The logs written during training stay as they are (they are the user's
 local record); what is pushed is a copy, read and written again with TensorBoard's own record reader and writer, in
 which folders and files carry no host name and every absolute path in a text summary is shown by its last component
-(`hub.public_name`), as the model card shows it.
+(`public_name`), as the model card shows it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,21 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from .hub import public_name
-
 logger = logging.getLogger(__name__)
+
+
+def public_name(name: str | None) -> str | None:
+    """A path or id as a card may show it: Hub ids and `open_clip:` specs as they are, local paths as their last
+    component only (never an absolute path of the machine that trained the model)."""
+    if not name:
+        return name
+    if name.startswith("open_clip:"):
+        spec, at, pretrained = name.partition("@")
+        return spec + (at + public_name(pretrained) if at else "")
+    if os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        return os.path.basename(os.path.normpath(name)) or name
+    return name
+
 
 EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(?P<time>\d+)\.")
 # transformers' `default_logdir()`: `%b%d_%H-%M-%S_<HOSTNAME>`
@@ -149,4 +162,4 @@ def public_log_files(logs: str | Path, staging: str | Path, repo_folder: str = "
     return uploads
 
 
-__all__ = ["host_names", "public_event", "public_log_files", "public_text", "write_public_event_file"]
+__all__ = ["host_names", "public_event", "public_log_files", "public_name", "public_text", "write_public_event_file"]
