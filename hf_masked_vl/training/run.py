@@ -426,51 +426,42 @@ def choose_export(
     return "online", f"no evaluation split and the EMA still holds {ema.initial_weight:.0%} of its initial weights"
 
 
-def main(argv: list[str] | None = None) -> RunResult:
+def prepare_arguments(argv: list[str] | None):
+    """Parse and check the command line: (method class, model, data, config flags, training arguments, Hub token).
+    The token is taken out of the arguments (the Trainer pickles them into every `checkpoint-N`); `output_dir` and a
+    checkpoint to resume from are checked before anything else runs."""
     method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
-    # The token lives in this local only: the Trainer pickles its arguments into every checkpoint-N/training_args.bin
     hub_token, training_args.hub_token = training_args.hub_token, None
     if training_args.output_dir is None:
         raise UsageError("--output_dir is required")
-    if isinstance(training_args.resume_from_checkpoint, str) and training_args.resume_from_checkpoint.lower() in (
-        "true",
-        "last",
-    ):
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
         training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
     check_output_dir(training_args, method_class.name)
     check_resume_folder(training_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
-    set_seed(training_args.seed)
+    return method_class, model_args, data_args, config_args, training_args, hub_token
 
-    overrides = config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
-    if data_args.templates_file:
-        overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file, "--templates_file"))
-    method = method_class(model_args, data_args, training_args, overrides)
-    data = check_before_training(method, data_args, training_args)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
-    repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-    if push_to_hub:
-        check_hub_access(repo_id, hub_token)  # before training, not after an hour of it
-    teacher = method.load_teacher()
-    model = method.build_model(teacher)
-    validate_config(model.config, "when training starts")
-    tokenizer = method.tokenizer(model)
-    image_processor = method.image_processor(model)
-    if tokenizer is not None and getattr(model.config, "text_config", None) is not None:
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):  # what the Trainer would align, loudly
-            if getattr(tokenizer, name, None) is not None:
-                setattr(model.config.text_config, name, getattr(tokenizer, name))
 
-    source, dataset_label, demo = data.stream, data.label, data.demo
-    if demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
-        model.config.zero_shot_templates = tuple(demo.templates)
+def align_special_tokens(model, tokenizer) -> None:
+    """The text config's pad / bos / eos ids from the tokenizer (what the Trainer would align, loudly)."""
+    if tokenizer is None or getattr(model.config, "text_config", None) is None:
+        return
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            setattr(model.config.text_config, name, getattr(tokenizer, name))
+
+
+def build_train_dataset(
+    method: Method, model, data: TrainingData, data_args: DataArguments, training_args: PretrainingArguments
+) -> ImageTextStream:
+    """The method's training examples from the checked source; under several processes each reads its own shards
+    (`split_dataset_by_node`)."""
+    source = data.stream
     map_columns = method.map_columns(model)
     map_flags = {f"--{role}_column": column for role, column in map_columns.items()}
-    check_columns(source, map_flags, map_column_hint(list(map_columns), demo))
+    check_columns(source, map_flags, map_column_hint(list(map_columns), data.demo))
     split_by_node = training_args.world_size > 1
-    if split_by_node:  # each process reads its own shards
+    if split_by_node:
         if source.num_shards % training_args.world_size:
             logger.warning(
                 "the stream has %d shards, not a multiple of %d processes: every process reads every record and "
@@ -491,22 +482,147 @@ def main(argv: list[str] | None = None) -> RunResult:
         max_image_bytes=data_args.max_image_bytes,
     )
     train_dataset.split_by_node = split_by_node
-    ema_callback = None
-    if method.uses_ema:
-        ema_callback = EMACallback(
-            momentum=training_args.ema_momentum if training_args.ema_momentum is not None else method.ema_momentum,
-            end_momentum=training_args.ema_end_momentum,
-            warmup=training_args.ema_warmup,
-            averaged=method.ema_averaged(model),
+    first_example_or_error(train_dataset, data.label)
+    return train_dataset
+
+
+def build_ema(method: Method, model, training_args: PretrainingArguments) -> EMACallback | None:
+    """The EMA callback of a method that keeps one (momentum: the flag, else the method's)."""
+    if not method.uses_ema:
+        return None
+    momentum = training_args.ema_momentum if training_args.ema_momentum is not None else method.ema_momentum
+    return EMACallback(
+        momentum=momentum,
+        end_momentum=training_args.ema_end_momentum,
+        warmup=training_args.ema_warmup,
+        averaged=method.ema_averaged(model),
+    )
+
+
+def evaluate_weights(
+    method: Method, candidates: dict, data: TrainingData, tokenizer, image_processor, device
+) -> tuple[dict[str, dict[str, EvaluationResult]], list[str]]:
+    """Score every weight set (`{"ema": model, "online": model}`) with the method's protocols that the model and the
+    evaluation splits support: (weights → protocol → result, the protocols run)."""
+    model = candidates["online"]
+    protocols = [
+        protocol
+        for protocol in method.evaluations
+        if protocol in supported_protocols(model)
+        and (protocol not in TRAINED_PROTOCOLS or data.eval_train is not None)
+        and (protocol != "zero_shot" or tokenizer is not None)
+    ]
+    if data.eval_test is None or not protocols:
+        return {}, protocols
+    templates = list(getattr(model.config, "zero_shot_templates", None) or []) or None
+    scores = {}
+    for weights, candidate in candidates.items():
+        candidate.to(device).eval()
+        scores[weights] = evaluate_many(
+            candidate,
+            protocols,
+            image_processor=image_processor,
+            test_split=data.eval_test,
+            train_split=data.eval_train,
+            tokenizer=tokenizer,
+            templates=templates,
         )
-    first_example_or_error(train_dataset, dataset_label)
+    return scores, protocols
+
+
+def card_figures(scores: dict[str, dict[str, EvaluationResult]], exported: str, demo) -> list[EvaluationFigure]:
+    """The model card's figures: every protocol of every weight set, the exported ones marked."""
+    return [
+        EvaluationFigure(
+            protocol=protocol,
+            top1=result.top1,
+            chance=result.chance,
+            num_classes=result.num_classes,
+            dataset_name=result.dataset_name,
+            dataset_type="hf_masked_vl/demo-shapes" if demo is not None else result.dataset_name,
+            weights=weights if len(scores) > 1 else "final",
+            exported=weights == exported,
+        )
+        for weights, results in scores.items()
+        for protocol, result in results.items()
+    ]
+
+
+def training_summary(
+    trainer: MaskedVLTrainer,
+    runtime: float,
+    training_args: PretrainingArguments,
+    method: Method,
+    data: TrainingData,
+    export: str,
+) -> str:
+    """The card's one-paragraph account of the run: steps, batch, data, time, compute, exported weights, skips."""
+    steps = trainer.state.global_step
+    flops = trainer.flops_per_optimizer_step * steps
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    summary = (
+        f"{steps} optimizer steps of batch {batch} per device on {data.label}, {runtime:.0f} s on "
+        f"{training_args.device} in {training_args.precision_choice}; "
+        f"{flops / 1e12:.2f} TFLOP of training compute ({flops / 1e9 / runtime:.1f} GFLOP/s). "
+        f"Exported weights: {export}. Skipped input records: {trainer.skipped_samples}."
+    )
+    if method.base_model():
+        summary += f" Initialised from / distilled from: `{public_name(method.base_model())}`."
+    return summary
+
+
+def print_results(result: RunResult, skipped: int, precision: str) -> None:
+    """The run's figures as `RESULT key=value` lines, last in the output."""
+    print(f"RESULT train_runtime_s={result.train_runtime:.1f}")
+    if result.train_tflops is not None:
+        print(f"RESULT train_tflops={result.train_tflops:.4g}")
+        print(f"RESULT achieved_gflops_per_s={result.train_tflops * 1e3 / result.train_runtime:.1f}")
+    print(f"RESULT skipped_samples={skipped}")
+    print(f"RESULT precision={precision}")
+    print(f"RESULT exported_weights={result.exported}")
+    if len(result.all_results) > 1:
+        for weights, results in result.all_results.items():
+            for protocol, figure in results.items():
+                print(f"RESULT {protocol}_top1_{weights}={figure.top1:.4f}")
+    for protocol, figure in result.results.items():
+        print(f"RESULT {protocol}_top1={figure.top1:.4f}")
+    if result.results:
+        print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
+
+
+def main(argv: list[str] | None = None) -> RunResult:
+    method_class, model_args, data_args, config_args, training_args, hub_token = prepare_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
+    set_seed(training_args.seed)
+
+    overrides = config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
+    if data_args.templates_file:
+        overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file, "--templates_file"))
+    method = method_class(model_args, data_args, training_args, overrides)
+    data = check_before_training(method, data_args, training_args)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+    if push_to_hub:
+        check_hub_access(repo_id, hub_token)  # before training, not after an hour of it
+
+    teacher = method.load_teacher()
+    model = method.build_model(teacher)
+    validate_config(model.config, "when training starts")
+    tokenizer, image_processor = method.tokenizer(model), method.image_processor(model)
+    align_special_tokens(model, tokenizer)
+    if data.demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
+        model.config.zero_shot_templates = tuple(data.demo.templates)
+    train_dataset = build_train_dataset(method, model, data, data_args, training_args)
+    ema_callback = build_ema(method, model, training_args)
     run_record = None
     if training_args.should_save:  # the record lists everything the run writes, from here on
         run_record = start_run(training_args.output_dir, method_class.name, bool(training_args.resume_from_checkpoint))
     prepare_for_saving(model)  # checkpoint-N folders carry the model code too
     collator = method.collator(model, tokenizer)
     if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
-        collator.collect_skipped_records = training_args.world_size <= 1 or split_by_node
+        collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
     trainer = MaskedVLTrainer(
         model=model,
         args=training_args,
@@ -524,66 +640,20 @@ def main(argv: list[str] | None = None) -> RunResult:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_runtime = time.perf_counter() - started
     skipped = trainer.finalize_counts()
-    steps_run = trainer.state.global_step
-    train_flops = trainer.flops_per_optimizer_step * steps_run
+    train_flops = trainer.flops_per_optimizer_step * trainer.state.global_step
     if not trainer.is_world_process_zero():
         return RunResult(training_args.output_dir, train_runtime)
 
-    # ---- evaluate both weight sets, choose what to export ----
-    train_split, test_split = data.eval_train, data.eval_test
-    candidates = {"online": model}
-    if trainer.ema_model is not None:
-        candidates = {"ema": trainer.ema_model, "online": model}
-    protocols = [
-        protocol
-        for protocol in method.evaluations
-        if protocol in supported_protocols(model) and (protocol not in TRAINED_PROTOCOLS or train_split is not None)
-    ]
-    if "zero_shot" in protocols and tokenizer is None:
-        protocols.remove("zero_shot")
-    scores: dict[str, dict[str, EvaluationResult]] = {}
-    if test_split is not None and protocols:
-        for weights, candidate in candidates.items():
-            candidate.to(training_args.device).eval()
-            scores[weights] = evaluate_many(
-                candidate,
-                protocols,
-                image_processor=image_processor,
-                test_split=test_split,
-                train_split=train_split,
-                tokenizer=tokenizer,
-                templates=list(getattr(model.config, "zero_shot_templates", None) or []) or None,
-            )
+    # ---- evaluate both weight sets, choose what to export, write the final folder ----
+    candidates = {"online": model} if trainer.ema_model is None else {"ema": trainer.ema_model, "online": model}
+    scores, protocols = evaluate_weights(method, candidates, data, tokenizer, image_processor, training_args.device)
     exported, why = choose_export(model_args.export_weights, scores, protocols[0] if protocols else None, ema_callback)
     final = candidates[exported].to(training_args.device).eval()
-
-    figures = [
-        EvaluationFigure(
-            protocol=protocol,
-            top1=result.top1,
-            chance=result.chance,
-            num_classes=result.num_classes,
-            dataset_name=result.dataset_name,
-            dataset_type="hf_masked_vl/demo-shapes" if demo is not None else result.dataset_name,
-            weights=weights if len(candidates) > 1 else "final",
-            exported=weights == exported,
-        )
-        for weights, results in scores.items()
-        for protocol, result in results.items()
-    ]
-    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    summary = (
-        f"{steps_run} optimizer steps of batch {batch} per device on {dataset_label}, {train_runtime:.0f} s on "
-        f"{training_args.device} in {training_args.precision_choice}; "
-        f"{train_flops / 1e12:.2f} TFLOP of training compute ({train_flops / 1e9 / train_runtime:.1f} GFLOP/s). "
-        f"Exported weights: {'EMA' if exported == 'ema' else 'online'} ({why}). Skipped input records: {skipped}."
-    )
-    if method.base_model():
-        summary += f" Initialised from / distilled from: `{public_name(method.base_model())}`."
+    export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
     card = CardInfo(
         model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-        training_summary=summary,
-        results=figures,
+        training_summary=training_summary(trainer, train_runtime, training_args, method, data, export),
+        results=card_figures(scores, exported, data.demo),
         base_model=hub_id_or_none(method.base_model()),
         template=method.card_template,
     )
@@ -608,30 +678,16 @@ def main(argv: list[str] | None = None) -> RunResult:
         )
         logger.info("pushed %s to %s", training_args.output_dir, url)
 
-    exported_results = scores.get(exported, {})
-    print(f"RESULT train_runtime_s={train_runtime:.1f}")
-    if not math.isnan(train_flops):
-        print(f"RESULT train_tflops={train_flops / 1e12:.4g}")
-        print(f"RESULT achieved_gflops_per_s={train_flops / 1e9 / train_runtime:.1f}")
-    print(f"RESULT skipped_samples={skipped}")
-    print(f"RESULT precision={training_args.precision_choice.name}")
-    print(f"RESULT exported_weights={exported}")
-    if len(scores) > 1:
-        for weights, results in scores.items():
-            for protocol, result in results.items():
-                print(f"RESULT {protocol}_top1_{weights}={result.top1:.4f}")
-    for protocol, result in exported_results.items():
-        print(f"RESULT {protocol}_top1={result.top1:.4f}")
-    if exported_results:
-        print(f"RESULT chance={next(iter(exported_results.values())).chance:.4f}")
-    return RunResult(
+    result = RunResult(
         training_args.output_dir,
         train_runtime,
-        results=exported_results,
+        results=scores.get(exported, {}),
         all_results=scores,
         exported=exported,
         train_tflops=train_flops / 1e12 if not math.isnan(train_flops) else None,
     )
+    print_results(result, skipped, training_args.precision_choice.name)
+    return result
 
 
 def cli() -> int:
