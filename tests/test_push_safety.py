@@ -153,3 +153,19 @@ def test_public_text_hides_absolute_paths_and_the_host():
     assert "/home" not in public and "/scratch" not in public and "node7" not in public
     assert public_folder_name("Dec06_14-35-08_node7.cluster.org", hosts) == "Dec06_14-35-08"
     assert public_folder_name("trial_node7", hosts) == "trial_host"
+
+
+def test_no_error_line_shows_a_token(tmp_path, capsys, monkeypatch):
+    """A token given where a flag expects another value (a forgotten --hub_token), or the value of HF_TOKEN, is
+    `***` in the one error line; the mistake is still named."""
+    monkeypatch.setenv("HF_TOKEN", "plainsecret123")
+    cases = {
+        "--push_to_hub": ["--push_to_hub", TOKEN],
+        "--max_steps": ["--hub_token", "mysecret42", "--max_steps", "mysecret42"],
+        "--logging_steps": ["--logging_steps", "plainsecret123"],
+    }
+    for flag, extra in cases.items():
+        status, err = run(["--output_dir", str(tmp_path / "out"), *FAST, *extra], capsys)
+        assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert flag in err and "***" in err, err
+        assert TOKEN not in err and "mysecret42" not in err and "plainsecret123" not in err, err
