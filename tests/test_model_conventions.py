@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 from conftest import tiny_aclip_config, tiny_vit_kwargs
 from safetensors.torch import load_file, save_file
+from timm.layers import DropPath
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel, set_seed
 
@@ -343,22 +345,45 @@ def test_missing_keys_are_initialised_like_a_fresh_model(name, tmp_path):
     assert torch.isfinite(outputs[case.output]).all()
 
 
-def meta_initialised(name: str, seed: int) -> PreTrainedModel:
+EMPTY_INIT = {  # how big-model loading and FSDP build a model before its weights exist
+    "meta_device": lambda: torch.device("meta"),  # every tensor made in __init__ is on meta
+    "init_empty_weights": init_empty_weights,  # accelerate: parameters on meta, buffers on the CPU
+}
+
+
+def with_drop_path(config: PreTrainedConfig, rate: float = 0.1) -> PreTrainedConfig:
+    """`config` with stochastic depth in its image tower (per-block rates are computed in `__init__`)."""
+    vision_config_of(config).drop_path_rate = rate
+    return config
+
+
+def drop_path_rates(model: nn.Module) -> list[float]:
+    return [module.drop_prob for module in model.modules() if isinstance(module, DropPath)]
+
+
+def meta_initialised(name: str, seed: int, empty_init: str = "meta_device") -> PreTrainedModel:
+    """Built with no weights (`EMPTY_INIT[empty_init]`) and drop-path on, moved with `to_empty`, `init_weights()`."""
     case = CASES[name]
-    with torch.device("meta"):
-        model = case.model_class(case.config())
+    with EMPTY_INIT[empty_init]():
+        model = case.model_class(with_drop_path(case.config()))
+    assert model.device.type == "meta"
     model.to_empty(device="cpu")
     torch.manual_seed(seed)
     model.init_weights()
     return model
 
 
+@pytest.mark.parametrize("empty_init", list(EMPTY_INIT))
 @pytest.mark.parametrize("name", NAMES)
-def test_init_weights_on_meta_is_complete_and_deterministic(name):
+def test_init_weights_on_meta_is_complete_and_deterministic(name, empty_init):
     """transformers' `test_init_weights_can_init_buffers` and `test_all_tensors_are_parameter_or_buffer`: built on
-    meta, moved with `to_empty`, then `init_weights()`: buffers equal a fresh model's, everything finite, the same
-    seed gives the same weights, and a second `init_weights()` changes nothing (initialised tensors are kept)."""
-    first, second = meta_initialised(name, seed=0), meta_initialised(name, seed=0)
+    meta (`torch.device("meta")` or accelerate's `init_empty_weights`, with drop-path, whose per-block rates are
+    computed at construction), moved with `to_empty`, then `init_weights()`: buffers equal a fresh model's,
+    everything finite, the drop-path rates those of a model built on the CPU, the same seed gives the same weights,
+    and a second `init_weights()` changes nothing (initialised tensors are kept)."""
+    first, second = meta_initialised(name, 0, empty_init), meta_initialised(name, 0, empty_init)
+    on_cpu = CASES[name].model_class(with_drop_path(CASES[name].config()))
+    assert drop_path_rates(first) == drop_path_rates(on_cpu) and max(drop_path_rates(first)) == pytest.approx(0.1)
     fresh = build(name)
     for key, value in first.state_dict().items():
         assert torch.isfinite(value.float()).all(), key
@@ -372,6 +397,20 @@ def test_init_weights_on_meta_is_complete_and_deterministic(name):
     for key, value in first.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.isfinite(first.eval()(**make_inputs(CASES[name]))[CASES[name].output]).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_weights_then_loading_gives_the_model(name):
+    """accelerate's big-model loading: built under `init_empty_weights` (parameters on meta, buffers computed on the
+    CPU), then the checkpoint's tensors assigned: the same outputs as the model saved, non-persistent buffers (fixed
+    position tables, RoPE) included."""
+    case = CASES[name]
+    reference = build(name)
+    with init_empty_weights():
+        model = case.model_class(case.config())
+    model.load_state_dict(reference.state_dict(), assign=True)
+    inputs = make_inputs(case)
+    torch.testing.assert_close(model.eval()(**inputs)[case.output], reference(**inputs)[case.output])
 
 
 # ---------------------------------------------------------------- frozen patch embedding
