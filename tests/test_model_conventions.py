@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import math
 import os
 import re
@@ -411,6 +412,70 @@ def test_empty_weights_then_loading_gives_the_model(name):
     model.load_state_dict(reference.state_dict(), assign=True)
     inputs = make_inputs(case)
     torch.testing.assert_close(model.eval()(**inputs)[case.output], reference(**inputs)[case.output])
+
+
+# ---------------------------------------------------------------- losses from the inputs given
+
+
+def without(inputs: dict, *names: str) -> dict:
+    return {key: value for key, value in inputs.items() if key not in names}
+
+
+def test_attg_mae_without_guidance_gives_the_mae_loss_and_warns_once(caplog):
+    """No guidance map: every patch weighs exp(0 / τ) = 1 (an all-background map), so the loss is MAE's: equal to
+    the loss with an all-zero map, to the same weights with `guidance="none"` (the package's `--method mae`) and to
+    transformers' `ViTMAEForPreTraining`; one warning however many calls."""
+    case = CASES["attg_mae_pretraining"]
+    model = build("attg_mae_pretraining")
+    inputs = without(make_inputs(case), "guidance")
+    logging.Logger.warning_once.cache_clear()  # transformers' warn-once memory is process-wide
+    with caplog.at_level(logging.WARNING):
+        outputs = model(**inputs)
+        model(**inputs)
+    assert len([record for record in caplog.records if "no guidance map" in record.getMessage()]) == 1
+    assert outputs.guidance_weights.eq(1).all()
+    assert torch.equal(outputs.loss, model(**inputs, guidance=torch.zeros(BATCH, 4, 4)).loss)
+    assert torch.equal(outputs.loss, outputs.reconstruction_loss)
+    mae_config = case.config()
+    mae_config.guidance = "none"
+    mae = AttGMAEForPreTraining(mae_config).eval()
+    mae.load_state_dict(model.state_dict())
+    assert torch.equal(outputs.loss, mae(**inputs).loss)
+    vit_mae = model.to_vit_mae().eval()
+    torch.testing.assert_close(outputs.loss, vit_mae(inputs["pixel_values"], noise=inputs["noise"]).loss)
+
+
+PIXELS_ALONE_LOSS = {  # the loss of `model(pixel_values=...)`: MAE heads reconstruct the pixels they are given
+    "attg_mae_pretraining": "finite",
+    "mre_mae": "finite",
+    "mre_dino": None,  # the loss needs the teacher's logits
+    "uta": None,  # the loss needs the teacher's tokens (alignment) or captions (contrastive)
+}
+NEEDS_TEXT = ("a_clip", "lit")  # dual encoders trained on pairs: `forward` needs input_ids, as CLIPModel's
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_with_pixel_values_alone(name):
+    """As a transformers model without `labels`: the main input alone runs, and a head whose loss needs an input it
+    did not get (teacher outputs) returns its outputs with `loss=None` (DINO's centre untouched). A-CLIP and LiT
+    need captions, as transformers' `CLIPModel`: a one-line error naming the image-only entry point."""
+    model = build(name).train()
+    pixels = make_inputs(CASES[name])["pixel_values"]
+    if name in NEEDS_TEXT:
+        with pytest.raises(ValueError, match="get_image_features"):
+            model(pixel_values=pixels)
+        return
+    centre = model.dino_loss.center.clone() if name == "mre_dino" else None
+    outputs = model(pixel_values=pixels)
+    assert all(torch.isfinite(value).all() for value in outputs.values() if isinstance(value, torch.Tensor))
+    loss = getattr(outputs, "loss", None)
+    if PIXELS_ALONE_LOSS.get(name) == "finite":
+        assert loss is not None and torch.isfinite(loss)
+    else:
+        assert loss is None
+    if name == "mre_dino":
+        assert outputs.logits.shape == (1, BATCH, 64) and torch.equal(model.dino_loss.center, centre)
+        assert model(pixel_values=pixels, distillation=True).loss is None
 
 
 # ---------------------------------------------------------------- frozen patch embedding
