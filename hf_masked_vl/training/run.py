@@ -9,6 +9,8 @@ picks another registered method (`hf_masked_vl.methods`); this module never name
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
 import glob
 import json
 import logging
@@ -16,10 +18,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import transformers
+from accelerate import PartialState
 from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -290,6 +295,43 @@ def choose_export(
     return "online", f"no evaluation split and the EMA still holds {ema.initial_weight:.0%} of its initial weights"
 
 
+def end_process_group() -> None:
+    """Destroy the default process group, as `Accelerator.end_training()` does, after collecting the run's garbage.
+
+    A process that exits with a gloo group alive can abort at interpreter shutdown ("terminate called without an
+    active exception", SIGABRT; pytorch/pytorch#65231, #179291): a gloo worker thread still releasing the tensors of
+    the last collective needs the GIL that shutdown has taken. Ranks other than 0 leave `main` right after their last
+    collective, and the launcher then kills rank 0 too. Collecting first frees the DDP wrapper and its gradient
+    reducer, which hold the group, so that destroying it joins the worker threads while the interpreter is alive.
+    No barrier: each rank ends its own group, and rank 0 runs no collective after training.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
+        PartialState().destroy_process_group()
+
+
+def ends_its_process_group(run: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """`run`, then `end_process_group()` when the run started the group (not a caller's own), after a normal end or
+    a `UsageError`; after any other error, which may leave collectives pending on other ranks, the group is left to
+    the launcher."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs) -> RunResult:
+        started_here = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        try:
+            result = run(*args, **kwargs)
+        except UsageError:
+            if started_here:
+                end_process_group()
+            raise
+        if started_here:
+            end_process_group()
+        return result
+
+    return wrapper
+
+
+@ends_its_process_group
 def main(argv: list[str] | None = None) -> RunResult:
     method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
     if training_args.output_dir is None:
