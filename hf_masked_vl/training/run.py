@@ -295,6 +295,11 @@ def choose_export(
     return "online", f"no evaluation split and the EMA still holds {ema.initial_weight:.0%} of its initial weights"
 
 
+def process_group_started() -> bool:
+    """Whether this process is in a `torch.distributed` default process group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def end_process_group() -> None:
     """Destroy the default process group, as `Accelerator.end_training()` does, after collecting the run's garbage.
 
@@ -305,7 +310,7 @@ def end_process_group() -> None:
     reducer, which hold the group, so that destroying it joins the worker threads while the interpreter is alive.
     No barrier: each rank ends its own group, and rank 0 runs no collective after training.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if process_group_started():
         gc.collect()
         PartialState().destroy_process_group()
 
@@ -317,7 +322,7 @@ def ends_its_process_group(run: Callable[..., RunResult]) -> Callable[..., RunRe
 
     @functools.wraps(run)
     def wrapper(*args, **kwargs) -> RunResult:
-        started_here = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        started_here = not process_group_started()
         try:
             result = run(*args, **kwargs)
         except UsageError:
