@@ -56,6 +56,7 @@ from .outputs import (
     save_final_folder,
     start_run,
 )
+from .processes import ends_its_process_group
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -575,6 +576,56 @@ def training_summary(
     return summary
 
 
+def build_trainer(
+    method: Method,
+    model,
+    teacher,
+    processors: tuple,
+    train_dataset: ImageTextStream,
+    ema_callback: EMACallback | None,
+    training_args: PretrainingArguments,
+    run_record,
+) -> MaskedVLTrainer:
+    """The Trainer of a run: the method's collator and objective, the frozen teacher, the EMA, and the run record
+    that its checkpoints are listed in. `processors`: (tokenizer or None, image processor), both saved with every
+    checkpoint."""
+    tokenizer, image_processor = processors
+    prepare_for_saving(model)  # checkpoint-N folders carry the model code too
+    collator = method.collator(model, tokenizer)
+    if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
+        collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
+    trainer = MaskedVLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=tokenizer if tokenizer is not None else image_processor,
+        objective=method.objective(model, teacher),
+        teacher=teacher,
+        ema_callback=ema_callback,
+        run_record=run_record,
+    )
+    if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
+        trainer.extra_checkpoint_files.append(image_processor)
+    return trainer
+
+
+def push_run(training_args: PretrainingArguments, repo_id: str, token: str | None) -> None:
+    """Upload the final folder (and, as asked, the run's own checkpoints and a public copy of its logs)."""
+    output_dir = training_args.output_dir
+    own_checkpoints = run_checkpoints(output_dir) if training_args.hub_include_checkpoints else []
+    url = push_checkpoint(
+        output_dir,
+        repo_id,
+        token=token,
+        private=training_args.hub_private_repo,
+        revision=training_args.hub_revision,
+        include_checkpoints=own_checkpoints,
+        logs=os.path.join(output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
+    )
+    logger.info("pushed %s to %s", output_dir, url)
+
+
 def print_results(result: RunResult, skipped: int, precision: str) -> None:
     """The run's figures as `RESULT key=value` lines, last in the output."""
     print(f"RESULT train_runtime_s={result.train_runtime:.1f}")
@@ -594,6 +645,7 @@ def print_results(result: RunResult, skipped: int, precision: str) -> None:
         print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
 
 
+@ends_its_process_group
 def main(argv: list[str] | None = None) -> RunResult:
     method_class, model_args, data_args, config_args, training_args, hub_token = prepare_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -624,23 +676,9 @@ def main(argv: list[str] | None = None) -> RunResult:
     resume = bool(training_args.resume_from_checkpoint)
     own_folder = start_run(training_args.output_dir, method_class.name, resume) if training_args.should_save else None
     with own_folder or contextlib.nullcontext() as run_record:
-        prepare_for_saving(model)  # checkpoint-N folders carry the model code too
-        collator = method.collator(model, tokenizer)
-        if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
-            collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
-        trainer = MaskedVLTrainer(
-            model=model,
-            args=training_args,
-            train_dataset=train_dataset,
-            data_collator=collator,
-            processing_class=tokenizer if tokenizer is not None else image_processor,
-            objective=method.objective(model, teacher),
-            teacher=teacher,
-            ema_callback=ema_callback,
-            run_record=run_record,
+        trainer = build_trainer(
+            method, model, teacher, (tokenizer, image_processor), train_dataset, ema_callback, training_args, run_record
         )
-        if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
-            trainer.extra_checkpoint_files.append(image_processor)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_runtime = time.perf_counter() - started
@@ -673,17 +711,7 @@ def main(argv: list[str] | None = None) -> RunResult:
             ),
         )
         if push_to_hub:
-            own_checkpoints = run_checkpoints(training_args.output_dir) if training_args.hub_include_checkpoints else []
-            url = push_checkpoint(
-                training_args.output_dir,
-                repo_id,
-                token=hub_token,
-                private=training_args.hub_private_repo,
-                revision=training_args.hub_revision,
-                include_checkpoints=own_checkpoints,
-                logs=os.path.join(training_args.output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
-            )
-            logger.info("pushed %s to %s", training_args.output_dir, url)
+            push_run(training_args, repo_id, hub_token)
 
         result = RunResult(
             training_args.output_dir,
