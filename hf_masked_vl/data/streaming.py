@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..models.pipeline_zero_shot import tokenize_texts
+from .batch import TrainingBatch, TrainingExample
 from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, decode_image, encoded_image, load_image
 from .maps import MAP_LOADERS
 from .records import CAPTION_EXCERPT, BadRecordError, fingerprint, reason_kind, skipped_record
@@ -469,8 +470,9 @@ class ImageTextCollator:
             collect_skipped_records = int(os.environ.get("WORLD_SIZE", "1")) <= 1
         self.collect_skipped_records = collect_skipped_records
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = {
+    def __call__(self, examples: list[TrainingExample]) -> TrainingBatch:
+        """The examples' fields collated into one `TrainingBatch` (`data.batch` documents every key)."""
+        batch: TrainingBatch = {
             key: torch.stack([example[key] for example in examples])
             for key, value in examples[0].items()
             if isinstance(value, torch.Tensor)
