@@ -8,10 +8,15 @@ import zlib
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import datasets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# datasets sleeps this long whenever a shuffled stream of its parquet builder is closed (a guard against an Arrow
+# thread crash when the interpreter exits right after a scan): 5 s per abandoned training stream. The test process
+# lives on long after every scan, so it does not need the wait.
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 
 
 @pytest.fixture(scope="session", autouse=True)
