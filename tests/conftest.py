@@ -34,6 +34,18 @@ def small_demo(demo_cache):
     return ensure_demo_dataset(demo_cache, num_train=256, num_eval=48, num_shards=8, image_size=48, num_probe=96)
 
 
+def quick_run(batch_size: int = 8, eval_samples: int = 16, save: bool = False) -> list[str]:
+    """The `run_pretraining` flags the tests' quick runs share: the demo's 256-record training split (generated once
+    per session), a batch of `batch_size`, no DataLoader workers, no progress bar, no logging integration, at most
+    `eval_samples` images per labelled evaluation split, and unless `save` no checkpoints. A flag given again later
+    on the command line wins."""
+    flags = [
+        "--per_device_train_batch_size", str(batch_size), "--demo_num_train", "256", "--dataloader_num_workers", "0",
+        "--disable_tqdm", "true", "--report_to", "none", "--max_eval_samples", str(eval_samples),
+    ]  # fmt: skip
+    return flags if save else [*flags, "--save_strategy", "no"]
+
+
 def tiny_vit_kwargs(**overrides):
     kwargs = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
     kwargs.update(overrides)

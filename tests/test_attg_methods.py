@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_kwargs
+from conftest import quick_run, tiny_vit_kwargs
 from PIL import Image
 from transformers import AutoModel, AutoModelForPreTraining, ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
 
@@ -35,24 +35,7 @@ TINY_LIT_TEXT = json.dumps(
         "max_position_embeddings": 16,
     }
 )
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--demo_num_train",
-    "256",
-    "--dataloader_num_workers",
-    "0",
-    "--disable_tqdm",
-    "true",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--logging_steps",
-    "1",
-    "--max_eval_samples",
-    "48",
-]
+COMMON = [*quick_run(), "--logging_steps", "1"]
 
 
 @pytest.fixture(scope="module")

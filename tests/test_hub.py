@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_aclip_config
+from conftest import quick_run, tiny_aclip_config
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, pipeline
 
@@ -145,31 +145,10 @@ def test_run_pretraining_push_to_hub_uploads_the_final_folder(small_demo, tmp_pa
 
     output = tmp_path / "pushed"
     command = [
-        sys.executable,
-        "scripts/run_pretraining.py",
-        "--output_dir",
-        str(output),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--config_overrides",
-        TINY_OVERRIDES,
-        "--demo_num_train",
-        "256",
-        "--dataloader_num_workers",
-        "0",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--push_to_hub",
-        "true",
-        "--hub_model_id",
-        "someone/a-clip-demo",
-        "--hub_token",
-        "hf_test",
-    ]
+        sys.executable, "scripts/run_pretraining.py", "--output_dir", str(output), "--max_steps", "2",
+        "--config_overrides", TINY_OVERRIDES, *quick_run(), "--push_to_hub", "true",
+        "--hub_model_id", "someone/a-clip-demo", "--hub_token", "hf_test",
+    ]  # fmt: skip
     with MockHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_kwargs
+from conftest import quick_run, tiny_vit_kwargs
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -33,11 +33,7 @@ TINY_MRE = {
     "local_crop_size": 16,
     "num_local_crops": 2,
 }
-COMMON = [
-    "--per_device_train_batch_size", "8", "--demo_num_train", "256", "--dataloader_num_workers", "0",
-    "--disable_tqdm", "true", "--report_to", "none", "--logging_steps", "1", "--max_eval_samples", "48",
-    "--bf16", "false", "--config_overrides", json.dumps(TINY_MRE),
-]  # fmt: skip
+COMMON = [*quick_run(save=True), "--logging_steps", "1", "--bf16", "false", "--config_overrides", json.dumps(TINY_MRE)]
 
 
 def train(method: str, output, *extra: str, steps: int = 2, save: bool = False):
@@ -55,8 +51,8 @@ def assert_reports_the_saved_models_knn(result, folder) -> None:
     from hf_masked_vl.evaluation import demo_splits, evaluate
 
     knn = result.results["knn"]
-    assert 0 <= knn.top1 <= 1 and (knn.num_test, knn.num_classes) == (48, 24)
-    train, test = demo_splits(ensure_demo_dataset(num_train=256), max_samples=48)
+    assert 0 <= knn.top1 <= 1 and (knn.num_test, knn.num_classes) == (16, 24)
+    train, test = demo_splits(ensure_demo_dataset(num_train=256), max_samples=16)
     processor = AutoImageProcessor.from_pretrained(folder)
     again = evaluate(
         AutoModel.from_pretrained(folder), "knn", image_processor=processor, test_split=test, train_split=train

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_aclip_config
+from conftest import quick_run, tiny_aclip_config
 from safetensors.torch import load_file
 
 from hf_masked_vl import AClipModel
@@ -235,9 +235,8 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
     collated, seen = record_keep_indices(monkeypatch)
     result = run_pretraining(
         [
-            "--output_dir", str(output), "--max_steps", "3", "--per_device_train_batch_size", "8",
-            "--config_overrides", json.dumps(overrides), "--demo_num_train", "256", "--max_eval_samples", "16",
-            "--logging_steps", "1", "--save_steps", "3", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+            "--output_dir", str(output), "--max_steps", "3", "--config_overrides", json.dumps(overrides),
+            *quick_run(save=True), "--logging_steps", "1", "--save_steps", "3", "--report_to", "tensorboard",
         ]
     )  # fmt: skip
     # the mode decides the masks: attentive ones from the EMA in the objective (3 of 4 groups of 2 × 2 patches per
@@ -337,8 +336,7 @@ def test_export_weights_flag_picks_the_final_folders_weights(weights, tmp_path, 
         [
             "--output_dir", str(output), "--export_weights", weights, "--config_overrides", TINY_OVERRIDES,
             "--dataset_name", "parquet", "--data_files", str(BATCH_FILE), "--max_steps", "2",
-            "--per_device_train_batch_size", "2", "--save_steps", "2", "--dataloader_num_workers", "0",
-            "--disable_tqdm", "true", "--report_to", "none", "--learning_rate", "1e-2",
+            *quick_run(batch_size=2, save=True), "--save_steps", "2", "--learning_rate", "1e-2",
         ]
     )  # fmt: skip
     assert f"RESULT exported_weights={weights}" in capsys.readouterr().out

@@ -13,7 +13,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_aclip_config, tiny_vit_kwargs
+from conftest import quick_run, tiny_aclip_config, tiny_vit_kwargs
 from transformers import CLIPConfig, CLIPModel
 
 from hf_masked_vl import AClipModel, UTAConfig, UTAModel
@@ -203,10 +203,7 @@ def test_package_checkpoint_teacher(aclip_teacher_dir):
 
 
 UTA_STUDENT = json.dumps({"vision_config": tiny_vit_kwargs(**EVA), "mask_ratio": 0.5, "min_block_patches": 4})
-QUICK = [
-    "--per_device_train_batch_size", "8", "--demo_num_train", "256", "--dataloader_num_workers", "0",
-    "--disable_tqdm", "true", "--logging_steps", "1", "--save_strategy", "no", "--max_eval_samples", "16",
-]  # fmt: skip
+QUICK = [*quick_run(), "--logging_steps", "1"]
 
 
 @pytest.fixture(scope="module")
