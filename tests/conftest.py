@@ -7,6 +7,10 @@ import zlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that wait for work sleep instead of spinning: on a CPU shared with other processes (the test
+# machine's 2 cores), spinning threads take the cores from the threads that have work, making small kernels several
+# times slower. Read when torch loads OpenMP, so set before the first import of torch (subprocesses inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import datasets  # noqa: E402
 import pytest  # noqa: E402
