@@ -163,7 +163,7 @@ def test_skipped_count_is_exact_without_a_log_and_templates_are_saved(short_stre
     argv[argv.index("--logging_steps") + 1] = "50"
     argv[argv.index("--shuffle_buffer") + 1] = "0"
     run_pretraining([*argv, "--templates_file", str(templates), "--eval_dataset_name", "demo",
-                     "--max_eval_samples", "16"])  # fmt: skip
+                     "--demo_num_train", "256", "--max_eval_samples", "16"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "RESULT skipped_samples=8" in printed
     assert len((output / "skipped.jsonl").read_text().splitlines()) == 8
