@@ -3,12 +3,16 @@ deep inside a library."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import logging
 import math
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +22,45 @@ class UsageError(ValueError):
 
     Command-line entry points print `error: <message>` and exit with status 2; library callers get a `ValueError`.
     """
+
+
+class OneLineErrors:
+    """Mixin for `argparse.ArgumentParser` classes (also transformers' `HfArgumentParser`): a parsing error (a value
+    of the wrong type, an invalid choice, a missing required flag, an unknown flag) raises a `UsageError` — one
+    `error:` line under `run_cli` — instead of printing the whole usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose parsing errors are `UsageError`s (`OneLineErrors`)."""
+
+
+# what a secret looks like on a command line: a Hugging Face token, or the value of any `--*token` flag
+_HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{6,}")
+_TOKEN_ENVIRONMENT = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def secrets_of(argv: Sequence[str]) -> list[str]:
+    """The values of the `--*token` flags of `argv` (`--hub_token T`, `--hub-token=T`) and of the token variables
+    of the environment (`HF_TOKEN`), which no message may show."""
+    found = [os.environ[name] for name in _TOKEN_ENVIRONMENT if os.environ.get(name)]
+    for index, argument in enumerate(argv):
+        flag, equals, value = argument.partition("=")
+        if flag.startswith("--") and flag.rstrip("_-").lower().endswith("token"):
+            if equals:
+                found.append(value)
+            elif index + 1 < len(argv):
+                found.append(argv[index + 1])
+    return [secret for secret in found if len(secret) >= 4]
+
+
+def redacted(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every one of `secrets` and anything shaped like a Hub token (`hf_...`) replaced by `***`."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _HUB_TOKEN.sub("hf_***", text)
 
 
 def first_line(error: BaseException) -> str:
@@ -83,14 +126,28 @@ def validate_config(config, when: str = "") -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a command-line `main`: a `UsageError` becomes one line `error: <message>` on stderr and exit status 2."""
+    """Run a command-line `main`: a `UsageError` becomes one line `error: <message>` on stderr and exit status 2,
+    with any token of the command line or the environment (`secrets_of`) shown as `***`."""
     try:
         main(argv)
     except UsageError as error:
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        message = redacted(message, secrets_of(sys.argv[1:] if argv is None else list(argv)))
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
-__all__ = ["UsageError", "check_minimums", "did_you_mean", "first_line", "run_cli", "usage_errors", "validate_config"]
+__all__ = [
+    "ArgumentParser",
+    "OneLineErrors",
+    "UsageError",
+    "check_minimums",
+    "did_you_mean",
+    "first_line",
+    "redacted",
+    "run_cli",
+    "secrets_of",
+    "usage_errors",
+    "validate_config",
+]

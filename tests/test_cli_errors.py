@@ -74,6 +74,16 @@ PRETRAINING_CASES = {
                         "--eval_data_files '{tmp}/val-*.parquet' matches no file"),
     "evaluation class names": (["--eval_dataset_name", "parquet", "--eval_data_files", "{eval}", "--class_names_file",
                                 "{tmp}/names.json"], "--class_names_file {tmp}/names.json"),
+    "not an integer": (["--per_device_train_batch_size", "1e9"], "argument --per_device_train_batch_size/"
+                       "--per-device-train-batch-size: invalid int value: '1e9'"),
+    "not a save strategy": (["--save_strategy", "nope"], "argument --save_strategy/--save-strategy: invalid choice"),
+    "unknown logger": (["--report_to", "nope"], "--report_to nope: nope is not supported"),
+    "evaluation during training": (["--eval_strategy", "steps"], "--eval_strategy steps: this trainer has no "
+                                   "evaluation set during training"),
+    "unknown compile mode": (["--torch_compile", "true", "--torch_compile_mode", "fastest"],
+                             "--torch_compile_mode fastest: must be one of default"),
+    "saving every 0 steps": (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps 0: must be more than 0"),
+    "negative save limit": (["--save_total_limit", "-3"], "--save_total_limit -3: must be at least 0"),
 }  # fmt: skip
 
 
@@ -139,6 +149,7 @@ EVALUATION_CASES = {
                          "--train_split", "train"], "--data_files '{tmp}/x-*.parquet' matches no file"),
     "missing templates file": (["--model", "{vit}", "--templates_file", "{tmp}/t.json"], "--templates_file"),
     "protocol the model lacks": (["--model", "{vit}", "--protocol", "zero_shot"], "--protocol zero_shot"),
+    "not an integer": (["--model", "{vit}", "--batch_size", "x"], "argument --batch_size: invalid int value: 'x'"),
 }  # fmt: skip
 
 
@@ -175,6 +186,9 @@ GUIDANCE_CASES = {
     "wrong image column": (["--data_files", "{eval}", "--image_column", "img"], "--image_column 'img'"),
     "missing demo split": (["--split", "validation"], "--split validation"),
     "not a device": (["--device", "gpu0"], "--device gpu0"),
+    "output is the dataset folder": (["--dataset_name", "{tmp}/out"], "--output_dir {tmp}/out holds the input folder"),
+    "not a producer": (["--producer", "tokencutt"], "argument --producer: invalid choice: 'tokencutt'"),
+    "not an integer": (["--data_files", "{eval}", "--grid", "14.5"], "argument --grid: invalid int value: '14.5'"),
 }  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """More than one process. The global-batch losses are checked exactly with two ranks simulated in one process
 (`torch.distributed` mocked: rank, world size and the differentiable all-gather), and one real `accelerate launch
 --num_processes 2` on the CPU (gloo) trains A-CLIP (EMA, gathered contrastive losses, BatchNorm heads) with each
-process reading its own shards, checkpoints every rank's state and ends cleanly."""
+process reading its own shards, checkpoints every rank's state and ends cleanly. Every process ends the process
+group it started, so none aborts at exit."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as differentiable
@@ -16,8 +18,11 @@ import torch.nn.functional as F
 from datasets.distributed import split_dataset_by_node
 from test_training import TINY_OVERRIDES
 
+import hf_masked_vl.training.run as run
 from hf_masked_vl.data.streaming import ImageTextStream, load_stream
+from hf_masked_vl.errors import UsageError
 from hf_masked_vl.models.losses import clip_contrastive_loss, nt_xent_loss
+from hf_masked_vl.training.processes import ends_its_process_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -173,3 +178,62 @@ def test_each_process_reads_its_own_shards(small_demo):
     everything, first, second = captions(None), captions(0), captions(1)
     assert first and second and not set(first) & set(second)
     assert sorted(first + second) == sorted(everything)
+
+
+# ---------------------------------------------------------------- the process group ends with the run
+
+
+def start_single_process_group(store_path) -> None:
+    """A gloo group of one process, as accelerate starts one for a multi-process run."""
+    store = torch.distributed.FileStore(str(store_path), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's native threads that belong to gloo (its worker and transport loops)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):  # not Linux: nothing to count
+        return []
+    names = [open(os.path.join(tasks, task, "comm")).read().strip() for task in os.listdir(tasks)]
+    return [name for name in names if "gloo" in name]
+
+
+@pytest.fixture
+def process_group_cleanup():
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_a_run_ends_the_process_group_it_started(tmp_path, monkeypatch, process_group_cleanup):
+    """After `main` returns or stops on a usage error, the group it started is destroyed and gloo's threads are
+    joined: none is left to abort the process at interpreter shutdown (the SIGABRT of a rank leaving early)."""
+
+    def start_then_fail(argv):
+        start_single_process_group(tmp_path / "failed")
+        assert gloo_threads()
+        raise UsageError("--output_dir is required")
+
+    monkeypatch.setattr(run, "parse_arguments", start_then_fail)
+    with pytest.raises(UsageError):
+        run.main([])
+    assert not torch.distributed.is_initialized() and not gloo_threads()
+
+    def start_then_return() -> str:
+        start_single_process_group(tmp_path / "finished")
+        return "result"
+
+    assert ends_its_process_group(start_then_return)() == "result"
+    assert not torch.distributed.is_initialized() and not gloo_threads()
+
+
+def test_a_callers_process_group_is_left_alone(tmp_path, monkeypatch, process_group_cleanup):
+    start_single_process_group(tmp_path / "caller")
+
+    def fail(argv):
+        raise UsageError("--output_dir is required")
+
+    monkeypatch.setattr(run, "parse_arguments", fail)
+    with pytest.raises(UsageError):
+        run.main([])
+    assert torch.distributed.is_initialized()

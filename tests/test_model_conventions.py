@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import math
 import os
 import re
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 from conftest import tiny_aclip_config, tiny_vit_kwargs
 from safetensors.torch import load_file, save_file
+from timm.layers import DropPath
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel, set_seed
 
@@ -343,22 +346,45 @@ def test_missing_keys_are_initialised_like_a_fresh_model(name, tmp_path):
     assert torch.isfinite(outputs[case.output]).all()
 
 
-def meta_initialised(name: str, seed: int) -> PreTrainedModel:
+EMPTY_INIT = {  # how big-model loading and FSDP build a model before its weights exist
+    "meta_device": lambda: torch.device("meta"),  # every tensor made in __init__ is on meta
+    "init_empty_weights": init_empty_weights,  # accelerate: parameters on meta, buffers on the CPU
+}
+
+
+def with_drop_path(config: PreTrainedConfig, rate: float = 0.1) -> PreTrainedConfig:
+    """`config` with stochastic depth in its image tower (per-block rates are computed in `__init__`)."""
+    vision_config_of(config).drop_path_rate = rate
+    return config
+
+
+def drop_path_rates(model: nn.Module) -> list[float]:
+    return [module.drop_prob for module in model.modules() if isinstance(module, DropPath)]
+
+
+def meta_initialised(name: str, seed: int, empty_init: str = "meta_device") -> PreTrainedModel:
+    """Built with no weights (`EMPTY_INIT[empty_init]`) and drop-path on, moved with `to_empty`, `init_weights()`."""
     case = CASES[name]
-    with torch.device("meta"):
-        model = case.model_class(case.config())
+    with EMPTY_INIT[empty_init]():
+        model = case.model_class(with_drop_path(case.config()))
+    assert model.device.type == "meta"
     model.to_empty(device="cpu")
     torch.manual_seed(seed)
     model.init_weights()
     return model
 
 
+@pytest.mark.parametrize("empty_init", list(EMPTY_INIT))
 @pytest.mark.parametrize("name", NAMES)
-def test_init_weights_on_meta_is_complete_and_deterministic(name):
+def test_init_weights_on_meta_is_complete_and_deterministic(name, empty_init):
     """transformers' `test_init_weights_can_init_buffers` and `test_all_tensors_are_parameter_or_buffer`: built on
-    meta, moved with `to_empty`, then `init_weights()`: buffers equal a fresh model's, everything finite, the same
-    seed gives the same weights, and a second `init_weights()` changes nothing (initialised tensors are kept)."""
-    first, second = meta_initialised(name, seed=0), meta_initialised(name, seed=0)
+    meta (`torch.device("meta")` or accelerate's `init_empty_weights`, with drop-path, whose per-block rates are
+    computed at construction), moved with `to_empty`, then `init_weights()`: buffers equal a fresh model's,
+    everything finite, the drop-path rates those of a model built on the CPU, the same seed gives the same weights,
+    and a second `init_weights()` changes nothing (initialised tensors are kept)."""
+    first, second = meta_initialised(name, 0, empty_init), meta_initialised(name, 0, empty_init)
+    on_cpu = CASES[name].model_class(with_drop_path(CASES[name].config()))
+    assert drop_path_rates(first) == drop_path_rates(on_cpu) and max(drop_path_rates(first)) == pytest.approx(0.1)
     fresh = build(name)
     for key, value in first.state_dict().items():
         assert torch.isfinite(value.float()).all(), key
@@ -372,6 +398,84 @@ def test_init_weights_on_meta_is_complete_and_deterministic(name):
     for key, value in first.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.isfinite(first.eval()(**make_inputs(CASES[name]))[CASES[name].output]).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_weights_then_loading_gives_the_model(name):
+    """accelerate's big-model loading: built under `init_empty_weights` (parameters on meta, buffers computed on the
+    CPU), then the checkpoint's tensors assigned: the same outputs as the model saved, non-persistent buffers (fixed
+    position tables, RoPE) included."""
+    case = CASES[name]
+    reference = build(name)
+    with init_empty_weights():
+        model = case.model_class(case.config())
+    model.load_state_dict(reference.state_dict(), assign=True)
+    inputs = make_inputs(case)
+    torch.testing.assert_close(model.eval()(**inputs)[case.output], reference(**inputs)[case.output])
+
+
+# ---------------------------------------------------------------- losses from the inputs given
+
+
+def without(inputs: dict, *names: str) -> dict:
+    return {key: value for key, value in inputs.items() if key not in names}
+
+
+def test_attg_mae_without_guidance_gives_the_mae_loss_and_warns_once(caplog):
+    """No guidance map: every patch weighs exp(0 / τ) = 1 (an all-background map), so the loss is MAE's: equal to
+    the loss with an all-zero map, to the same weights with `guidance="none"` (the package's `--method mae`) and to
+    transformers' `ViTMAEForPreTraining`; one warning however many calls."""
+    case = CASES["attg_mae_pretraining"]
+    model = build("attg_mae_pretraining")
+    inputs = without(make_inputs(case), "guidance")
+    logging.Logger.warning_once.cache_clear()  # transformers' warn-once memory is process-wide
+    with caplog.at_level(logging.WARNING):
+        outputs = model(**inputs)
+        model(**inputs)
+    assert len([record for record in caplog.records if "no guidance map" in record.getMessage()]) == 1
+    assert outputs.guidance_weights.eq(1).all()
+    assert torch.equal(outputs.loss, model(**inputs, guidance=torch.zeros(BATCH, 4, 4)).loss)
+    assert torch.equal(outputs.loss, outputs.reconstruction_loss)
+    mae_config = case.config()
+    mae_config.guidance = "none"
+    mae = AttGMAEForPreTraining(mae_config).eval()
+    mae.load_state_dict(model.state_dict())
+    assert torch.equal(outputs.loss, mae(**inputs).loss)
+    vit_mae = model.to_vit_mae().eval()
+    torch.testing.assert_close(outputs.loss, vit_mae(inputs["pixel_values"], noise=inputs["noise"]).loss)
+
+
+PIXELS_ALONE_LOSS = {  # the loss of `model(pixel_values=...)`: MAE heads reconstruct the pixels they are given
+    "attg_mae_pretraining": "finite",
+    "mre_mae": "finite",
+    "mre_dino": None,  # the loss needs the teacher's logits
+    "uta": None,  # the loss needs the teacher's tokens (alignment) or captions (contrastive)
+}
+NEEDS_TEXT = ("a_clip", "lit")  # dual encoders trained on pairs: `forward` needs input_ids, as CLIPModel's
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_with_pixel_values_alone(name):
+    """As a transformers model without `labels`: the main input alone runs, and a head whose loss needs an input it
+    did not get (teacher outputs) returns its outputs with `loss=None` (DINO's centre untouched). A-CLIP and LiT
+    need captions, as transformers' `CLIPModel`: a one-line error naming the image-only entry point."""
+    model = build(name).train()
+    pixels = make_inputs(CASES[name])["pixel_values"]
+    if name in NEEDS_TEXT:
+        with pytest.raises(ValueError, match="get_image_features"):
+            model(pixel_values=pixels)
+        return
+    centre = model.dino_loss.center.clone() if name == "mre_dino" else None
+    outputs = model(pixel_values=pixels)
+    assert all(torch.isfinite(value).all() for value in outputs.values() if isinstance(value, torch.Tensor))
+    loss = getattr(outputs, "loss", None)
+    if PIXELS_ALONE_LOSS.get(name) == "finite":
+        assert loss is not None and torch.isfinite(loss)
+    else:
+        assert loss is None
+    if name == "mre_dino":
+        assert outputs.logits.shape == (1, BATCH, 64) and torch.equal(model.dino_loss.center, centre)
+        assert model(pixel_values=pixels, distillation=True).loss is None
 
 
 # ---------------------------------------------------------------- frozen patch embedding

@@ -230,3 +230,50 @@ def test_the_best_checkpoint_survives_rotation_and_the_users_are_never_rotated(s
     trainer._rotate_checkpoints(str(tmp_path), 1, keep_newest=False)  # at the end, save_total_limit 1: the best only
     assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-9"]
     assert RunRecord.read(tmp_path).checkpoints == ["checkpoint-2"]
+
+
+def test_a_link_planted_where_the_run_writes_is_never_written_through(tmp_path):
+    """The record's temporary file, `skipped.jsonl` and `runs/` are the run's names: a link there is refused as
+    the user's, and with --overwrite_output_dir removed; nothing is ever written through it."""
+    outside = tmp_path / "victim.txt"
+    outside.write_text("keep")
+    (tmp_path / "elsewhere").mkdir()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    RunRecord(folder=folder, method="a_clip", sessions=["0123abcd"]).save()  # stopped before its first checkpoint
+    (folder / f".{RUN_RECORD_NAME}.tmp").symlink_to(outside)
+    (folder / "skipped.jsonl").symlink_to(outside)
+    (folder / "runs").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(UsageError, match=r"did not write \(.hf_masked_vl_run.json.tmp, runs, skipped.jsonl\)"):
+        check_output_dir(arguments(folder), "a_clip")
+    check_output_dir(arguments(folder, overwrite=True), "a_clip")
+    with start_run(folder, "a_clip", resume=False) as record:
+        assert sorted(entry.name for entry in folder.iterdir()) == [RUN_RECORD_NAME]
+        record.save()
+    assert outside.read_text() == "keep" and not list((tmp_path / "elsewhere").iterdir())
+    (folder / f".{RUN_RECORD_NAME}.tmp").symlink_to(outside)  # planted while the run goes on
+    record.save()
+    assert outside.read_text() == "keep" and RunRecord.read(folder).method == "a_clip"
+
+
+def test_two_runs_never_write_into_one_folder_at_once(tmp_path):
+    folder = tmp_path / "run"
+    first = start_run(folder, "a_clip", resume=False)
+    with pytest.raises(UsageError, match="another run is writing into it now"):
+        start_run(folder, "a_clip", resume=False)
+    assert RunRecord.read(folder).sessions == first.sessions  # the refused run changed nothing
+    first.release()
+    with start_run(folder, "a_clip", resume=False) as second:
+        assert second.session != first.session
+
+
+def test_resuming_a_run_at_its_last_step_trains_no_further_step(finished_run, tmp_path):
+    """Killed after its last checkpoint, while writing the final folder: resuming writes the final folder of the
+    same step, with no step beyond --max_steps."""
+    output = copy_of(finished_run, tmp_path)
+    for name in ("config.json", "model.safetensors"):  # the final folder was cut short
+        (output / name).unlink()
+    result = run_pretraining(["--output_dir", str(output), *FAST, *SAVING, "--resume_from_checkpoint", "true"])
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert json.loads((output / RUN_RECORD_NAME).read_text())["status"] == "finished"
+    assert (output / "model.safetensors").is_file() and result.train_runtime >= 0

@@ -156,6 +156,22 @@ def test_public_text_hides_absolute_paths_and_the_host():
     assert public_folder_name("trial_node7", hosts) == "trial_host"
 
 
+def test_no_error_line_shows_a_token(tmp_path, capsys, monkeypatch):
+    """A token given where a flag expects another value (a forgotten --hub_token), or the value of HF_TOKEN, is
+    `***` in the one error line; the mistake is still named."""
+    monkeypatch.setenv("HF_TOKEN", "plainsecret123")
+    cases = {
+        "--push_to_hub": ["--push_to_hub", TOKEN],
+        "--max_steps": ["--hub_token", "mysecret42", "--max_steps", "mysecret42"],
+        "--logging_steps": ["--logging_steps", "plainsecret123"],
+    }
+    for flag, extra in cases.items():
+        status, err = run(["--output_dir", str(tmp_path / "out"), *FAST, *extra], capsys)
+        assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert flag in err and "***" in err, err
+        assert TOKEN not in err and "mysecret42" not in err and "plainsecret123" not in err, err
+
+
 def test_the_token_may_push_to_its_user_and_organisations_only(tmp_path, capsys, monkeypatch):
     """`check_hub_access` reads whoami's user and organisations: a run pushes into an organisation of the token's
     user, and a namespace that is neither is one line before training."""

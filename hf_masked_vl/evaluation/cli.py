@@ -28,7 +28,7 @@ import hf_masked_vl  # noqa: F401  (registers this package's model types with th
 
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
-from ..errors import UsageError, check_minimums, run_cli, usage_errors
+from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
 from ..loading import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
 from . import (
@@ -45,7 +45,7 @@ from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     parser.add_argument(
         "--protocol", nargs="+", choices=PROTOCOLS, default=None, help="default: every protocol the model supports"

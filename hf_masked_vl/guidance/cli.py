@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 
 from ..data.files import check_data_files, check_local_path, is_remote
 from ..data.streaming import load_stream
-from ..errors import UsageError, check_minimums, run_cli, usage_errors
+from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
 from .producers import DEFAULT_GRID, PRODUCERS, available_producers, build_producer
 from .writer import GuidanceSummary, check_output_dir, write_guidance
 
@@ -37,7 +38,7 @@ _BUILDERS_BY_EXTENSION = {".parquet": "parquet", ".arrow": "arrow", ".tar": "web
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Compute guidance maps (TokenCut, CLS attention, Grad-CAM, SAM label maps) and write them as "
         "parquet shards holding every original column plus the map column.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -102,6 +103,8 @@ def resolve_source(args: argparse.Namespace) -> SourceFiles:
         return SourceFiles("parquet", {args.split: files[args.split]}, local, {"dataset": f"demo:{demo.root.name}"})
     local = [Path(path).resolve() for path in check_data_files(args.data_files, "--data_files")]
     name = args.dataset_name
+    if name is not None and os.path.exists(name):  # a local dataset folder (or script): its files are the input
+        local.append(Path(name).resolve())
     if name is None:
         extensions = {next((e for e in _BUILDERS_BY_EXTENSION if f.endswith(e)), None) for f in args.data_files}
         if len(extensions) != 1 or None in extensions:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..atomic import replacing, write_json_atomic
 from ..data.maps import decode_label_map
 from ..data.streaming import decode_image
 from ..errors import UsageError
@@ -159,23 +160,17 @@ def _shard_table(rows: list[dict], features: datasets.Features | None, producer:
     return table
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(temporary, path)
-
-
 def check_output_dir(output_dir: str | Path, input_files: list[str | Path]) -> None:
-    """The output folder must not hold any input file (at any depth; paths are compared resolved, so symbolic links
-    and `..` do not hide one): the shards it writes (`<split>-00000.parquet`, ...) could replace the source before it
-    is read. A `UsageError` naming `--output_dir`."""
+    """The output folder must not hold any input file or folder (`--dataset_name FOLDER`; at any depth; paths are
+    compared resolved, so symbolic links and `..` do not hide one): the shards it writes (`<split>-00000.parquet`,
+    ...) could replace the source before it is read. A `UsageError` naming `--output_dir`."""
     output = Path(output_dir).resolve()
     for path in input_files:
         source = Path(path).resolve()
         if source.is_relative_to(output):
             raise UsageError(
-                f"--output_dir {output_dir} holds the input file {source} (its shards could replace the source "
-                "before it is read): choose a folder outside the input data"
+                f"--output_dir {output_dir} holds the input {'folder' if source.is_dir() else 'file'} {source} (its "
+                "shards could replace the source before it is read): choose a folder outside the input data"
             )
 
 
@@ -249,7 +244,7 @@ def write_guidance(
     _check_image_column(dataset, image_column)
     _check_run_record(record_path, record)
     stats_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(record_path, record)  # only now: every check has passed
+    write_json_atomic(record_path, record, sort_keys=True)  # only now: every check has passed
     for stale in output_dir.glob(f"{split}-*.parquet.tmp"):
         log(f"removing the unfinished shard {stale.name} of an interrupted run")
         stale.unlink()
@@ -336,7 +331,8 @@ def write_guidance(
                 if overlays_done < num_overlays:
                     overlay_dir.mkdir(parents=True, exist_ok=True)
                     overlay_path = overlay_dir / f"{split}-{index:06d}.png"
-                    render_overlay(image, producer.heat(value)).save(overlay_path)
+                    with replacing(overlay_path) as handle:  # a link planted there is replaced, not written through
+                        render_overlay(image, producer.heat(value)).save(handle, format="PNG")
                     summary.overlays.append(str(overlay_path))
                     overlays_done += 1
             bar.update(len(chunk[offset : offset + batch_size]))
@@ -344,7 +340,7 @@ def write_guidance(
         temporary = path.with_name(name + ".tmp")
         with _quiet_datasets():
             _shard_table(rows, out_features, producer).to_parquet(str(temporary))
-        _write_json(stats_path, stats)
+        write_json_atomic(stats_path, stats, sort_keys=True)
         os.replace(temporary, path)
         summary.shards_written.append(name)
         summary.num_images += stats["num_images"]

@@ -118,7 +118,10 @@ class AClipModel(AClipPreTrainedModel):
         return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
         if pixel_values is None or input_ids is None:
-            raise ValueError("AClipModel.forward needs both pixel_values and input_ids")
+            raise ValueError(
+                "AClipModel.forward needs both pixel_values and input_ids (as transformers' CLIPModel); for one tower "
+                "alone call get_image_features or get_text_features"
+            )
         single_view = pixel_values.ndim == 4
         if single_view:
             pixel_values = pixel_values[:, None]

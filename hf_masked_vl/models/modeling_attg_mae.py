@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_attg_mae import AttGMAEConfig
 from .configuration_masked_vit import MaskedViTConfig
@@ -36,6 +36,13 @@ from .modeling_mae import (
 )
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
 
+logger = logging.get_logger(__name__)
+
+NO_GUIDANCE_WARNING = (
+    "AttGMAEForPreTraining got no guidance map: every patch weighs 1 (an all-background map), so the loss is MAE's "
+    "reconstruction loss (times loss_scale). Pass guidance=(B, h, w) maps for the attention-guided loss."
+)
+
 _AUTO_MAP = {
     "AutoModel": "modeling_attg_mae.AttGMAEModel",
     "AutoModelForPreTraining": "modeling_attg_mae.AttGMAEForPreTraining",
@@ -46,7 +53,7 @@ _AUTO_MAP = {
 class AttGMAEForPreTrainingOutput(ModelOutput):
     """
     loss: γ · Σ mask·w·ℓ / Σ mask (or / Σ mask·w), the guided loss (when `return_loss`); MAE's plain loss when
-        `config.guidance="none"`.
+        `config.guidance="none"`; without a map every w = 1, so γ · MAE's loss (exactly MAE's at the default γ = 1).
     reconstruction_loss: the unweighted MAE loss Σ mask·ℓ / Σ mask, for logging (equal to `loss` without guidance).
     logits: (B, N, p²·C) predicted pixels of every patch (normalised patches when `norm_pix_loss`).
     mask: (B, N) float, 1 = masked (not seen by the encoder), 0 = visible.
@@ -185,6 +192,9 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
     (B, N): the K = round(N·(1 − mask_ratio)) patches of smallest noise, in increasing-noise order. With neither,
     the encoder sees every patch, `mask` is all zeros and the loss is taken over all patches (autoencoding).
 
+    Guidance: a call without a map (generic tooling, plain image batches) weighs every patch 1, as an all-background
+    map would, so the loss is MAE's (times γ), with a one-time warning: `model(pixel_values=...)` always runs.
+
     Example:
         >>> model = AttGMAEForPreTraining(AttGMAEConfig.from_preset("tiny"))
         >>> pixels, noise = torch.randn(2, 3, 64, 64), torch.rand(2, 64)
@@ -252,8 +262,9 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
         pixel_values: (B, C, H, W) normalised images (also the reconstruction target).
         keep_indices: (B, K) int64 visible patches in [0, N), any order (the collator's mask).
         noise: (B, N) ViTMAE-style alternative to `keep_indices`: keep the K patches of smallest noise.
-        guidance: (B, h, w) or (B, N) map in [0, 1] (object map, or a random map for `guidance="random"`); needed
-            for the loss unless `config.guidance="none"`, which ignores it.
+        guidance: (B, h, w) or (B, N) map in [0, 1] (object map, or a random map for `guidance="random"`);
+            `config.guidance="none"` ignores it. Without a map the model takes an all-background map (every weight
+            1: MAE's loss, times `loss_scale`) and warns once, as a transformers model without `labels` still runs.
         guidance_temperature: τ for this call (the trainer passes the scheduled value); default
             `config.guidance_temperature`.
         return_loss: compute `loss` and `reconstruction_loss`.
@@ -274,17 +285,15 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
         mask = mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
 
         use_guidance = self.config.guidance != "none"
-        weights = None
         if use_guidance and guidance is not None:
             weights = self.guidance_weights(guidance.to(logits.device), guidance_temperature)
+        else:  # guidance="none", or no map given: every patch weighs exp(0 / τ) = 1
+            weights = torch.ones(batch, num_patches, device=logits.device)
 
         loss = reconstruction = None
         if return_loss:
-            if use_guidance and weights is None:
-                raise ValueError(
-                    f"config.guidance={self.config.guidance!r} needs a guidance map (B, h, w) or (B, N) for the loss; "
-                    "pass guidance=..., or use guidance='none' for plain MAE"
-                )
+            if use_guidance and guidance is None:
+                logger.warning_once(NO_GUIDANCE_WARNING)
             target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
             per_patch = per_patch_loss(logits, target)
             # nothing masked (no keep indices, or K = N): average over every patch instead of 0 / 0
@@ -296,8 +305,6 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
                 )
             else:
                 loss = reconstruction
-        if weights is None:
-            weights = torch.ones(batch, num_patches, device=logits.device)
 
         return AttGMAEForPreTrainingOutput(
             loss=loss,

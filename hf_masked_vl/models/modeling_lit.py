@@ -86,7 +86,10 @@ class LiTModel(LiTPreTrainedModel):
         `vision_model_output` / `text_model_output`. return_dict: `False` (or `config.return_dict=False`) returns a
         tuple of the non-`None` fields."""
         if pixel_values is None or input_ids is None:
-            raise ValueError("LiTModel.forward needs both pixel_values and input_ids")
+            raise ValueError(
+                "LiTModel.forward needs both pixel_values and input_ids (as transformers' CLIPModel); for one tower "
+                "alone call get_image_features or get_text_features"
+            )
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         vision_outputs = self.get_image_features(pixel_values, **flags)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)

@@ -210,6 +210,11 @@ def freeze_patch_embeddings(model: nn.Module) -> None:
             module.patch_embed.requires_grad_(False)
 
 
+def has_meta_tensors(module: nn.Module) -> bool:
+    """Whether a parameter or buffer of `module` (or of its submodules) is on the meta device."""
+    return any(tensor.is_meta for tensor in [*module.parameters(), *module.buffers()])
+
+
 class MaskedVLModelMixin:
     """What every `PreTrainedModel` of the package shares; listed before `PreTrainedModel` in the bases.
 
@@ -220,7 +225,10 @@ class MaskedVLModelMixin:
       tower's q/k/v, out and MLP weights, so after `from_pretrained` with those keys missing they kept the generic
       normal(0.02) instead of CLIP's init. The shortcut protects remote code that writes tensors in place; every
       `_init_weights` reached here (ours, CLIP's) writes through `transformers.initialization`, which leaves loaded
-      tensors alone.
+      tensors alone. A model that still holds meta tensors (built under accelerate's `init_empty_weights`:
+      parameters on meta, buffers on the CPU) is initialised (its buffers) but not marked initialised, so
+      `to_empty(device=...)`, which leaves every tensor uninitialised, then `init_weights()` initialises it all
+      (transformers' own models keep the mark there, and `init_weights()` after `to_empty` does nothing).
     - `tie_weights`: also re-applies `freeze_patch_embedding`. transformers calls it at the end of `post_init` and
       of `from_pretrained` (after loading and initialising missing keys), and loading re-creates every parameter
       with `requires_grad=True`. transformers' own `Wav2Vec2ForCTC.tie_weights` is the same kind of post-load hook.
@@ -235,6 +243,9 @@ class MaskedVLModelMixin:
             initialize(module, False)  # is_custom_code=False: no skipping of modules without tensors of their own
 
         visit(self, self._initialize_weights)
+        if has_meta_tensors(self):  # a later `to_empty` discards every value: leave it all to `init_weights()`
+            for module in self.modules():
+                module._is_hf_initialized = False
 
     def tie_weights(self, *args, **kwargs) -> None:
         super().tie_weights(*args, **kwargs)
@@ -298,7 +309,9 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
     def __init__(self, config: MaskedViTConfig):
         super().__init__(config)
         self.embeddings = MaskedViTEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # on the CPU whatever the default device: under `torch.device("meta")` (`init_empty_weights`, FSDP) a meta
+        # tensor has no values to read (transformers' ViT models pass `device="cpu"` for the same reason)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([MaskedViTBlock(config, i, drop_path=rate) for i, rate in enumerate(rates)])
         self.rope = None
         if config.use_rope:

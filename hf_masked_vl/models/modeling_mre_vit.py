@@ -73,7 +73,8 @@ class MREViTForMAEOutput(ModelOutput):
 @dataclass
 class MREViTForDINOOutput(ModelOutput):
     """
-    loss: the DINO loss (or, with `distillation=True`, the KD loss against the teacher's logits of the same views).
+    loss: the DINO loss (or, with `distillation=True`, the KD loss against the teacher's logits of the same views);
+        None without `teacher_logits`.
     dino_loss / distillation_loss: whichever was computed.
     teacher_entropy: mean entropy of the centred, sharpened teacher distribution (a collapse monitor).
     logits: (V, B, K) head outputs of every view: the global crops first, then the local crops.
@@ -450,7 +451,9 @@ class MREViTForDINO(MREViTPreTrainedModel):
         pixel_values: (B, G, C, H, W) global crops (or (B, C, H, W), one view); token_labels (B, G, N) (or (B, N)).
         local_pixel_values / local_token_labels: (B, L, C, h, w) / (B, L, n) local crops (positions interpolated).
         teacher_logits: (G, B, K) the teacher's head outputs of the global crops (`teacher_logits`); needed for the
-            loss. With `distillation=True`, one per student view (G + L) of the same views.
+            loss. With `distillation=True`, one per student view (G + L) of the same views. Without them the call
+            returns the student's `logits` and `pooler_output` with `loss=None` (as a transformers model without
+            `labels`), and the centre is not updated.
         teacher_temperature: τ_t of this step (the trainer passes the warm-up schedule's value); default
             `config.teacher_temperature`.
         freeze_last_layer: no gradient into the head's last layer (DINO's first epoch).
@@ -460,9 +463,7 @@ class MREViTForDINO(MREViTPreTrainedModel):
         )
         temperature = self.config.teacher_temperature if teacher_temperature is None else float(teacher_temperature)
         loss = dino = kd = entropy = None
-        if return_loss:
-            if teacher_logits is None:
-                raise ValueError("the DINO loss needs teacher_logits (V_t, B, K) from the teacher's global crops")
+        if return_loss and teacher_logits is not None:  # the loss is the teacher's targets: none, no loss
             teacher_logits = teacher_logits.to(logits.device)
             if distillation:
                 if teacher_logits.shape != logits.shape:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from ..data.images import DEFAULT_MAX_IMAGE_BYTES
 from ..errors import UsageError, check_minimums, first_line
@@ -214,6 +215,7 @@ class PretrainingArguments(TrainingArguments):
             raise
         except ValueError as error:  # transformers' own checks of the TrainingArguments flags
             raise UsageError(f"invalid training arguments: {first_line(error)}") from None
+        self._check_strategies()
 
     def _check_values(self) -> None:
         """Values that would crash or silently misbehave later (a ZeroDivisionError in the Trainer, an optimizer
@@ -236,6 +238,30 @@ class PretrainingArguments(TrainingArguments):
             )
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise UsageError(f"--layer_decay {self.layer_decay}: must be in (0, 1]")
+        if self.torch_compile_mode is not None:
+            from torch._inductor import list_mode_options
+
+            modes = list(list_mode_options())
+            if self.torch_compile_mode not in modes:
+                raise UsageError(f"--torch_compile_mode {self.torch_compile_mode}: must be one of {', '.join(modes)}")
+
+    def _check_strategies(self) -> None:
+        """What transformers accepts but this trainer cannot do, checked once transformers has normalised the flags:
+        evaluation during training (there is no evaluation set then: the evaluations run after training), saving
+        every 0 steps (no checkpoint would ever be written), a logging integration transformers does not know."""
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        if self.eval_strategy != IntervalStrategy.NO:
+            raise UsageError(
+                f"--eval_strategy {self.eval_strategy.value}: this trainer has no evaluation set during training (the "
+                "evaluations run after it, on --eval_dataset_name); use --eval_strategy no"
+            )
+        if self.save_strategy == SaveStrategy.STEPS and self.save_steps == 0:
+            raise UsageError("--save_steps 0: must be more than 0 with --save_strategy steps (or --save_strategy no)")
+        try:
+            get_reporting_integration_callbacks(self.report_to)
+        except ValueError as error:
+            raise UsageError(f"--report_to {' '.join(self.report_to)}: {first_line(error)}") from None
 
 
 # Flags of PretrainingArguments that must be at least this (finite); checked before the Trainer sees them.
@@ -252,6 +278,7 @@ _MINIMUMS = {
     "save_steps": 0.0,
     "seed": 0,
     "dataloader_timeout": 0.0,
+    "save_total_limit": 0,
 }
 _MINIMUM_REASONS = {
     "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .. import __version__
+from ..atomic import temporary_name, write_json_atomic
 from ..errors import UsageError
 from ..hub import move_files_into
 
@@ -42,7 +43,7 @@ MANIFEST_NAME = "checkpoint_manifest.json"
 RUNNING, FINISHED = "running", "finished"
 # Written by every run of a record besides what the record lists: logs, skipped-record files, the record's own
 # temporary file. The skipped-record files belong to one run: starting over removes them.
-RUN_ARTEFACTS = ("runs", "skipped.jsonl", "skipped-rank*.jsonl", RUN_RECORD_NAME, f".{RUN_RECORD_NAME}.tmp")
+RUN_ARTEFACTS = ("runs", "skipped.jsonl", "skipped-rank*.jsonl", RUN_RECORD_NAME, temporary_name(RUN_RECORD_NAME).name)
 SKIPPED_RECORD_FILES = ("skipped.jsonl", "skipped-rank*.jsonl")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _SESSION = re.compile(r"^[0-9a-f]{8,32}$")
@@ -52,15 +53,6 @@ def checkpoint_step(name: str) -> int:
     """The step of a `checkpoint-N` folder name (-1 for any other name)."""
     match = _CHECKPOINT.match(name)
     return int(match.group(1)) if match else -1
-
-
-def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write `data` as JSON to `path` through a temporary file and `os.replace`: readers see the old or the new
-    file, never half of one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def remove_path(path: Path) -> None:
@@ -107,6 +99,7 @@ class RunRecord:
     checkpoints: list[str] = field(default_factory=list)
     final_files: list[str] = field(default_factory=list)
     version: str = __version__
+    lock: int | None = field(default=None, init=False, repr=False, compare=False)  # `lock_output_dir`'s
 
     @property
     def path(self) -> Path:
@@ -188,6 +181,22 @@ class RunRecord:
         """`.<what>.tmp-<session>` in the folder: hidden, never matched by `checkpoint-*` globs."""
         return self.folder / f".{what}.tmp-{self.session}"
 
+    # ---- the folder's lock, held from `start_run` to the end of the run ----
+    def release(self) -> None:
+        """Let another run write into the folder (`lock_output_dir`); nothing if no lock is held."""
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
     # ---- changes to the folder ----
     def remove_temporaries(self) -> None:
         """Remove what a killed session of this run left half-written (its `.tmp-<session>` entries)."""
@@ -212,32 +221,79 @@ def new_session_id() -> str:
 
 
 def foreign_entries(folder: str | Path, record: RunRecord | None) -> list[str]:
-    """The entries of `folder` that the run of `record` did not write (all of them without a record)."""
+    """The entries of `folder` that the run of `record` did not write (all of them without a record). A symbolic
+    link is never the run's, whatever its name: a run writes no link, and one planted at a name the run writes to
+    (`skipped.jsonl`, `runs`) would make it write outside the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(entry.name for entry in folder.iterdir() if record is None or not record.owns(entry.name))
+    return sorted(
+        entry.name for entry in folder.iterdir() if record is None or entry.is_symlink() or not record.owns(entry.name)
+    )
+
+
+def lock_output_dir(folder: Path) -> int | None:
+    """An exclusive advisory lock on the folder itself (`flock` on its descriptor: no file is written), released
+    when the descriptor returned is closed (`RunRecord.release`, or the process ends). Another run holding it is a
+    `UsageError`: two runs in one folder would rotate, resume from and replace each other's checkpoints. None where
+    folders cannot be locked (no `fcntl`, a file system without `flock`): the run goes on unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise UsageError(
+            f"--output_dir {folder}: another run is writing into it now; wait until it ends, or choose another "
+            "--output_dir"
+        ) from None
+    except OSError as error:  # ENOLCK and the like: a network file system without locks
+        os.close(descriptor)
+        logger.warning("cannot lock --output_dir %s (%s): make sure no other run writes into it", folder, error)
+        return None
+    return descriptor
+
+
+def remove_planted_links(folder: Path) -> None:
+    """Remove (never follow) the symbolic links at the names a run writes to besides its record's (`runs`,
+    `skipped.jsonl`, ...): with `--overwrite_output_dir` a folder may hold one, and the run would write through it."""
+    for entry in folder.iterdir():
+        if entry.is_symlink() and any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in RUN_ARTEFACTS):
+            logger.info("removing the link %s (to %s): the run writes there", entry, os.readlink(entry))
+            entry.unlink()
 
 
 def start_run(folder: str | Path, method: str, resume: bool) -> RunRecord:
     """Open the record of a run that starts (or resumes, `resume`) in `folder` (already checked by the caller:
-    `check_output_dir`). A resumed run keeps its record and removes its stale temporaries; a new run removes what
+    `check_output_dir`) and lock the folder for the run (`lock_output_dir`; `RunRecord.release`, or use the record
+    as a context manager). A resumed run keeps its record and removes its stale temporaries; a new run removes what
     a previous record lists and starts a fresh record. Either way a new session id is added and the record saved."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    lock = lock_output_dir(folder)  # before reading the record: another run may be about to change it
     try:
-        record = RunRecord.read(folder)
-    except UsageError:  # damaged, and --overwrite_output_dir was given: a fresh record replaces it
-        record = None
-    if record is not None and resume and record.method == method:
-        record.remove_temporaries()
-        record.status, record.version = RUNNING, __version__
-    else:
-        if record is not None:
-            record.remove_outputs()
-        record = RunRecord(folder=folder, method=method)
-    record.sessions.append(new_session_id())
-    record.save()
+        try:
+            record = RunRecord.read(folder)
+        except UsageError:  # damaged, and --overwrite_output_dir was given: a fresh record replaces it
+            record = None
+        if record is not None and resume and record.method == method:
+            record.remove_temporaries()
+            record.status, record.version = RUNNING, __version__
+        else:
+            if record is not None:
+                record.remove_outputs()
+            record = RunRecord(folder=folder, method=method)
+        remove_planted_links(folder)
+        record.sessions.append(new_session_id())
+        record.save()
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
+    record.lock = lock
     return record
 
 
@@ -363,6 +419,7 @@ __all__ = [
     "checkpoint_step",
     "checkpoints_to_rotate",
     "foreign_entries",
+    "lock_output_dir",
     "newest_complete_checkpoint",
     "publish_folder",
     "remove_path",

@@ -28,7 +28,7 @@ from transformers import HfArgumentParser, set_seed
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
 from ..data.streaming import ImageTextStream, load_stream
-from ..errors import UsageError, did_you_mean, run_cli, usage_errors, validate_config
+from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
@@ -56,6 +56,7 @@ from .outputs import (
     save_final_folder,
     start_run,
 )
+from .processes import ends_its_process_group
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -121,6 +122,10 @@ def _requested_method(argv: list[str]) -> str:
     return DEFAULT_METHOD
 
 
+class PretrainingArgumentParser(OneLineErrors, HfArgumentParser):
+    """`HfArgumentParser` whose parsing errors are one `error:` line (`errors.OneLineErrors`)."""
+
+
 def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
     """The argument parser of one method: model, data, the method's config flags and `TrainingArguments`."""
     reserved = {
@@ -129,7 +134,7 @@ def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
     config_arguments = config_arguments_class(method.config_class, reserved) if method.config_class else None
     methods = "\n".join(f"  {name:<18} {summary}" for name, summary in available_methods().items())
     groups = [ModelArguments, DataArguments] + ([config_arguments] if config_arguments else []) + [PretrainingArguments]
-    parser = HfArgumentParser(
+    parser = PretrainingArgumentParser(
         groups,
         description=f"Pre-train a model of hf_masked_vl. Methods (--method):\n{methods}\n\n"
         f"Flags after the data arguments are {method.name}'s config fields (unset: the preset's value).",
@@ -571,6 +576,56 @@ def training_summary(
     return summary
 
 
+def build_trainer(
+    method: Method,
+    model,
+    teacher,
+    processors: tuple,
+    train_dataset: ImageTextStream,
+    ema_callback: EMACallback | None,
+    training_args: PretrainingArguments,
+    run_record,
+) -> MaskedVLTrainer:
+    """The Trainer of a run: the method's collator and objective, the frozen teacher, the EMA, and the run record
+    that its checkpoints are listed in. `processors`: (tokenizer or None, image processor), both saved with every
+    checkpoint."""
+    tokenizer, image_processor = processors
+    prepare_for_saving(model)  # checkpoint-N folders carry the model code too
+    collator = method.collator(model, tokenizer)
+    if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
+        collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
+    trainer = MaskedVLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=tokenizer if tokenizer is not None else image_processor,
+        objective=method.objective(model, teacher),
+        teacher=teacher,
+        ema_callback=ema_callback,
+        run_record=run_record,
+    )
+    if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
+        trainer.extra_checkpoint_files.append(image_processor)
+    return trainer
+
+
+def push_run(training_args: PretrainingArguments, repo_id: str, token: str | None) -> None:
+    """Upload the final folder (and, as asked, the run's own checkpoints and a public copy of its logs)."""
+    output_dir = training_args.output_dir
+    own_checkpoints = run_checkpoints(output_dir) if training_args.hub_include_checkpoints else []
+    url = push_checkpoint(
+        output_dir,
+        repo_id,
+        token=token,
+        private=training_args.hub_private_repo,
+        revision=training_args.hub_revision,
+        include_checkpoints=own_checkpoints,
+        logs=os.path.join(output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
+    )
+    logger.info("pushed %s to %s", output_dir, url)
+
+
 def print_results(result: RunResult, skipped: int, precision: str) -> None:
     """The run's figures as `RESULT key=value` lines, last in the output."""
     print(f"RESULT train_runtime_s={result.train_runtime:.1f}")
@@ -590,6 +645,7 @@ def print_results(result: RunResult, skipped: int, precision: str) -> None:
         print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
 
 
+@ends_its_process_group
 def main(argv: list[str] | None = None) -> RunResult:
     method_class, model_args, data_args, config_args, training_args, hub_token = prepare_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -616,78 +672,57 @@ def main(argv: list[str] | None = None) -> RunResult:
         model.config.zero_shot_templates = tuple(data.demo.templates)
     train_dataset = build_train_dataset(method, model, data, data_args, training_args)
     ema_callback = build_ema(method, model, training_args)
-    run_record = None
-    if training_args.should_save:  # the record lists everything the run writes, from here on
-        run_record = start_run(training_args.output_dir, method_class.name, bool(training_args.resume_from_checkpoint))
-    prepare_for_saving(model)  # checkpoint-N folders carry the model code too
-    collator = method.collator(model, tokenizer)
-    if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
-        collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
-    trainer = MaskedVLTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=collator,
-        processing_class=tokenizer if tokenizer is not None else image_processor,
-        objective=method.objective(model, teacher),
-        teacher=teacher,
-        ema_callback=ema_callback,
-        run_record=run_record,
-    )
-    if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
-        trainer.extra_checkpoint_files.append(image_processor)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    train_runtime = time.perf_counter() - started
-    skipped = trainer.finalize_counts()
-    train_flops = trainer.flops_per_optimizer_step * trainer.state.global_step
-    if not trainer.is_world_process_zero():
-        return RunResult(training_args.output_dir, train_runtime)
-
-    # ---- evaluate both weight sets, choose what to export, write the final folder ----
-    candidates = {"online": model} if trainer.ema_model is None else {"ema": trainer.ema_model, "online": model}
-    scores, protocols = evaluate_weights(method, candidates, data, tokenizer, image_processor, training_args.device)
-    exported, why = choose_export(model_args.export_weights, scores, protocols[0] if protocols else None, ema_callback)
-    final = candidates[exported].to(training_args.device).eval()
-    export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
-    card = CardInfo(
-        model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-        training_summary=training_summary(trainer, train_runtime, training_args, method, data, export),
-        results=card_figures(scores, exported, data.demo),
-        base_model=hub_id_or_none(method.base_model()),
-        template=method.card_template,
-    )
-    validate_config(final.config, "when saving")
-    check_finite(final, f"the {exported} weights")
-    save_final_folder(
-        run_record,
-        lambda staging: write_checkpoint_folder(
-            final, staging, tokenizer, image_processor, card, pipelines=method.pipelines
-        ),
-    )
-    if push_to_hub:
-        own_checkpoints = run_checkpoints(training_args.output_dir) if training_args.hub_include_checkpoints else []
-        url = push_checkpoint(
-            training_args.output_dir,
-            repo_id,
-            token=hub_token,
-            private=training_args.hub_private_repo,
-            revision=training_args.hub_revision,
-            include_checkpoints=own_checkpoints,
-            logs=os.path.join(training_args.output_dir, LOGS_FOLDER) if training_args.hub_include_logs else None,
+    # the record lists everything the run writes, from here on; the folder is locked until the run ends
+    resume = bool(training_args.resume_from_checkpoint)
+    own_folder = start_run(training_args.output_dir, method_class.name, resume) if training_args.should_save else None
+    with own_folder or contextlib.nullcontext() as run_record:
+        trainer = build_trainer(
+            method, model, teacher, (tokenizer, image_processor), train_dataset, ema_callback, training_args, run_record
         )
-        logger.info("pushed %s to %s", training_args.output_dir, url)
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_runtime = time.perf_counter() - started
+        skipped = trainer.finalize_counts()
+        train_flops = trainer.flops_per_optimizer_step * trainer.state.global_step
+        if not trainer.is_world_process_zero():
+            return RunResult(training_args.output_dir, train_runtime)
 
-    result = RunResult(
-        training_args.output_dir,
-        train_runtime,
-        results=scores.get(exported, {}),
-        all_results=scores,
-        exported=exported,
-        train_tflops=train_flops / 1e12 if not math.isnan(train_flops) else None,
-    )
-    print_results(result, skipped, training_args.precision_choice.name)
-    return result
+        # ---- evaluate both weight sets, choose what to export, write the final folder ----
+        candidates = {"online": model} if trainer.ema_model is None else {"ema": trainer.ema_model, "online": model}
+        scores, protocols = evaluate_weights(method, candidates, data, tokenizer, image_processor, training_args.device)
+        exported, why = choose_export(
+            model_args.export_weights, scores, protocols[0] if protocols else None, ema_callback
+        )
+        final = candidates[exported].to(training_args.device).eval()
+        export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
+        card = CardInfo(
+            model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
+            training_summary=training_summary(trainer, train_runtime, training_args, method, data, export),
+            results=card_figures(scores, exported, data.demo),
+            base_model=hub_id_or_none(method.base_model()),
+            template=method.card_template,
+        )
+        validate_config(final.config, "when saving")
+        check_finite(final, f"the {exported} weights")
+        save_final_folder(
+            run_record,
+            lambda staging: write_checkpoint_folder(
+                final, staging, tokenizer, image_processor, card, pipelines=method.pipelines
+            ),
+        )
+        if push_to_hub:
+            push_run(training_args, repo_id, hub_token)
+
+        result = RunResult(
+            training_args.output_dir,
+            train_runtime,
+            results=scores.get(exported, {}),
+            all_results=scores,
+            exported=exported,
+            train_tflops=train_flops / 1e12 if not math.isnan(train_flops) else None,
+        )
+        print_results(result, skipped, training_args.precision_choice.name)
+        return result
 
 
 def cli() -> int:

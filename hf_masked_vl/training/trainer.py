@@ -247,6 +247,15 @@ class MaskedVLTrainer(Trainer):
             self.ema_callback.resume_dir = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        """As the parent's, but a run resumed at or past `max_steps` (its last checkpoint written at the final step,
+        then killed before the final folder was complete; or resumed with a lower `--max_steps`) trains no further
+        step: a stream has no length, so the parent would start another epoch and train one step too many."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _agree_on_start(self, requested: str | bool | None) -> str | None:
         """The main process picks the session id and the checkpoint to resume from (or the error to raise); every
         process gets the same answer."""
