@@ -62,8 +62,8 @@ def assert_same(first: dict, second: dict) -> None:
         if isinstance(value, dict) and name == "batch":
             assert value.keys() == second[name].keys(), name
             for key, tensor in value.items():
-                same = torch.equal(tensor, second[name][key]) if torch.is_tensor(tensor) else tensor == second[name][key]
-                assert same, f"{name}[{key}]"
+                other = second[name][key]
+                assert torch.equal(tensor, other) if torch.is_tensor(tensor) else tensor == other, f"{name}[{key}]"
         else:
             assert value == second[name], name
 

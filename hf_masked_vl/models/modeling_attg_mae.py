@@ -35,6 +35,7 @@ from .modeling_mae import (
     pixel_targets,
 )
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .registration import register_for_auto_classes
 
 logger = logging.get_logger(__name__)
 
@@ -142,6 +143,7 @@ class AttGMAEPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
         }
 
 
+@register_for_auto_classes("AutoModel")
 class AttGMAEModel(AttGMAEPreTrainedModel):
     """The AttG-MAE encoder: a `MaskedViTModel` of `config.vision_config` at `vit`. Loads the encoder of an
     `AttGMAEForPreTraining` checkpoint; returns `last_hidden_state` (B, 1 + K, D) and `pooler_output` (the CLS
@@ -184,6 +186,7 @@ class AttGMAEModel(AttGMAEPreTrainedModel):
         )
 
 
+@register_for_auto_classes("AutoModelForPreTraining")
 class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
     """MAE with AttG's guided loss: encoder `vit` (a `MaskedViTModel`) on the visible patches, `decoder` (an
     `MAEDecoder`) predicting every patch's pixels, and the loss L = γ · Σ mask·w·ℓ / Σ mask with w = exp(M / τ).

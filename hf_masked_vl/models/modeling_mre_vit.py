@@ -37,6 +37,7 @@ from .modeling_mae import (
     pixel_targets,
 )
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .registration import register_for_auto_classes
 from .relation_bias import MaskRelationBias, with_cls_label
 
 _AUTO_MAP = {
@@ -179,6 +180,7 @@ def _is_within(module: nn.Module, parent: nn.Module) -> bool:
     return any(module is child for child in parent.modules())
 
 
+@register_for_auto_classes("AutoModel")
 class MREViTModel(MREViTPreTrainedModel):
     """The MRE-ViT encoder: `vit` + `relation_bias`. Loads the encoder of any MRE-ViT checkpoint.
 
@@ -239,6 +241,7 @@ def attention_distillation_mse(student: tuple[torch.Tensor, ...], teacher: tuple
     return torch.stack(losses).mean()
 
 
+@register_for_auto_classes("AutoModelForPreTraining")
 class MREViTForMAE(MREViTPreTrainedModel):
     """MAE with the mask-relation bias in the encoder (`vit`, `relation_bias`) and MAE's decoder (`decoder`, no bias).
 
