@@ -28,6 +28,7 @@ from ..data.maps import MapSpec, ViewGeometry, apply_map_spec, decode_label_map
 from ..data.streaming import decode_image
 from .data import LabelledSplit
 from .features import LabelledFeatures, _model_device_dtype
+from .protocols import trained_protocol_results, trained_protocols
 
 
 def _size_field(size, name: str):
@@ -180,11 +181,9 @@ def evaluate_with_segments(
     """k-NN and / or linear-probe results ({protocol: `EvaluationResult`}) of the segment features
     (`extract_segment_features`) of both splits, each read with its segments column. `kwargs`: `ks`, `temperature`
     (knn), `weight_decay`, `max_iter` (linear), as `evaluate_many`."""
-    from . import TRAINED_PROTOCOLS, trained_protocol_results
-
-    unknown = [p for p in protocols if p not in TRAINED_PROTOCOLS]
+    unknown = [p for p in protocols if p not in trained_protocols("backbone")]
     if unknown:
-        raise ValueError(f"segment features serve {TRAINED_PROTOCOLS}, not {unknown}")
+        raise ValueError(f"segment features serve {trained_protocols('backbone')}, not {unknown}")
     if train_split.class_names != test_split.class_names:
         raise ValueError(
             f"train split {train_split.name!r} and test split {test_split.name!r} have different class names"

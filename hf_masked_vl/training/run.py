@@ -27,9 +27,10 @@ from transformers import HfArgumentParser, set_seed
 
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
+from ..data.maps import MAP_ROLES
 from ..data.streaming import ImageTextStream, load_stream
 from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
-from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
+from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
     LOGS_FOLDER,
@@ -337,8 +338,7 @@ def check_columns(dataset, columns: dict[str, str], hint: str = "") -> None:
 
 def map_column_hint(roles: list[str], demo) -> str:
     """How to make the map columns of `roles` ("guidance", "segments") with compute_guidance."""
-    producers = {"guidance": "tokencut", "segments": "sam"}
-    producer = producers.get(roles[0], "tokencut") if roles else "tokencut"
+    producer = next((MAP_ROLES[role].producer for role in roles if MAP_ROLES[role].producer), "tokencut")
     if demo is None:
         return (
             f"; write maps beside the images with scripts/compute_guidance.py --producer {producer} (see its --help), "
@@ -511,11 +511,11 @@ def evaluate_weights(
     evaluation splits support: (weights → protocol → result, the protocols run)."""
     model = candidates["online"]
     protocols = [
-        protocol
-        for protocol in method.evaluations
-        if protocol in supported_protocols(model)
-        and (protocol not in TRAINED_PROTOCOLS or data.eval_train is not None)
-        and (protocol != "zero_shot" or tokenizer is not None)
+        name
+        for name in method.evaluations
+        if name in supported_protocols(model)
+        and (not PROTOCOLS[name].needs_train_split or data.eval_train is not None)
+        and (not PROTOCOLS[name].needs_text_tower or tokenizer is not None)
     ]
     if data.eval_test is None or not protocols:
         return {}, protocols

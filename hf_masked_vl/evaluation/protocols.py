@@ -1,0 +1,216 @@
+"""Evaluation protocols, registered by name: what each one reads and how it scores.
+
+A protocol is a function `score(inputs: ProtocolInputs) -> EvaluationResult` decorated with `@register_protocol`,
+which declares the feature kind it reads from every split (`features.FEATURE_KINDS`), whether it needs a labelled
+train split and whether it needs a text tower. `evaluate_many` extracts each split's features once for all the
+protocols asked and hands each its inputs; a method names the protocols it runs after training
+(`Method.evaluations`). A new protocol is a decorated function in any module; nothing central changes.
+
+    @register_protocol("nearest_centroid")
+    def nearest_centroid(inputs: ProtocolInputs) -> EvaluationResult: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .features import FEATURE_KINDS, LabelledFeatures
+from .knn import weighted_knn
+from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, linear_probe
+from .zero_shot import zero_shot_metrics
+
+KNN_HEADLINE_K = 20  # DINO's headline figure
+# The settings of the built-in protocols (`evaluate_many`'s keyword arguments).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "ks": (10, 20, 100),
+    "temperature": 0.07,
+    "weight_decay": DEFAULT_WEIGHT_DECAY,
+    "max_iter": DEFAULT_MAX_ITER,
+}
+
+
+@dataclass
+class EvaluationResult:
+    """One protocol's result on one test split.
+
+    top1: headline top-1 accuracy (k-NN: k = 20, or the first k asked for when 20 is not among them).
+    chance: 1 / num_classes. num_train: labelled train images used (0 for zero-shot). num_test: test images
+    scored. num_skipped: undecodable images left out (train and test). details: further accuracies in [0, 1]
+    (zero_shot: top5; knn: top1_k<k>, top5_k<k> per k; linear: top5, train_top1). notes: caveats (k clipped, ...).
+    """
+
+    protocol: str
+    top1: float
+    chance: float
+    num_classes: int
+    num_train: int
+    num_test: int
+    dataset_name: str
+    details: dict[str, float] = field(default_factory=dict)
+    num_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProtocolInputs:
+    """What a protocol scores.
+
+    test: the test split's features of the protocol's kind. train: the train split's features of that kind (for a
+    protocol that needs a train split), else None. class_names / dataset_name: the test split's. model, tokenizer,
+    templates: the model evaluated, its tokenizer and its prompt templates (for a protocol that needs a text tower).
+    device: where to compute. options: protocol settings (`DEFAULT_OPTIONS` and any others given to `evaluate_many`).
+    """
+
+    test: LabelledFeatures
+    class_names: Sequence[str]
+    dataset_name: str = ""
+    train: LabelledFeatures | None = None
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    templates: Sequence[str] = ()
+    device: torch.device | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+
+    def result(self, protocol: str, top1: float, **fields: Any) -> EvaluationResult:
+        """An `EvaluationResult` with the split's counts filled in (classes, chance, images used and skipped)."""
+        train = self.train
+        counts = {
+            "num_train": len(train.labels) if train is not None else 0,
+            "num_test": len(self.test.labels),
+            "num_skipped": self.test.num_skipped + (train.num_skipped if train is not None else 0),
+        }
+        num_classes = len(self.class_names)
+        return EvaluationResult(
+            protocol, top1, 1 / num_classes, num_classes, dataset_name=self.dataset_name, **{**counts, **fields}
+        )
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A registered protocol: its scoring function and what it reads."""
+
+    name: str
+    score: Callable[[ProtocolInputs], EvaluationResult]
+    features: str = "backbone"
+    needs_train_split: bool = True
+    needs_text_tower: bool = False
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(
+    name: str, *, features: str = "backbone", needs_train_split: bool = True, needs_text_tower: bool = False
+) -> Callable[[Callable[[ProtocolInputs], EvaluationResult]], Callable[[ProtocolInputs], EvaluationResult]]:
+    """Function decorator: make `score` the protocol `name` (see the module docstring)."""
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"protocol {name!r}: unknown feature kind {features!r}; expected one of {FEATURE_KINDS}")
+
+    def register(score: Callable[[ProtocolInputs], EvaluationResult]) -> Callable[[ProtocolInputs], EvaluationResult]:
+        PROTOCOLS[name] = Protocol(name, score, features, needs_train_split, needs_text_tower)
+        return score
+
+    return register
+
+
+def trained_protocols(features: str | None = None) -> tuple[str, ...]:
+    """The protocols that learn from a labelled train split (k-NN, the linear probe, ...); with `features`, those
+    reading that feature kind."""
+    return tuple(
+        name
+        for name, protocol in PROTOCOLS.items()
+        if protocol.needs_train_split and features in (None, protocol.features)
+    )
+
+
+@register_protocol("zero_shot", features="embedding", needs_train_split=False, needs_text_tower=True)
+def zero_shot(inputs: ProtocolInputs) -> EvaluationResult:
+    """Cosine similarity of the image embeddings to template-ensemble class embeddings."""
+    metrics = zero_shot_metrics(inputs.model, inputs.tokenizer, inputs.test, inputs.class_names, inputs.templates)
+    return inputs.result("zero_shot", metrics.top1, details={"top5": metrics.top5})
+
+
+@register_protocol("knn")
+def knn(inputs: ProtocolInputs) -> EvaluationResult:
+    """DINO's weighted k-NN on backbone features, per k of `options["ks"]` (headline k = 20)."""
+    train, test = inputs.train, inputs.test
+    per_k = weighted_knn(
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        len(inputs.class_names),
+        ks=inputs.options["ks"],
+        temperature=inputs.options["temperature"],
+        device=inputs.device,
+    )
+    details, notes = {}, []
+    for k, result in per_k.items():
+        details[f"top1_k{k}"] = result.top1
+        if result.top5 is not None:
+            details[f"top5_k{k}"] = result.top5
+        if result.k != k:
+            notes.append(f"k={k} clipped to the {result.k} train images")
+    headline = KNN_HEADLINE_K if KNN_HEADLINE_K in per_k else next(iter(per_k))
+    return inputs.result("knn", per_k[headline].top1, details=details, notes=notes)
+
+
+@register_protocol("linear")
+def linear(inputs: ProtocolInputs) -> EvaluationResult:
+    """A logistic-regression probe on standardised backbone features."""
+    train, test = inputs.train, inputs.test
+    probe = linear_probe(
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        len(inputs.class_names),
+        weight_decay=inputs.options["weight_decay"],
+        max_iter=inputs.options["max_iter"],
+        device=inputs.device,
+    )
+    details = {"train_top1": probe.train_top1}
+    if probe.top5 is not None:
+        details = {"top5": probe.top5, **details}
+    return inputs.result("linear", probe.top1, details=details)
+
+
+def trained_protocol_results(
+    protocols: Sequence[str],
+    train: LabelledFeatures,
+    test: LabelledFeatures,
+    class_names: Sequence[str],
+    dataset_name: str = "",
+    device=None,
+    **options: Any,
+) -> dict[str, EvaluationResult]:
+    """The results ({protocol: result}) of protocols trained on backbone features already extracted
+    (`evaluate_many`'s, or `evaluation.segments`' features with segment labels). `options`: `DEFAULT_OPTIONS`'
+    keys and any other protocol's settings."""
+    unknown = [name for name in protocols if name not in trained_protocols("backbone")]
+    if unknown:
+        raise ValueError(
+            f"{unknown} are not protocols on labelled backbone features; choose from {trained_protocols('backbone')}"
+        )
+    inputs = ProtocolInputs(
+        test, class_names, dataset_name, train, device=device, options={**DEFAULT_OPTIONS, **options}
+    )
+    return {name: PROTOCOLS[name].score(inputs) for name in protocols}
+
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "EvaluationResult",
+    "KNN_HEADLINE_K",
+    "PROTOCOLS",
+    "Protocol",
+    "ProtocolInputs",
+    "register_protocol",
+    "trained_protocol_results",
+    "trained_protocols",
+]
