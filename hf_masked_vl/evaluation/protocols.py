@@ -76,6 +76,11 @@ class ProtocolInputs:
     device: torch.device | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
 
+    def train_and_test(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(train features, train labels, test features, test labels, number of classes): what a probe learns from
+        and is scored on."""
+        return self.train.features, self.train.labels, self.test.features, self.test.labels, len(self.class_names)
+
     def result(self, protocol: str, top1: float, **fields: Any) -> EvaluationResult:
         """An `EvaluationResult` with the split's counts filled in (classes, chance, images used and skipped)."""
         train = self.train
@@ -138,16 +143,9 @@ def zero_shot(inputs: ProtocolInputs) -> EvaluationResult:
 @register_protocol("knn")
 def knn(inputs: ProtocolInputs) -> EvaluationResult:
     """DINO's weighted k-NN on backbone features, per k of `options["ks"]` (headline k = 20)."""
-    train, test = inputs.train, inputs.test
+    options = inputs.options
     per_k = weighted_knn(
-        train.features,
-        train.labels,
-        test.features,
-        test.labels,
-        len(inputs.class_names),
-        ks=inputs.options["ks"],
-        temperature=inputs.options["temperature"],
-        device=inputs.device,
+        *inputs.train_and_test(), ks=options["ks"], temperature=options["temperature"], device=inputs.device
     )
     details, notes = {}, []
     for k, result in per_k.items():
@@ -163,15 +161,11 @@ def knn(inputs: ProtocolInputs) -> EvaluationResult:
 @register_protocol("linear")
 def linear(inputs: ProtocolInputs) -> EvaluationResult:
     """A logistic-regression probe on standardised backbone features."""
-    train, test = inputs.train, inputs.test
+    options = inputs.options
     probe = linear_probe(
-        train.features,
-        train.labels,
-        test.features,
-        test.labels,
-        len(inputs.class_names),
-        weight_decay=inputs.options["weight_decay"],
-        max_iter=inputs.options["max_iter"],
+        *inputs.train_and_test(),
+        weight_decay=options["weight_decay"],
+        max_iter=options["max_iter"],
         device=inputs.device,
     )
     details = {"train_top1": probe.train_top1}
