@@ -96,3 +96,21 @@ def test_the_processor_statistics_come_with_the_build(starts, tmp_path):
     assert uta.image_mean == OPENAI_CLIP_MEAN and tuple(uta.image_processor.image_std) == uta.image_std
     assert uta.tokenizer is not None and uta.teacher is not None
     assert LiTMethod.image_mean == IMAGENET_MEAN
+
+
+@pytest.mark.parametrize("case", ["a_clip-random_masks", "uta", "attg_mae-random_maps-cosine", "mre_dino", "lit"])
+def test_every_batch_key_is_in_the_documented_contract(case, starts, tmp_path):
+    """What a method's views and collator put into a batch is declared by `TrainingBatch` (a map arrives under its
+    role's name, or `global_<role>` / `local_<role>` for multi-crop views)."""
+    from typing import get_type_hints
+
+    from hf_masked_vl.data.batch import TrainingBatch
+    from hf_masked_vl.data.maps import MAP_ROLES
+
+    method = method_of(case, starts, str(tmp_path / "out"))
+    built = method.build()
+    batch = method.collator(built)(examples_of(method, built, seed=0))
+    documented = set(get_type_hints(TrainingBatch))
+    roles = {f"{prefix}{role}" for role in MAP_ROLES for prefix in ("", "global_", "local_")}
+    assert set(batch) - documented - roles == set()
+    assert all(torch.is_tensor(value) for key, value in batch.items() if key != "skipped_records")
