@@ -17,6 +17,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_masked_vit import MaskedViTConfig
+from .masking import keep_indices_from_noise, mask_from_keep_indices
 from .modeling_masked_vit import MaskedViTBlock, get_2d_sincos_pos_embed
 
 NORM_PIX_EPS = 1.0e-6
@@ -75,31 +76,6 @@ def per_patch_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each patch: pred, target (B, N, P) → (B, N). Computed in float32 at least."""
     dtype = torch.promote_types(pred.dtype, torch.float32)
     return (pred.to(dtype) - target.to(dtype)).square().mean(dim=-1)
-
-
-def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept when `mask_ratio` of `num_patches` are masked: round(N·(1 − mask_ratio)), at least one (the
-    package's `masking.num_kept`). MAE / ViTMAE floor instead; the two agree whenever N·(1 − r) is an integer
-    (e.g. 0.75 on any even grid: 49 of 196, 16 of 64, 4 of 16)."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
-
-
-def keep_indices_from_noise(noise: torch.Tensor, num_keep: int) -> torch.Tensor:
-    """ViTMAE / MAE random masking: the `num_keep` patches with the smallest noise, in increasing-noise order.
-    noise (B, N) → keep indices (B, K), int64."""
-    return torch.argsort(noise, dim=1)[:, :num_keep]
-
-
-def mask_from_keep_indices(
-    keep_indices: torch.Tensor | None, batch: int, num_patches: int, device=None
-) -> torch.Tensor:
-    """(B, N) float mask, 1 = masked (not in `keep_indices` (B, K)), 0 = visible; all zeros for `None`."""
-    if keep_indices is None:
-        return torch.zeros(batch, num_patches, device=device)
-    mask = torch.ones(batch, num_patches, device=keep_indices.device)
-    return mask.scatter(1, keep_indices, 0.0)
 
 
 def mae_decoder_config(
@@ -220,7 +196,6 @@ __all__ = [
     "keep_indices_from_noise",
     "mae_decoder_config",
     "mask_from_keep_indices",
-    "num_kept_patches",
     "patchify",
     "per_patch_loss",
     "pixel_targets",
