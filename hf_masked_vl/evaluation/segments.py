@@ -28,6 +28,7 @@ from ..data.maps import MapSpec, ViewGeometry, apply_map_spec, decode_label_map
 from ..data.streaming import decode_image
 from .data import LabelledSplit
 from .features import LabelledFeatures, _model_device_dtype
+from .protocols import TRAINED_PROTOCOLS, EvaluationResult, trained_protocol_results
 
 
 def _size_field(size, name: str):
@@ -176,12 +177,10 @@ def evaluate_with_segments(
     batch_size: int = 64,
     use_segments: bool = True,
     **kwargs,
-) -> dict:
+) -> dict[str, EvaluationResult]:
     """k-NN and / or linear-probe results ({protocol: `EvaluationResult`}) of the segment features
     (`extract_segment_features`) of both splits, each read with its segments column. `kwargs`: `ks`, `temperature`
     (knn), `weight_decay`, `max_iter` (linear), as `evaluate_many`."""
-    from . import TRAINED_PROTOCOLS, trained_protocol_results
-
     unknown = [p for p in protocols if p not in TRAINED_PROTOCOLS]
     if unknown:
         raise ValueError(f"segment features serve {TRAINED_PROTOCOLS}, not {unknown}")
