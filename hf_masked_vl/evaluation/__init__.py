@@ -12,7 +12,14 @@ on), from splits read with a segments column.
 """
 
 from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
-from .features import LabelledFeatures, extract_feature_sets, extract_features, image_features, image_tower
+from .features import (
+    LabelledFeatures,
+    extract_feature_sets,
+    extract_features,
+    image_features,
+    image_tower,
+    no_random_masking,
+)
 from .knn import KNNResult, weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
 from .protocols import (
@@ -53,6 +60,7 @@ __all__ = [
     "image_tower",
     "linear_probe",
     "load_labelled_split",
+    "no_random_masking",
     "processor_geometry",
     "read_json_list",
     "segment_inputs",

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..evaluation.features import _no_random_masking, image_tower
+from ..evaluation.features import image_tower, no_random_masking
 from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class GuidanceBackbone:
             self._key.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
         ]
         try:
-            with _no_random_masking(self.tower, pixel_values) as kwargs:
+            with no_random_masking(self.tower, pixel_values) as kwargs:
                 self.tower(pixel_values=pixel_values, **kwargs)
         finally:
             for handle in handles:
