@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from .maps import MapSpec, ViewGeometry, apply_map_spec
 
 

@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from ..evaluation.features import image_tower, no_random_masking
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
