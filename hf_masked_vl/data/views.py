@@ -129,8 +129,8 @@ def _view_maps(
 
 
 class AClipViews:
-    """Three views of one image (A-CLIP §1.3): two online random-resized crops with photometric augmentation,
-    and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
+    """Three views of one image (A-CLIP, Yang et al., ICCV 2023): two online random-resized crops with photometric
+    augmentation, and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
 
     Returns `pixel_values` (2, 3, S, S), `ema_pixel_values` (3, S, S) and `crop_boxes` (3, 4) float
     (top, left, height, width) in source pixels, rows: online 1, online 2, EMA. Each map in `map_specs` comes back
@@ -216,7 +216,7 @@ class SingleCropView:
 
 
 class MultiCropViews:
-    """DINO's multi-crop (spec §5.6): `num_global_crops` random-resized crops of `global_size` (scale
+    """DINO's multi-crop (Caron et al., ICCV 2021): `num_global_crops` random-resized crops of `global_size` (scale
     `global_scale`) and `num_local_crops` of `local_size` (scale `local_scale`), bicubic, each flipped horizontally
     with p=0.5 and, with `photometric`, augmented as DINO: colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2,
     Gaussian blur σ∈[0.1, 2] with p=1.0 on global crops 1, 3, ..., p=0.1 on global crops 2, 4, ... (which are also

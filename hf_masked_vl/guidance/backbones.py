@@ -40,7 +40,8 @@ from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "facebook/dino-vitb16"
-"""DINO ViT-B/16, self-supervised on ImageNet-1K: the backbone AttG-MAE feeds to TokenCut (seed:001 A.1)."""
+"""DINO ViT-B/16, self-supervised on ImageNet-1K: the backbone AttG-MAE feeds to TokenCut (its supplementary,
+A.1)."""
 
 _KEY_NAMES = ("k_proj", "key")
 _QUERY_NAMES = ("q_proj", "query")

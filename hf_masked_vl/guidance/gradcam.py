@@ -1,4 +1,4 @@
-"""Grad-CAM guidance (the AttG-MAE ablation: an ImageNet-1K supervised ResNet-50, seed:001 A.1) through the
+"""Grad-CAM guidance (the AttG-MAE ablation: an ImageNet-1K supervised ResNet-50, its supplementary A.1) through the
 `grad-cam` package (`pytorch_grad_cam`; install the `[gradcam]` extra).
 
 The CNN is a timm classifier: `timm.create_model("resnet50", pretrained=True)` by default (timm's default
