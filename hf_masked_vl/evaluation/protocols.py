@@ -69,6 +69,14 @@ def check_protocols(model, protocols: Sequence[str], has_train_split: bool, has_
             )
 
 
+def check_same_classes(train_split: LabelledSplit, test_split: LabelledSplit) -> None:
+    """Raise a ValueError unless both splits name the same classes in the same order (labels index them)."""
+    if train_split.class_names != test_split.class_names:
+        raise ValueError(
+            f"train split {train_split.name!r} and test split {test_split.name!r} have different class names"
+        )
+
+
 def _device(model):
     return next(model.parameters()).device
 
@@ -100,10 +108,8 @@ def evaluate_many(
         if not templates:
             raise ValueError("zero_shot needs prompt templates (templates=..., or config.zero_shot_templates)")
     trained = [p for p in protocols if p in TRAINED_PROTOCOLS]
-    if trained and train_split.class_names != class_names:
-        raise ValueError(
-            f"train split {train_split.name!r} and test split {test_split.name!r} have different class names"
-        )
+    if trained:
+        check_same_classes(train_split, test_split)
 
     kinds = (["backbone"] if trained else []) + (["embedding"] if "zero_shot" in protocols else [])
     test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size)
@@ -224,6 +230,7 @@ __all__ = [
     "PROTOCOLS",
     "TRAINED_PROTOCOLS",
     "check_protocols",
+    "check_same_classes",
     "evaluate",
     "evaluate_many",
     "supported_protocols",
