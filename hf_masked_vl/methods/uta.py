@@ -14,8 +14,8 @@ from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
 from ..models.masking import KeepSetGenerator
+from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..teachers import load_teacher
-from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .base import Method, Objective, build_config, load_checked, register_method
 
 
