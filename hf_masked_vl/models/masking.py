@@ -12,8 +12,8 @@ groups, as its `get_att_mask` counts them.
 **Randomness**: one `numpy.random.Generator` per sample (and view), from `mask_rng(seed, *keys)`, so a mask depends
 only on the sample's seed (content key and epoch), never on the worker or the shard order.
 
-Per-batch functions (a list of generators in, keep indices out):
-- `random_keep_indices`, `block_keep_indices`, `reversed_block_keep_indices`, by name `policy_keep_indices`;
+Per-batch functions (keep sets from one generator per row, or from scores or noise):
+- `policy_keep_indices` ("random", "block", "reversed_block"; `random_keep_indices` is the first);
 - `random_group_keep_indices` (A-CLIP's random ablation) and `topk_group_keep_indices` (A-CLIP's attentive mask, from
   per-patch scores, with `crop_score_map` to move the scores into another crop);
 - `keep_indices_from_noise` (ViTMAE's `noise` input) and `mask_from_keep_indices` (the (B, N) mask a loss uses);
@@ -152,28 +152,6 @@ def mask_to_keep_indices(
     return _stack_rows(rows)
 
 
-def block_keep_indices(
-    rngs: list[np.random.Generator], grid: tuple[int, int], num_keep: int, min_block: int = MIN_BLOCK_PATCHES
-) -> torch.Tensor:
-    """BEiT block-wise masking of N − `num_keep` patches per generator, trimmed or padded to `num_keep` kept
-    patches (`mask_to_keep_indices`, same generators). Returns (B, K) sorted."""
-    masks = [block_mask(rng, grid, grid[0] * grid[1] - num_keep, min_block) for rng in rngs]
-    return mask_to_keep_indices(np.stack(masks), num_keep, rngs)
-
-
-def reversed_block_keep_indices(
-    rngs: list[np.random.Generator],
-    grid: tuple[int, int],
-    mask_ratio: float,
-    num_keep: int,
-    min_block: int = MIN_BLOCK_PATCHES,
-) -> torch.Tensor:
-    """UTA's reversed block-wise masking at `mask_ratio` per generator, trimmed or padded to `num_keep` kept
-    patches (`mask_to_keep_indices`, same generators). Returns (B, K) sorted."""
-    masks = [reversed_block_mask(rng, grid, mask_ratio, min_block=min_block) for rng in rngs]
-    return mask_to_keep_indices(np.stack(masks), num_keep, rngs)
-
-
 def policy_keep_indices(
     policy: str,
     rngs: list[np.random.Generator],
@@ -181,17 +159,21 @@ def policy_keep_indices(
     mask_ratio: float,
     min_block: int = MIN_BLOCK_PATCHES,
 ) -> torch.Tensor:
-    """The keep sets of a data-independent `policy` in `KEEP_SET_POLICIES` ("random", "block", "reversed_block"),
-    `num_kept(h·w, mask_ratio)` patches per generator. Returns (B, K) sorted."""
+    """The keep sets of a data-independent `policy` in `KEEP_SET_POLICIES`, `num_kept(h·w, mask_ratio)` patches per
+    generator: "random" (uniform), "block" (BEiT's block mask of the other patches) or "reversed_block" (UTA's);
+    block masks are trimmed or padded to that count with the same generators (`mask_to_keep_indices`).
+    Returns (B, K) sorted."""
     num_patches = grid[0] * grid[1]
     num_keep = num_kept(num_patches, mask_ratio)
     if policy == "random":
         return random_keep_indices(rngs, num_patches, num_keep)
     if policy == "block":
-        return block_keep_indices(rngs, grid, num_keep, min_block)
-    if policy == "reversed_block":
-        return reversed_block_keep_indices(rngs, grid, mask_ratio, num_keep, min_block)
-    raise ValueError(f"keep-set policy {policy!r} is not one of {KEEP_SET_POLICIES}")
+        masks = [block_mask(rng, grid, num_patches - num_keep, min_block) for rng in rngs]
+    elif policy == "reversed_block":
+        masks = [reversed_block_mask(rng, grid, mask_ratio, min_block=min_block) for rng in rngs]
+    else:
+        raise ValueError(f"keep-set policy {policy!r} is not one of {KEEP_SET_POLICIES}")
+    return mask_to_keep_indices(np.stack(masks), num_keep, rngs)
 
 
 # ---- groups of g×g patches (A-CLIP) ----
@@ -381,7 +363,6 @@ __all__ = [
     "DrawnInputs",
     "KeepSetGenerator",
     "RandomGuidanceMaps",
-    "block_keep_indices",
     "block_mask",
     "crop_score_map",
     "group_keep_indices",
@@ -394,7 +375,6 @@ __all__ = [
     "policy_keep_indices",
     "random_group_keep_indices",
     "random_keep_indices",
-    "reversed_block_keep_indices",
     "reversed_block_mask",
     "topk_group_keep_indices",
 ]
