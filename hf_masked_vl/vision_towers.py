@@ -21,7 +21,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from .errors import UsageError
 from .models import MaskedViTConfig, MaskedViTModel
-from .tokenization import IMAGENET_MEAN, IMAGENET_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 

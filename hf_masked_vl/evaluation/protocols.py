@@ -1,9 +1,10 @@
-"""Evaluation protocols, registered by name: what each one reads and how it scores.
+"""Evaluation protocols, registered by name, and the functions that run them on labelled splits.
 
 A protocol is a function `score(inputs: ProtocolInputs) -> EvaluationResult` decorated with `@register_protocol`,
 which declares the feature kind it reads from every split (`features.FEATURE_KINDS`), whether it needs a labelled
-train split and whether it needs a text tower. `evaluate_many` extracts each split's features once for all the
-protocols asked and hands each its inputs; a method names the protocols it runs after training
+train split and whether it needs a text tower. `evaluate_many` / `evaluate` extract each split's features once for
+all the protocols asked and hand each its inputs; `trained_protocol_results` scores features already extracted (also
+those with segment labels, `evaluation.segments`). A method names the protocols it runs after training
 (`Method.evaluations`). A new protocol is a decorated function in any module; nothing central changes.
 
     @register_protocol("nearest_centroid")
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .features import FEATURE_KINDS, LabelledFeatures
+from .data import LabelledSplit
+from .features import FEATURE_KINDS, LabelledFeatures, extract_feature_sets
 from .knn import weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, linear_probe
 from .zero_shot import zero_shot_metrics
@@ -197,6 +199,136 @@ def trained_protocol_results(
     return {name: PROTOCOLS[name].score(inputs) for name in protocols}
 
 
+def has_text_tower(model) -> bool:
+    """Whether `model` is a dual encoder (image and text features)."""
+    return hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
+
+
+def supported_protocols(model) -> tuple[str, ...]:
+    """The registered protocols `model` can run: all for a dual encoder, else those that need no text tower."""
+    return tuple(name for name, protocol in PROTOCOLS.items() if has_text_tower(model) or not protocol.needs_text_tower)
+
+
+def check_protocols(model, protocols: Sequence[str], has_train_split: bool, has_tokenizer: bool = True) -> None:
+    """Raise a ValueError naming the problem if `model` cannot run `protocols` with the data given."""
+    if not protocols:
+        raise ValueError(f"no protocol given; choose from {tuple(PROTOCOLS)}")
+    supported = supported_protocols(model)
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {name!r}; choose from {tuple(PROTOCOLS)}")
+        protocol = PROTOCOLS[name]
+        if name not in supported:
+            raise ValueError(
+                f"{name} needs a dual encoder with a text tower (get_text_features); {type(model).__name__} "
+                f"has none. Protocols this model supports: {', '.join(supported)}"
+            )
+        if protocol.needs_text_tower and not has_tokenizer:
+            raise ValueError(f"{name} needs the model's tokenizer (tokenizer=...)")
+        if protocol.needs_train_split and not has_train_split:
+            raise ValueError(
+                f"{name} needs a labelled train split (train_split=...; scripts/evaluate.py: --train_split or "
+                "--train_data_files, or the demo's probe split by default)"
+            )
+
+
+def check_same_classes(train_split: LabelledSplit, test_split: LabelledSplit) -> None:
+    """Raise a ValueError unless both splits name the same classes in the same order (labels index them)."""
+    if train_split.class_names != test_split.class_names:
+        raise ValueError(
+            f"train split {train_split.name!r} and test split {test_split.name!r} have different class names"
+        )
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _kinds(protocols: Sequence[Protocol]) -> list[str]:
+    """The feature kinds `protocols` read, in `FEATURE_KINDS` order."""
+    return [kind for kind in FEATURE_KINDS if any(protocol.features == kind for protocol in protocols)]
+
+
+def evaluate_many(
+    model,
+    protocols: Sequence[str],
+    *,
+    image_processor,
+    test_split: LabelledSplit,
+    train_split: LabelledSplit | None = None,
+    tokenizer=None,
+    templates: Sequence[str] | None = None,
+    batch_size: int = 64,
+    ks: Sequence[int] = DEFAULT_OPTIONS["ks"],
+    temperature: float = DEFAULT_OPTIONS["temperature"],
+    weight_decay: float = DEFAULT_WEIGHT_DECAY,
+    max_iter: int = DEFAULT_MAX_ITER,
+    **options: Any,
+) -> dict[str, EvaluationResult]:
+    """Run several registered protocols, extracting each split's features once (one pass over the test split gives
+    the backbone features of knn / linear and the embeddings of zero_shot). Returns {protocol: result} in the order
+    asked. `templates` default to `model.config.zero_shot_templates`; the train split must have the test split's
+    class names. `ks`, `temperature` (knn), `weight_decay`, `max_iter` (linear) and `options` (other protocols'
+    settings) reach every protocol as `ProtocolInputs.options`."""
+    names = list(dict.fromkeys(protocols))
+    check_protocols(model, names, train_split is not None, tokenizer is not None)
+    chosen = [PROTOCOLS[name] for name in names]
+    class_names = test_split.class_names
+    text = [protocol.name for protocol in chosen if protocol.needs_text_tower]
+    if text:
+        templates = list(templates or getattr(model.config, "zero_shot_templates", None) or [])
+        if not templates:
+            raise ValueError(f"{text[0]} needs prompt templates (templates=..., or config.zero_shot_templates)")
+    trained = [protocol for protocol in chosen if protocol.needs_train_split]
+    if trained:
+        check_same_classes(train_split, test_split)
+    test = extract_feature_sets(model, image_processor, test_split, _kinds(chosen), batch_size)
+    train = extract_feature_sets(model, image_processor, train_split, _kinds(trained), batch_size) if trained else {}
+    settings = {"ks": ks, "temperature": temperature, "weight_decay": weight_decay, "max_iter": max_iter, **options}
+    results = {}
+    for protocol in chosen:
+        inputs = ProtocolInputs(
+            test=test[protocol.features],
+            class_names=class_names,
+            dataset_name=test_split.name,
+            train=train.get(protocol.features) if protocol.needs_train_split else None,
+            model=model,
+            tokenizer=tokenizer,
+            templates=templates or (),
+            device=_device(model),
+            options=settings,
+        )
+        results[protocol.name] = protocol.score(inputs)
+    return results
+
+
+def evaluate(
+    model,
+    protocol: str,
+    *,
+    image_processor,
+    test_split: LabelledSplit,
+    train_split: LabelledSplit | None = None,
+    tokenizer=None,
+    templates: Sequence[str] | None = None,
+    batch_size: int = 64,
+    **kwargs,
+) -> EvaluationResult:
+    """One protocol ("zero_shot", "knn" or "linear"); `kwargs`: `ks`, `temperature` (knn), `weight_decay`,
+    `max_iter` (linear). See `evaluate_many`."""
+    return evaluate_many(
+        model,
+        [protocol],
+        image_processor=image_processor,
+        test_split=test_split,
+        train_split=train_split,
+        tokenizer=tokenizer,
+        templates=templates,
+        batch_size=batch_size,
+        **kwargs,
+    )[protocol]
+
+
 __all__ = [
     "DEFAULT_OPTIONS",
     "EvaluationResult",
@@ -204,7 +336,13 @@ __all__ = [
     "PROTOCOLS",
     "Protocol",
     "ProtocolInputs",
+    "check_protocols",
+    "check_same_classes",
+    "evaluate",
+    "evaluate_many",
+    "has_text_tower",
     "register_protocol",
+    "supported_protocols",
     "trained_protocol_results",
     "trained_protocols",
 ]

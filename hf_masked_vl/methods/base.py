@@ -38,7 +38,8 @@ from ..data.batch import TrainingBatch
 from ..data.streaming import ImageTextCollator
 from ..errors import UsageError
 from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
+from ..tokenization import build_clip_tokenizer, build_image_processor
 
 if TYPE_CHECKING:
     from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
@@ -180,8 +181,8 @@ class Method:
 
     def mask_generator(self, model: PreTrainedModel) -> Callable | None:
         """Data-independent inputs drawn in the DataLoader workers from each sample's seed, a function of the
-        model's config only: `generator(sample_seeds (B,)) -> keep_indices` or a dict of batch tensors (masks,
-        random maps, ...)."""
+        model's config only: `generator(sample_seeds (B,)) -> DrawnInputs` (keep sets, random maps:
+        `hf_masked_vl.models.masking`)."""
         return None
 
     def collator(self, built: Built) -> Callable[[list[dict]], TrainingBatch]:

@@ -26,7 +26,7 @@ from ..data.maps import MapSpec
 from ..data.views import MultiCropViews, SingleCropView
 from ..errors import UsageError
 from ..models import MREViTConfig, MREViTForDINO, MREViTForMAE
-from .attg_mae import RandomMasksAndMaps
+from ..models.masking import KeepSetGenerator
 from .base import Built, Method, Objective, build_config, checkpoint_config, load_checked, register_method
 
 MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
@@ -123,8 +123,9 @@ class MREMAEMethod(Method):
     def transform(self, built: Built) -> SingleCropView:
         return mae_view(built, with_labels=bool(self.map_columns(built)))
 
-    def mask_generator(self, model: MREViTForMAE) -> RandomMasksAndMaps:
-        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+    def mask_generator(self, model: MREViTForMAE) -> KeepSetGenerator:
+        """MAE's random keep sets of `mask_ratio`."""
+        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
     def objective(self, built: Built) -> MREMAEObjective:
         return MREMAEObjective(built.model.config)
@@ -278,10 +279,11 @@ class MREDistillMethod(Method):
             return multi_crop_views(built, with_labels=True, num_local=0)
         return mae_view(built, with_labels=True)
 
-    def mask_generator(self, model: nn.Module) -> RandomMasksAndMaps | None:
+    def mask_generator(self, model: nn.Module) -> KeepSetGenerator | None:
+        """An MAE teacher's random keep sets (teacher and student see the same visible tokens); none for DINO."""
         if student_objective(model) != "mae":
             return None
-        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
     def objective(self, built: Built) -> MREDistillObjective:
         return MREDistillObjective(built.model.config, student_objective(built.model))

@@ -12,7 +12,7 @@ from ..data.batch import TrainingBatch
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
-from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .base import Built, Method, Objective, register_method
 
 

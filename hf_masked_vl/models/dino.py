@@ -1,5 +1,6 @@
-"""DINO building blocks (Caron et al., ICCV 2021; spec §5.6): the projection head, the self-distillation loss with
-its centre, the teacher-temperature warm-up, and the centre-free distillation loss of MRE's post-processing (§4.5).
+"""DINO building blocks (Caron et al., ICCV 2021): the projection head, the self-distillation loss with its centre,
+the teacher-temperature warm-up, and the centre-free distillation loss of MRE's post-processing ("SAM Helps SSL",
+Taguchi et al., BMVC 2024, eqs. 8-10).
 
 Conventions (`facebookresearch/dino`):
 - head: MLP (Linear, GELU; optional BatchNorm) → bottleneck → L2 normalisation → weight-normalised Linear to K
@@ -101,7 +102,6 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_scale=norm_last_layer)
-        self.init_std = init_std
         for module in self.modules():
             init_dino_weights(module, init_std)
 
