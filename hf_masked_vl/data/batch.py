@@ -46,13 +46,15 @@ class TrainingBatch(TypedDict, total=False):
         global_pixel_values: (B, G, 3, S, S) and local_pixel_values: (B, L, 3, s, s), DINO's multi-crop (no local
             key when L = 0).
     Maps (one per view, cut with the view's geometry):
-        guidance: (B, g, g) float32 object maps in [0, 1] (also drawn at random, AttG's `guidance="random"`).
+        guidance: (B, g, g) float32 object maps in [0, 1].
         segments: (B, g, g) int64 segment labels, 0 = unlabelled; global_segments: (B, G, g, g); local_segments:
             (B, L, g', g').
     Text (methods that read captions):
         input_ids: (B, T) int64 CLIP tokens, a cut caption ends with end-of-text. attention_mask: (B, T) int64.
-    Data-independent masks (the method's `mask_generator`, drawn in the DataLoader workers):
+    Data-independent inputs (the method's `mask_generator`: `models.masking.DrawnInputs`, drawn in the DataLoader
+    workers from the sample seeds):
         keep_indices: (B, K) int64 kept patch indices, ascending; (B, V, K) with A-CLIP's random masks.
+        guidance: drawn instead of read for AttG's random-guidance ablation, same shape and range.
     Bookkeeping (read by the trainer, removed before the objective):
         sample_seeds: (B,) int64. num_skipped: (B,) int64 records skipped before each example.
         stream_worker / stream_epoch / stream_records: (B,) int64 where each example was read.
