@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from .errors import UsageError
+from .loading import checkpoint_config
 from .models import MaskedViTConfig, MaskedViTModel
 from .tokenization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -160,8 +161,6 @@ def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[flo
 def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
     """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
     normalisation statistics its checkpoint was trained with."""
-    from .loading import checkpoint_config
-
     config = checkpoint_config(name_or_path, trust_remote_code)
     if config.model_type in _HF_VIT_TYPES:
         if config.model_type == "vit_mae":
