@@ -25,7 +25,8 @@ from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .errors import UsageError, did_you_mean, usage_errors
 from .loading import checkpoint_config, remote_code_guard
-from .tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip_tokenizer
+from .normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .tokenization import build_clip_tokenizer
 
 
 @dataclass

@@ -5,11 +5,10 @@ from __future__ import annotations
 import gzip
 
 from transformers import CLIPImageProcessor, CLIPTokenizer
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-# normalisation constants as transformers defines them (tuples, so they can be defaults and dict keys)
-IMAGENET_MEAN, IMAGENET_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)
+# the normalisation constants live in normalization.py; these names stay importable from here
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 BPE_MERGES = 49152 - 256 - 2
 
 

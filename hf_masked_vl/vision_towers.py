@@ -23,7 +23,7 @@ from .errors import UsageError
 from .loading import checkpoint_config
 from .models import MaskedViTConfig, MaskedViTModel
 from .models.conversion_vit import HF_VIT_TO_MASKED_VIT, convert_state_dict
-from .tokenization import IMAGENET_MEAN, IMAGENET_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 

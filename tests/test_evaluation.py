@@ -125,6 +125,52 @@ def test_linear_probe_separable_random_labels_and_determinism():
     assert strong != chance
 
 
+# ---------------------------------------------------------------- zero-shot
+
+
+CLASSES, TEMPLATES = ["red circle", "blue square", "green star"], ["a photo of a {}.", "a drawing of the {}"]
+
+
+def reference_class_embeddings(model, tokenizer, classes, templates) -> torch.Tensor:
+    """The template ensemble written as loops: per class, per template, one prompt through the text tower alone,
+    L2-normalised; the class embedding is the renormalised mean over its templates. Returns (C, E)."""
+    rows = []
+    for name in classes:
+        per_template = []
+        for template in templates:
+            tokens = tokenizer(template.format(name), padding="max_length", max_length=16, return_tensors="pt")
+            text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output[0]
+            per_template.append(torch.nn.functional.normalize(text, dim=0))
+        rows.append(torch.nn.functional.normalize(sum(per_template) / len(per_template), dim=0))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def test_zero_shot_classifier_and_accuracy_match_a_loop_over_classes_and_templates(tokenizer):
+    from hf_masked_vl.evaluation.features import LabelledFeatures
+    from hf_masked_vl.evaluation.zero_shot import zero_shot_metrics
+    from hf_masked_vl.models.pipeline_zero_shot import build_zero_shot_classifier
+
+    torch.manual_seed(0)
+    model = AClipModel(tiny_aclip_config()).eval()
+    expected = reference_class_embeddings(model, tokenizer, CLASSES, TEMPLATES)
+    classifier = build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES)
+    torch.testing.assert_close(classifier, expected, atol=1e-6, rtol=1e-5)
+    # with one template per class the ensemble is that template's embedding
+    single = build_zero_shot_classifier(model, tokenizer, CLASSES, TEMPLATES[1:])
+    torch.testing.assert_close(single, reference_class_embeddings(model, tokenizer, CLASSES, TEMPLATES[1:]))
+
+    # accuracy: each image's most similar class embedding (and the top-k, k = 3 classes here) against its label
+    image_embeds = torch.randn(12, expected.shape[1])
+    labels = torch.arange(12) % 3
+    metrics = zero_shot_metrics(model, tokenizer, LabelledFeatures(image_embeds, labels), CLASSES, TEMPLATES)
+    hits = 0
+    for embed, label in zip(image_embeds, labels.tolist()):
+        similarities = [torch.dot(torch.nn.functional.normalize(embed, dim=0), row).item() for row in expected]
+        hits += max(range(3), key=similarities.__getitem__) == label
+    assert metrics.top1 == pytest.approx(hits / 12) and metrics.top5 == 1.0 and metrics.chance == pytest.approx(1 / 3)
+
+
 # ---------------------------------------------------------------- features
 
 

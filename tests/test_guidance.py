@@ -399,6 +399,29 @@ def test_writer_skips_undecodable_images_and_keeps_columns(tmp_path, small_demo)
     assert [r["caption"] for r in written] == [rows[i]["caption"] for i in (0, 1, 3, 4)]
 
 
+def test_a_resumed_run_counts_reused_shards_as_written_ones(tmp_path, small_demo):
+    """Shard stats are summed in one place: a run that reuses a shard reports what a fresh run reports, and both are
+    the sums of the stats files."""
+
+    def run(folder, max_samples):
+        stream = datasets.load_dataset("parquet", data_files=small_demo.train_files[:1], split="train", streaming=True)
+        return write_guidance(
+            stream, ConstantProducer(grid=6), folder, shard_size=4, num_overlays=0, max_samples=max_samples,
+            progress=False, log=lambda message: None,
+        )  # fmt: skip
+
+    run(tmp_path / "resumed", 6)  # shard 0 complete (4 records), shard 1 partial (2)
+    resumed, fresh = run(tmp_path / "resumed", 12), run(tmp_path / "fresh", 12)
+    assert (resumed.shards_reused, resumed.shards_written) == (["train-00000.parquet"], fresh.shards_written[1:])
+    stats = [json.loads(path.read_text()) for path in sorted((tmp_path / "resumed" / "stats").glob("train-0*.json"))]
+    assert len(stats) == 3 and resumed.num_records == sum(s["num_records"] for s in stats) == 12
+    assert resumed.num_iou_images == sum(s["num_iou_images"] for s in stats) > 0
+    assert resumed.iou == sum(s["iou_sum"] for s in stats) / resumed.num_iou_images
+    assert resumed.iou_at_half == sum(s["iou_half_sum"] for s in stats) / resumed.num_iou_images
+    counts = ("num_records", "num_images", "num_skipped", "num_iou_images", "iou", "iou_at_half", "covered_share")
+    assert [getattr(resumed, name) for name in counts] == [getattr(fresh, name) for name in counts]
+
+
 def test_iou_rule():
     segments = np.zeros((8, 8), dtype=bool)
     segments[:4, :2] = True  # covers half of patch (0, 0) of a 2 x 2 grid

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_aclip_config
+from conftest import quick_run, tiny_aclip_config
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, pipeline
 
@@ -86,29 +86,20 @@ def in_package_scores(folder, image):
     return (stock(str(image), candidate_labels=LABELS[:2]), ensemble(str(image), candidate_labels=LABELS))
 
 
-def test_pipelines_without_the_package_give_the_same_scores(checkpoint, tmp_path):
+def test_pipelines_without_the_package_give_the_same_scores(checkpoint, package_free_python):
     _, folder, image = checkpoint
     stock, ensemble = in_package_scores(folder, image)
     assert {r["label"] for r in ensemble} == set(LABELS)  # the long label was truncated, not a crash
     assert sum(r["score"] for r in ensemble) == pytest.approx(1.0)
-    script = textwrap.dedent(f"""
-        import json, sys
-        sys.modules["hf_masked_vl"] = None  # any import of the package now fails
+    name, remote_stock, remote_ensemble = package_free_python.run(f"""
         from transformers import AutoModel, pipeline
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         stock = pipeline("zero-shot-image-classification", model={str(folder)!r}, trust_remote_code=True)
         ensemble = pipeline(model={str(folder)!r}, trust_remote_code=True)  # task from custom_pipelines
-        print(json.dumps([type(ensemble).__name__,
-                          stock({str(image)!r}, candidate_labels={LABELS[:2]!r}),
-                          ensemble({str(image)!r}, candidate_labels={LABELS!r})]))
+        result = [type(ensemble).__name__, stock({str(image)!r}, candidate_labels={LABELS[:2]!r}),
+                  ensemble({str(image)!r}, candidate_labels={LABELS!r})]
     """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    name, remote_stock, remote_ensemble = json.loads(result.stdout.strip().splitlines()[-1])
     assert name == "ZeroShotEnsemblePipeline"
     for local, remote in ((stock, remote_stock), (ensemble, remote_ensemble)):
         assert [r["label"] for r in local] == [r["label"] for r in remote]
@@ -154,31 +145,10 @@ def test_run_pretraining_push_to_hub_uploads_the_final_folder(small_demo, tmp_pa
 
     output = tmp_path / "pushed"
     command = [
-        sys.executable,
-        "scripts/run_pretraining.py",
-        "--output_dir",
-        str(output),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--config_overrides",
-        TINY_OVERRIDES,
-        "--demo_num_train",
-        "256",
-        "--dataloader_num_workers",
-        "0",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--push_to_hub",
-        "true",
-        "--hub_model_id",
-        "someone/a-clip-demo",
-        "--hub_token",
-        "hf_test",
-    ]
+        sys.executable, "scripts/run_pretraining.py", "--output_dir", str(output), "--max_steps", "2",
+        "--config_overrides", TINY_OVERRIDES, *quick_run(), "--push_to_hub", "true",
+        "--hub_model_id", "someone/a-clip-demo", "--hub_token", "hf_test",
+    ]  # fmt: skip
     with MockHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import quick_run
 from test_training import TINY_OVERRIDES
 
 from hf_masked_vl.methods import METHODS, available_methods, get_method
@@ -14,22 +15,7 @@ from hf_masked_vl.training.config_flags import config_arguments_class, config_ov
 from hf_masked_vl.training.run import main as run_pretraining
 from hf_masked_vl.training.run import parse_arguments
 
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--demo_num_train",
-    "256",
-    "--dataloader_num_workers",
-    "0",
-    "--disable_tqdm",
-    "true",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--max_eval_samples",
-    "48",
-]
+COMMON = quick_run()
 
 
 def test_registry_lists_the_built_in_methods():

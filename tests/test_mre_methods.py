@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_kwargs
+from conftest import quick_run, tiny_vit_kwargs
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -33,11 +33,7 @@ TINY_MRE = {
     "local_crop_size": 16,
     "num_local_crops": 2,
 }
-COMMON = [
-    "--per_device_train_batch_size", "8", "--demo_num_train", "256", "--dataloader_num_workers", "0",
-    "--disable_tqdm", "true", "--report_to", "none", "--logging_steps", "1", "--max_eval_samples", "48",
-    "--bf16", "false", "--config_overrides", json.dumps(TINY_MRE),
-]  # fmt: skip
+COMMON = [*quick_run(save=True), "--logging_steps", "1", "--bf16", "false", "--config_overrides", json.dumps(TINY_MRE)]
 
 
 def train(method: str, output, *extra: str, steps: int = 2, save: bool = False):
@@ -45,6 +41,23 @@ def train(method: str, output, *extra: str, steps: int = 2, save: bool = False):
     return run_pretraining(
         ["--method", method, "--output_dir", str(output), "--max_steps", str(steps), *saving, *COMMON, *extra]
     )
+
+
+def assert_reports_the_saved_models_knn(result, folder) -> None:
+    """The k-NN top-1 a run reports is the saved (exported) model's, on the demo splits the run evaluated on."""
+    from transformers import AutoImageProcessor
+
+    from hf_masked_vl.data.demo import ensure_demo_dataset
+    from hf_masked_vl.evaluation import demo_splits, evaluate
+
+    knn = result.results["knn"]
+    assert 0 <= knn.top1 <= 1 and (knn.num_test, knn.num_classes) == (16, 24)
+    train, test = demo_splits(ensure_demo_dataset(num_train=256), max_samples=16)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    again = evaluate(
+        AutoModel.from_pretrained(folder), "knn", image_processor=processor, test_split=test, train_split=train
+    )
+    assert again.top1 == pytest.approx(knn.top1) and again.details == pytest.approx(knn.details)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +170,7 @@ def test_dino_baseline_reads_no_segments(small_demo, tmp_path):
     config = json.loads((tmp_path / "dino" / "config.json").read_text())
     assert config["relation_bias"] == "none" and config["architectures"] == ["MREViTForDINO"]
     assert "relation_bias.u_pos" not in load_file(str(tmp_path / "dino" / "model.safetensors"))
-    assert result.knn_top1 is not None
+    assert_reports_the_saved_models_knn(result, tmp_path / "dino")
 
 
 def test_distillation_from_an_mae_teacher(mre_mae_folder, tmp_path, capsys):
@@ -178,7 +191,7 @@ def test_distillation_from_a_dino_teacher(mre_dino_folder, tmp_path):
     result = train("mre_distill", output, "--teacher", str(mre_dino_folder))
     config = json.loads((output / "config.json").read_text())
     assert config["architectures"] == ["MREViTForDINO"] and config["relation_bias"] == "none"
-    assert result.knn_top1 is not None
+    assert_reports_the_saved_models_knn(result, output)
 
 
 def test_distillation_refuses_a_teacher_without_bias_or_of_another_kind(mre_mae_folder, tmp_path):

@@ -281,14 +281,33 @@ def test_dino_forward_with_local_crops_updates_the_saved_centre(tmp_path):
     assert torch.equal(model.dino_loss.center, centre)  # no update in eval mode
 
 
+def reference_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau_t: float, tau_s: float
+) -> torch.Tensor:
+    """Cross-entropy of one view's student logits (B, K) against the teacher's softmax of one view (B, K)."""
+    teacher = torch.softmax(teacher_logits / tau_t, dim=-1)
+    return -(teacher * torch.log_softmax(student_logits / tau_s, dim=-1)).sum(dim=-1).mean()
+
+
 def test_dino_distillation_pairs_each_view_with_itself():
+    """The KD loss is the mean over views of each student view against the teacher's logits of the *same* view: the
+    swapped pairing gives another loss, which a loss over every (teacher, student) pair would not."""
     torch.manual_seed(0)
     teacher = MREViTForDINO(config()).eval()
-    student = MREViTForDINO(config(relation_bias="none"))
-    views, view_labels = torch.randn(2, 2, 3, 32, 32), labels(4).view(2, 2, 16)
-    targets = teacher.teacher_logits(views, view_labels)
-    out = student(views, teacher_logits=targets, teacher_temperature=0.07, distillation=True)
-    assert out.distillation_loss is not None and out.dino_loss is None
+    student = MREViTForDINO(config(relation_bias="none")).eval()
+    views, view_labels = torch.randn(3, 2, 3, 32, 32), labels(6).view(3, 2, 16)  # 3 images, 2 views
+    targets = teacher.teacher_logits(views, view_labels)  # (views, images, K)
+    with torch.no_grad():
+        out = student(views, teacher_logits=targets, teacher_temperature=0.07, distillation=True)
+        swapped = student(views, teacher_logits=targets.flip(0), teacher_temperature=0.07, distillation=True)
+        own = [student.view_outputs(views[:, view], None)[0] for view in range(2)]  # (images, K) per view
+    tau_s = student.config.student_temperature
+    same = [reference_kd(own[view], targets[view], 0.07, tau_s) for view in range(2)]
+    crossed = [reference_kd(own[view], targets[1 - view], 0.07, tau_s) for view in range(2)]
+    assert out.dino_loss is None and out.loss is out.distillation_loss
+    torch.testing.assert_close(out.distillation_loss, (same[0] + same[1]) / 2)
+    torch.testing.assert_close(swapped.distillation_loss, (crossed[0] + crossed[1]) / 2)
+    assert abs(out.distillation_loss - swapped.distillation_loss) > 1e-3
     assert torch.equal(student.dino_loss.center, torch.zeros_like(student.dino_loss.center))  # no centring
     with pytest.raises(ValueError, match="same view"):
         student(views, teacher_logits=targets[:1], distillation=True)

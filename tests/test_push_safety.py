@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import huggingface_hub.constants
+import pytest
 from test_safety import FAST, ROOT, run
 
 from hf_masked_vl.public import public_folder_name, public_text
@@ -169,3 +170,30 @@ def test_no_error_line_shows_a_token(tmp_path, capsys, monkeypatch):
         assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
         assert flag in err and "***" in err, err
         assert TOKEN not in err and "mysecret42" not in err and "plainsecret123" not in err, err
+
+
+def test_the_token_may_push_to_its_user_and_organisations_only(tmp_path, capsys, monkeypatch):
+    """`check_hub_access` reads whoami's user and organisations: a run pushes into an organisation of the token's
+    user, and a namespace that is neither is one line before training."""
+    from mock_hub import MockHub
+
+    from hf_masked_vl.errors import UsageError
+    from hf_masked_vl.hub import check_hub_access
+
+    with MockHub(user="someone", orgs=("my-lab", "other"), token=TOKEN) as hub:
+        for name, value in (("HF_HUB_OFFLINE", False), ("ENDPOINT", hub.url), ("HF_HUB_DISABLE_XET", True)):
+            monkeypatch.setattr(huggingface_hub.constants, name, value)
+        for repo_id in ("someone/demo", "demo", "my-lab/demo", "other/demo"):
+            check_hub_access(repo_id, TOKEN)
+        for repo_id, owner in (("stranger/demo", "stranger"), ("my-lab-2/demo", "my-lab-2")):
+            with pytest.raises(UsageError, match=f"owner '{owner}' is not the user or one of their organisations"):
+                check_hub_access(repo_id, TOKEN)
+
+        output = tmp_path / "pushed"
+        argv = ["--output_dir", str(output), "--push_to_hub", "true", "--hub_model_id", "my-lab/demo",
+                "--hub_token", TOKEN, *FAST]  # fmt: skip
+        assert run(argv, capsys)[0] == 0
+        status, err = run([*argv[:5], "stranger/demo", *argv[6:], "--overwrite_output_dir", "true"], capsys)
+    assert status == 2 and "error: --hub_model_id stranger/demo: the token of 'someone' cannot create" in err
+    assert hub.created_repos == ["my-lab/demo"] and len(hub.commits) == 1
+    assert hub.uploaded["model.safetensors"] == (output / "model.safetensors").read_bytes()

@@ -10,6 +10,7 @@ import textwrap
 import datasets
 import pytest
 import torch
+from conftest import quick_run
 from test_training import TINY_OVERRIDES
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
@@ -17,11 +18,7 @@ from hf_masked_vl.errors import UsageError, run_cli
 from hf_masked_vl.training.run import main as run_pretraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = [
-    "--max_steps", "1", "--per_device_train_batch_size", "4", "--demo_num_train", "256",
-    "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none",
-    "--max_eval_samples", "16",
-]  # fmt: skip
+COMMON = ["--max_steps", "1", *quick_run(batch_size=4)]
 FAST = [*COMMON, "--config_overrides", TINY_OVERRIDES]
 
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_aclip_config
+from conftest import quick_run, tiny_aclip_config
 from safetensors.torch import load_file
 
 from hf_masked_vl import AClipModel
@@ -208,33 +208,47 @@ def test_resume_without_checkpoint_is_a_clear_error(small_demo, tokenizer, tmp_p
         trainer.train(resume_from_checkpoint=True)
 
 
+def record_keep_indices(monkeypatch) -> tuple[list, list]:
+    """Lists filled during training: the collated batch's `keep_indices` and those the model's forward receives."""
+    collated, seen = [], []
+    compute_loss, forward = MaskedVLTrainer.compute_loss, AClipModel.forward
+
+    def recording_compute_loss(self, model, inputs, *args, **kwargs):
+        collated.append(inputs.get("keep_indices"))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    def recording_forward(self, *args, keep_indices=None, **kwargs):
+        if kwargs.get("return_loss"):  # a training step, not an evaluation
+            seen.append(keep_indices)
+        return forward(self, *args, keep_indices=keep_indices, **kwargs)
+
+    monkeypatch.setattr(MaskedVLTrainer, "compute_loss", recording_compute_loss)
+    monkeypatch.setattr(AClipModel, "forward", recording_forward)
+    return collated, seen
+
+
 @pytest.mark.parametrize("mask_mode", ["attentive", "random", "none"])
-def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path, mask_mode, capsys):
+def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path, mask_mode, capsys, monkeypatch):
     overrides = json.loads(TINY_OVERRIDES)
     overrides["mask_mode"] = mask_mode
     output = tmp_path / mask_mode
+    collated, seen = record_keep_indices(monkeypatch)
     result = run_pretraining(
         [
-            "--output_dir",
-            str(output),
-            "--max_steps",
-            "3",
-            "--per_device_train_batch_size",
-            "8",
-            "--config_overrides",
-            json.dumps(overrides),
-            "--demo_num_train",
-            "256",
-            "--logging_steps",
-            "1",
-            "--save_steps",
-            "3",
-            "--dataloader_num_workers",
-            "0",
-            "--disable_tqdm",
-            "true",
+            "--output_dir", str(output), "--max_steps", "3", "--config_overrides", json.dumps(overrides),
+            *quick_run(save=True), "--logging_steps", "1", "--save_steps", "3", "--report_to", "tensorboard",
         ]
-    )
+    )  # fmt: skip
+    # the mode decides the masks: attentive ones from the EMA in the objective (3 of 4 groups of 2 × 2 patches per
+    # online view), random ones drawn by the collator and passed on as they are, none at all
+    assert len(collated) == len(seen) == 3
+    for batch_keep, model_keep in zip(collated, seen):
+        if mask_mode == "attentive":
+            assert batch_keep is None and model_keep.shape == (8, 2, 12)
+        elif mask_mode == "random":
+            assert batch_keep.shape == (8, 2, 12) and torch.equal(model_keep, batch_keep)
+        else:
+            assert batch_keep is None and model_keep is None
     printed = capsys.readouterr().out
     assert "RESULT zero_shot_top1=" in printed and "RESULT chance=0.0417" in printed
     assert 0.0 <= result.zero_shot_top1 <= 1.0
@@ -248,6 +262,7 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
         "modeling_aclip.py",
         "pipeline_zero_shot.py",
     } <= names
+    assert json.loads((output / "config.json").read_text())["mask_mode"] == mask_mode
     assert (output / "checkpoint-3" / "ema.safetensors").is_file()
     events = list((output / "runs").rglob("events.out.tfevents.*"))  # TensorBoard by default
     assert events and events[0].stat().st_size > 0
@@ -274,3 +289,65 @@ def test_layer_wise_lr_decay_and_no_decay_on_vectors(small_demo, tokenizer, tmp_
     assert decay_of[id(model.simclr_head[1].weight)] == 0.0  # BatchNorm: no decay
     assert decay_of[id(model.logit_scale)] == 0.0
     assert id(model.vision_model.embeddings.patch_embed.proj.weight) not in lr_of  # frozen
+
+
+# ---------------------------------------------------------------- which weights the final folder holds
+
+
+def scored(ema_top1: float, online_top1: float) -> dict:
+    from hf_masked_vl.evaluation import EvaluationResult
+
+    def result(top1: float) -> EvaluationResult:
+        return EvaluationResult("knn", top1, 0.25, 4, 8, 8, "demo")
+
+    return {"ema": {"knn": result(ema_top1)}, "online": {"knn": result(online_top1)}}
+
+
+def ema_holding(initial_weight: float) -> EMACallback:
+    ema = EMACallback()
+    ema.initial_weight = initial_weight
+    return ema
+
+
+def test_choose_export_takes_the_better_scored_weights_unless_told():
+    from hf_masked_vl.training.run import choose_export
+
+    ema = ema_holding(0.5)
+    assert choose_export("auto", scored(0.6, 0.4), "knn", ema)[0] == "ema"
+    assert choose_export("auto", scored(0.4, 0.6), "knn", ema)[0] == "online"
+    assert choose_export("auto", scored(0.5, 0.5), "knn", ema)[0] == "ema"  # a tie keeps the average
+    chosen, why = choose_export("auto", scored(0.6, 0.4), "knn", ema)
+    assert why == "knn top-1 0.6000 (EMA) vs 0.4000 (online)"
+    assert choose_export("online", scored(0.9, 0.1), "knn", ema) == ("online", "--export_weights online")
+    assert choose_export("ema", scored(0.1, 0.9), "knn", ema) == ("ema", "--export_weights ema")
+    # without scores: the EMA once its initial weights are averaged away (at most 1%), else the online weights
+    assert choose_export("auto", {}, None, ema_holding(0.01))[0] == "ema"
+    assert choose_export("auto", {}, None, ema_holding(0.02))[0] == "online"
+    assert choose_export("ema", {}, None, None) == ("online", "the method keeps no EMA")
+
+
+@pytest.mark.parametrize("weights", ["ema", "online"])
+def test_export_weights_flag_picks_the_final_folders_weights(weights, tmp_path, capsys):
+    """The final folder holds exactly the chosen weight set of the last step (saved beside it in checkpoint-2)."""
+    from test_pinned_losses import BATCH_FILE
+
+    output = tmp_path / weights
+    run_pretraining(
+        [
+            "--output_dir", str(output), "--export_weights", weights, "--config_overrides", TINY_OVERRIDES,
+            "--dataset_name", "parquet", "--data_files", str(BATCH_FILE), "--max_steps", "2",
+            *quick_run(batch_size=2, save=True), "--save_steps", "2", "--learning_rate", "1e-2",
+        ]
+    )  # fmt: skip
+    assert f"RESULT exported_weights={weights}" in capsys.readouterr().out
+    final = load_file(str(output / "model.safetensors"))
+    checkpoint = output / "checkpoint-2"
+    chosen = load_file(str(checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")))
+    other = load_file(str(checkpoint / ("model.safetensors" if weights == "ema" else "ema.safetensors")))
+    assert final.keys() == chosen.keys()
+    assert all(torch.equal(final[key], chosen[key]) for key in chosen)
+    assert not torch.equal(final["visual_projection.weight"], other["visual_projection.weight"])
+    assert (
+        f"Exported weights: {'EMA' if weights == 'ema' else 'online'} (--export_weights {weights})"
+        in (output / "README.md").read_text()
+    )

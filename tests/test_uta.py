@@ -1,17 +1,19 @@
 """UTA: model, teachers of the three kinds, masking, objective, pre-training and contrastive fine-tuning runs."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_aclip_config, tiny_vit_kwargs
+from conftest import quick_run, tiny_aclip_config, tiny_vit_kwargs
 from transformers import CLIPConfig, CLIPModel
 
 from hf_masked_vl import AClipModel, UTAConfig, UTAModel
@@ -201,40 +203,25 @@ def test_package_checkpoint_teacher(aclip_teacher_dir):
 
 
 UTA_STUDENT = json.dumps({"vision_config": tiny_vit_kwargs(**EVA), "mask_ratio": 0.5, "min_block_patches": 4})
+QUICK = [*quick_run(), "--logging_steps", "1"]
 
 
-def test_uta_pretraining_then_contrastive_round_trip(small_demo, aclip_teacher_dir, tmp_path, capsys):
-    student = tmp_path / "student"
-    common = [
-        "--per_device_train_batch_size",
-        "8",
-        "--demo_num_train",
-        "256",
-        "--dataloader_num_workers",
-        "0",
-        "--disable_tqdm",
-        "true",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "no",
-    ]
-    result = run_pretraining(
-        [
-            "--method",
-            "uta",
-            "--teacher",
-            str(aclip_teacher_dir),
-            "--output_dir",
-            str(student),
-            "--max_steps",
-            "3",
-            "--config_overrides",
-            UTA_STUDENT,
-            *common,
-        ]
-    )
-    assert "RESULT zero_shot_top1=" in capsys.readouterr().out and result.zero_shot_top1 is not None
+@pytest.fixture(scope="module")
+def uta_student(small_demo, aclip_teacher_dir, tmp_path_factory):
+    """A UTA student trained 3 steps from the tiny A-CLIP teacher: (folder, run result, what the run printed)."""
+    student = tmp_path_factory.mktemp("uta") / "student"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_pretraining(
+            ["--method", "uta", "--teacher", str(aclip_teacher_dir), "--output_dir", str(student), "--max_steps", "3",
+             "--config_overrides", UTA_STUDENT, *QUICK]
+        )  # fmt: skip
+    return student, result, printed.getvalue()
+
+
+def test_uta_pretraining_then_contrastive_round_trip(uta_student, aclip_teacher_dir, tmp_path):
+    student, result, printed = uta_student
+    assert "RESULT zero_shot_top1=" in printed and 0 <= result.zero_shot_top1 <= 1
     uta = UTAModel.from_pretrained(student)
     teacher = AClipModel.from_pretrained(aclip_teacher_dir)
     for key, value in teacher.text_model.state_dict().items():  # the teacher's text tower, untouched
@@ -244,51 +231,14 @@ def test_uta_pretraining_then_contrastive_round_trip(small_demo, aclip_teacher_d
 
     tuned = tmp_path / "tuned"
     run_pretraining(
-        [
-            "--method",
-            "uta_contrastive",
-            "--model_name_or_path",
-            str(student),
-            "--output_dir",
-            str(tuned),
-            "--max_steps",
-            "2",
-            "--layer_decay",
-            "0.75",
-            *common,
-        ]
-    )
+        ["--method", "uta_contrastive", "--model_name_or_path", str(student), "--output_dir", str(tuned),
+         "--max_steps", "2", "--layer_decay", "0.75", *QUICK]
+    )  # fmt: skip
     assert UTAModel.from_pretrained(tuned).logit_scale.exp().item() == pytest.approx(100.0)
 
 
-def test_uta_checkpoint_runs_pipelines_without_the_package(small_demo, aclip_teacher_dir, tmp_path):
-    student = tmp_path / "student"
-    run_pretraining(
-        [
-            "--method",
-            "uta",
-            "--teacher",
-            str(aclip_teacher_dir),
-            "--output_dir",
-            str(student),
-            "--max_steps",
-            "1",
-            "--config_overrides",
-            UTA_STUDENT,
-            "--per_device_train_batch_size",
-            "4",
-            "--demo_num_train",
-            "256",
-            "--dataloader_num_workers",
-            "0",
-            "--disable_tqdm",
-            "true",
-            "--save_strategy",
-            "no",
-            "--max_eval_samples",
-            "8",
-        ]
-    )
+def test_uta_checkpoint_runs_pipelines_without_the_package(uta_student, tmp_path, package_free_python):
+    student = uta_student[0]
     image = tmp_path / "image.png"
     from PIL import Image
 
@@ -297,32 +247,20 @@ def test_uta_checkpoint_runs_pipelines_without_the_package(small_demo, aclip_tea
 
     local = pipeline("zero-shot-image-classification-ensemble", model=str(student), trust_remote_code=True)
     expected = local(str(image), candidate_labels=["green square", "red circle"])
-    script = textwrap.dedent(f"""
-        import json, sys
-        sys.modules["hf_masked_vl"] = None
+    remote = package_free_python.run(f"""
         from transformers import pipeline
         stock = pipeline("zero-shot-image-classification", model={str(student)!r}, trust_remote_code=True)
         assert type(stock.model).__name__ == "UTAModel", type(stock.model)
         ensemble = pipeline(model={str(student)!r}, trust_remote_code=True)
-        print(json.dumps(ensemble({str(image)!r}, candidate_labels=["green square", "red circle"])))
+        result = ensemble({str(image)!r}, candidate_labels=["green square", "red circle"])
     """)
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert [r["label"] for r in remote] == [r["label"] for r in expected]
     assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in expected], abs=1e-6)
 
 
 def test_uta_without_teacher_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--teacher"):
-        run_pretraining(["--method", "uta", "--output_dir", str(tmp_path)])
+        run_pretraining(["--method", "uta", "--output_dir", str(tmp_path), "--demo_num_train", "256"])
 
 
 def test_plot_mask_probability_script(tmp_path):
@@ -339,17 +277,54 @@ def test_plot_mask_probability_script(tmp_path):
         assert Image.open(tmp_path / f"{name}.png").size[0] == 256
 
 
-def test_open_clip_eva_teacher_with_timm_trunk():
+TINY_EVA_TRUNK = "hf_masked_vl_test_tiny_eva02_clip"
+
+
+def tiny_eva02_clip(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
+    """timm's EVA-02 CLIP trunk (`eva02_base_patch16_clip_224`: RoPE, SwiGLU with scale, attention inner norm,
+    token pooling) at 32 px, 8 px patches, width 48, depth 2."""
+    from timm.models.eva import Eva
+
+    kwargs.pop("cache_dir", None)
+    eva = dict(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, qkv_fused=False, mlp_ratio=4 * 2 / 3,
+        swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
+        global_pool=kwargs.pop("global_pool", "token"),
+    )  # fmt: skip
+    return Eva(**{**eva, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tiny_eva_clip(tmp_path_factory) -> str:
+    """An open_clip model name for EVA02-B-16's layout (a timm EVA trunk, a custom text tower) at a tiny size."""
+    import timm
+    from timm.models import register_model
+
+    if TINY_EVA_TRUNK not in timm.list_models(TINY_EVA_TRUNK):
+        tiny_eva02_clip.__name__ = TINY_EVA_TRUNK
+        register_model(tiny_eva02_clip)
+    config = json.loads((Path(open_clip.__file__).parent / "model_configs" / "EVA02-B-16.json").read_text())
+    config["embed_dim"] = 24
+    config["vision_cfg"].update(image_size=32, timm_model_name=TINY_EVA_TRUNK)
+    config["text_cfg"].update(context_length=16, width=32, heads=4, layers=2)
+    path = tmp_path_factory.mktemp("eva") / "tiny-test-eva02.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(str(path))
+    return "tiny-test-eva02"
+
+
+def test_open_clip_eva_teacher_with_timm_trunk(tiny_eva_clip):
     torch.manual_seed(0)
-    teacher = load_teacher("open_clip:EVA02-B-16")  # random weights: no pretrained tag
-    images = torch.randn(1, 3, 224, 224)
-    tokens = teacher(images, 14, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    assert tokens.shape == (1, 1 + 14 * 14, teacher.embed_dim)
-    torch.testing.assert_close(tokens[:, 0], teacher.model.encode_image(images), atol=1e-4, rtol=1e-3)
+    teacher = load_teacher(f"open_clip:{tiny_eva_clip}")  # random weights: no pretrained tag
+    assert teacher.is_timm and type(teacher.model).__name__ == "CustomTextCLIP"
+    images = torch.randn(2, 3, 32, 32)
+    tokens = teacher(images, 4, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert tokens.shape == (2, 1 + 4 * 4, teacher.embed_dim) and teacher.embed_dim == 24
+    torch.testing.assert_close(tokens[:, 0], teacher.model.encode_image(images), atol=1e-5, rtol=1e-4)
     tower = teacher.text_tower()  # CustomTextCLIP keeps its text tower in `.text`
-    texts = ["a photo of a red circle"]
-    ids = tower.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
-    reference = teacher.model.encode_text(open_clip.get_tokenizer("EVA02-B-16")(texts))
+    texts = ["a photo of a red circle", "rock'n'roll isn't dead"]
+    ids = tower.tokenizer(texts, padding="max_length", max_length=16, return_tensors="pt")
+    reference = teacher.model.encode_text(open_clip.get_tokenizer(tiny_eva_clip)(texts))
     torch.testing.assert_close(
-        tower.text_model(**ids).pooler_output @ tower.projection.t(), reference, atol=1e-4, rtol=1e-3
+        tower.text_model(**ids).pooler_output @ tower.projection.t(), reference, atol=1e-5, rtol=1e-4
     )

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from .maps import MapSpec, ViewGeometry, apply_map_spec
 
 
@@ -128,9 +128,35 @@ def _view_maps(
     return {role: apply_map_spec(maps[role], geometry, spec) for role, spec in specs.items()}
 
 
-class AClipViews:
-    """Three views of one image (A-CLIP §1.3): two online random-resized crops with photometric augmentation,
-    and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
+class _ViewMaker:
+    """What the view makers share: the normalisation statistics (`mean`, `std`), the source image as a uint8 tensor,
+    and a crop that is flipped horizontally with p=0.5 when `horizontal_flip` (one draw from `rng`; none without)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], horizontal_flip: bool):
+        self.mean, self.std = list(mean), list(std)
+        self.horizontal_flip = horizontal_flip
+
+    @staticmethod
+    def _source(image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(3, H, W) uint8 RGB tensor of `image`, and (H, W)."""
+        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        return tensor, tuple(tensor.shape[-2:])
+
+    def _crop(
+        self, tensor: torch.Tensor, box: tuple[int, int, int, int], size: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, bool]:
+        """(3, size, size) uint8: `box` of `tensor` resized to `size`, perhaps flipped; and whether it was."""
+        view = crop_resize(tensor, box, size)
+        flip = bool(self.horizontal_flip and rng.random() < 0.5)
+        return (TF.horizontal_flip(view) if flip else view), flip
+
+    def _normalize(self, view: torch.Tensor) -> torch.Tensor:
+        return normalize(view, self.mean, self.std)
+
+
+class AClipViews(_ViewMaker):
+    """Three views of one image (A-CLIP, Yang et al., ICCV 2023): two online random-resized crops with photometric
+    augmentation, and the EMA view, an un-augmented crop enclosing both. Crop boxes travel with the views.
 
     Returns `pixel_values` (2, 3, S, S), `ema_pixel_values` (3, S, S) and `crop_boxes` (3, 4) float
     (top, left, height, width) in source pixels, rows: online 1, online 2, EMA. Each map in `map_specs` comes back
@@ -146,26 +172,24 @@ class AClipViews:
         photometric: bool = True,
         map_specs: dict[str, MapSpec] | None = None,
     ):
-        self.image_size = image_size
-        self.crop_scale = crop_scale
-        self.mean, self.std = list(mean), list(std)
+        super().__init__(mean, std, horizontal_flip=False)
+        self.image_size, self.crop_scale = image_size, crop_scale
         self.photometric = photometric
         self.map_specs = dict(map_specs or {})
 
     def __call__(
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
-        tensor = TF.pil_to_tensor(image.convert("RGB"))
-        height, width = tensor.shape[-2:]
+        tensor, (height, width) = self._source(image)
         boxes = [random_resized_crop_box(rng, height, width, self.crop_scale) for _ in range(2)]
         boxes.append(enclosing_box(rng, boxes, height, width))
         online = []
         for box in boxes[:2]:
             view = crop_resize(tensor, box, self.image_size)
-            online.append(normalize(photometric_augment(view, rng) if self.photometric else view, self.mean, self.std))
+            online.append(self._normalize(photometric_augment(view, rng) if self.photometric else view))
         example = {
             "pixel_values": torch.stack(online),
-            "ema_pixel_values": normalize(crop_resize(tensor, boxes[2], self.image_size), self.mean, self.std),
+            "ema_pixel_values": self._normalize(crop_resize(tensor, boxes[2], self.image_size)),
             "crop_boxes": torch.tensor(boxes, dtype=torch.float32),
         }
         per_view = [_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width))) for box in boxes]
@@ -174,7 +198,7 @@ class AClipViews:
         return example
 
 
-class SingleCropView:
+class SingleCropView(_ViewMaker):
     """One random-resized crop with an optional horizontal flip (UTA / EVA-02 pre-training: scale (0.2, 1),
     bicubic, no colour jitter). `crop_scale=None` resizes the whole image instead (AttG-MAE: resize + flip).
 
@@ -191,32 +215,26 @@ class SingleCropView:
         horizontal_flip: bool = True,
         map_specs: dict[str, MapSpec] | None = None,
     ):
-        self.image_size = image_size
-        self.crop_scale = crop_scale
-        self.mean, self.std = list(mean), list(std)
-        self.horizontal_flip = horizontal_flip
+        super().__init__(mean, std, horizontal_flip)
+        self.image_size, self.crop_scale = image_size, crop_scale
         self.map_specs = dict(map_specs or {})
 
     def __call__(
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
-        tensor = TF.pil_to_tensor(image.convert("RGB"))
-        height, width = tensor.shape[-2:]
+        tensor, (height, width) = self._source(image)
         if self.crop_scale is None:
             box = (0, 0, height, width)
         else:
             box = random_resized_crop_box(rng, height, width, self.crop_scale)
-        view = crop_resize(tensor, box, self.image_size)
-        flip = bool(self.horizontal_flip and rng.random() < 0.5)
-        if flip:
-            view = TF.horizontal_flip(view)
-        example = {"pixel_values": normalize(view, self.mean, self.std)}
+        view, flip = self._crop(tensor, box, self.image_size, rng)
+        example = {"pixel_values": self._normalize(view)}
         example.update(_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width), flip)))
         return example
 
 
-class MultiCropViews:
-    """DINO's multi-crop (spec §5.6): `num_global_crops` random-resized crops of `global_size` (scale
+class MultiCropViews(_ViewMaker):
+    """DINO's multi-crop (Caron et al., ICCV 2021): `num_global_crops` random-resized crops of `global_size` (scale
     `global_scale`) and `num_local_crops` of `local_size` (scale `local_scale`), bicubic, each flipped horizontally
     with p=0.5 and, with `photometric`, augmented as DINO: colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2,
     Gaussian blur σ∈[0.1, 2] with p=1.0 on global crops 1, 3, ..., p=0.1 on global crops 2, 4, ... (which are also
@@ -252,12 +270,11 @@ class MultiCropViews:
         for name, (low, high) in (("global_scale", global_scale), ("local_scale", local_scale)):
             if not 0 < low <= high <= 1:
                 raise ValueError(f"{name}={(low, high)} must satisfy 0 < low <= high <= 1")
+        super().__init__(mean, std, horizontal_flip)
         self.global_size, self.local_size = global_size, local_size
         self.num_global_crops, self.num_local_crops = num_global_crops, num_local_crops
         self.global_scale, self.local_scale = global_scale, local_scale
-        self.mean, self.std = list(mean), list(std)
         self.photometric = photometric
-        self.horizontal_flip = horizontal_flip
         self.global_map_specs = dict(global_map_specs or {})
         self.local_map_specs = dict(local_map_specs or {})
 
@@ -282,20 +299,17 @@ class MultiCropViews:
         pixels, per_crop = [], []
         for blur_p, solarize_p in augmentations:
             box = random_resized_crop_box(rng, height, width, scale)
-            view = crop_resize(tensor, box, size)
-            flip = bool(self.horizontal_flip and rng.random() < 0.5)
-            if flip:
-                view = TF.horizontal_flip(view)
+            view, flip = self._crop(tensor, box, size, rng)
             if self.photometric:
                 view = self._augment(view, rng, blur_p, solarize_p)
-            pixels.append(normalize(view, self.mean, self.std))
+            pixels.append(self._normalize(view))
             per_crop.append(_view_maps(maps, specs, ViewGeometry(box, (height, width), flip)))
         return torch.stack(pixels), {role: torch.stack([crop[role] for crop in per_crop]) for role in specs}
 
     def __call__(
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
-        tensor = TF.pil_to_tensor(image.convert("RGB"))
+        tensor, _ = self._source(image)
         global_augmentations = [(1.0, 0.0) if index % 2 == 0 else (0.1, 0.2) for index in range(self.num_global_crops)]
         pixels, global_maps = self._crops(
             tensor, rng, maps, self.global_map_specs, self.global_size, self.global_scale, global_augmentations

@@ -31,9 +31,9 @@ from ..data.files import check_data_files, check_local_path
 from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
 from ..loading import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
-from . import (
-    DEFAULT_MAX_ITER,
-    DEFAULT_WEIGHT_DECAY,
+from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
+from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY
+from .protocols import (
     PROTOCOLS,
     TRAINED_PROTOCOLS,
     EvaluationResult,
@@ -41,7 +41,6 @@ from . import (
     evaluate_many,
     supported_protocols,
 )
-from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,8 +51,10 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @contextlib.contextmanager
-def _no_random_masking(tower: nn.Module, pixel_values: torch.Tensor) -> Iterator[dict]:
-    """Forward kwargs that keep every patch of a randomly masking tower (ViTMAE), with its mask ratio set to 0."""
+def no_random_masking(tower: nn.Module, pixel_values: torch.Tensor) -> Iterator[dict]:
+    """Forward kwargs that keep every patch, in order, of a randomly masking tower (transformers' ViTMAE: identity
+    `noise` (B, N), its `config.mask_ratio` set to 0 inside the block); `{}` for any other tower.
+    `pixel_values`: (B, C, H, W), the batch the tower will see."""
     config = getattr(tower, "config", None)
     if "noise" not in inspect.signature(tower.forward).parameters or not getattr(config, "mask_ratio", 0.0):
         yield {}
@@ -83,7 +85,7 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor, kind: str = "ba
     if kind != "backbone":
         raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
     tower = image_tower(model)
-    with _no_random_masking(tower, pixel_values) as kwargs:
+    with no_random_masking(tower, pixel_values) as kwargs:
         outputs = tower(pixel_values=pixel_values, **kwargs)
     if hasattr(tower, "post_layernorm") and getattr(outputs, "pooler_output", None) is not None:
         return outputs.pooler_output.float()
@@ -147,4 +149,5 @@ __all__ = [
     "extract_features",
     "image_features",
     "image_tower",
+    "no_random_masking",
 ]

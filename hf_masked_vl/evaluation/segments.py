@@ -28,6 +28,7 @@ from ..data.maps import MapSpec, ViewGeometry, apply_map_spec, decode_label_map
 from ..data.streaming import decode_image
 from .data import LabelledSplit
 from .features import LabelledFeatures, _model_device_dtype
+from .protocols import TRAINED_PROTOCOLS, EvaluationResult, check_same_classes, trained_protocol_results
 
 
 def _size_field(size, name: str):
@@ -176,19 +177,14 @@ def evaluate_with_segments(
     batch_size: int = 64,
     use_segments: bool = True,
     **kwargs,
-) -> dict:
+) -> dict[str, EvaluationResult]:
     """k-NN and / or linear-probe results ({protocol: `EvaluationResult`}) of the segment features
     (`extract_segment_features`) of both splits, each read with its segments column. `kwargs`: `ks`, `temperature`
     (knn), `weight_decay`, `max_iter` (linear), as `evaluate_many`."""
-    from . import TRAINED_PROTOCOLS, trained_protocol_results
-
     unknown = [p for p in protocols if p not in TRAINED_PROTOCOLS]
     if unknown:
         raise ValueError(f"segment features serve {TRAINED_PROTOCOLS}, not {unknown}")
-    if train_split.class_names != test_split.class_names:
-        raise ValueError(
-            f"train split {train_split.name!r} and test split {test_split.name!r} have different class names"
-        )
+    check_same_classes(train_split, test_split)
     test = extract_segment_features(model, image_processor, test_split, batch_size, use_segments)
     train = extract_segment_features(model, image_processor, train_split, batch_size, use_segments)
     results = trained_protocol_results(

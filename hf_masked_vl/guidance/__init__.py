@@ -7,6 +7,7 @@ that producer is built; `sam` uses segment-anything (a core dependency) or trans
 
 from .attention import attention_map
 from .backbones import DEFAULT_BACKBONE, BackboneOutput, GuidanceBackbone, Preprocessor, load_backbone
+from .gradcam import GradCamProducer  # registers the "gradcam" producer
 from .producers import (
     DEFAULT_GRID,
     PRODUCERS,
@@ -28,6 +29,7 @@ __all__ = [
     "BackboneOutput",
     "DEFAULT_BACKBONE",
     "DEFAULT_GRID",
+    "GradCamProducer",
     "GuidanceBackbone",
     "GuidanceProducer",
     "GuidanceSummary",

@@ -33,14 +33,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..evaluation.features import _no_random_masking, image_tower
+from ..evaluation.features import image_tower, no_random_masking
 from ..loading import remote_code_guard
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "facebook/dino-vitb16"
-"""DINO ViT-B/16, self-supervised on ImageNet-1K: the backbone AttG-MAE feeds to TokenCut (seed:001 A.1)."""
+"""DINO ViT-B/16, self-supervised on ImageNet-1K: the backbone AttG-MAE feeds to TokenCut (its supplementary,
+A.1)."""
 
 _KEY_NAMES = ("k_proj", "key")
 _QUERY_NAMES = ("q_proj", "query")
@@ -216,7 +217,7 @@ class GuidanceBackbone:
             self._key.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
         ]
         try:
-            with _no_random_masking(self.tower, pixel_values) as kwargs:
+            with no_random_masking(self.tower, pixel_values) as kwargs:
                 self.tower(pixel_values=pixel_values, **kwargs)
         finally:
             for handle in handles:

@@ -1,4 +1,4 @@
-"""Grad-CAM guidance (the AttG-MAE ablation: an ImageNet-1K supervised ResNet-50, seed:001 A.1) through the
+"""Grad-CAM guidance (the AttG-MAE ablation: an ImageNet-1K supervised ResNet-50, its supplementary A.1) through the
 `grad-cam` package (`pytorch_grad_cam`; install the `[gradcam]` extra).
 
 The CNN is a timm classifier: `timm.create_model("resnet50", pretrained=True)` by default (timm's default
@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from .backbones import Preprocessor
-from .producers import DEFAULT_GRID, GuidanceProducer, resample_to_grid
+from .producers import DEFAULT_GRID, GuidanceProducer, ProducerSpec, register_producer, resample_to_grid
 from .tokencut import normalize_minmax
 
 GRADCAM_EXTRA_MESSAGE = (
@@ -135,9 +135,28 @@ class GradCamProducer(GuidanceProducer):
         return {**super().describe(), "backbone": self.backbone_name, "target_class": self.target_class}
 
 
+def build_gradcam_producer(backbone, grid, device, trust_remote_code, **options) -> GradCamProducer:
+    """The registry's factory: `GradCamProducer.from_timm` (timm loads no foreign code: `trust_remote_code` is
+    unused)."""
+    return GradCamProducer.from_timm(backbone, grid=grid, device=device, **options)
+
+
+GRADCAM_SPEC = register_producer(
+    ProducerSpec(
+        name="gradcam",
+        factory=build_gradcam_producer,
+        default_backbone="resnet50",
+        description="Grad-CAM of a supervised timm CNN for its top class (AttG-MAE ablation: ResNet-50); needs the "
+        "[gradcam] extra",
+        options={"target_class": dict(type=int, help="Grad-CAM: class to explain (default: the top prediction)")},
+    )
+)
+
 __all__ = [
     "GRADCAM_EXTRA_MESSAGE",
+    "GRADCAM_SPEC",
     "GradCamProducer",
+    "build_gradcam_producer",
     "default_target_layer",
     "load_timm_classifier",
     "require_pytorch_grad_cam",

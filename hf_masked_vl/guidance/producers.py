@@ -6,7 +6,7 @@ new producer is one `register_producer` call away. Registered producers (`--prod
 
 * `tokencut`: TokenCut object map from a ViT's last-layer keys (AttG-MAE: DINO ViT-B/16), float, `guidance`;
 * `attention`: raw last-layer CLS attention of a ViT, float, `guidance`;
-* `gradcam`: Grad-CAM of a timm CNN (`gradcam.py`; the `[gradcam]` extra), float, `guidance`;
+* `gradcam`: Grad-CAM of a timm CNN (`gradcam.py`, which registers it; the `[gradcam]` extra), float, `guidance`;
 * `sam`: SAM automatic masks as a label map (MRE-ViT; `sam.py`, which registers it), label, `segments`:
   segment-anything from a checkpoint file or transformers' `SamModel` by Hub name / folder.
 
@@ -231,12 +231,6 @@ def _build_attention(backbone, grid, device, trust_remote_code) -> AttentionProd
     return AttentionProducer(load_backbone(backbone, trust_remote_code, device), grid)
 
 
-def _build_gradcam(backbone, grid, device, trust_remote_code, **options):
-    from .gradcam import GradCamProducer
-
-    return GradCamProducer.from_timm(backbone, grid=grid, device=device, **options)
-
-
 register_producer(
     ProducerSpec(
         name="tokencut",
@@ -259,16 +253,6 @@ register_producer(
         factory=_build_attention,
         default_backbone=DEFAULT_BACKBONE,
         description="raw last-layer CLS attention of a ViT (head mean), min-max normalised",
-    )
-)
-register_producer(
-    ProducerSpec(
-        name="gradcam",
-        factory=_build_gradcam,
-        default_backbone="resnet50",
-        description="Grad-CAM of a supervised timm CNN for its top class (AttG-MAE ablation: ResNet-50); needs the "
-        "[gradcam] extra",
-        options={"target_class": dict(type=int, help="Grad-CAM: class to explain (default: the top prediction)")},
     )
 )
 

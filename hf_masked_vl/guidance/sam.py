@@ -1,5 +1,5 @@
-"""SAM guidance (MRE-ViT, "SAM Helps SSL", spec §4.2): SAM's automatic masks as a per-image label map, written to
-the `segments` column.
+"""SAM guidance (MRE-ViT, "SAM Helps SSL", Taguchi et al., BMVC 2024): SAM's automatic masks as a per-image label
+map, written to the `segments` column.
 
 Per image: SAM's automatic mask generator runs on the image at its own resolution (SAM resizes internally); the
 masks are sorted by `predicted_iou` (descending, stable), the top `max_segments` (c = 5) are kept, and each pixel

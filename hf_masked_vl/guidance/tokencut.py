@@ -1,4 +1,4 @@
-"""TokenCut (Wang et al., CVPR 2022; algorithms.md §5.7), batched in torch.
+"""TokenCut (Wang et al., CVPR 2022; `YangtaoWANG95/TokenCut`), batched in torch.
 
 Per image, on the N = h · w patch keys of the last attention layer (heads concatenated, CLS dropped):
 
@@ -10,12 +10,12 @@ Per image, on the N = h · w patch keys of the last attention layer (heads conca
    (logical not) and v negated, as TokenCut does.
 4. The object = the 4-connected component of the foreground that contains the seed.
 
-The guidance map (AttG-MAE's M_norm ∈ [0, 1]; algorithms.md §3.2, whose exact recipe the paper does not give):
+The guidance map (AttG-MAE's M_norm ∈ [0, 1], background 0 and maximum 1; the paper does not give the recipe):
 
-* `normalize="object"` (default, the §3.2 recommendation): the sign-corrected v measured from the bipartition
+* `normalize="object"` (default): the sign-corrected v measured from the bipartition
   threshold, (v − mean(v)), kept on the object only (0 outside the seed's component and wherever v ≤ mean(v)),
   divided by its maximum. Background is exactly 0, the maximum exactly 1, every object patch is > 0, so
-  `map > 0` is exactly the object mask. (§3.2 writes "v, zeroed outside, divided by max(v)"; measuring from the
+  `map > 0` is exactly the object mask. (Rather than "v, zeroed outside, divided by max(v)": measuring from the
   threshold instead of from 0 keeps object patches with v ≤ 0 — possible when mean(v) < 0 — from falling to 0.
   v is D-orthogonal to the constant vector, so mean(v) is small next to max(v) and the two maps differ by a shift
   of a few percent of the maximum.) With the binary affinity v is nearly constant on a coherent object, so the
@@ -113,8 +113,8 @@ def tokencut(
 ) -> TokenCutResult:
     """TokenCut on a batch of patch keys (B, N, D), N = h · w in row-major order (see the module docstring).
 
-    `normalize`: "object" (default; background exactly 0, max exactly 1, `map > 0` == `mask`; the algorithms.md
-    §3.2 recommendation) or "minmax" (plain min-max of the sign-corrected eigenvector)."""
+    `normalize`: "object" (default; background exactly 0, max exactly 1, `map > 0` == `mask`) or "minmax" (plain
+    min-max of the sign-corrected eigenvector)."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZATIONS}")
     height, width = grid

@@ -40,7 +40,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,34 @@ _COLORMAP = (
 
 
 @dataclass
+class ShardStats:
+    """One shard's counts and sums, stored as `stats/<split>-NNNNN.json` and added up over the shards (written or
+    reused) into the `GuidanceSummary`.
+
+    num_records: source records read; num_images: maps written; num_skipped: undecodable images; num_iou_images:
+    images scored against the ground truth, iou_sum / iou_half_sum: their IoUs (map > 0 / map ≥ 0.5);
+    covered_pixels / map_pixels (label producers): written pixels with label > 0 / all written pixels."""
+
+    num_records: int = 0
+    num_images: int = 0
+    num_skipped: int = 0
+    num_iou_images: int = 0
+    iou_sum: float = 0.0
+    iou_half_sum: float = 0.0
+    covered_pixels: int = 0
+    map_pixels: int = 0
+
+    @classmethod
+    def read(cls, path: Path) -> ShardStats:
+        """A stats file (counts it lacks are 0)."""
+        stored = json.loads(path.read_text())
+        return cls(**{item.name: stored.get(item.name, item.default) for item in fields(cls)})
+
+    def __add__(self, other: ShardStats) -> ShardStats:
+        return ShardStats(**{item.name: getattr(self, item.name) + getattr(other, item.name) for item in fields(self)})
+
+
+@dataclass
 class GuidanceSummary:
     """What a `write_guidance` run saw (counts include shards reused from an earlier run).
 
@@ -89,6 +117,16 @@ class GuidanceSummary:
     covered_share: float | None = None
     covered_pixels: int = 0
     map_pixels: int = 0
+
+    def add_totals(self, totals: ShardStats, is_label: bool) -> None:
+        """The counts and means of the shards' summed stats (`ShardStats`)."""
+        for name in ("num_records", "num_images", "num_skipped", "num_iou_images", "covered_pixels", "map_pixels"):
+            setattr(self, name, getattr(totals, name))
+        if totals.num_iou_images:
+            self.iou = totals.iou_sum / totals.num_iou_images
+            self.iou_at_half = None if is_label else totals.iou_half_sum / totals.num_iou_images
+        if is_label and totals.map_pixels:
+            self.covered_share = totals.covered_pixels / totals.map_pixels
 
 
 def patch_foreground(binary: np.ndarray, grid: int) -> np.ndarray:
@@ -212,6 +250,163 @@ def _check_image_column(dataset: datasets.IterableDataset, image_column: str) ->
         )
 
 
+@dataclass
+class _SourceColumns:
+    """How source records become rows: `records` is the dataset with its image columns left undecoded (their bytes
+    are copied as stored); `out_features` the shards' features (None when the source's are unknown);
+    `truth_column` the ground-truth column of the IoU report (None when the source has none)."""
+
+    records: datasets.IterableDataset
+    image_columns: list[str]
+    out_features: datasets.Features | None
+    truth_column: str | None
+
+
+def _source_columns(
+    dataset: datasets.IterableDataset,
+    producer: GuidanceProducer,
+    image_column: str,
+    ground_truth_column: str | None,
+    log: Callable[[str], None],
+) -> _SourceColumns:
+    features = dataset.features
+    if features is None:
+        return _SourceColumns(dataset, [image_column], None, ground_truth_column)
+    records = dataset
+    image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    for name in image_columns:
+        records = records.cast_column(name, datasets.Image(decode=False))
+    if producer.column in features:
+        note = " (the IoU report reads the source's)" if producer.column == ground_truth_column else ""
+        log(f"the source already has a {producer.column!r} column: it is replaced{note}")
+    out_features = datasets.Features(dict(features))  # a replaced column keeps its place, a new one is last
+    out_features[producer.column] = producer.feature()
+    truth_column = ground_truth_column if ground_truth_column in features else None
+    return _SourceColumns(records, image_columns, out_features, truth_column)
+
+
+def _start_run(
+    dataset: datasets.IterableDataset,
+    output_dir: Path,
+    record: dict,
+    image_column: str,
+    log: Callable[[str], None],
+) -> None:
+    """Check the source and the folder, then write the run record and remove the unfinished shards of an interrupted
+    run (the folder is left as it was when a check fails)."""
+    split = record["split"]
+    record_path = output_dir / "stats" / f"{split}-run.json"
+    _check_image_column(dataset, image_column)
+    _check_run_record(record_path, record)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record_path, record, sort_keys=True)  # only now: every check has passed
+    for stale in output_dir.glob(f"{split}-*.parquet.tmp"):
+        log(f"removing the unfinished shard {stale.name} of an interrupted run")
+        stale.unlink()
+
+
+class _ShardWriter:
+    """Maps, scores and writes the shards of one split, and draws the first `num_overlays` overlays (counting those
+    an earlier run drew)."""
+
+    def __init__(
+        self,
+        producer: GuidanceProducer,
+        output_dir: Path,
+        split: str,
+        columns: _SourceColumns,
+        image_column: str,
+        batch_size: int,
+        num_overlays: int,
+    ):
+        self.producer, self.output_dir, self.split, self.columns = producer, output_dir, split, columns
+        self.image_column, self.batch_size, self.num_overlays = image_column, batch_size, num_overlays
+        self.is_label = producer.kind == "label"
+        self.overlay_dir = output_dir / "overlays"
+        self.overlays: list[str] = []
+        self.overlays_done = len(list(self.overlay_dir.glob(f"{split}-*.png"))) if self.overlay_dir.exists() else 0
+
+    def paths(self, shard_index: int) -> tuple[Path, Path]:
+        """(the shard's parquet file, its stats file)."""
+        name = f"{self.split}-{shard_index:05d}"
+        return self.output_dir / f"{name}.parquet", self.output_dir / "stats" / f"{name}.json"
+
+    def reusable(self, shard_index: int, num_records: int) -> ShardStats | None:
+        """The stats of a shard an earlier run completed (parquet and stats present, same record count), else None."""
+        path, stats_path = self.paths(shard_index)
+        if not (path.exists() and stats_path.exists()):
+            return None
+        stats = ShardStats.read(stats_path)
+        return stats if stats.num_records == num_records else None
+
+    def write(self, shard_index: int, chunk: list[dict], first_record: int, bar) -> ShardStats:
+        """Map the records of `chunk` (stream positions from `first_record`) and write the shard: parquet to a
+        temporary name, its stats, then the rename that marks it complete."""
+        stats = ShardStats(num_records=len(chunk))
+        rows: list[dict] = []
+        for offset in range(0, len(chunk), self.batch_size):
+            batch = chunk[offset : offset + self.batch_size]
+            rows += self._map_batch(batch, first_record + offset, stats)
+            bar.update(len(batch))
+        stats.num_images = len(rows)
+        path, stats_path = self.paths(shard_index)
+        temporary = path.with_name(path.name + ".tmp")
+        with _quiet_datasets():
+            _shard_table(rows, self.columns.out_features, self.producer).to_parquet(str(temporary))
+        write_json_atomic(stats_path, asdict(stats), sort_keys=True)
+        os.replace(temporary, path)
+        return stats
+
+    def _map_batch(self, examples: list[dict], first_record: int, stats: ShardStats) -> list[dict]:
+        """The rows of the decodable records of one batch (the producer runs once, under no_grad)."""
+        decoded = []
+        for position, example in enumerate(examples):
+            image = decode_image(example.get(self.image_column))
+            if image is None:
+                stats.num_skipped += 1
+                continue
+            decoded.append((first_record + position, example, image))
+        if not decoded:
+            return []
+        with torch.no_grad():
+            maps = self.producer([image for _, _, image in decoded])
+        rows, image_columns = [], self.columns.image_columns
+        for (index, example, image), value in zip(decoded, maps):
+            row = {key: (_embed_file_bytes(v) if key in image_columns else v) for key, v in example.items()}
+            row[self.producer.column] = self.producer.to_cell(value)
+            rows.append(row)
+            self._score(example, value, stats)
+            self._draw_overlay(image, value, index)
+        return rows
+
+    def _score(self, example: dict, value: np.ndarray, stats: ShardStats) -> None:
+        """Count a label map's covered pixels, and its IoU against the record's ground truth when it has one."""
+        producer, grid = self.producer, self.producer.grid
+        if self.is_label:
+            stats.covered_pixels += int(np.count_nonzero(producer.foreground(value)))
+            stats.map_pixels += int(np.asarray(value).size)
+        if self.columns.truth_column is None:
+            return
+        segments = decode_label_map(example.get(self.columns.truth_column))
+        if segments is None:
+            return
+        truth = patch_foreground(segments > 0, grid)
+        stats.iou_sum += foreground_iou(patch_foreground(producer.foreground(value), grid), truth)
+        if not self.is_label:
+            stats.iou_half_sum += foreground_iou(patch_foreground(producer.heat(value) >= 0.5, grid), truth)
+        stats.num_iou_images += 1
+
+    def _draw_overlay(self, image: Image.Image, value: np.ndarray, index: int) -> None:
+        if self.overlays_done >= self.num_overlays:
+            return
+        self.overlay_dir.mkdir(parents=True, exist_ok=True)
+        overlay_path = self.overlay_dir / f"{self.split}-{index:06d}.png"
+        with replacing(overlay_path) as handle:  # a link planted there is replaced, not written through
+            render_overlay(image, self.producer.heat(value)).save(handle, format="PNG")
+        self.overlays.append(str(overlay_path))
+        self.overlays_done += 1
+
+
 def write_guidance(
     dataset: datasets.IterableDataset,
     producer: GuidanceProducer,
@@ -237,133 +432,40 @@ def write_guidance(
             f"shard_size ({shard_size}), batch_size ({batch_size}) and max_samples ({max_samples}) must be positive"
         )
     output_dir = Path(output_dir)
-    stats_dir, overlay_dir = output_dir / "stats", output_dir / "overlays"
     record = {**producer.describe(), "split": split, "shard_size": shard_size, "image_column": image_column}
-    record = {**record, "max_samples": max_samples, **(run_info or {})}
-    record_path = stats_dir / f"{split}-run.json"
-    _check_image_column(dataset, image_column)
-    _check_run_record(record_path, record)
-    stats_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record_path, record, sort_keys=True)  # only now: every check has passed
-    for stale in output_dir.glob(f"{split}-*.parquet.tmp"):
-        log(f"removing the unfinished shard {stale.name} of an interrupted run")
-        stale.unlink()
-
-    features = dataset.features
-    raw = dataset
-    image_columns = [image_column]
-    if features is not None:
-        image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
-        for name in image_columns:
-            raw = raw.cast_column(name, datasets.Image(decode=False))
-        if producer.column in features:
-            note = " (the IoU report reads the source's)" if producer.column == ground_truth_column else ""
-            log(f"the source already has a {producer.column!r} column: it is replaced{note}")
-    out_features = None
-    if features is not None:
-        out_features = datasets.Features(dict(features))  # a replaced column keeps its place, a new one is last
-        out_features[producer.column] = producer.feature()
-    with_truth = ground_truth_column is not None and (features is None or ground_truth_column in features)
-    is_label = producer.kind == "label"
-
-    summary = GuidanceSummary(output_dir=output_dir, split=split)
-    iou_sum = iou_half_sum = 0.0
-    overlays_done = len(list(overlay_dir.glob(f"{split}-*.png"))) if overlay_dir.exists() else 0
-    records = iter(raw)
+    _start_run(dataset, output_dir, {**record, "max_samples": max_samples, **(run_info or {})}, image_column, log)
+    columns = _source_columns(dataset, producer, image_column, ground_truth_column, log)
+    writer = _ShardWriter(producer, output_dir, split, columns, image_column, batch_size, num_overlays)
+    summary, totals = GuidanceSummary(output_dir=output_dir, split=split), ShardStats()
+    records = iter(columns.records)
     bar = tqdm(total=max_samples, unit="img", desc=f"{producer.name} {split}", disable=not progress)
     for shard_index in itertools.count():
-        take = shard_size if max_samples is None else min(shard_size, max_samples - summary.num_records)
+        take = shard_size if max_samples is None else min(shard_size, max_samples - totals.num_records)
         chunk = list(itertools.islice(records, take)) if take > 0 else []
         if not chunk:
             break
-        start_record = summary.num_records
-        summary.num_records += len(chunk)
-        name = f"{split}-{shard_index:05d}.parquet"
-        path, stats_path = output_dir / name, stats_dir / f"{split}-{shard_index:05d}.json"
-        if path.exists() and stats_path.exists():
-            stats = json.loads(stats_path.read_text())
-            if stats.get("num_records") == len(chunk):
-                log(f"resume: {name} is already complete ({len(chunk)} records), skipped")
-                summary.shards_reused.append(name)
-                summary.num_images += stats["num_images"]
-                summary.num_skipped += stats["num_skipped"]
-                summary.num_iou_images += stats.get("num_iou_images", 0)
-                iou_sum += stats.get("iou_sum", 0.0)
-                iou_half_sum += stats.get("iou_half_sum", 0.0)
-                summary.covered_pixels += stats.get("covered_pixels", 0)
-                summary.map_pixels += stats.get("map_pixels", 0)
-                bar.update(len(chunk))
-                continue
-        rows: list[dict] = []
-        stats = {"num_records": len(chunk), "num_images": 0, "num_skipped": 0, "num_iou_images": 0}
-        stats.update(iou_sum=0.0, iou_half_sum=0.0, covered_pixels=0, map_pixels=0)
-        for offset in range(0, len(chunk), batch_size):
-            batch, images, indices = [], [], []
-            for position, example in enumerate(chunk[offset : offset + batch_size]):
-                image = decode_image(example.get(image_column))
-                if image is None:
-                    stats["num_skipped"] += 1
-                    continue
-                batch.append(example)
-                images.append(image)
-                indices.append(start_record + offset + position)
-            maps = []
-            if images:
-                with torch.no_grad():
-                    maps = producer(images)
-            for example, image, index, value in zip(batch, images, indices, maps):
-                row = {key: (_embed_file_bytes(v) if key in image_columns else v) for key, v in example.items()}
-                row[producer.column] = producer.to_cell(value)
-                rows.append(row)
-                if is_label:
-                    stats["covered_pixels"] += int(np.count_nonzero(producer.foreground(value)))
-                    stats["map_pixels"] += int(np.asarray(value).size)
-                if with_truth:
-                    segments = decode_label_map(example.get(ground_truth_column))
-                    if segments is not None:
-                        truth = patch_foreground(segments > 0, producer.grid)
-                        predicted = patch_foreground(producer.foreground(value), producer.grid)
-                        stats["iou_sum"] += foreground_iou(predicted, truth)
-                        if not is_label:
-                            predicted = patch_foreground(producer.heat(value) >= 0.5, producer.grid)
-                            stats["iou_half_sum"] += foreground_iou(predicted, truth)
-                        stats["num_iou_images"] += 1
-                if overlays_done < num_overlays:
-                    overlay_dir.mkdir(parents=True, exist_ok=True)
-                    overlay_path = overlay_dir / f"{split}-{index:06d}.png"
-                    with replacing(overlay_path) as handle:  # a link planted there is replaced, not written through
-                        render_overlay(image, producer.heat(value)).save(handle, format="PNG")
-                    summary.overlays.append(str(overlay_path))
-                    overlays_done += 1
-            bar.update(len(chunk[offset : offset + batch_size]))
-        stats["num_images"] = len(rows)
-        temporary = path.with_name(name + ".tmp")
-        with _quiet_datasets():
-            _shard_table(rows, out_features, producer).to_parquet(str(temporary))
-        write_json_atomic(stats_path, stats, sort_keys=True)
-        os.replace(temporary, path)
-        summary.shards_written.append(name)
-        summary.num_images += stats["num_images"]
-        summary.num_skipped += stats["num_skipped"]
-        summary.num_iou_images += stats["num_iou_images"]
-        iou_sum += stats["iou_sum"]
-        iou_half_sum += stats["iou_half_sum"]
-        summary.covered_pixels += stats["covered_pixels"]
-        summary.map_pixels += stats["map_pixels"]
+        name = writer.paths(shard_index)[0].name
+        stats = writer.reusable(shard_index, len(chunk))
+        if stats is not None:
+            log(f"resume: {name} is already complete ({len(chunk)} records), skipped")
+            summary.shards_reused.append(name)
+            bar.update(len(chunk))
+        else:
+            stats = writer.write(shard_index, chunk, totals.num_records, bar)
+            summary.shards_written.append(name)
+        totals += stats
     bar.close()
     close = getattr(records, "close", None)
     if close is not None:  # a stream left half read (max_samples) otherwise complains at interpreter exit
         close()
-    if summary.num_iou_images:
-        summary.iou = iou_sum / summary.num_iou_images
-        summary.iou_at_half = None if is_label else iou_half_sum / summary.num_iou_images
-    if is_label and summary.map_pixels:
-        summary.covered_share = summary.covered_pixels / summary.map_pixels
+    summary.overlays = writer.overlays
+    summary.add_totals(totals, is_label=producer.kind == "label")
     return summary
 
 
 __all__ = [
     "GuidanceSummary",
+    "ShardStats",
     "check_output_dir",
     "colorize",
     "foreground_iou",

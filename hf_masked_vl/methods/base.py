@@ -30,7 +30,8 @@ from transformers import CLIPTokenizer, PreTrainedConfig, PreTrainedModel, Train
 from ..data.streaming import ImageTextCollator
 from ..errors import UsageError
 from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
-from ..tokenization import IMAGENET_MEAN, IMAGENET_STD, build_clip_tokenizer, build_image_processor
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
+from ..tokenization import build_clip_tokenizer, build_image_processor
 from .arguments import MethodDataArguments, MethodModelArguments
 
 

@@ -15,8 +15,8 @@ from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..masking import block_mask, mask_rng, mask_to_keep_indices, num_kept, random_keep_indices, reversed_block_mask
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
+from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..teachers import load_teacher
-from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .base import Method, Objective, build_config, load_checked, register_method
 
 

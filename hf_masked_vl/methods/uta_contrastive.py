@@ -11,7 +11,7 @@ from torch import nn
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
-from ..tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .base import Method, Objective, register_method
 
 

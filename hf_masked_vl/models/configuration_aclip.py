@@ -102,7 +102,7 @@ class AClipConfig(PreTrainedConfig):
                 stacklevel=2,
             )
             self.mask_ratio = 1.0 - float(keep)
-        kwargs.pop("ema_momentum", None)  # now a training argument (--ema_momentum), ignored in old configs
+        kwargs.pop("ema_momentum", None)  # a training argument (--ema_momentum), not part of the model
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

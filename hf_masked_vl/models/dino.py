@@ -1,6 +1,6 @@
-"""DINO building blocks (Caron et al., ICCV 2021; spec §5.6): the projection head, the self-distillation loss with
-its centre, and the centre-free distillation loss of MRE's post-processing (§4.5). The teacher-temperature warm-up
-is `schedules.teacher_temperature_at` (re-exported here).
+"""DINO building blocks (Caron et al., ICCV 2021): the projection head, the self-distillation loss with its centre,
+and the centre-free distillation loss of MRE's post-processing ("SAM Helps SSL", Taguchi et al., BMVC 2024,
+eqs. 8-10). The teacher-temperature warm-up is `schedules.teacher_temperature_at` (re-exported here).
 
 Conventions (`facebookresearch/dino`):
 - head: MLP (Linear, GELU; optional BatchNorm) → bottleneck → L2 normalisation → weight-normalised Linear to K
@@ -104,7 +104,6 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_scale=norm_last_layer)
-        self.init_std = init_std
         for module in self.modules():
             init_dino_weights(module, init_std)
 
