@@ -4,6 +4,7 @@ tuning of vision checkpoints (this package's and transformers ViT / ViTMAE)."""
 import contextlib
 import io
 import json
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -13,9 +14,9 @@ from conftest import quick_run, tiny_vit_kwargs
 from PIL import Image
 from transformers import AutoModel, AutoModelForPreTraining, ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
 
-from hf_masked_vl import AttGMAEForPreTraining, AttGMAEModel, LiTModel
+from hf_masked_vl import AttGMAEConfig, AttGMAEForPreTraining, AttGMAEModel, LiTModel
 from hf_masked_vl.errors import run_cli
-from hf_masked_vl.methods.attg_mae import RandomMasksAndMaps
+from hf_masked_vl.methods.attg_mae import AttGMAEMethod
 from hf_masked_vl.training.run import main as run_pretraining
 from hf_masked_vl.vision_towers import load_vision_tower
 
@@ -127,16 +128,18 @@ def test_attg_mae_without_a_guidance_column_names_the_script(tmp_path, small_dem
 
 
 def test_random_guidance_ablation_draws_maps_in_the_workers():
-    generator = RandomMasksAndMaps(grid=4, mask_ratio=0.75, random_maps=True)
+    def generator(guidance: str):
+        config = AttGMAEConfig(vision_config=tiny_vit_kwargs(), guidance=guidance)
+        return AttGMAEMethod(None, None, None).mask_generator(SimpleNamespace(config=config))
+
     seeds = torch.tensor([3, 9])
-    drawn = generator(seeds)
-    assert drawn["keep_indices"].shape == (2, 4) and drawn["guidance"].shape == (2, 4, 4)
-    assert 0 <= drawn["guidance"].min() and drawn["guidance"].max() < 1
-    again = generator(seeds)
-    assert torch.equal(drawn["guidance"], again["guidance"]) and torch.equal(
-        drawn["keep_indices"], again["keep_indices"]
-    )
-    assert "guidance" not in RandomMasksAndMaps(4, 0.75)(seeds)
+    drawn = generator("random")(seeds)
+    assert drawn.keep_indices.shape == (2, 4) and drawn.guidance.shape == (2, 4, 4)
+    assert 0 <= drawn.guidance.min() and drawn.guidance.max() < 1
+    again = generator("random")(seeds)
+    assert torch.equal(drawn.guidance, again.guidance) and torch.equal(drawn.keep_indices, again.keep_indices)
+    masks_only = generator("map")(seeds)
+    assert masks_only.guidance is None and torch.equal(masks_only.keep_indices, drawn.keep_indices)
 
 
 def test_mae_refuses_a_guidance_setting(tmp_path):

@@ -2,9 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from hf_masked_vl.masking import (
+from hf_masked_vl.data.streaming import ImageTextCollator
+from hf_masked_vl.models import AttGMAEConfig, MREViTConfig
+from hf_masked_vl.models.masking import (
+    KEEP_SET_POLICIES,
+    DrawAll,
+    DrawnInputs,
+    KeepSetGenerator,
+    RandomGuidanceMaps,
     block_mask,
     crop_score_map,
+    keep_indices_from_noise,
+    mask_from_keep_indices,
     mask_rng,
     mask_to_keep_indices,
     num_kept,
@@ -95,3 +104,75 @@ def test_num_kept():
     assert num_kept(196, 0.75) == 49
     with pytest.raises(ValueError, match="mask_ratio"):
         num_kept(196, 1.0)
+
+
+# ---- one home: the generators of `hf_masked_vl.models.masking` and the collator's one return type ----
+def test_every_keep_set_policy_draws_sorted_int64_indices_of_the_rule_count():
+    seeds = torch.tensor([0, 5, 11])
+    for policy in KEEP_SET_POLICIES:
+        drawn = KeepSetGenerator(policy, (8, 8), 0.6, min_block=4)(seeds)
+        assert isinstance(drawn, DrawnInputs) and drawn.guidance is None
+        keep = drawn.keep_indices
+        assert keep.dtype == torch.int64 and keep.shape == (3, num_kept(64, 0.6)), policy
+        assert torch.equal(keep, keep.sort(dim=1).values) and 0 <= keep.min() and keep.max() < 64
+        assert all(len(set(row)) == keep.shape[1] for row in keep.tolist())
+    groups = KeepSetGenerator("random_groups", 8, 0.5, group_size=2, num_views=2)(seeds).keep_indices
+    assert groups.shape == (3, 2, 36) and groups.dtype == torch.int64
+    with pytest.raises(ValueError, match="reversed_block"):
+        KeepSetGenerator("checker", 8, 0.5)
+
+
+def test_generators_draw_from_each_sample_seed_and_view():
+    seeds = torch.tensor([4, 9])
+
+    def rngs(view: int = 0) -> list[np.random.Generator]:
+        return [mask_rng(seed, view) for seed in seeds.tolist()]
+
+    reversed_rngs = rngs()
+    masks = np.stack([reversed_block_mask(rng, (6, 6), 0.5, min_block=4) for rng in reversed_rngs])
+    reference = mask_to_keep_indices(masks, num_kept(36, 0.5), reversed_rngs)
+    keep = KeepSetGenerator("reversed_block", 6, 0.5, min_block=4)(seeds).keep_indices
+    assert torch.equal(keep, reference)
+    two_views = KeepSetGenerator("random", 6, 0.75, num_views=2)(seeds).keep_indices
+    for view in range(2):
+        assert torch.equal(two_views[:, view], random_keep_indices(rngs(view), 36, 9))
+
+
+def test_draw_all_merges_generators_and_refuses_a_field_drawn_twice():
+    seeds = torch.tensor([1, 2])
+    keep_sets, maps = KeepSetGenerator("random", 4, 0.75), RandomGuidanceMaps(4)
+    drawn = DrawAll(keep_sets, maps)(seeds)
+    assert torch.equal(drawn.keep_indices, keep_sets(seeds).keep_indices)
+    assert torch.equal(drawn.guidance, maps(seeds).guidance) and drawn.guidance.dtype == torch.float32
+    assert set(drawn.batch_fields()) == {"keep_indices", "guidance"}
+    with pytest.raises(ValueError, match="keep_indices"):
+        DrawAll(keep_sets, keep_sets)(seeds)
+
+
+def test_the_collator_puts_the_drawn_fields_into_the_batch():
+    examples = [{"pixel_values": torch.zeros(3, 4, 4), "sample_seed": seed} for seed in (3, 8)]
+    generator = DrawAll(KeepSetGenerator("random", 4, 0.75), RandomGuidanceMaps(4))
+    batch = ImageTextCollator(mask_generator=generator, collect_skipped_records=False)(examples)
+    expected = generator(torch.tensor([3, 8]))
+    assert torch.equal(batch["keep_indices"], expected.keep_indices)
+    assert torch.equal(batch["guidance"], expected.guidance)
+    nothing = ImageTextCollator(mask_generator=lambda seeds: DrawnInputs(), collect_skipped_records=False)(examples)
+    assert not {"keep_indices", "guidance"} & set(nothing)
+
+
+def test_noise_keeps_the_smallest_and_the_mask_marks_the_rest():
+    noise = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+    keep = keep_indices_from_noise(noise, 2)
+    assert keep.tolist() == [[1, 3]]  # increasing noise, as ViTMAE
+    assert mask_from_keep_indices(keep, 1, 4).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    assert mask_from_keep_indices(None, 1, 4).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9, 0.99])
+def test_the_configs_keep_counts_follow_the_one_rule(ratio):
+    vision = {"image_size": 48, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    attg, mre = (
+        AttGMAEConfig(vision_config=vision, mask_ratio=ratio),
+        MREViTConfig(vision_config=vision, mask_ratio=ratio),
+    )
+    assert attg.num_kept_patches == mre.num_kept_patches == num_kept(36, ratio)

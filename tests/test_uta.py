@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -19,7 +20,7 @@ from transformers import CLIPConfig, CLIPModel
 from hf_masked_vl import AClipModel, UTAConfig, UTAModel
 from hf_masked_vl.hub import save_checkpoint
 from hf_masked_vl.masking import mask_rng, reversed_block_mask
-from hf_masked_vl.methods.uta import uta_keep_indices
+from hf_masked_vl.methods.uta import UTAMethod
 from hf_masked_vl.models.losses import token_alignment_loss
 from hf_masked_vl.teachers import load_teacher, open_clip_text_tower, resample_token_grid
 from hf_masked_vl.tokenization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_image_processor
@@ -82,14 +83,21 @@ def test_presets():
         tiny_uta_config(mask_type="checker")
 
 
+def uta_keep_indices(config: UTAConfig, seeds: torch.Tensor) -> torch.Tensor | None:
+    """The keep indices UTA's collator draws for `seeds` (None: no generator, nothing masked)."""
+    generator = UTAMethod(None, None, None).mask_generator(SimpleNamespace(config=config))
+    return None if generator is None else generator(seeds).keep_indices
+
+
 def test_keep_indices_fixed_count_and_reproducible():
     config = tiny_uta_config(mask_ratio=0.5, min_block_patches=4)
     seeds = torch.arange(6)
-    keep = uta_keep_indices(config, seeds, torch.device("cpu"))
+    keep = uta_keep_indices(config, seeds)
     assert keep.shape == (6, 8)
-    assert torch.equal(keep, uta_keep_indices(config, seeds, torch.device("cpu")))
-    assert uta_keep_indices(tiny_uta_config(mask_ratio=0.0), seeds, torch.device("cpu")) is None
-    assert uta_keep_indices(tiny_uta_config(mask_type="random"), seeds, torch.device("cpu")).shape == (6, 10)
+    assert torch.equal(keep, uta_keep_indices(config, seeds))
+    assert uta_keep_indices(tiny_uta_config(mask_ratio=0.0), seeds) is None
+    assert uta_keep_indices(tiny_uta_config(mask_type="none"), seeds) is None
+    assert uta_keep_indices(tiny_uta_config(mask_type="random"), seeds).shape == (6, 10)
 
 
 def test_reversed_block_masks_equalise_locations():

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.masking import DrawnInputs
 from ..models.pipeline_zero_shot import tokenize_texts
 from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, decode_image, encoded_image, load_image
 from .maps import MAP_LOADERS
@@ -444,9 +445,10 @@ class ImageTextCollator:
     `num_skipped` per example (B,), `sample_seeds` (B,) and, as a flat list of plain dicts (not a tensor), the
     examples' `skipped_records`; draws data-independent masks.
 
-    `mask_generator(sample_seeds) -> keep_indices` (e.g. random or reversed-block masks), or a dict of batch tensors,
-    runs here, in the DataLoader workers, not on the main process each step; masks that depend on the model (A-CLIP's
-    attentive masks) are drawn by the method's objective instead.
+    `mask_generator(sample_seeds (B,)) -> DrawnInputs` (`hf_masked_vl.models.masking`: keep sets of a policy, random
+    guidance maps) runs here, in the DataLoader workers, not on the main process each step; its drawn fields
+    (`keep_indices`, `guidance`) join the batch. Masks that depend on the model (A-CLIP's attentive masks) are drawn
+    by the method's objective instead.
 
     `collect_skipped_records`: put `batch["skipped_records"]` into every batch (True), never (False), or — None, the
     default — only in a single-process run (`WORLD_SIZE` unset or 1). Under several processes accelerate's default for
@@ -459,7 +461,7 @@ class ImageTextCollator:
         self,
         tokenizer=None,
         context_length: int = 77,
-        mask_generator: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+        mask_generator: Callable[[torch.Tensor], DrawnInputs] | None = None,
         collect_skipped_records: bool | None = None,
     ):
         self.tokenizer = tokenizer
@@ -483,11 +485,7 @@ class ImageTextCollator:
         if self.tokenizer is not None and "caption" in examples[0]:
             batch.update(tokenize_texts(self.tokenizer, [e["caption"] for e in examples], self.context_length))
         if self.mask_generator is not None:
-            drawn = self.mask_generator(batch["sample_seeds"])
-            if isinstance(drawn, dict):
-                batch.update(drawn)
-            elif drawn is not None:
-                batch["keep_indices"] = drawn
+            batch.update(self.mask_generator(batch["sample_seeds"]).batch_fields())
         if self.collect_skipped_records:  # last: accelerate reads the batch size from the first field
             batch["skipped_records"] = [record for example in examples for record in example.get("skipped_records", ())]
         return batch

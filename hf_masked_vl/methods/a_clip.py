@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..data.views import AClipViews
-from ..masking import crop_score_map, mask_rng, random_group_keep_indices, topk_group_keep_indices
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, AClipConfig, AClipModel
+from ..models.masking import KeepSetGenerator, crop_score_map, topk_group_keep_indices
 from .base import Method, Objective, register_method
 
 
@@ -23,19 +23,6 @@ def ema_cls_attention_scores(vision_model: nn.Module, pixel_values: torch.Tensor
     attention = torch.stack(outputs.cls_attentions).mean(dim=(0, 2))[:, 1:]  # (B, N): drop the CLS key
     grid = vision_model.config.grid_size
     return attention.reshape(-1, grid, grid), outputs.pooler_output
-
-
-class RandomGroupMasks:
-    """`mask_mode="random"` (the FLIP-style ablation): as many random g×g groups per online view as the attentive
-    mask keeps, drawn in the DataLoader workers from each sample's seed. Returns (B, views, K)."""
-
-    def __init__(self, grid: int, group_size: int, mask_ratio: float, views: int = 2):
-        self.grid, self.group_size, self.mask_ratio, self.views = grid, group_size, mask_ratio, views
-
-    def __call__(self, sample_seeds: torch.Tensor) -> torch.Tensor:
-        rngs = [mask_rng(int(seed), view) for seed in sample_seeds.tolist() for view in range(self.views)]
-        keep = random_group_keep_indices(rngs, (self.grid, self.grid), self.group_size, self.mask_ratio)
-        return keep.view(len(sample_seeds), self.views, -1)
 
 
 class AClipObjective(Objective):
@@ -105,11 +92,14 @@ class AClipMethod(Method):
     def transform(self, model: AClipModel) -> AClipViews:
         return AClipViews(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
 
-    def mask_generator(self, model: AClipModel) -> RandomGroupMasks | None:
+    def mask_generator(self, model: AClipModel) -> KeepSetGenerator | None:
+        """`mask_mode="random"` (the FLIP-style ablation): per online view, as many random g×g groups as the attentive
+        mask keeps, (B, 2, K). Attentive masks depend on the EMA model: the objective draws them."""
         config = model.config
         if config.mask_mode != "random":
             return None
-        return RandomGroupMasks(config.vision_config.grid_size, config.mask_group_size, config.mask_ratio)
+        grid, group_size = config.vision_config.grid_size, config.mask_group_size
+        return KeepSetGenerator("random_groups", grid, config.mask_ratio, group_size=group_size, num_views=2)
 
     def objective(self, model: AClipModel, teacher=None) -> AClipObjective:
         return AClipObjective(model.config)
@@ -126,4 +116,4 @@ class AClipMethod(Method):
         )
 
 
-__all__ = ["AClipMethod", "AClipObjective", "RandomGroupMasks", "ema_cls_attention_scores"]
+__all__ = ["AClipMethod", "AClipObjective", "ema_cls_attention_scores"]

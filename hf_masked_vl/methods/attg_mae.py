@@ -8,34 +8,14 @@ resize to the model's size and a horizontal flip, applied to the map too. The 75
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from ..data.maps import MapSpec
 from ..data.views import SingleCropView
 from ..errors import UsageError
-from ..masking import mask_rng, num_kept, random_keep_indices
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
+from ..models.masking import DrawAll, KeepSetGenerator, RandomGuidanceMaps
 from .base import Method, Objective, register_method
-
-
-class RandomMasksAndMaps:
-    """MAE's random masks drawn in the data workers: (B, K) keep indices, K = round(N·(1 − mask_ratio)), per
-    sample from `mask_rng(sample seed)`; with `random_maps`, also a uniform [0, 1) map per sample (B, grid, grid),
-    the value range of a normalised object map (AttG's Table 8 ablation)."""
-
-    def __init__(self, grid: int, mask_ratio: float, random_maps: bool = False):
-        self.grid, self.mask_ratio, self.random_maps = grid, mask_ratio, random_maps
-
-    def __call__(self, sample_seeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        num_patches = self.grid * self.grid
-        rngs = [mask_rng(int(seed), 0) for seed in sample_seeds.tolist()]
-        batch = {"keep_indices": random_keep_indices(rngs, num_patches, num_kept(num_patches, self.mask_ratio))}
-        if self.random_maps:
-            maps = [mask_rng(int(seed), 1).random((self.grid, self.grid), dtype=np.float32) for seed in sample_seeds]
-            batch["guidance"] = torch.from_numpy(np.stack(maps))
-        return batch
 
 
 class AttGMAEObjective(Objective):
@@ -72,9 +52,12 @@ class AttGMAEMethod(Method):
             vision.image_size, crop_scale=None, mean=self.image_mean, std=self.image_std, map_specs=specs
         )
 
-    def mask_generator(self, model: AttGMAEForPreTraining) -> RandomMasksAndMaps:
+    def mask_generator(self, model: AttGMAEForPreTraining) -> KeepSetGenerator | DrawAll:
+        """MAE's random keep sets of `mask_ratio`; for `guidance="random"` also a uniform [0, 1) map per sample."""
         config = model.config
-        return RandomMasksAndMaps(config.vision_config.grid_size, config.mask_ratio, config.guidance == "random")
+        grid = config.vision_config.grid_size
+        keep_sets = KeepSetGenerator("random", grid, config.mask_ratio)
+        return DrawAll(keep_sets, RandomGuidanceMaps(grid)) if config.guidance == "random" else keep_sets
 
     def objective(self, model: AttGMAEForPreTraining, teacher=None) -> AttGMAEObjective:
         return AttGMAEObjective(model.config)
@@ -93,4 +76,4 @@ class MAEMethod(AttGMAEMethod):
         super().__init__(model_args, data_args, training_args, overrides)
 
 
-__all__ = ["AttGMAEMethod", "AttGMAEObjective", "MAEMethod", "RandomMasksAndMaps"]
+__all__ = ["AttGMAEMethod", "AttGMAEObjective", "MAEMethod"]

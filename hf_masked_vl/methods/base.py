@@ -132,7 +132,7 @@ class Method:
 
     def mask_generator(self, model: PreTrainedModel) -> Callable | None:
         """Data-independent inputs drawn in the DataLoader workers from each sample's seed:
-        `generator(sample_seeds (B,)) -> keep_indices` or a dict of batch tensors (masks, random maps, ...)."""
+        `generator(sample_seeds (B,)) -> DrawnInputs` (keep sets, random maps: `hf_masked_vl.models.masking`)."""
         return None
 
     def collator(self, model: PreTrainedModel, tokenizer) -> Callable:

@@ -25,7 +25,7 @@ from ..data.maps import MapSpec
 from ..data.views import MultiCropViews, SingleCropView
 from ..errors import UsageError
 from ..models import MREViTConfig, MREViTForDINO, MREViTForMAE
-from .attg_mae import RandomMasksAndMaps
+from ..models.masking import KeepSetGenerator
 from .base import Method, Objective, build_config, checkpoint_config, load_checked, register_method
 
 MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
@@ -126,8 +126,9 @@ class MREMAEMethod(Method):
             vision.image_size, crop_scale=MAE_CROP_SCALE, mean=self.image_mean, std=self.image_std, map_specs=specs
         )
 
-    def mask_generator(self, model: MREViTForMAE) -> RandomMasksAndMaps:
-        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+    def mask_generator(self, model: MREViTForMAE) -> KeepSetGenerator:
+        """MAE's random keep sets of `mask_ratio`."""
+        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
     def objective(self, model: MREViTForMAE, teacher=None) -> MREMAEObjective:
         return MREMAEObjective(model.config)
@@ -264,10 +265,11 @@ class MREDistillMethod(Method):
             map_specs=specs,
         )
 
-    def mask_generator(self, model: nn.Module) -> RandomMasksAndMaps | None:
+    def mask_generator(self, model: nn.Module) -> KeepSetGenerator | None:
+        """An MAE teacher's random keep sets (teacher and student see the same visible tokens); none for DINO."""
         if self.teacher_kind != "mae":
             return None
-        return RandomMasksAndMaps(model.config.vision_config.grid_size, model.config.mask_ratio)
+        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
     def objective(self, model: nn.Module, teacher=None) -> MREDistillObjective:
         return MREDistillObjective(model.config, self.teacher_kind)

@@ -7,48 +7,16 @@ checkpoint of this package (see `hf_masked_vl.teachers`). Reversed block masks a
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..data.views import SingleCropView
 from ..errors import UsageError
-from ..masking import block_mask, mask_rng, mask_to_keep_indices, num_kept, random_keep_indices, reversed_block_mask
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
+from ..models.masking import KeepSetGenerator
 from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..teachers import load_teacher
 from .base import Method, Objective, build_config, load_checked, register_method
-
-
-class UTAMasks:
-    """UTA's keep sets, drawn in the DataLoader workers: per sample, a mask of `config.mask_type` at `mask_ratio`
-    from `mask_rng(sample seed)`, trimmed or padded to a fixed count per batch. Returns (B, K), or None when
-    nothing is masked."""
-
-    def __init__(self, config: UTAConfig):
-        self.mask_type, self.mask_ratio = config.mask_type, config.mask_ratio
-        self.min_block = config.min_block_patches
-        self.grid = config.vision_config.grid_size
-
-    def __call__(self, sample_seeds: torch.Tensor) -> torch.Tensor | None:
-        if self.mask_type == "none" or self.mask_ratio == 0:
-            return None
-        grid = self.grid
-        num_patches, keep = grid * grid, num_kept(grid * grid, self.mask_ratio)
-        rngs = [mask_rng(int(seed), 0) for seed in sample_seeds.tolist()]
-        if self.mask_type == "random":
-            return random_keep_indices(rngs, num_patches, keep)
-        if self.mask_type == "block":
-            masks = [block_mask(rng, (grid, grid), num_patches - keep, self.min_block) for rng in rngs]
-        else:
-            masks = [reversed_block_mask(rng, (grid, grid), self.mask_ratio, min_block=self.min_block) for rng in rngs]
-        return mask_to_keep_indices(np.stack(masks), keep, rngs)
-
-
-def uta_keep_indices(config: UTAConfig, sample_seeds: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """`UTAMasks(config)(sample_seeds)` on `device` (for callers outside a DataLoader)."""
-    keep = UTAMasks(config)(sample_seeds)
-    return keep.to(device) if keep is not None else None
 
 
 class UTAObjective(Objective):
@@ -129,11 +97,17 @@ class UTAMethod(Method):
     def transform(self, model: UTAModel) -> SingleCropView:
         return SingleCropView(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
 
-    def mask_generator(self, model: UTAModel) -> UTAMasks:
-        return UTAMasks(model.config)
+    def mask_generator(self, model: UTAModel) -> KeepSetGenerator | None:
+        """Keep sets of `mask_type` ("reversed_block" (paper), "block", "random") at `mask_ratio`; none when nothing
+        is masked (`mask_type="none"` or `mask_ratio=0`: plain feature distillation on every token)."""
+        config = model.config
+        if config.mask_type == "none" or config.mask_ratio == 0:
+            return None
+        grid = config.vision_config.grid_size
+        return KeepSetGenerator(config.mask_type, grid, config.mask_ratio, min_block=config.min_block_patches)
 
     def objective(self, model: UTAModel, teacher: nn.Module | None) -> UTAObjective:
         return UTAObjective(model.config, self.image_mean, self.image_std)
 
 
-__all__ = ["UTAMasks", "UTAMethod", "UTAObjective", "uta_keep_indices"]
+__all__ = ["UTAMethod", "UTAObjective"]

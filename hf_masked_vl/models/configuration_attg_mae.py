@@ -9,6 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .masking import num_kept
 from .schedules import cosine_temperature
 
 GUIDANCE_MODES = ("map", "random", "none")
@@ -166,8 +167,9 @@ class AttGMAEConfig(PreTrainedConfig):
 
     @property
     def num_kept_patches(self) -> int:
-        """K = round(N·(1 − mask_ratio)), at least 1: patches the encoder sees when masking."""
-        return max(1, int(round(self.num_patches * (1.0 - self.mask_ratio))))
+        """K = `num_kept(N, mask_ratio)` = round(N·(1 − mask_ratio)), at least 1: patches the encoder sees when
+        masking."""
+        return num_kept(self.num_patches, self.mask_ratio)
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         """τ for training step `step` (0-based) of `total_steps`: `guidance_temperature` for the constant

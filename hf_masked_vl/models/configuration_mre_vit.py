@@ -10,6 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .masking import num_kept
 from .relation_bias import RELATION_BIAS_TYPES
 from .schedules import teacher_temperature_at
 
@@ -205,8 +206,9 @@ class MREViTConfig(PreTrainedConfig):
 
     @property
     def num_kept_patches(self) -> int:
-        """K = round(N·(1 − mask_ratio)), at least 1."""
-        return max(1, int(round(self.num_patches * (1.0 - self.mask_ratio))))
+        """K = `num_kept(N, mask_ratio)` = round(N·(1 − mask_ratio)), at least 1: patches the encoder sees when
+        masking."""
+        return num_kept(self.num_patches, self.mask_ratio)
 
     @property
     def local_grid_size(self) -> int:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_attg_mae import AttGMAEConfig
@@ -30,17 +29,8 @@ from .conversion_vit import (
     convert_state_dict,
     reverse_rules,
 )
-from .modeling_mae import (
-    MAEDecoder,
-    get_2d_sincos_pos_embed,
-    init_mae_decoder_weights,
-    keep_indices_from_noise,
-    mae_decoder_config,
-    mask_from_keep_indices,
-    per_patch_loss,
-    pixel_targets,
-)
-from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, get_2d_sincos_pos_embed, masked_mean
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
 
 logger = logging.get_logger(__name__)
 
@@ -103,7 +93,7 @@ def guided_reconstruction_loss(
     """AttG-MAE's loss over the whole batch: loss_scale · Σ mask·w·ℓ / Σ mask (`"count"`) or / Σ mask·w
     (`"weights"`). per_patch ℓ, mask, weights w: (B, N); `weights=None` is MAE's loss (w = 1, no scale)."""
     if weights is None:
-        return (per_patch * mask).sum() / mask.sum()
+        return masked_mean(per_patch, mask)
     weighted = mask * weights
     total = (weighted * per_patch).sum()
     if normalizer == "count":
@@ -113,29 +103,18 @@ def guided_reconstruction_loss(
     raise ValueError(f"normalizer={normalizer!r} is not 'count' or 'weights'")
 
 
-class AttGMAEPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
+class AttGMAEPreTrainedModel(MaskedViTPreTrainedModel):
+    """The AttG-MAE models: `MaskedViTPreTrainedModel`'s class attributes with this config. The encoder `vit` is a
+    sub-model and initialises itself; the pre-training head adds its decoder's init (`MAEPreTrainingHead`)."""
+
     config_class = AttGMAEConfig
-    base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MaskedViTBlock"]
-    _supports_sdpa = True
-    _supports_flex_attn = False
-    _supports_attention_backend = True
-    accepts_loss_kwargs = False
     # every checkpoint serves AutoModel (the encoder) and AutoModelForPreTraining (see `hf_masked_vl.hub`)
     extra_auto_map = _AUTO_MAP
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The encoder (`MaskedViTModel`, a sub-model) initialises itself (timm ViT init, fixed sin-cos table);
-        every other module belongs to the MAE decoder and gets MAE's init (xavier-uniform Linear, zero biases, unit
-        norms, normal(0.02) mask token) and its fixed position table recomputed (never saved)."""
-        init_mae_decoder_weights(module, std=self.config.vision_config.initializer_range)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.embeddings.patch_embed
+        """Nothing of its own: the encoder model holds only the encoder sub-model (whose timm ViT init, inherited
+        from `MaskedViTPreTrainedModel`, is the encoder's and not repeated here)."""
 
     def encoder_output_flags(
         self, output_attentions: bool | None, output_hidden_states: bool | None
@@ -190,7 +169,7 @@ class AttGMAEModel(AttGMAEPreTrainedModel):
         )
 
 
-class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
+class AttGMAEForPreTraining(MAEPreTrainingHead, AttGMAEPreTrainedModel):
     """MAE with AttG's guided loss: encoder `vit` (a `MaskedViTModel`) on the visible patches, `decoder` (an
     `MAEDecoder`) predicting every patch's pixels, and the loss L = γ · Σ mask·w·ℓ / Σ mask with w = exp(M / τ).
 
@@ -212,35 +191,8 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
     def __init__(self, config: AttGMAEConfig):
         super().__init__(config)
         self.vit = MaskedViTModel._from_config(config.vision_config)
-        decoder_config = mae_decoder_config(
-            config.vision_config,
-            hidden_size=config.decoder_hidden_size,
-            num_hidden_layers=config.decoder_num_hidden_layers,
-            num_attention_heads=config.decoder_num_attention_heads,
-            mlp_ratio=config.decoder_mlp_ratio,
-        )
-        self.decoder = MAEDecoder(config.vision_config.hidden_size, decoder_config)
+        self.decoder = build_mae_decoder(config)
         self.post_init()
-
-    def _sync_decoder_attention(self) -> None:
-        """The decoder's config is not a registered sub-config: follow the model's attention implementation
-        (`set_attn_implementation`, `from_pretrained(attn_implementation=...)`)."""
-        implementation = self.config._attn_implementation
-        if implementation and self.decoder.config._attn_implementation != implementation:
-            self.decoder.config._attn_implementation = implementation
-
-    def resolve_keep_indices(
-        self, batch: int, keep_indices: torch.Tensor | None = None, noise: torch.Tensor | None = None
-    ) -> torch.Tensor | None:
-        """The (B, K) keep indices of a forward call: given, derived from `noise` (B, N), or `None` (no masking)."""
-        num_patches = self.config.num_patches
-        if noise is not None:
-            if keep_indices is not None:
-                raise ValueError("pass either keep_indices or noise, not both")
-            if noise.shape != (batch, num_patches):
-                raise ValueError(f"noise must be (B, N) = {(batch, num_patches)}, got {tuple(noise.shape)}")
-            return keep_indices_from_noise(noise, self.config.num_kept_patches)
-        return keep_indices
 
     def guidance_weights(
         self, guidance: torch.Tensor, guidance_temperature: float | torch.Tensor | None = None
@@ -277,34 +229,27 @@ class AttGMAEForPreTraining(AttGMAEPreTrainedModel):
         output_attentions / output_hidden_states: the encoder's; `None` reads `config`, then `vision_config`.
         return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
-        batch = pixel_values.shape[0]
-        keep_indices = self.resolve_keep_indices(batch, keep_indices, noise)
+        keep_indices = self.resolve_keep_indices(pixel_values, keep_indices, noise)
         encoder_outputs = self.vit(
             pixel_values,
             keep_indices=keep_indices,
             return_dict=True,
             **self.encoder_output_flags(output_attentions, output_hidden_states),
         )
-        self._sync_decoder_attention()
-        logits = self.decoder(encoder_outputs.last_hidden_state, keep_indices)
-        num_patches = logits.shape[1]
-        mask = mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
+        logits, mask = self.reconstruct(encoder_outputs.last_hidden_state, keep_indices)
 
         use_guidance = self.config.guidance != "none"
         if use_guidance and guidance is not None:
             weights = self.guidance_weights(guidance.to(logits.device), guidance_temperature)
         else:  # guidance="none", or no map given: every patch weighs exp(0 / τ) = 1
-            weights = torch.ones(batch, num_patches, device=logits.device)
+            weights = torch.ones_like(mask)
 
         loss = reconstruction = None
         if return_loss:
             if use_guidance and guidance is None:
                 logger.warning_once(NO_GUIDANCE_WARNING)
-            target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
-            per_patch = per_patch_loss(logits, target)
-            # nothing masked (no keep indices, or K = N): average over every patch instead of 0 / 0
-            loss_mask = mask if keep_indices is not None and keep_indices.shape[1] < num_patches else 1.0 - mask
-            reconstruction = guided_reconstruction_loss(per_patch, loss_mask)
+            per_patch, loss_mask = self.reconstruction_terms(pixel_values, logits, mask, keep_indices)
+            reconstruction = masked_mean(per_patch, loss_mask)
             if use_guidance:
                 loss = guided_reconstruction_loss(
                     per_patch, loss_mask, weights, self.config.loss_scale, self.config.loss_normalizer

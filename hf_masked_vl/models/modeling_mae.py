@@ -1,5 +1,7 @@
 """MAE building blocks shared by the masked-autoencoder models (AttG-MAE, MRE-ViT): pixel targets in ViTMAE's
-patch order, the per-patch loss, and MAE's lightweight decoder.
+patch order, the per-patch loss, MAE's lightweight decoder and `MAEPreTrainingHead`, the decoder and loss side of a
+pre-training model whose encoder is a `MaskedViTModel` (as transformers splits `ViTMAEForPreTraining` into the
+encoder `ViTMAEModel` and `ViTMAEDecoder`).
 
 Conventions (He et al. 2022, `facebookresearch/mae`, transformers' `ViTMAEForPreTraining`):
 - patches are numbered row-major over the (H/p) × (W/p) grid; a patch vector is its pixels in (row, column,
@@ -17,6 +19,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_masked_vit import MaskedViTConfig
+from .masking import keep_indices_from_noise, mask_from_keep_indices
 from .modeling_masked_vit import MaskedViTBlock, get_2d_sincos_pos_embed
 
 NORM_PIX_EPS = 1.0e-6
@@ -77,29 +80,17 @@ def per_patch_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.to(dtype) - target.to(dtype)).square().mean(dim=-1)
 
 
-def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept when `mask_ratio` of `num_patches` are masked: round(N·(1 − mask_ratio)), at least one (the
-    package's `masking.num_kept`). MAE / ViTMAE floor instead; the two agree whenever N·(1 − r) is an integer
-    (e.g. 0.75 on any even grid: 49 of 196, 16 of 64, 4 of 16)."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+def loss_patches(mask: torch.Tensor, keep_indices: torch.Tensor | None) -> torch.Tensor:
+    """Where MAE's loss is taken, (B, N): the masked patches (`mask`, 1 = masked), or every patch when nothing is
+    masked (no keep indices, or K = N), so an unmasked batch gives the autoencoding loss instead of 0 / 0."""
+    if keep_indices is not None and keep_indices.shape[1] < mask.shape[1]:
+        return mask
+    return torch.ones_like(mask)
 
 
-def keep_indices_from_noise(noise: torch.Tensor, num_keep: int) -> torch.Tensor:
-    """ViTMAE / MAE random masking: the `num_keep` patches with the smallest noise, in increasing-noise order.
-    noise (B, N) → keep indices (B, K), int64."""
-    return torch.argsort(noise, dim=1)[:, :num_keep]
-
-
-def mask_from_keep_indices(
-    keep_indices: torch.Tensor | None, batch: int, num_patches: int, device=None
-) -> torch.Tensor:
-    """(B, N) float mask, 1 = masked (not in `keep_indices` (B, K)), 0 = visible; all zeros for `None`."""
-    if keep_indices is None:
-        return torch.zeros(batch, num_patches, device=device)
-    mask = torch.ones(batch, num_patches, device=keep_indices.device)
-    return mask.scatter(1, keep_indices, 0.0)
+def masked_mean(per_patch: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """MAE's loss over the whole batch: Σ mask·ℓ / Σ mask. per_patch ℓ, loss_mask: (B, N)."""
+    return (per_patch * loss_mask).sum() / loss_mask.sum()
 
 
 def mae_decoder_config(
@@ -212,15 +203,94 @@ def init_mae_decoder_weights(module: nn.Module, std: float = 0.02) -> None:
         init.copy_(module.position_embedding, module.sincos_table())
 
 
+def build_mae_decoder(config) -> MAEDecoder:
+    """The `MAEDecoder` of a pre-training config with `vision_config` (the encoder's `MaskedViTConfig`) and the
+    decoder fields `decoder_hidden_size`, `decoder_num_hidden_layers`, `decoder_num_attention_heads` and
+    `decoder_mlp_ratio` (`AttGMAEConfig`, `MREViTConfig`)."""
+    decoder_config = mae_decoder_config(
+        config.vision_config,
+        hidden_size=config.decoder_hidden_size,
+        num_hidden_layers=config.decoder_num_hidden_layers,
+        num_attention_heads=config.decoder_num_attention_heads,
+        mlp_ratio=config.decoder_mlp_ratio,
+    )
+    return MAEDecoder(config.vision_config.hidden_size, decoder_config)
+
+
+class MAEPreTrainingHead:
+    """MAE's pre-training head, a mixin listed before the model's `PreTrainedModel` base: the masking inputs, the
+    decoder and the reconstruction loss of a model whose encoder is a `MaskedViTModel` sub-model.
+
+    The model's `__init__` sets `self.decoder = build_mae_decoder(config)`; its config has the decoder fields (see
+    `build_mae_decoder`), `num_patches`, `num_kept_patches` and `norm_pix_loss`. A forward call then runs
+    `resolve_keep_indices` → its encoder → `reconstruct` → `reconstruction_terms` and weighs the per-patch loss as
+    its method does (`masked_mean` is MAE's loss).
+
+    `_init_weights` adds MAE's decoder init (`init_mae_decoder_weights`) to the base class's: that touches only
+    Linear, LayerNorm and `MAEDecoder` modules, which outside the encoder sub-model only the decoder holds.
+    """
+
+    decoder: MAEDecoder
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        init_mae_decoder_weights(module, std=self.config.vision_config.initializer_range)
+
+    def resolve_keep_indices(
+        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The (B, K) int64 keep indices of a forward call, on the pixels' device: `keep_indices` as given, or
+        ViTMAE-style from `noise` (B, N): the `config.num_kept_patches` of smallest noise; `None`: nothing masked."""
+        batch, num_patches = pixel_values.shape[0], self.config.num_patches
+        if noise is not None:
+            if keep_indices is not None:
+                raise ValueError("pass either keep_indices or noise, not both")
+            if noise.shape != (batch, num_patches):
+                raise ValueError(f"noise must be (B, N) = {(batch, num_patches)}, got {tuple(noise.shape)}")
+            keep_indices = keep_indices_from_noise(noise, self.config.num_kept_patches)
+        if keep_indices is None:
+            return None
+        return keep_indices.to(device=pixel_values.device, dtype=torch.long)
+
+    def _sync_decoder_attention(self) -> None:
+        """The decoder's config is not a registered sub-config: follow the model's attention implementation
+        (`set_attn_implementation`, `from_pretrained(attn_implementation=...)`)."""
+        implementation = self.config._attn_implementation
+        if implementation and self.decoder.config._attn_implementation != implementation:
+            self.decoder.config._attn_implementation = implementation
+
+    def reconstruct(
+        self, encoded: torch.Tensor, keep_indices: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's pixel predictions of every patch (B, N, p²·C) from the encoder output (B, 1 + K, D), and the
+        mask (B, N) float, 1 = masked (not in `keep_indices`), all zeros without keep indices."""
+        self._sync_decoder_attention()
+        logits = self.decoder(encoded, keep_indices)
+        batch, num_patches = logits.shape[:2]
+        return logits, mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
+
+    def reconstruction_terms(
+        self, pixel_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, keep_indices: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-patch reconstruction loss ℓ (B, N) of `logits` against `pixel_values`' targets (`norm_pix_loss`),
+        and where the loss is taken (`loss_patches`: the masked patches, or all of them when nothing is masked)."""
+        target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
+        return per_patch_loss(logits, target), loss_patches(mask, keep_indices)
+
+
 __all__ = [
     "MAEDecoder",
+    "MAEPreTrainingHead",
     "NORM_PIX_EPS",
+    "build_mae_decoder",
     "get_2d_sincos_pos_embed",
     "init_mae_decoder_weights",
     "keep_indices_from_noise",
+    "loss_patches",
     "mae_decoder_config",
     "mask_from_keep_indices",
-    "num_kept_patches",
+    "masked_mean",
     "patchify",
     "per_patch_loss",
     "pixel_targets",

@@ -22,21 +22,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mre_vit import MREViTConfig
 from .dino import DINOHead, DINOLoss, distillation_loss, init_dino_weights
-from .modeling_mae import (
-    MAEDecoder,
-    init_mae_decoder_weights,
-    keep_indices_from_noise,
-    mae_decoder_config,
-    mask_from_keep_indices,
-    per_patch_loss,
-    pixel_targets,
-)
-from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, masked_mean
+from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
 from .relation_bias import MaskRelationBias, with_cls_label
 
 _AUTO_MAP = {
@@ -89,17 +80,11 @@ class MREViTForDINOOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
 
 
-class MREViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
+class MREViTPreTrainedModel(MaskedViTPreTrainedModel):
+    """The MRE-ViT models: `MaskedViTPreTrainedModel`'s class attributes with this config, the encoder `vit` (a
+    sub-model, which initialises itself) and the bias `relation_bias`; the pre-training heads add their own init."""
+
     config_class = MREViTConfig
-    base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["MaskedViTBlock"]
-    _supports_sdpa = True
-    _supports_flex_attn = False
-    _supports_attention_backend = True
-    accepts_loss_kwargs = False
     extra_auto_map = _AUTO_MAP
 
     def __init__(self, config: MREViTConfig):
@@ -117,17 +102,9 @@ class MREViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The encoder (a sub-model) initialises itself; the bias starts at `relation_bias_init` (fixed: ±1); the
-        MAE decoder gets MAE's init and DINO's head DINO's (trunc-normal(0.02), zero biases, unit weight norm)."""
+        """The bias starts at `relation_bias_init` (fixed: ±1); the encoder is a sub-model and initialises itself."""
         if isinstance(module, MaskRelationBias):
             module.reset_parameters()
-        elif isinstance(self, MREViTForDINO) and (_is_within(module, self.head) or module is self.dino_loss):
-            init_dino_weights(module, std=self.config.vision_config.initializer_range)
-        else:
-            init_mae_decoder_weights(module, std=self.config.vision_config.initializer_range)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.embeddings.patch_embed
 
     def no_weight_decay(self) -> set[str]:
         """CLS token, positions and the relation scalars are never weight-decayed (decay would pull u towards 0)."""
@@ -173,10 +150,6 @@ class MREViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
         )
-
-
-def _is_within(module: nn.Module, parent: nn.Module) -> bool:
-    return any(module is child for child in parent.modules())
 
 
 class MREViTModel(MREViTPreTrainedModel):
@@ -239,7 +212,7 @@ def attention_distillation_mse(student: tuple[torch.Tensor, ...], teacher: tuple
     return torch.stack(losses).mean()
 
 
-class MREViTForMAE(MREViTPreTrainedModel):
+class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
     """MAE with the mask-relation bias in the encoder (`vit`, `relation_bias`) and MAE's decoder (`decoder`, no bias).
 
     Masking as `AttGMAEForPreTraining`: keep indices (B, K) from the caller (the collator draws them), or from
@@ -256,20 +229,8 @@ class MREViTForMAE(MREViTPreTrainedModel):
 
     def __init__(self, config: MREViTConfig):
         super().__init__(config)
-        decoder_config = mae_decoder_config(
-            config.vision_config,
-            hidden_size=config.decoder_hidden_size,
-            num_hidden_layers=config.decoder_num_hidden_layers,
-            num_attention_heads=config.decoder_num_attention_heads,
-            mlp_ratio=config.decoder_mlp_ratio,
-        )
-        self.decoder = MAEDecoder(config.vision_config.hidden_size, decoder_config)
+        self.decoder = build_mae_decoder(config)
         self.post_init()
-
-    def _sync_decoder_attention(self) -> None:
-        implementation = self.config._attn_implementation
-        if implementation and self.decoder.config._attn_implementation != implementation:
-            self.decoder.config._attn_implementation = implementation
 
     @can_return_tuple
     def forward(
@@ -292,15 +253,7 @@ class MREViTForMAE(MREViTPreTrainedModel):
             visible tokens; adds λ·L_att to the loss and makes the encoder return its own maps (eager attention).
         return_loss: compute the losses.
         """
-        batch, num_patches = pixel_values.shape[0], self.config.num_patches
-        if noise is not None:
-            if keep_indices is not None:
-                raise ValueError("pass either keep_indices or noise, not both")
-            if noise.shape != (batch, num_patches):
-                raise ValueError(f"noise must be (B, N) = {(batch, num_patches)}, got {tuple(noise.shape)}")
-            keep_indices = keep_indices_from_noise(noise, self.config.num_kept_patches)
-        if keep_indices is not None:
-            keep_indices = keep_indices.to(device=pixel_values.device, dtype=torch.long)
+        keep_indices = self.resolve_keep_indices(pixel_values, keep_indices, noise)
         need_attentions = teacher_attentions is not None and return_loss
         encoder_outputs = self.encode(
             pixel_values,
@@ -309,18 +262,12 @@ class MREViTForMAE(MREViTPreTrainedModel):
             output_attentions=True if need_attentions else output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        self._sync_decoder_attention()
-        logits = self.decoder(encoder_outputs.last_hidden_state, keep_indices)
-        mask = mask_from_keep_indices(keep_indices, batch, num_patches, device=logits.device)
+        logits, mask = self.reconstruct(encoder_outputs.last_hidden_state, keep_indices)
 
         loss = reconstruction = distillation = None
         if return_loss:
-            target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
-            per_patch = per_patch_loss(logits, target)
-            masked = keep_indices is not None and keep_indices.shape[1] < num_patches
-            loss_mask = mask if masked else torch.ones_like(mask)
-            reconstruction = (per_patch * loss_mask).sum() / loss_mask.sum()
-            loss = reconstruction
+            per_patch, loss_mask = self.reconstruction_terms(pixel_values, logits, mask, keep_indices)
+            loss = reconstruction = masked_mean(per_patch, loss_mask)
             if need_attentions:
                 distillation = attention_distillation_mse(encoder_outputs.attentions, teacher_attentions)
                 loss = loss + self.config.attention_distillation_weight * distillation
@@ -393,6 +340,13 @@ class MREViTForDINO(MREViTPreTrainedModel):
     # a DINO checkpoint's own `auto_map` (trust_remote_code) gives AutoModelForPreTraining to this head; with the
     # package installed, AutoModelForPreTraining maps MREViTConfig to MREViTForMAE: load DINO heads by class
     extra_auto_map = {**_AUTO_MAP, "AutoModelForPreTraining": "modeling_mre_vit.MREViTForDINO"}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """DINO's init (trunc-normal(0.02), zero biases, unit weight norm, zero centre) added to the base class's:
+        it touches only the module types of the head and the loss."""
+        super()._init_weights(module)
+        init_dino_weights(module, std=self.config.vision_config.initializer_range)
 
     def view_outputs(
         self, pixel_values: torch.Tensor, token_labels: torch.Tensor | None, freeze_last_layer: bool = False
