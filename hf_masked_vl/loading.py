@@ -1,9 +1,12 @@
-"""Reading checkpoints a user names (folders or Hub ids) with one-line errors: the config (refusing foreign code
-without `--trust_remote_code`), a model of an expected type, and the error of damaged weights."""
+"""Reading checkpoints a user names (folders or Hub ids) with one-line errors: the config, a model of an expected
+type, the error of damaged weights, and the refusal to run a checkpoint's own code without `--trust_remote_code`
+(`remote_code_guard`, the one place that words it)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
@@ -24,14 +27,36 @@ def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> Pre
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"cannot read a model config from the {where} {name_or_path!r}: {first}") from error
     except ValueError as error:
-        if "trust_remote_code" in str(error) and not trust_remote_code:
-            raise UsageError(
-                f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
-                "(only do so for code you have read or trust)"
-            ) from None
+        refusal = remote_code_refusal(name_or_path, error, trust_remote_code)
+        if refusal is not None:
+            raise refusal from None
         if "Unrecognized model" in str(error) or "model_type" in str(error):
             raise UsageError(f"{name_or_path} is not a checkpoint of a known model type: {error}") from None
         raise
+
+
+def remote_code_refusal(name_or_path: str, error: Exception, trust_remote_code: bool) -> UsageError | None:
+    """The one-line error for transformers' refusal to run the code a checkpoint ships without
+    `trust_remote_code=True`, naming this package's `--trust_remote_code` flag; None when `error` is another one."""
+    if trust_remote_code or isinstance(error, UsageError) or "trust_remote_code" not in str(error):
+        return None
+    return UsageError(
+        f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
+        "(only do so for code you have read or trust)"
+    )
+
+
+@contextlib.contextmanager
+def remote_code_guard(name_or_path: str, trust_remote_code: bool) -> Iterator[None]:
+    """Around a transformers `from_pretrained`: its refusal to run a checkpoint's own code becomes
+    `remote_code_refusal`'s `UsageError` (a `ValueError`); every other error passes unchanged."""
+    try:
+        yield
+    except ValueError as error:
+        refusal = remote_code_refusal(name_or_path, error, trust_remote_code)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: str, trust_remote_code: bool = False,
@@ -68,4 +93,4 @@ def weights_error(name_or_path: str, error: Exception) -> UsageError:
     )
 
 
-__all__ = ["checkpoint_config", "load_checked", "weights_error"]
+__all__ = ["checkpoint_config", "load_checked", "remote_code_guard", "remote_code_refusal", "weights_error"]

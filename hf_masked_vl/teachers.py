@@ -15,7 +15,6 @@ re-normalised and resized (bicubic) to the teacher's input.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .errors import UsageError, did_you_mean, usage_errors
+from .loading import checkpoint_config, remote_code_guard
 from .normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .tokenization import build_clip_tokenizer
 
@@ -258,8 +258,6 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
         if name_or_path.startswith("open_clip:"):
             kind = "open_clip"
         else:
-            from .loading import checkpoint_config
-
             config = checkpoint_config(name_or_path, trust_remote_code)
             kind = "hf" if config.model_type == "clip" else "hf_masked_vl"
             if kind == "hf_masked_vl" and not (hasattr(config, "text_config") and hasattr(config, "projection_dim")):
@@ -277,7 +275,7 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
     elif kind == "hf_masked_vl":
         from transformers import AutoModel
 
-        with _remote_code_guard(name_or_path, trust_remote_code):
+        with remote_code_guard(name_or_path, trust_remote_code):
             model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
         image_processor = _image_processor(name_or_path)
@@ -301,20 +299,6 @@ def _create_open_clip(name_or_path: str) -> nn.Module:
     what = f"--teacher {name_or_path}: cannot create the open_clip model"
     with usage_errors(what, RuntimeError, OSError, ValueError):  # an unknown tag, a missing or damaged file
         return open_clip.create_model(name, pretrained=pretrained or None)
-
-
-@contextlib.contextmanager
-def _remote_code_guard(name_or_path: str, trust_remote_code: bool):
-    """Turn transformers' "contains custom code" refusal into one line naming this package's flag."""
-    try:
-        yield
-    except ValueError as error:
-        if trust_remote_code or "trust_remote_code" not in str(error):
-            raise
-        raise UsageError(
-            f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
-            "(only do so for code you have read or trust)"
-        ) from None
 
 
 def _has_tokenizer(path: str) -> bool:

@@ -20,19 +20,12 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from .errors import UsageError
+from .loading import checkpoint_config
 from .models import MaskedViTConfig, MaskedViTModel
+from .models.conversion_vit import HF_VIT_TO_MASKED_VIT, convert_state_dict
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
-
-_HF_VIT_TYPES = ("vit", "vit_mae")
-_BLOCK_RENAMES = {
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
 
 
 @dataclass
@@ -93,44 +86,12 @@ def config_from_hf_vit(config) -> MaskedViTConfig:
 
 
 def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
-    """A transformers ViT / ViTMAE encoder state dict (no prefix) → a `MaskedViTModel` state dict. The pooler is
-    dropped; ViTMAE's fixed positions are dropped (recomputed as the same table); anything else unknown raises."""
-    converted: dict[str, torch.Tensor] = {}
-    fused: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    unexpected = []
-    for key, value in state_dict.items():
-        if key.startswith("pooler."):
-            continue
-        if key == "embeddings.position_embeddings":
-            if model_type != "vit_mae":
-                converted["embeddings.position_embedding"] = value
-            continue
-        if key == "embeddings.cls_token":
-            converted[key] = value
-            continue
-        if key.startswith("embeddings.patch_embeddings.projection."):
-            converted["embeddings.patch_embed.proj." + key.rsplit(".", 1)[1]] = value
-            continue
-        if key.startswith("layernorm."):
-            converted["norm." + key.rsplit(".", 1)[1]] = value
-            continue
-        parts = key.split(".")
-        if parts[0] == "layers" and len(parts) >= 4:
-            index, name, kind = int(parts[1]), ".".join(parts[2:-1]), parts[-1]
-            if name in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
-                fused.setdefault((index, kind), {})[name[-6]] = value
-                continue
-            if name in _BLOCK_RENAMES:
-                converted[f"layers.{index}.{_BLOCK_RENAMES[name]}.{kind}"] = value
-                continue
-        unexpected.append(key)
-    if unexpected:
-        raise ValueError(f"cannot convert these ViT keys: {sorted(unexpected)[:8]}")
-    for (index, kind), parts in fused.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"layer {index}: incomplete attention {kind} ({sorted(parts)})")
-        converted[f"layers.{index}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return converted
+    """A transformers ViT / ViTMAE encoder state dict (no prefix) → a `MaskedViTModel` state dict, by the table
+    `HF_VIT_TO_MASKED_VIT[model_type]`: the pooler is dropped; ViTMAE's fixed positions are dropped (recomputed as
+    the same table); anything else unknown raises."""
+    return convert_state_dict(
+        state_dict, HF_VIT_TO_MASKED_VIT[model_type], unexpected_error="cannot convert these ViT keys"
+    )
 
 
 def tower_from_hf_vit(model: PreTrainedModel) -> MaskedViTModel:
@@ -160,10 +121,8 @@ def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[flo
 def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
     """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
     normalisation statistics its checkpoint was trained with."""
-    from .loading import checkpoint_config
-
     config = checkpoint_config(name_or_path, trust_remote_code)
-    if config.model_type in _HF_VIT_TYPES:
+    if config.model_type in HF_VIT_TO_MASKED_VIT:
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0  # the encoder is converted whole; no masking on load
         model = AutoModel.from_pretrained(name_or_path, config=config)

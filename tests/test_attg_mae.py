@@ -531,7 +531,9 @@ def test_converter_refuses_to_drop_or_invent_weights(vit_mae_folder):
     with pytest.raises(ValueError, match="unexpected ViTMAE keys.*pooler"):
         convert_vit_mae_state_dict({**state, "vit.pooler.dense.weight": torch.zeros(1)})
     incomplete = {k: v for k, v in state.items() if k != "vit.layers.1.attention.k_proj.weight"}
-    with pytest.raises(ValueError, match="incomplete attention"):
+    with pytest.raises(
+        ValueError, match="incomplete vit.layers.1.attn.qkv.weight: vit.layers.1.attention.k_proj.weight missing"
+    ):
         convert_vit_mae_state_dict(incomplete)
     with pytest.raises(ValueError, match="not MAE's fixed 2D sin-cos table"):
         convert_vit_mae_state_dict({**state, "decoder.decoder_pos_embed": torch.zeros(1, 17, 32)})

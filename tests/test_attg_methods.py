@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import AutoModel, AutoModelForPreTraining, ViTConfig, ViTMAEConfig, ViTMAEModel, ViTModel
 
 from hf_masked_vl import AttGMAEConfig, AttGMAEForPreTraining, AttGMAEModel, LiTModel
+from hf_masked_vl.errors import run_cli
 from hf_masked_vl.methods.attg_mae import AttGMAEMethod
 from hf_masked_vl.training.run import main as run_pretraining
 from hf_masked_vl.vision_towers import load_vision_tower
@@ -187,6 +188,17 @@ def test_lit_locks_the_tower_except_the_unlocked_blocks(mae_folder, tmp_path):
     assert "vision_model.layers.0.attn.qkv.weight" not in trainable
     assert "vision_model.embeddings.cls_token" not in trainable
     assert "visual_projection.weight" in trainable and "text_projection.weight" in trainable
+
+
+def test_layer_decay_on_a_locked_tower_is_refused_in_one_line(mae_folder, tmp_path, capsys):
+    argv = ["--method", "lit", "--model_name_or_path", str(mae_folder), "--output_dir", str(tmp_path / "lit"),
+            "--max_steps", "1", "--text_config", TINY_LIT_TEXT, "--layer_decay", "0.75", *COMMON]  # fmt: skip
+    capsys.readouterr()
+    assert run_cli(run_pretraining, argv) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: --layer_decay 0.75: the vision_model of this LiTModel is frozen, so no lr would change; leave it unset"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["vit", "vit_mae"])

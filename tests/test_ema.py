@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from hf_masked_vl.training.ema import EMA_WEIGHTS_NAME, EMACallback, cosine_momentum, ema_momentum_at
+from hf_masked_vl.models.schedules import cosine_schedule
+from hf_masked_vl.training.ema import EMA_WEIGHTS_NAME, EMACallback, ema_momentum_at
 
 
 class WithBuffers(nn.Module):
@@ -15,11 +16,11 @@ class WithBuffers(nn.Module):
 
 
 def test_cosine_momentum_schedule():
-    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
-    assert cosine_momentum(100, 100, 0.996) == pytest.approx(1.0)
-    assert cosine_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    assert cosine_schedule(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_schedule(100, 100, 0.996, 1.0) == pytest.approx(1.0)
+    assert cosine_schedule(50, 100, 0.996, 1.0) == pytest.approx(0.998)
     expected = 1 - (1 - 0.996) * (1 + math.cos(math.pi * 0.3)) / 2
-    assert cosine_momentum(30, 100, 0.996) == pytest.approx(expected)
+    assert cosine_schedule(30, 100, 0.996, 1.0) == pytest.approx(expected)
 
 
 def test_update_arithmetic_includes_float_buffers_and_copies_integer_ones():
@@ -63,8 +64,8 @@ def test_invalid_momentum():
 
 def test_warmup_caps_the_momentum_early_and_leaves_long_runs_on_the_cosine():
     assert ema_momentum_at(1, 100_000, 0.996) == pytest.approx(2 / 11)
-    assert ema_momentum_at(50_000, 100_000, 0.996) == pytest.approx(cosine_momentum(50_000, 100_000, 0.996))
-    assert ema_momentum_at(10, 100, 0.996, warmup=0) == pytest.approx(cosine_momentum(10, 100, 0.996))
+    assert ema_momentum_at(50_000, 100_000, 0.996) == pytest.approx(cosine_schedule(50_000, 100_000, 0.996, 1.0))
+    assert ema_momentum_at(10, 100, 0.996, warmup=0) == pytest.approx(cosine_schedule(10, 100, 0.996, 1.0))
     # after 300 steps with the warm-up the initial weights are gone; without it about half of them remain
     share = {}
     for warmup in (10.0, 0.0):

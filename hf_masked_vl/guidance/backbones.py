@@ -24,7 +24,6 @@ and std of the checkpoint's saved image processor when there is one, else bicubi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from ..evaluation.features import image_tower, no_random_masking
+from ..loading import remote_code_guard
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -233,20 +233,6 @@ class GuidanceBackbone:
         scores = (q_cls.float() @ k_heads.float().transpose(-1, -2)).squeeze(2) * head_dim**-0.5
         cls_attention = scores.softmax(dim=-1)[:, :, prefix:].mean(dim=1)
         return key[:, prefix:], cls_attention
-
-
-@contextlib.contextmanager
-def remote_code_guard(name_or_path: str, trust_remote_code: bool):
-    """Turn transformers' "contains custom code" refusal into one line naming the `--trust_remote_code` flag."""
-    try:
-        yield
-    except ValueError as error:
-        if trust_remote_code or "trust_remote_code" not in str(error):
-            raise
-        raise ValueError(
-            f"{name_or_path} holds its own model code, which is not run unless you pass --trust_remote_code "
-            "(trust_remote_code=True; only do so for code you have read or trust)"
-        ) from None
 
 
 def load_backbone(

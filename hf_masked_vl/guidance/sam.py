@@ -284,7 +284,7 @@ def load_transformers_sam(
     from transformers import AutoConfig, pipeline
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASK_GENERATION_MAPPING_NAMES
 
-    from .backbones import remote_code_guard
+    from ..loading import remote_code_guard
 
     with remote_code_guard(name_or_path, trust_remote_code):
         try:

@@ -28,11 +28,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import CLIPImageProcessor, CLIPTokenizer, PreTrainedConfig, PreTrainedModel, TrainingArguments
 
 from ..data.batch import TrainingBatch
 from ..data.streaming import ImageTextCollator
@@ -40,9 +40,7 @@ from ..errors import UsageError
 from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..tokenization import build_clip_tokenizer, build_image_processor
-
-if TYPE_CHECKING:
-    from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
+from .arguments import MethodDataArguments, MethodModelArguments
 
 
 @dataclass(frozen=True)
@@ -108,9 +106,9 @@ class Method:
 
     def __init__(
         self,
-        model_args: ModelArguments,
-        data_args: DataArguments,
-        training_args: PretrainingArguments,
+        model_args: MethodModelArguments,
+        data_args: MethodDataArguments,
+        training_args: TrainingArguments,
         config_overrides: dict[str, Any] | None = None,
     ):
         self.model_args, self.data_args, self.training_args = model_args, data_args, training_args

@@ -10,6 +10,7 @@ from transformers import PreTrainedConfig
 
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
 from .masking import num_kept
+from .schedules import cosine_temperature
 
 GUIDANCE_MODES = ("map", "random", "none")
 TEMPERATURE_SCHEDULES = ("constant", "cosine")
@@ -28,17 +29,6 @@ ATTG_MAE_PRESETS: dict[str, dict] = {
         "decoder_num_attention_heads": 4,
     },
 }
-
-
-def cosine_temperature(step: int, total_steps: int, start: float, end: float) -> float:
-    """Half-cycle cosine from `start` at step 0 to `end` at the last step (`total_steps - 1`); steps outside
-    [0, total_steps - 1] are clamped. τ(t) = end + (start − end)·(1 + cos(π·t / (T − 1))) / 2."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps} must be >= 1")
-    if total_steps == 1:
-        return float(start)
-    progress = min(max(step, 0), total_steps - 1) / (total_steps - 1)
-    return float(end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @strict

@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
 from .masking import num_kept
 from .relation_bias import RELATION_BIAS_TYPES
+from .schedules import teacher_temperature_at
 
 TOKEN_LABEL_MODES = ("majority", "nearest")
 STUDENT_INITS = ("teacher", "random")
@@ -202,13 +203,14 @@ class MREViTConfig(PreTrainedConfig):
 
     def teacher_temperature_at(self, step: int, total_steps: int) -> float:
         """τ_t at optimizer step `step` of `total_steps`: linear from `warmup_teacher_temperature` to
-        `teacher_temperature` over the first `teacher_temperature_warmup_fraction` of the steps, then constant."""
-        warmup_steps = self.teacher_temperature_warmup_fraction * max(total_steps, 1)
-        if warmup_steps <= 0 or step >= warmup_steps:
-            return float(self.teacher_temperature)
-        progress = max(step, 0) / warmup_steps
-        return float(
-            self.warmup_teacher_temperature + progress * (self.teacher_temperature - self.warmup_teacher_temperature)
+        `teacher_temperature` over the first `teacher_temperature_warmup_fraction` of the steps, then constant
+        (`schedules.teacher_temperature_at`)."""
+        return teacher_temperature_at(
+            step,
+            total_steps,
+            self.warmup_teacher_temperature,
+            self.teacher_temperature,
+            self.teacher_temperature_warmup_fraction,
         )
 
     @classmethod

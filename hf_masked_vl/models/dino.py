@@ -1,6 +1,6 @@
 """DINO building blocks (Caron et al., ICCV 2021): the projection head, the self-distillation loss with its centre,
-the teacher-temperature warm-up, and the centre-free distillation loss of MRE's post-processing ("SAM Helps SSL",
-Taguchi et al., BMVC 2024, eqs. 8-10).
+and the centre-free distillation loss of MRE's post-processing ("SAM Helps SSL", Taguchi et al., BMVC 2024,
+eqs. 8-10). The teacher-temperature warm-up is `schedules.teacher_temperature_at` (re-exported here).
 
 Conventions (`facebookresearch/dino`):
 - head: MLP (Linear, GELU; optional BatchNorm) → bottleneck → L2 normalisation → weight-normalised Linear to K
@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
+
+from .schedules import teacher_temperature_at
 
 
 class WeightNormLinear(nn.Module):
@@ -265,30 +267,6 @@ class DINOLoss(nn.Module):
             batch_center /= dist.get_world_size()
         updated = self.center.float() * self.center_momentum + batch_center * (1 - self.center_momentum)
         self.center.copy_(updated.to(self.center.dtype))
-
-
-def teacher_temperature_at(
-    step: int,
-    total_steps: int,
-    warmup_temperature: float = 0.04,
-    temperature: float = 0.07,
-    warmup_fraction: float = 0.1,
-) -> float:
-    """DINO's teacher temperature at `step` (0-based): linear from `warmup_temperature` at step 0 to `temperature` at
-    step W = round(warmup_fraction · total_steps), then constant (also past `total_steps`). DINO: 0.04 → 0.07 over
-    30 of 300 epochs."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps} must be at least 1")
-    if step < 0:
-        raise ValueError(f"step={step} must be non-negative")
-    if not 0.0 <= warmup_fraction <= 1.0:
-        raise ValueError(f"warmup_fraction={warmup_fraction} must be in [0, 1]")
-    if warmup_temperature <= 0 or temperature <= 0:
-        raise ValueError(f"temperatures must be positive, got warmup {warmup_temperature} and final {temperature}")
-    warmup_steps = round(warmup_fraction * total_steps)
-    if step >= warmup_steps:
-        return float(temperature)
-    return float(warmup_temperature + (temperature - warmup_temperature) * step / warmup_steps)
 
 
 def distillation_loss(

@@ -13,7 +13,6 @@ gradients for the same mask.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +22,13 @@ from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_attg_mae import AttGMAEConfig
 from .configuration_masked_vit import MaskedViTConfig
+from .conversion_vit import (
+    LEGACY_VIT_MAE_LAYOUT,
+    VIT_MAE_FIXED_TABLES,
+    VIT_MAE_FOR_PRETRAINING,
+    convert_state_dict,
+    reverse_rules,
+)
 from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, get_2d_sincos_pos_embed, masked_mean
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
 from .registration import register_for_auto_classes
@@ -296,48 +302,6 @@ class AttGMAEForPreTraining(MAEPreTrainingHead, AttGMAEPreTrainedModel):
 
 # ---- ViTMAE weight conversion ----
 
-# Older (≤ 4.x, and the `facebook/vit-mae-*` files) names → transformers 5 in-memory names.
-_LEGACY_VIT_MAE_RENAMES = (
-    (re.compile(r"encoder\.layer\."), "layers."),  # vit.encoder.layer.i and decoder.decoder_encoder.layer.i
-    (re.compile(r"attention\.attention\.query"), "attention.q_proj"),
-    (re.compile(r"attention\.attention\.key"), "attention.k_proj"),
-    (re.compile(r"attention\.attention\.value"), "attention.v_proj"),
-    (re.compile(r"attention\.output\.dense"), "attention.o_proj"),
-    (re.compile(r"intermediate\.dense"), "mlp.fc1"),
-    (re.compile(r"(?<!attention\.)output\.dense"), "mlp.fc2"),
-)
-
-# per-block names: ViTMAE (transformers 5) → ours; the attention q/k/v are fused into `attn.qkv`
-_BLOCK_RENAMES = {
-    "attention.o_proj": "attn.proj",
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_TOP_RENAMES = {
-    "vit.embeddings.cls_token": "vit.embeddings.cls_token",
-    "vit.embeddings.patch_embeddings.projection.weight": "vit.embeddings.patch_embed.proj.weight",
-    "vit.embeddings.patch_embeddings.projection.bias": "vit.embeddings.patch_embed.proj.bias",
-    "vit.layernorm.weight": "vit.norm.weight",
-    "vit.layernorm.bias": "vit.norm.bias",
-    "decoder.mask_token": "decoder.mask_token",
-    "decoder.decoder_embed.weight": "decoder.decoder_embed.weight",
-    "decoder.decoder_embed.bias": "decoder.decoder_embed.bias",
-    "decoder.decoder_norm.weight": "decoder.norm.weight",
-    "decoder.decoder_norm.bias": "decoder.norm.bias",
-    "decoder.decoder_pred.weight": "decoder.pred.weight",
-    "decoder.decoder_pred.bias": "decoder.pred.bias",
-}
-_POSITION_KEYS = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")
-_BLOCK_PREFIXES = (("vit.layers.", "vit.layers."), ("decoder.decoder_layers.", "decoder.layers."))
-
-
-def _normalise_vit_mae_key(key: str) -> str:
-    for pattern, replacement in _LEGACY_VIT_MAE_RENAMES:
-        key = pattern.sub(replacement, key)
-    return key
-
 
 def _check_fixed_table(name: str, table: torch.Tensor) -> None:
     """ViTMAE stores its fixed sin-cos tables; ours are recomputed, so the stored one must be MAE's."""
@@ -357,46 +321,20 @@ def _check_fixed_table(name: str, table: torch.Tensor) -> None:
 
 
 def convert_vit_mae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A `ViTMAEForPreTraining` state dict → an `AttGMAEForPreTraining` state dict.
+    """A `ViTMAEForPreTraining` state dict → an `AttGMAEForPreTraining` state dict (`VIT_MAE_FOR_PRETRAINING`).
 
     Accepts transformers 5's in-memory names (`vit.layers.i.attention.q_proj`) and the older file layout of the
     `facebook/vit-mae-*` checkpoints (`vit.encoder.layer.i.attention.attention.query`). q, k, v are concatenated
     into the fused `qkv`; the fixed position tables are checked against MAE's sin-cos table and dropped (ours are
     recomputed). Every key must be consumed: unknown or incomplete keys raise `ValueError`.
     """
-    source = {_normalise_vit_mae_key(key): value for key, value in state_dict.items()}
-    converted: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for key in _POSITION_KEYS:
+    source = convert_state_dict(state_dict, LEGACY_VIT_MAE_LAYOUT, keep_unmatched=True)
+    for key in VIT_MAE_FIXED_TABLES:
         if key in source:
             _check_fixed_table(key, source[key])
-            used.add(key)
-    for old, new in _TOP_RENAMES.items():
-        if old in source:
-            converted[new] = source[old]
-            used.add(old)
-    block = re.compile(r"^(vit\.layers\.|decoder\.decoder_layers\.)(\d+)\.(.+)\.(weight|bias)$")
-    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in source.items():
-        match = block.match(key)
-        if match is None:
-            continue
-        prefix, index, name, kind = match.groups()
-        new_prefix = dict(_BLOCK_PREFIXES)[prefix] + index + "."
-        if name in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
-            fused.setdefault((new_prefix, kind), {})[name.rsplit(".", 1)[1][0]] = value  # "q", "k" or "v"
-            used.add(key)
-        elif name in _BLOCK_RENAMES:
-            converted[f"{new_prefix}{_BLOCK_RENAMES[name]}.{kind}"] = value
-            used.add(key)
-    for (new_prefix, kind), parts in fused.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"{new_prefix}: incomplete attention {kind} (have {sorted(parts)}, need q, k and v)")
-        converted[f"{new_prefix}attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    unexpected = sorted(set(source) - used)
-    if unexpected:
-        raise ValueError(f"unexpected ViTMAE keys (not converted): {unexpected}")
-    return converted
+    return convert_state_dict(
+        source, VIT_MAE_FOR_PRETRAINING, unexpected_error="unexpected ViTMAE keys (not converted)"
+    )
 
 
 def convert_to_vit_mae_state_dict(
@@ -404,31 +342,9 @@ def convert_to_vit_mae_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The inverse of `convert_vit_mae_state_dict`: an `AttGMAEForPreTraining` state dict → a transformers 5
     `ViTMAEForPreTraining` one (fused qkv split, MAE's fixed tables added). Unknown keys raise `ValueError`."""
-    inverse_top = {new: old for old, new in _TOP_RENAMES.items()}
-    inverse_block = {new: old for old, new in _BLOCK_RENAMES.items()}
-    block = re.compile(r"^(vit\.layers\.|decoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
-    prefixes = {new: old for old, new in _BLOCK_PREFIXES}
-    converted: dict[str, torch.Tensor] = {}
-    unexpected = []
-    for key, value in state_dict.items():
-        if key in inverse_top:
-            converted[inverse_top[key]] = value
-            continue
-        match = block.match(key)
-        if match is None:
-            unexpected.append(key)
-            continue
-        prefix, index, name, kind = match.groups()
-        old_prefix = f"{prefixes[prefix]}{index}."
-        if name == "attn.qkv":
-            for part, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0)):
-                converted[f"{old_prefix}attention.{part}_proj.{kind}"] = chunk
-        elif name in inverse_block:
-            converted[f"{old_prefix}{inverse_block[name]}.{kind}"] = value
-        else:
-            unexpected.append(key)
-    if unexpected:
-        raise ValueError(f"keys ViTMAE cannot hold: {sorted(unexpected)}")
+    converted = convert_state_dict(
+        state_dict, reverse_rules(VIT_MAE_FOR_PRETRAINING), unexpected_error="keys ViTMAE cannot hold"
+    )
     vision = config.vision_config
     converted["vit.embeddings.position_embeddings"] = get_2d_sincos_pos_embed(
         vision.hidden_size, vision.grid_size, cls_token=True

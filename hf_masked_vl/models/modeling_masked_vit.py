@@ -337,6 +337,21 @@ class MaskedViTModel(MaskedViTPreTrainedModel):
         EVA convention). The trainer collects these from every submodule that defines the method."""
         return {"embeddings.cls_token", "embeddings.position_embedding"}
 
+    def num_layers_for_decay(self) -> int:
+        """The top layer id of layer-wise lr decay (BEiT convention): ids run from 0 (embeddings) to this value
+        (the final norm, and every parameter outside this model), and a parameter's lr is scaled by
+        decay^(top − id). The trainer reads it, with `layer_id`, from the submodule that defines them."""
+        return self.config.num_hidden_layers + 1
+
+    def layer_id(self, name: str) -> int:
+        """The layer id of parameter `name` (relative to this model): 0 for the embeddings, i + 1 for block i, the top
+        id (`num_layers_for_decay()`) for the rest."""
+        if name.startswith("embeddings."):
+            return 0
+        if name.startswith("layers."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers_for_decay()
+
     def _layer_biases(
         self, attention_bias: torch.Tensor | Sequence[torch.Tensor] | None
     ) -> Sequence[torch.Tensor | None]:

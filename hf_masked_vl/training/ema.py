@@ -7,8 +7,9 @@ into place) and restored on resume. A method may average only part of the model
 tensors are *shared*, i.e. copied from the online model at every update, so the EMA model always uses the online
 token embedding, text positions and final text norm.
 
-Momentum schedule (`ema_momentum_at`): the cosine rise of BYOL / A-CLIP / DINO from `start` to `end` over the run,
-capped during warm-up by m ≤ (1 + t) / (c + t) (TensorFlow's `ExponentialMovingAverage(num_updates=t)`, c = 10).
+Momentum schedule (`ema_momentum_at`, from `models.schedules`): the cosine rise of BYOL / A-CLIP / DINO from `start`
+to `end` over the run, capped during warm-up by m ≤ (1 + t) / (c + t) (TensorFlow's
+`ExponentialMovingAverage(num_updates=t)`, c = 10).
 Without the cap a short run keeps much of the random initialisation in the average: at 0.996 the initial weights
 still hold about half of the EMA after 300 steps. With it, the average forgets its start within a few dozen steps
 and averages roughly the last tenth of the run seen so far, while a run of 100k steps follows the paper's cosine
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -29,26 +29,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 
+from ..models.schedules import ema_momentum_at
+
 logger = logging.getLogger(__name__)
 
 EMA_WEIGHTS_NAME = "ema.safetensors"
-
-
-def cosine_momentum(step: int, total_steps: int, start: float, end: float = 1.0) -> float:
-    """m(t) = end - (end - start)·(1 + cos(π·t/T))/2: `start` at t = 0, `end` at t = T (BYOL / A-CLIP)."""
-    if total_steps <= 0:
-        return start
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return end - (end - start) * (1 + math.cos(math.pi * progress)) / 2
-
-
-def ema_momentum_at(step: int, total_steps: int, start: float, end: float = 1.0, warmup: float = 10.0) -> float:
-    """The momentum of the update after optimizer step `step` (1-based): `cosine_momentum`, capped by
-    (1 + step) / (warmup + step) when `warmup` > 1 (0 or 1 disables the cap)."""
-    momentum = cosine_momentum(step, total_steps, start, end)
-    if warmup > 1:
-        momentum = min(momentum, (1.0 + step) / (warmup + step))
-    return momentum
 
 
 class EMACallback(TrainerCallback):
@@ -161,4 +146,4 @@ class EMACallback(TrainerCallback):
         self.update(model, self.current_momentum)
 
 
-__all__ = ["EMA_WEIGHTS_NAME", "EMACallback", "cosine_momentum", "ema_momentum_at"]
+__all__ = ["EMA_WEIGHTS_NAME", "EMACallback", "ema_momentum_at"]

@@ -200,29 +200,33 @@ class MaskedVLTrainer(Trainer):
                     scales[f"{prefix}.{name}" if prefix else name] = float(factor)
         return scales
 
-    def create_optimizer(self, model=None):
-        """As `Trainer.create_optimizer`, with parameter groups when learning rates differ: with `args.layer_decay`
-        the image tower's parameters get lr × decay^(depth + 1 - layer) (embeddings: layer 0, block i: i + 1, the
-        rest: depth + 1), and a parameter a submodule lists in `learning_rate_scales()` gets lr × its factor."""
-        opt_model = self.model if model is None else model
+    def learning_rate_multipliers(self, model: nn.Module) -> dict[str, float]:
+        """The lr factors other than 1, by parameter name: a submodule's `learning_rate_scales()` times, with
+        `args.layer_decay`, the layer-wise decay of `layer_decay_scales`."""
+        scales = self.learning_rate_scales(model)
         layer_decay = getattr(self.args, "layer_decay", None)
-        scales = {name: factor for name, factor in self.learning_rate_scales(opt_model).items() if factor != 1.0}
-        if self.optimizer is not None or not (layer_decay or scales):
+        if layer_decay:
+            layer_scales = layer_decay_scales(model, layer_decay)
+            scales = {name: scales.get(name, 1.0) * layer_scales.get(name, 1.0) for name in scales | layer_scales}
+        return {name: factor for name, factor in scales.items() if factor != 1.0}
+
+    def create_optimizer(self, model=None):
+        """As `Trainer.create_optimizer`, with one parameter group per (lr factor, weight decay) when
+        `learning_rate_multipliers` gives factors other than 1."""
+        opt_model = self.model if model is None else model
+        multipliers = self.learning_rate_multipliers(opt_model)
+        if self.optimizer is not None or not multipliers:
             return super().create_optimizer(model)
         decay_names = set(self.get_decay_parameter_names(opt_model))
-        depth = opt_model.config.vision_config.num_hidden_layers if layer_decay else 0
         groups: dict[tuple[float, bool], dict] = {}
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            scale = scales.get(name, 1.0)
-            if layer_decay:
-                scale *= layer_decay ** (depth + 1 - vision_layer_id(name, depth))
-            key = (scale, name in decay_names)
+            key = (multipliers.get(name, 1.0), name in decay_names)
             if key not in groups:
                 groups[key] = {
                     "params": [],
-                    "lr": self.args.learning_rate * scale,
+                    "lr": self.args.learning_rate * key[0],
                     "weight_decay": self.args.weight_decay if key[1] else 0.0,
                 }
             groups[key]["params"].append(parameter)
@@ -578,14 +582,32 @@ def _count_lines(path: str) -> int:
         return sum(1 for _ in handle)
 
 
-def vision_layer_id(name: str, depth: int) -> int:
-    """Layer index of a parameter for layer-wise lr decay: 0 for the image tower's embeddings, i + 1 for its block
-    i, depth + 1 for everything else (final norm, heads, text tower)."""
-    if name.startswith("vision_model.embeddings."):
-        return 0
-    if name.startswith("vision_model.layers."):
-        return int(name.split(".")[2]) + 1
-    return depth + 1
+def layer_decay_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Layer-wise lr decay: decay^(top − id) for each trainable parameter of the one submodule that declares its layer
+    ids (`layer_id(name)` and `num_layers_for_decay()`, as `no_weight_decay()` is declared), by full parameter name;
+    parameters outside it keep their lr. A `UsageError` when the decay would change nothing: no such submodule,
+    several (which one decays is ambiguous), or one whose parameters are all frozen (LiT's locked tower)."""
+    flag, kind = f"--layer_decay {layer_decay}", type(model).__name__
+    towers = [
+        (prefix, module) for prefix, module in model.named_modules() if callable(getattr(module, "layer_id", None))
+    ]
+    if not towers:
+        raise UsageError(f"{flag}: a {kind} declares no layer ids (no submodule with layer_id()); leave it unset")
+    if len(towers) > 1:
+        names = ", ".join(prefix or "the model itself" for prefix, _ in towers)
+        raise UsageError(f"{flag}: a {kind} has several towers with layer ids ({names}); which one decays is ambiguous")
+    prefix, tower = towers[0]
+    top = tower.num_layers_for_decay()
+    scales = {
+        f"{prefix}.{name}" if prefix else name: layer_decay ** (top - tower.layer_id(name))
+        for name, parameter in tower.named_parameters()
+        if parameter.requires_grad
+    }
+    if not scales:
+        raise UsageError(
+            f"{flag}: the {prefix or kind} of this {kind} is frozen, so no lr would change; leave it unset"
+        )
+    return scales
 
 
-__all__ = ["DATA_STATE_NAME", "MaskedVLTrainer", "NonFiniteLossError", "vision_layer_id"]
+__all__ = ["DATA_STATE_NAME", "MaskedVLTrainer", "NonFiniteLossError", "layer_decay_scales"]
