@@ -27,7 +27,7 @@ from transformers import HfArgumentParser, set_seed
 
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
-from ..data.maps import MAP_ROLES
+from ..data.maps import map_role
 from ..data.streaming import ImageTextStream, load_stream
 from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
@@ -338,7 +338,7 @@ def check_columns(dataset, columns: dict[str, str], hint: str = "") -> None:
 
 def map_column_hint(roles: list[str], demo) -> str:
     """How to make the map columns of `roles` ("guidance", "segments") with compute_guidance."""
-    producer = next((MAP_ROLES[role].producer for role in roles if MAP_ROLES[role].producer), "tokencut")
+    producer = next((map_role(role).producer for role in roles if map_role(role).producer), "tokencut")
     if demo is None:
         return (
             f"; write maps beside the images with scripts/compute_guidance.py --producer {producer} (see its --help), "
