@@ -14,7 +14,7 @@ from conftest import tiny_aclip_config
 from PIL import Image
 
 from hf_masked_vl import AClipModel
-from hf_masked_vl.methods import get_method
+from hf_masked_vl.methods import Built, get_method
 from hf_masked_vl.methods.a_clip import AClipObjective, ema_cls_attention_scores
 
 IMAGE_SIZE, PATCH = 64, 8
@@ -43,7 +43,8 @@ def collated(model: AClipModel, tokenizer, image_seed: int = 0, sample_seeds=ran
     """The method's views of `NUM_IMAGES` noise images, collated by the method's collator (which draws the masks of
     `mask_mode="random"` from the sample seeds)."""
     method = get_method("a_clip")(None, None, None)
-    transform, collator = method.transform(model), method.collator(model, tokenizer)
+    built = Built(model, tokenizer=tokenizer)
+    transform, collator = method.transform(built), method.collator(built)
     examples = []
     for index, (image, seed) in enumerate(zip(images(image_seed), sample_seeds)):
         example = transform(image, np.random.default_rng([1, index]))

@@ -3,12 +3,13 @@
 import importlib
 import json
 import sys
-import textwrap
 
 import pytest
 from conftest import quick_run
 from test_training import TINY_OVERRIDES
 
+from hf_masked_vl.data.maps import MAP_ROLES
+from hf_masked_vl.evaluation import PROTOCOLS
 from hf_masked_vl.methods import METHODS, available_methods, get_method
 from hf_masked_vl.models import AClipConfig
 from hf_masked_vl.training.config_flags import config_arguments_class, config_overrides_from
@@ -86,114 +87,48 @@ def test_help_lists_every_method(capsys):
     assert "--mask_ratio" in printed and "--ema_warmup" in printed
 
 
-DUMMY_MODEL = '''
-"""A dummy model: a ViT whose CLS token regresses the image's mean colour."""
-from dataclasses import dataclass
-
-import torch
-from torch import nn
-from transformers.utils import ModelOutput
-
-from hf_masked_vl.models.configuration_masked_vit import MaskedViTConfig
-from hf_masked_vl.models.modeling_masked_vit import MaskedViTModel, MaskedViTPreTrainedModel
-
-
-class MeanColourConfig(MaskedViTConfig):
-    model_type = "test_mean_colour"
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        return cls(**{"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
-                      "num_attention_heads": 2, **overrides})
+@pytest.fixture
+def mean_colour():
+    """The test-only method of `tests/mean_colour` (its model, config, map role and protocol) imported; afterwards
+    every registry it joined is as before and its modules are forgotten, so a later import registers them again."""
+    registries = (METHODS, MAP_ROLES, PROTOCOLS)
+    before = [dict(registry) for registry in registries]
+    yield importlib.import_module("mean_colour.method_mean_colour")
+    for registry, entries in zip(registries, before):
+        registry.clear()
+        registry.update(entries)
+    for name in [name for name in sys.modules if name.split(".")[0] == "mean_colour"]:
+        del sys.modules[name]
 
 
-@dataclass
-class MeanColourOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    colour_loss: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
+def test_a_new_method_with_its_own_model_is_new_files_only(small_demo, mean_colour, tmp_path, capsys):
+    """A method, its model and config, a map role and an evaluation protocol from files outside the package, each
+    registered by its decorator: trained, saved, reloaded with AutoModel, evaluated."""
+    from transformers import AutoImageProcessor, AutoModel
 
+    from hf_masked_vl.data.demo import ensure_demo_dataset
+    from hf_masked_vl.evaluation import demo_splits, evaluate_many
 
-class MeanColourModel(MaskedViTPreTrainedModel):
-    config_class = MeanColourConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.vit = MaskedViTModel._from_config(config)
-        self.head = nn.Linear(config.hidden_size, 3)
-        self.post_init()
-
-    def forward(self, pixel_values, targets=None, **kwargs):
-        hidden = self.vit(pixel_values).last_hidden_state
-        loss = None
-        if targets is not None:
-            loss = nn.functional.mse_loss(self.head(hidden[:, 0]), targets)
-        return MeanColourOutput(loss=loss, colour_loss=loss, last_hidden_state=hidden)
-'''
-
-DUMMY_METHOD = '''
-"""A dummy method, registered by being imported: nothing else in the package changes."""
-from hf_masked_vl.data.views import SingleCropView
-from hf_masked_vl.methods import Method, Objective, register_method
-from modeling_mean_colour import MeanColourConfig, MeanColourModel
-
-
-class MeanColourObjective(Objective):
-    def prepare(self, batch, model, ema_model=None, teacher=None):
-        pixels = batch["pixel_values"]
-        return {"pixel_values": pixels, "targets": pixels.mean(dim=(2, 3)).float()}
-
-
-@register_method
-class MeanColourMethod(Method):
-    name = "test_mean_colour"
-    summary = "test only: regress the mean colour"
-    config_class = MeanColourConfig
-    model_class = MeanColourModel
-
-    def transform(self, model):
-        return SingleCropView(model.config.image_size)
-
-    def objective(self, model, teacher):
-        return MeanColourObjective()
-'''
-
-
-def test_a_new_method_is_new_files_only(small_demo, tmp_path, monkeypatch, capsys):
-    code = tmp_path / "plugin"
-    code.mkdir()
-    (code / "modeling_mean_colour.py").write_text(textwrap.dedent(DUMMY_MODEL))
-    (code / "mean_colour_method.py").write_text(textwrap.dedent(DUMMY_METHOD))
-    monkeypatch.syspath_prepend(str(code))
-    importlib.import_module("mean_colour_method")
-    try:
-        output = tmp_path / "out"
-        result = run_pretraining(
-            [
-                "--method",
-                "test_mean_colour",
-                "--output_dir",
-                str(output),
-                "--max_steps",
-                "3",
-                "--logging_steps",
-                "1",
-                "--num_hidden_layers",
-                "2",
-                *COMMON,
-            ]
-        )
-        printed = capsys.readouterr().out
-        assert "RESULT knn_top1=" in printed and "zero_shot" not in printed  # no text tower: k-NN only
-        assert 0 <= result.knn_top1 <= 1 and result.exported == "online"
-        assert (output / "model.safetensors").is_file() and (output / "README.md").is_file()
-        config = json.loads((output / "config.json").read_text())
-        assert config["model_type"] == "test_mean_colour" and config["num_hidden_layers"] == 2
-        assert "k-NN top-1" in (output / "README.md").read_text()
-    finally:
-        METHODS.pop("test_mean_colour", None)
-        sys.modules.pop("mean_colour_method", None)
-        sys.modules.pop("modeling_mean_colour", None)
+    output = tmp_path / "out"
+    flags = ["--output_dir", str(output), "--max_steps", "2", "--logging_steps", "1", "--object_weight", "0.5"]
+    result = run_pretraining(["--method", "test_mean_colour", *flags, *COMMON])
+    printed = capsys.readouterr().out
+    assert "RESULT knn_top1=" in printed and "RESULT test_nearest_centroid_top1=" in printed
+    assert "zero_shot" not in printed and result.exported == "online"  # no text tower, no EMA
+    loaded = AutoModel.from_pretrained(output)
+    assert type(loaded) is mean_colour.MeanColourModel and loaded.config.object_weight == 0.5
+    assert json.loads((output / "config.json").read_text())["model_type"] == "test_mean_colour"
+    train, test = demo_splits(ensure_demo_dataset(num_train=256), max_samples=16)
+    again = evaluate_many(
+        loaded,
+        ["knn", "test_nearest_centroid"],
+        image_processor=AutoImageProcessor.from_pretrained(output),
+        test_split=test,
+        train_split=train,
+    )
+    for protocol, figure in again.items():
+        assert figure.top1 == pytest.approx(result.results[protocol].top1), protocol
+    assert again["test_nearest_centroid"].num_train == 16 and again["test_nearest_centroid"].num_classes == 24
 
 
 def test_main_job_reports_flops_and_both_weight_sets(small_demo, tmp_path, capsys):

@@ -17,7 +17,7 @@ from transformers import AutoModel
 
 from hf_masked_vl import MREViTForDINO, MREViTForMAE, MREViTModel
 from hf_masked_vl.errors import UsageError
-from hf_masked_vl.methods import get_method
+from hf_masked_vl.methods import Built, get_method
 from hf_masked_vl.methods.mre import DINOObjective, label_spec
 from hf_masked_vl.models import MREViTConfig
 from hf_masked_vl.training.run import main as run_pretraining
@@ -110,9 +110,9 @@ def test_views_cut_token_labels_from_the_segments_column(small_demo):
     config = MREViTConfig(**TINY_MRE)
     args = type("A", (), {"segments_column": "segments", "guidance_column": "guidance"})()
     method = get_method("mre_mae")(None, args, None, {})
-    model = MREViTForMAE(config)
-    assert method.map_columns(model) == {"segments": "segments"}
-    view = method.transform(model)
+    built = Built(MREViTForMAE(config))
+    assert method.map_columns(built) == {"segments": "segments"}
+    view = method.transform(built)
     assert view.map_specs["segments"] == label_spec(config, 4) and view.map_specs["segments"].mode == "majority"
     labels = np.zeros((48, 48), dtype=np.int64)
     labels[:, 24:] = 3  # right half is segment 3
@@ -120,7 +120,7 @@ def test_views_cut_token_labels_from_the_segments_column(small_demo):
     out = view(image, np.random.default_rng(0), {"segments": labels})
     assert out["segments"].shape == (4, 4) and set(out["segments"].unique().tolist()) <= {0, 3}
     baseline = get_method("mre_mae")(None, args, None, {"relation_bias": "none"})
-    assert baseline.map_columns(MREViTForMAE(MREViTConfig(**{**TINY_MRE, "relation_bias": "none"}))) == {}
+    assert baseline.map_columns(Built(MREViTForMAE(MREViTConfig(**{**TINY_MRE, "relation_bias": "none"})))) == {}
 
 
 def test_mre_mae_without_a_segments_column_says_how_to_make_one(small_demo, tmp_path):

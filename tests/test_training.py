@@ -107,10 +107,11 @@ def test_logs_every_loss_part_throughput_and_the_ema_momentum(small_demo, tokeni
 
 
 def test_aclip_ema_averages_the_official_set_and_shares_the_rest(small_demo, tokenizer, tmp_path):
+    from hf_masked_vl.methods import Built
     from hf_masked_vl.methods.a_clip import AClipMethod
 
     trainer = make_trainer(small_demo, tokenizer, tmp_path, max_steps=2, save_strategy="no", learning_rate=1e-2)
-    trainer.ema_callback.averaged = AClipMethod.ema_averaged(None, trainer.model)
+    trainer.ema_callback.averaged = AClipMethod.ema_averaged(None, Built(trainer.model))
     trainer.ema_callback._pairs = None
     trainer.train()
     online, ema = trainer.model.state_dict(), trainer.ema_model.state_dict()

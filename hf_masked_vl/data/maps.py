@@ -22,6 +22,7 @@ Value ranges (`load_float_map`, `load_label_map`; a cell outside them is a bad r
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,13 +235,46 @@ def decode_label_map(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> np
         return None
 
 
-MAP_DECODERS = {"guidance": decode_float_map, "segments": decode_label_map}  # None for a bad cell
-MAP_LOADERS = {"guidance": load_float_map, "segments": load_label_map}  # `BadRecordError` naming why
+@dataclass(frozen=True)
+class MapRole:
+    """A kind of per-image map a dataset column holds, as methods name it (`Method.map_columns`: role → column).
+
+    load: `load(cell, max_bytes) -> (h, w) array`, raising `BadRecordError` naming why a cell cannot be used.
+    producer: the `scripts/compute_guidance.py --producer` that writes such maps (for hints), if any.
+    """
+
+    name: str
+    load: Callable[[Any, int], np.ndarray]
+    producer: str | None = None
+
+
+MAP_ROLES: dict[str, MapRole] = {}
+
+
+def register_map_role(name: str, load: Callable[[Any, int], np.ndarray], producer: str | None = None) -> MapRole:
+    """Make `name` a map role that `ImageTextStream` reads with `load` (a method's own role is registered in its
+    module). Registering a name again with another loader is an error."""
+    role = MapRole(name, load, producer)
+    if MAP_ROLES.get(name, role) != role:
+        raise ValueError(f"map role {name!r} is already registered with {MAP_ROLES[name].load.__qualname__}")
+    MAP_ROLES[name] = role
+    return role
+
+
+def map_role(name: str) -> MapRole:
+    """The registered role `name`, or a `ValueError` listing the known ones."""
+    if name not in MAP_ROLES:
+        raise ValueError(f"unknown map role {name!r}; known: {sorted(MAP_ROLES)}")
+    return MAP_ROLES[name]
+
+
+register_map_role("guidance", load_float_map, producer="tokencut")
+register_map_role("segments", load_label_map, producer="sam")
 
 __all__ = [
-    "MAP_DECODERS",
-    "MAP_LOADERS",
+    "MAP_ROLES",
     "MAX_LABEL",
+    "MapRole",
     "MapSpec",
     "ViewGeometry",
     "apply_map_spec",
@@ -248,6 +282,8 @@ __all__ = [
     "decode_label_map",
     "load_float_map",
     "load_label_map",
+    "map_role",
     "patch_majority",
+    "register_map_role",
     "transform_map",
 ]

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ..models.masking import DrawnInputs
 from ..models.pipeline_zero_shot import tokenize_texts
+from .batch import TrainingBatch, TrainingExample
 from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, decode_image, encoded_image, load_image
-from .maps import MAP_LOADERS
+from .maps import map_role
 from .records import CAPTION_EXCERPT, BadRecordError, fingerprint, reason_kind, skipped_record
 from .sources import (
     ERROR_COLUMN,
@@ -195,7 +196,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         transform: `transform(image, rng, maps) -> dict of tensors`; `maps` holds the decoded map of each role.
         image_column / caption_column: column names; `caption_column=None` for image-only methods.
         map_columns: role → column of per-image maps the method reads, e.g. `{"guidance": "guidance"}` (float maps,
-            `maps.decode_float_map`) or `{"segments": "segments"}` (label maps, `maps.decode_label_map`).
+            `maps.load_float_map`) or `{"segments": "segments"}` (label maps, `maps.load_label_map`); each role is
+            read by its registered loader (`maps.MAP_ROLES`).
         seed: base seed; `shuffle_buffer` > 0 shuffles shards and a buffer of that many examples.
         max_caption_chars: longest caption kept (characters, once stripped; None: no limit). Longer ones make the
             record bad (a megabyte "caption" is broken data); kept captions are truncated to the text context by the
@@ -220,9 +222,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ):
         self.map_columns = dict(map_columns or {})
-        unknown = [role for role in self.map_columns if role not in MAP_LOADERS]
-        if unknown:
-            raise ValueError(f"unknown map role(s) {unknown}; known: {sorted(MAP_LOADERS)}")
+        self.map_loaders = {role: map_role(role).load for role in self.map_columns}
         if max_caption_chars is not None and (isinstance(max_caption_chars, bool) or max_caption_chars < 1):
             raise ValueError(f"max_caption_chars={max_caption_chars!r} must be a positive number of characters or None")
         if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
@@ -237,7 +237,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             missing = [c for c in (*wanted, *self.id_columns) if c not in features]
             if missing:
                 hint = ""
-                if any(self.map_columns.get(role) in missing for role in ("guidance", "segments")):
+                if any(column in missing for column in self.map_columns.values()):
                     hint = (
                         " (write guidance or segment maps beside the images with scripts/compute_guidance.py, or "
                         "name the column with --guidance_column / --segments_column)"
@@ -293,7 +293,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         for role, column in self.map_columns.items():
             if column not in record:
                 raise BadRecordError(f"missing map column ({column})")
-            maps[role] = MAP_LOADERS[role](record[column], self.max_image_bytes)
+            maps[role] = self.map_loaders[role](record[column], self.max_image_bytes)
         return maps
 
     def _check_cells(self, record: dict) -> None:
@@ -471,8 +471,9 @@ class ImageTextCollator:
             collect_skipped_records = int(os.environ.get("WORLD_SIZE", "1")) <= 1
         self.collect_skipped_records = collect_skipped_records
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = {
+    def __call__(self, examples: list[TrainingExample]) -> TrainingBatch:
+        """The examples' fields collated into one `TrainingBatch` (`data.batch` documents every key)."""
+        batch: TrainingBatch = {
             key: torch.stack([example[key] for example in examples])
             for key, value in examples[0].items()
             if isinstance(value, torch.Tensor)

@@ -9,6 +9,7 @@
 on), from splits read with a segments column.
 
 `evaluate_many` (`evaluation.protocols`) extracts each split's features once and shares them between protocols.
+Protocols are registered by name (`protocols.register_protocol`): another is a decorated function in any module.
 """
 
 from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
@@ -23,21 +24,27 @@ from .features import (
 from .knn import KNNResult, weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
 from .protocols import (
+    DEFAULT_OPTIONS,
     KNN_HEADLINE_K,
     PROTOCOLS,
-    TRAINED_PROTOCOLS,
     EvaluationResult,
+    Protocol,
+    ProtocolInputs,
     check_protocols,
     evaluate,
     evaluate_many,
+    has_text_tower,
+    register_protocol,
     supported_protocols,
     trained_protocol_results,
+    trained_protocols,
 )
 from .segments import evaluate_with_segments, extract_segment_features, processor_geometry, segment_inputs
 from .zero_shot import ZeroShotMetrics, zero_shot_accuracy, zero_shot_metrics
 
 __all__ = [
     "DEFAULT_MAX_ITER",
+    "DEFAULT_OPTIONS",
     "DEFAULT_WEIGHT_DECAY",
     "EvaluationResult",
     "KNNResult",
@@ -46,7 +53,8 @@ __all__ = [
     "LabelledSplit",
     "LinearProbeResult",
     "PROTOCOLS",
-    "TRAINED_PROTOCOLS",
+    "Protocol",
+    "ProtocolInputs",
     "ZeroShotMetrics",
     "check_protocols",
     "demo_splits",
@@ -58,14 +66,17 @@ __all__ = [
     "extract_features",
     "image_features",
     "image_tower",
+    "has_text_tower",
     "linear_probe",
     "load_labelled_split",
     "no_random_masking",
     "processor_geometry",
     "read_json_list",
+    "register_protocol",
     "segment_inputs",
     "supported_protocols",
     "trained_protocol_results",
+    "trained_protocols",
     "weighted_knn",
     "zero_shot_accuracy",
     "zero_shot_metrics",

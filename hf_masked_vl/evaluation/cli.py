@@ -35,11 +35,11 @@ from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_lis
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY
 from .protocols import (
     PROTOCOLS,
-    TRAINED_PROTOCOLS,
     EvaluationResult,
     check_protocols,
     evaluate_many,
     supported_protocols,
+    trained_protocols,
 )
 
 
@@ -171,15 +171,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     protocols = args.protocol
     if protocols is None:
         supported = supported_protocols(model)
-        protocols = [p for p in supported if p not in TRAINED_PROTOCOLS or has_train_data(args)] or list(supported)
+        protocols = [p for p in supported if p not in trained_protocols() or has_train_data(args)] or list(supported)
     with usage_errors(f"--protocol {' '.join(protocols)}", ValueError):
         check_protocols(model, protocols, has_train_split=has_train_data(args))
     with usage_errors(f"--model {args.model}: cannot load its tokenizer or image processor"):
         tokenizer = (
-            AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote) if "zero_shot" in protocols else None
+            AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote)
+            if any(PROTOCOLS[p].needs_text_tower for p in protocols)
+            else None
         )
         image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
-    train, test, templates = load_splits(args, any(p in TRAINED_PROTOCOLS for p in protocols))
+    train, test, templates = load_splits(args, any(p in trained_protocols() for p in protocols))
     results = evaluate_many(
         model,
         protocols,

@@ -1,21 +1,39 @@
-"""The evaluation protocols and their results: `evaluate_many` / `evaluate` run `zero_shot`, `knn` and `linear` on
-labelled splits (each split's features extracted once and shared between protocols); `trained_protocol_results`
-scores features already extracted (also those with segment labels, `evaluation.segments`)."""
+"""Evaluation protocols, registered by name, and the functions that run them on labelled splits.
+
+A protocol is a function `score(inputs: ProtocolInputs) -> EvaluationResult` decorated with `@register_protocol`,
+which declares the feature kind it reads from every split (`features.FEATURE_KINDS`), whether it needs a labelled
+train split and whether it needs a text tower. `evaluate_many` / `evaluate` extract each split's features once for
+all the protocols asked and hand each its inputs; `trained_protocol_results` scores features already extracted (also
+those with segment labels, `evaluation.segments`). A method names the protocols it runs after training
+(`Method.evaluations`). A new protocol is a decorated function in any module; nothing central changes.
+
+    @register_protocol("nearest_centroid")
+    def nearest_centroid(inputs: ProtocolInputs) -> EvaluationResult: ...
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
 
 from .data import LabelledSplit
-from .features import LabelledFeatures, extract_feature_sets, extract_features
+from .features import FEATURE_KINDS, LabelledFeatures, extract_feature_sets
 from .knn import weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, linear_probe
 from .zero_shot import zero_shot_metrics
 
-PROTOCOLS = ("zero_shot", "knn", "linear")
 KNN_HEADLINE_K = 20  # DINO's headline figure
-TRAINED_PROTOCOLS = ("knn", "linear")  # those that need a labelled train split
+# The settings of the built-in protocols (`evaluate_many`'s keyword arguments).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "ks": (10, 20, 100),
+    "temperature": 0.07,
+    "weight_decay": DEFAULT_WEIGHT_DECAY,
+    "max_iter": DEFAULT_MAX_ITER,
+}
 
 
 @dataclass
@@ -40,31 +58,176 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ProtocolInputs:
+    """What a protocol scores.
+
+    test: the test split's features of the protocol's kind. train: the train split's features of that kind (for a
+    protocol that needs a train split), else None. class_names / dataset_name: the test split's. model, tokenizer,
+    templates: the model evaluated, its tokenizer and its prompt templates (for a protocol that needs a text tower).
+    device: where to compute. options: protocol settings (`DEFAULT_OPTIONS` and any others given to `evaluate_many`).
+    """
+
+    test: LabelledFeatures
+    class_names: Sequence[str]
+    dataset_name: str = ""
+    train: LabelledFeatures | None = None
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    templates: Sequence[str] = ()
+    device: torch.device | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+
+    def train_and_test(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(train features, train labels, test features, test labels, number of classes): what a probe learns from
+        and is scored on."""
+        return self.train.features, self.train.labels, self.test.features, self.test.labels, len(self.class_names)
+
+    def result(self, protocol: str, top1: float, **fields: Any) -> EvaluationResult:
+        """An `EvaluationResult` with the split's counts filled in (classes, chance, images used and skipped)."""
+        train = self.train
+        counts = {
+            "num_train": len(train.labels) if train is not None else 0,
+            "num_test": len(self.test.labels),
+            "num_skipped": self.test.num_skipped + (train.num_skipped if train is not None else 0),
+        }
+        num_classes = len(self.class_names)
+        return EvaluationResult(
+            protocol, top1, 1 / num_classes, num_classes, dataset_name=self.dataset_name, **{**counts, **fields}
+        )
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A registered protocol: its scoring function and what it reads."""
+
+    name: str
+    score: Callable[[ProtocolInputs], EvaluationResult]
+    features: str = "backbone"
+    needs_train_split: bool = True
+    needs_text_tower: bool = False
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(
+    name: str, *, features: str = "backbone", needs_train_split: bool = True, needs_text_tower: bool = False
+) -> Callable[[Callable[[ProtocolInputs], EvaluationResult]], Callable[[ProtocolInputs], EvaluationResult]]:
+    """Function decorator: make `score` the protocol `name` (see the module docstring)."""
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"protocol {name!r}: unknown feature kind {features!r}; expected one of {FEATURE_KINDS}")
+
+    def register(score: Callable[[ProtocolInputs], EvaluationResult]) -> Callable[[ProtocolInputs], EvaluationResult]:
+        PROTOCOLS[name] = Protocol(name, score, features, needs_train_split, needs_text_tower)
+        return score
+
+    return register
+
+
+def trained_protocols(features: str | None = None) -> tuple[str, ...]:
+    """The protocols that learn from a labelled train split (k-NN, the linear probe, ...); with `features`, those
+    reading that feature kind."""
+    return tuple(
+        name
+        for name, protocol in PROTOCOLS.items()
+        if protocol.needs_train_split and features in (None, protocol.features)
+    )
+
+
+@register_protocol("zero_shot", features="embedding", needs_train_split=False, needs_text_tower=True)
+def zero_shot(inputs: ProtocolInputs) -> EvaluationResult:
+    """Cosine similarity of the image embeddings to template-ensemble class embeddings."""
+    metrics = zero_shot_metrics(inputs.model, inputs.tokenizer, inputs.test, inputs.class_names, inputs.templates)
+    return inputs.result("zero_shot", metrics.top1, details={"top5": metrics.top5})
+
+
+@register_protocol("knn")
+def knn(inputs: ProtocolInputs) -> EvaluationResult:
+    """DINO's weighted k-NN on backbone features, per k of `options["ks"]` (headline k = 20)."""
+    options = inputs.options
+    per_k = weighted_knn(
+        *inputs.train_and_test(), ks=options["ks"], temperature=options["temperature"], device=inputs.device
+    )
+    details, notes = {}, []
+    for k, result in per_k.items():
+        details[f"top1_k{k}"] = result.top1
+        if result.top5 is not None:
+            details[f"top5_k{k}"] = result.top5
+        if result.k != k:
+            notes.append(f"k={k} clipped to the {result.k} train images")
+    headline = KNN_HEADLINE_K if KNN_HEADLINE_K in per_k else next(iter(per_k))
+    return inputs.result("knn", per_k[headline].top1, details=details, notes=notes)
+
+
+@register_protocol("linear")
+def linear(inputs: ProtocolInputs) -> EvaluationResult:
+    """A logistic-regression probe on standardised backbone features."""
+    options = inputs.options
+    probe = linear_probe(
+        *inputs.train_and_test(),
+        weight_decay=options["weight_decay"],
+        max_iter=options["max_iter"],
+        device=inputs.device,
+    )
+    details = {"train_top1": probe.train_top1}
+    if probe.top5 is not None:
+        details = {"top5": probe.top5, **details}
+    return inputs.result("linear", probe.top1, details=details)
+
+
+def trained_protocol_results(
+    protocols: Sequence[str],
+    train: LabelledFeatures,
+    test: LabelledFeatures,
+    class_names: Sequence[str],
+    dataset_name: str = "",
+    device=None,
+    **options: Any,
+) -> dict[str, EvaluationResult]:
+    """The results ({protocol: result}) of protocols trained on backbone features already extracted
+    (`evaluate_many`'s, or `evaluation.segments`' features with segment labels). `options`: `DEFAULT_OPTIONS`'
+    keys and any other protocol's settings."""
+    unknown = [name for name in protocols if name not in trained_protocols("backbone")]
+    if unknown:
+        raise ValueError(
+            f"{unknown} are not protocols on labelled backbone features; choose from {trained_protocols('backbone')}"
+        )
+    inputs = ProtocolInputs(
+        test, class_names, dataset_name, train, device=device, options={**DEFAULT_OPTIONS, **options}
+    )
+    return {name: PROTOCOLS[name].score(inputs) for name in protocols}
+
+
+def has_text_tower(model) -> bool:
+    """Whether `model` is a dual encoder (image and text features)."""
+    return hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
+
+
 def supported_protocols(model) -> tuple[str, ...]:
-    """The protocols `model` can run: all three for a dual encoder (image and text features), else knn, linear."""
-    if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
-        return PROTOCOLS
-    return TRAINED_PROTOCOLS
+    """The registered protocols `model` can run: all for a dual encoder, else those that need no text tower."""
+    return tuple(name for name, protocol in PROTOCOLS.items() if has_text_tower(model) or not protocol.needs_text_tower)
 
 
 def check_protocols(model, protocols: Sequence[str], has_train_split: bool, has_tokenizer: bool = True) -> None:
     """Raise a ValueError naming the problem if `model` cannot run `protocols` with the data given."""
     if not protocols:
-        raise ValueError(f"no protocol given; choose from {PROTOCOLS}")
+        raise ValueError(f"no protocol given; choose from {tuple(PROTOCOLS)}")
     supported = supported_protocols(model)
-    for protocol in protocols:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-        if protocol not in supported:
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {name!r}; choose from {tuple(PROTOCOLS)}")
+        protocol = PROTOCOLS[name]
+        if name not in supported:
             raise ValueError(
-                f"{protocol} needs a dual encoder with a text tower (get_text_features); {type(model).__name__} "
+                f"{name} needs a dual encoder with a text tower (get_text_features); {type(model).__name__} "
                 f"has none. Protocols this model supports: {', '.join(supported)}"
             )
-        if protocol == "zero_shot" and not has_tokenizer:
-            raise ValueError("zero_shot needs the model's tokenizer (tokenizer=...)")
-        if protocol in TRAINED_PROTOCOLS and not has_train_split:
+        if protocol.needs_text_tower and not has_tokenizer:
+            raise ValueError(f"{name} needs the model's tokenizer (tokenizer=...)")
+        if protocol.needs_train_split and not has_train_split:
             raise ValueError(
-                f"{protocol} needs a labelled train split (train_split=...; scripts/evaluate.py: --train_split or "
+                f"{name} needs a labelled train split (train_split=...; scripts/evaluate.py: --train_split or "
                 "--train_data_files, or the demo's probe split by default)"
             )
 
@@ -81,6 +244,11 @@ def _device(model):
     return next(model.parameters()).device
 
 
+def _kinds(protocols: Sequence[Protocol]) -> list[str]:
+    """The feature kinds `protocols` read, in `FEATURE_KINDS` order."""
+    return [kind for kind in FEATURE_KINDS if any(protocol.features == kind for protocol in protocols)]
+
+
 def evaluate_many(
     model,
     protocols: Sequence[str],
@@ -91,109 +259,46 @@ def evaluate_many(
     tokenizer=None,
     templates: Sequence[str] | None = None,
     batch_size: int = 64,
-    ks: Sequence[int] = (10, 20, 100),
-    temperature: float = 0.07,
+    ks: Sequence[int] = DEFAULT_OPTIONS["ks"],
+    temperature: float = DEFAULT_OPTIONS["temperature"],
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     max_iter: int = DEFAULT_MAX_ITER,
+    **options: Any,
 ) -> dict[str, EvaluationResult]:
-    """Run several protocols, extracting each split's features once (one pass over the test split gives the
-    backbone features of knn / linear and the embeddings of zero_shot). Returns {protocol: result} in the order
+    """Run several registered protocols, extracting each split's features once (one pass over the test split gives
+    the backbone features of knn / linear and the embeddings of zero_shot). Returns {protocol: result} in the order
     asked. `templates` default to `model.config.zero_shot_templates`; the train split must have the test split's
-    class names."""
-    protocols = list(dict.fromkeys(protocols))
-    check_protocols(model, protocols, train_split is not None, tokenizer is not None)
+    class names. `ks`, `temperature` (knn), `weight_decay`, `max_iter` (linear) and `options` (other protocols'
+    settings) reach every protocol as `ProtocolInputs.options`."""
+    names = list(dict.fromkeys(protocols))
+    check_protocols(model, names, train_split is not None, tokenizer is not None)
+    chosen = [PROTOCOLS[name] for name in names]
     class_names = test_split.class_names
-    if "zero_shot" in protocols:
+    text = [protocol.name for protocol in chosen if protocol.needs_text_tower]
+    if text:
         templates = list(templates or getattr(model.config, "zero_shot_templates", None) or [])
         if not templates:
-            raise ValueError("zero_shot needs prompt templates (templates=..., or config.zero_shot_templates)")
-    trained = [p for p in protocols if p in TRAINED_PROTOCOLS]
+            raise ValueError(f"{text[0]} needs prompt templates (templates=..., or config.zero_shot_templates)")
+    trained = [protocol for protocol in chosen if protocol.needs_train_split]
     if trained:
         check_same_classes(train_split, test_split)
-
-    kinds = (["backbone"] if trained else []) + (["embedding"] if "zero_shot" in protocols else [])
-    test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size)
-    train = extract_features(model, image_processor, train_split, batch_size) if trained else None
-    trained_results = {}
-    if trained:
-        trained_results = trained_protocol_results(
-            trained,
-            train,
-            test["backbone"],
-            class_names,
-            test_split.name,
-            _device(model),
-            ks=ks,
-            temperature=temperature,
-            weight_decay=weight_decay,
-            max_iter=max_iter,
+    test = extract_feature_sets(model, image_processor, test_split, _kinds(chosen), batch_size)
+    train = extract_feature_sets(model, image_processor, train_split, _kinds(trained), batch_size) if trained else {}
+    settings = {"ks": ks, "temperature": temperature, "weight_decay": weight_decay, "max_iter": max_iter, **options}
+    results = {}
+    for protocol in chosen:
+        inputs = ProtocolInputs(
+            test=test[protocol.features],
+            class_names=class_names,
+            dataset_name=test_split.name,
+            train=train.get(protocol.features) if protocol.needs_train_split else None,
+            model=model,
+            tokenizer=tokenizer,
+            templates=templates or (),
+            device=_device(model),
+            options=settings,
         )
-    results = {}
-    for protocol in protocols:
-        if protocol == "zero_shot":
-            metrics = zero_shot_metrics(model, tokenizer, test["embedding"], class_names, templates)
-            results[protocol] = EvaluationResult(
-                protocol,
-                metrics.top1,
-                chance=1 / len(class_names),
-                num_classes=len(class_names),
-                dataset_name=test_split.name,
-                num_train=0,
-                num_test=metrics.num_samples,
-                details={"top5": metrics.top5},
-                num_skipped=metrics.num_skipped,
-            )
-        else:
-            results[protocol] = trained_results[protocol]
-    return results
-
-
-def trained_protocol_results(
-    protocols: Sequence[str],
-    train: LabelledFeatures,
-    test: LabelledFeatures,
-    class_names: Sequence[str],
-    dataset_name: str = "",
-    device=None,
-    ks: Sequence[int] = (10, 20, 100),
-    temperature: float = 0.07,
-    weight_decay: float = DEFAULT_WEIGHT_DECAY,
-    max_iter: int = DEFAULT_MAX_ITER,
-) -> dict[str, EvaluationResult]:
-    """k-NN and / or linear-probe results ({protocol: result}) of features already extracted (`evaluate_many`'s
-    backbone features, or `evaluation.segments`' features with segment labels)."""
-    common = dict(chance=1 / len(class_names), num_classes=len(class_names), dataset_name=dataset_name)
-    sizes = dict(
-        num_train=len(train.labels),
-        num_test=len(test.labels),
-        num_skipped=train.num_skipped + test.num_skipped,
-    )
-    features = (train.features, train.labels, test.features, test.labels, len(class_names))
-    results = {}
-    for protocol in protocols:
-        if protocol == "knn":
-            per_k = weighted_knn(*features, ks=ks, temperature=temperature, device=device)
-            details, notes = {}, []
-            for k, result in per_k.items():
-                details[f"top1_k{k}"] = result.top1
-                if result.top5 is not None:
-                    details[f"top5_k{k}"] = result.top5
-                if result.k != k:
-                    notes.append(f"k={k} clipped to the {result.k} train images")
-            headline = KNN_HEADLINE_K if KNN_HEADLINE_K in per_k else next(iter(per_k))
-            results[protocol] = EvaluationResult(
-                protocol, per_k[headline].top1, details=details, notes=notes, **sizes, **common
-            )
-        elif protocol == "linear":
-            probe = linear_probe(*features, weight_decay=weight_decay, max_iter=max_iter, device=device)
-            details = {"train_top1": probe.train_top1}
-            if probe.top5 is not None:
-                details = {"top5": probe.top5, **details}
-            results[protocol] = EvaluationResult(protocol, probe.top1, details=details, **sizes, **common)
-        else:
-            raise ValueError(
-                f"{protocol!r} is not a protocol on labelled train features; choose from {TRAINED_PROTOCOLS}"
-            )
+        results[protocol.name] = protocol.score(inputs)
     return results
 
 
@@ -225,14 +330,19 @@ def evaluate(
 
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "EvaluationResult",
     "KNN_HEADLINE_K",
     "PROTOCOLS",
-    "TRAINED_PROTOCOLS",
+    "Protocol",
+    "ProtocolInputs",
     "check_protocols",
     "check_same_classes",
     "evaluate",
     "evaluate_many",
+    "has_text_tower",
+    "register_protocol",
     "supported_protocols",
     "trained_protocol_results",
+    "trained_protocols",
 ]

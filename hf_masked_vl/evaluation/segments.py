@@ -28,7 +28,7 @@ from ..data.maps import MapSpec, ViewGeometry, apply_map_spec, decode_label_map
 from ..data.streaming import decode_image
 from .data import LabelledSplit
 from .features import LabelledFeatures, _model_device_dtype
-from .protocols import TRAINED_PROTOCOLS, EvaluationResult, check_same_classes, trained_protocol_results
+from .protocols import EvaluationResult, check_same_classes, trained_protocol_results, trained_protocols
 
 
 def _size_field(size, name: str):
@@ -181,9 +181,9 @@ def evaluate_with_segments(
     """k-NN and / or linear-probe results ({protocol: `EvaluationResult`}) of the segment features
     (`extract_segment_features`) of both splits, each read with its segments column. `kwargs`: `ks`, `temperature`
     (knn), `weight_decay`, `max_iter` (linear), as `evaluate_many`."""
-    unknown = [p for p in protocols if p not in TRAINED_PROTOCOLS]
+    unknown = [p for p in protocols if p not in trained_protocols("backbone")]
     if unknown:
-        raise ValueError(f"segment features serve {TRAINED_PROTOCOLS}, not {unknown}")
+        raise ValueError(f"segment features serve {trained_protocols('backbone')}, not {unknown}")
     check_same_classes(train_split, test_split)
     test = extract_segment_features(model, image_processor, test_split, batch_size, use_segments)
     train = extract_segment_features(model, image_processor, train_split, batch_size, use_segments)

@@ -11,7 +11,7 @@ import logging
 import pkgutil
 from importlib.metadata import entry_points
 
-from .base import METHODS, Method, Objective, available_methods, get_method, image_tower_config, register_method
+from .base import METHODS, Built, Method, Objective, available_methods, get_method, image_tower_config, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ _load_methods()
 
 __all__ = [
     "METHODS",
+    "Built",
     "Method",
     "Objective",
     "available_methods",

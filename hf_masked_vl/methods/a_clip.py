@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.batch import EMA_VIEW_ROW, TrainingBatch
 from ..data.views import AClipViews
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, AClipConfig, AClipModel
 from ..models.masking import KeepSetGenerator, crop_score_map, topk_group_keep_indices
-from .base import Method, Objective, register_method
+from .base import Built, Method, Objective, register_method
 
 
 def ema_cls_attention_scores(vision_model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +34,14 @@ class AClipObjective(Objective):
     def __init__(self, config: AClipConfig):
         self.config = config
 
-    def keep_indices(self, batch: dict, ema_scores: torch.Tensor) -> torch.Tensor:
+    def keep_indices(self, batch: TrainingBatch, ema_scores: torch.Tensor) -> torch.Tensor:
         """(B, 2, K) kept patch indices for the two online views from the EMA attention on the EMA view."""
         config = self.config
         grid = config.vision_config.grid_size
         boxes = batch["crop_boxes"]  # (B, 3, 4): online 1, online 2, EMA
         per_view = [
             topk_group_keep_indices(
-                crop_score_map(ema_scores, boxes[:, -1], boxes[:, view], (grid, grid)),
+                crop_score_map(ema_scores, boxes[:, EMA_VIEW_ROW], boxes[:, view], (grid, grid)),
                 config.mask_ratio,
                 config.mask_group_size,
             )
@@ -48,7 +49,7 @@ class AClipObjective(Objective):
         ]
         return torch.stack(per_view, dim=1)
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
         config = self.config
         attentive = config.mask_mode == "attentive"
         keep_indices = batch.get("keep_indices")  # random masks come from the collator
@@ -89,8 +90,8 @@ class AClipMethod(Method):
     uses_ema = True
     ema_momentum = 0.996
 
-    def transform(self, model: AClipModel) -> AClipViews:
-        return AClipViews(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
+    def transform(self, built: Built) -> AClipViews:
+        return AClipViews(built.model.config.vision_config.image_size, mean=built.image_mean, std=built.image_std)
 
     def mask_generator(self, model: AClipModel) -> KeepSetGenerator | None:
         """`mask_mode="random"` (the FLIP-style ablation): per online view, as many random g×g groups as the attentive
@@ -101,10 +102,10 @@ class AClipMethod(Method):
         grid, group_size = config.vision_config.grid_size, config.mask_group_size
         return KeepSetGenerator("random_groups", grid, config.mask_ratio, group_size=group_size, num_views=2)
 
-    def objective(self, model: AClipModel, teacher=None) -> AClipObjective:
-        return AClipObjective(model.config)
+    def objective(self, built: Built) -> AClipObjective:
+        return AClipObjective(built.model.config)
 
-    def ema_averaged(self, model: AClipModel) -> tuple[str, ...]:
+    def ema_averaged(self, built: Built) -> tuple[str, ...]:
         """The official EMA set; token embedding, text positions and the final text norm are shared (and so are the
         SimCLR head, the BYOL predictor and the logit scale, which the EMA model never uses in training)."""
         return (

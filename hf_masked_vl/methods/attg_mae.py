@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..data.batch import TrainingBatch
 from ..data.maps import MapSpec
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
 from ..models.masking import DrawAll, KeepSetGenerator, RandomGuidanceMaps
-from .base import Method, Objective, register_method
+from .base import Built, Method, Objective, register_method
 
 
 class AttGMAEObjective(Objective):
@@ -24,7 +25,7 @@ class AttGMAEObjective(Objective):
     def __init__(self, config: AttGMAEConfig):
         self.config = config
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
         if self.config.guidance != "none":
             inputs["guidance"] = batch["guidance"]
@@ -41,15 +42,19 @@ class AttGMAEMethod(Method):
     card_template = "attg_mae.md"
     evaluations = ("knn", "linear")
 
-    def map_columns(self, model: AttGMAEForPreTraining) -> dict[str, str]:
+    def map_columns(self, built: Built) -> dict[str, str]:
         """The object maps are data only when `guidance="map"` (random maps are drawn, none are needed for MAE)."""
-        return {"guidance": self.data_args.guidance_column} if model.config.guidance == "map" else {}
+        return {"guidance": self.data_args.guidance_column} if built.model.config.guidance == "map" else {}
 
-    def transform(self, model: AttGMAEForPreTraining) -> SingleCropView:
-        vision = model.config.vision_config
-        specs = {"guidance": MapSpec(vision.grid_size, "bilinear")} if model.config.guidance == "map" else {}
+    def transform(self, built: Built) -> SingleCropView:
+        config = built.model.config
+        specs = {"guidance": MapSpec(config.vision_config.grid_size, "bilinear")} if config.guidance == "map" else {}
         return SingleCropView(
-            vision.image_size, crop_scale=None, mean=self.image_mean, std=self.image_std, map_specs=specs
+            config.vision_config.image_size,
+            crop_scale=None,
+            mean=built.image_mean,
+            std=built.image_std,
+            map_specs=specs,
         )
 
     def mask_generator(self, model: AttGMAEForPreTraining) -> KeepSetGenerator | DrawAll:
@@ -59,8 +64,8 @@ class AttGMAEMethod(Method):
         keep_sets = KeepSetGenerator("random", grid, config.mask_ratio)
         return DrawAll(keep_sets, RandomGuidanceMaps(grid)) if config.guidance == "random" else keep_sets
 
-    def objective(self, model: AttGMAEForPreTraining, teacher=None) -> AttGMAEObjective:
-        return AttGMAEObjective(model.config)
+    def objective(self, built: Built) -> AttGMAEObjective:
+        return AttGMAEObjective(built.model.config)
 
 
 @register_method

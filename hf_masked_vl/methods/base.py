@@ -7,13 +7,18 @@ or teacher-dependent inputs), its EMA, its evaluations, its card template and wh
 carries. Adding a method adds a module to `hf_masked_vl/methods/` (or an entry point in the group
 `hf_masked_vl.methods`) whose class is decorated with `@register_method`; nothing central is edited.
 
+`Method.build()` makes everything the run trains with in one call and returns it as one value, a `Built` (model,
+teacher, tokenizer, normalisation statistics), as open_clip's `create_model_and_transforms` returns the model with
+its transforms; every later step receives that value. A method holds only its arguments: no step stores anything
+on it for another step to read, so steps give the same result in any order and however often they are called.
+
     @register_method
     class MyMethod(Method):
         name = "my_method"
         summary = "one line for --help"
         config_class, model_class = MyConfig, MyModel
-        def transform(self, model): ...
-        def objective(self, model, teacher): ...
+        def transform(self, built): ...
+        def objective(self, built): ...
 """
 
 from __future__ import annotations
@@ -21,18 +26,42 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-from transformers import CLIPTokenizer, PreTrainedConfig, PreTrainedModel, TrainingArguments
+from transformers import CLIPImageProcessor, CLIPTokenizer, PreTrainedConfig, PreTrainedModel, TrainingArguments
 
+from ..data.batch import TrainingBatch
 from ..data.streaming import ImageTextCollator
 from ..errors import UsageError
 from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..tokenization import build_clip_tokenizer, build_image_processor
 from .arguments import MethodDataArguments, MethodModelArguments
+
+
+@dataclass(frozen=True)
+class Built:
+    """Everything a run trains with, made by one `Method.build()` call and handed to every later step.
+
+    model: the model to train. teacher: a frozen module held outside the model, or None. tokenizer: the CLIP
+    tokenizer of a model with a text tower (saved with it), or None. image_mean / image_std: the normalisation of
+    the training views and of the saved evaluation preprocessing (`image_processor`).
+    """
+
+    model: PreTrainedModel
+    teacher: nn.Module | None = None
+    tokenizer: CLIPTokenizer | None = None
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+
+    @cached_property
+    def image_processor(self) -> CLIPImageProcessor:
+        """Evaluation preprocessing saved with the checkpoint: the image tower's size and these statistics."""
+        return build_image_processor(image_tower_config(self.model).image_size, self.image_mean, self.image_std)
 
 
 class Objective:
@@ -47,7 +76,10 @@ class Objective:
     step: int = 0
     max_steps: int = 1
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+    def prepare(
+        self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None, teacher: nn.Module | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of `model(**inputs)` for this step."""
         return batch
 
     def after_optimizer_step(self, model: nn.Module) -> None:
@@ -64,10 +96,10 @@ class Method:
     model_class: ClassVar[type[PreTrainedModel] | None] = None
     card_template: ClassVar[str] = "generic.md"  # a file in model_cards/
     reads_caption: ClassVar[bool] = False
-    map_roles: ClassVar[tuple[str, ...]] = ()  # per-image maps the method reads: "guidance", "segments"
+    map_roles: ClassVar[tuple[str, ...]] = ()  # per-image maps the method reads (`data.maps.MAP_ROLES`)
     evaluations: ClassVar[tuple[str, ...]] = ("knn",)  # protocols of hf_masked_vl.evaluation run after training
     pipelines: ClassVar[tuple[str, ...]] = ()  # custom pipeline tasks saved into the checkpoint
-    image_mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN
+    image_mean: ClassVar[tuple[float, ...]] = IMAGENET_MEAN  # the default of `image_statistics`
     image_std: ClassVar[tuple[float, ...]] = IMAGENET_STD
     uses_ema: ClassVar[bool] = False
     ema_momentum: ClassVar[float] = 0.996  # default start of the EMA schedule (--ema_momentum overrides)
@@ -82,31 +114,42 @@ class Method:
         self.model_args, self.data_args, self.training_args = model_args, data_args, training_args
         self.config_overrides = dict(config_overrides or {})
 
-    # ---- model ----
+    # ---- building: `build` is the one entry; the other methods of this section are its parts ----
+    def build(self) -> Built:
+        """The teacher, the model (which may take its architecture or weights from the teacher), the tokenizer and
+        the normalisation statistics, in one value. Each part receives what it needs as an argument."""
+        teacher = self.load_teacher()
+        model = self.build_model(teacher)
+        tokenizer = self.tokenizer(model)
+        mean, std = self.image_statistics()
+        return Built(model, teacher, tokenizer, mean, std)
+
     def load_teacher(self) -> nn.Module | None:
         """A frozen teacher held outside the model (None: the method has none)."""
         return None
 
     def build_model(self, teacher: nn.Module | None = None) -> PreTrainedModel:
         """A new model from `--preset` and the config flags, or `--model_name_or_path` with the flags applied."""
+        return self.load_or_create(self.model_class)
+
+    def load_or_create(self, model_class: type[PreTrainedModel], **new_model_fields: Any) -> PreTrainedModel:
+        """`--model_name_or_path` loaded as `model_class` with the config flags applied, or else a new model of the
+        method's config from `--preset`, `new_model_fields` and the flags (the flags win)."""
         attn = self.model_args.attn_implementation
         if self.model_args.model_name_or_path:
             return load_checked(
-                self.model_class,
+                model_class,
                 self.model_args.model_name_or_path,
                 f"--method {self.name}",
                 trust_remote_code=self.model_args.trust_remote_code,
                 attn_implementation=attn,
                 **self.config_overrides,
             )
-        config = build_config(self.config_class, self.model_args.preset, **self.config_overrides)
-        return self.model_class._from_config(config, attn_implementation=attn)
+        fields = {**new_model_fields, **self.config_overrides}
+        config = build_config(self.config_class, self.model_args.preset, **fields)
+        return model_class._from_config(config, attn_implementation=attn)
 
-    def base_model(self) -> str | None:
-        """What the run started from or distilled (the card's provenance), if anything."""
-        return self.model_args.model_name_or_path
-
-    def tokenizer(self, model: PreTrainedModel):
+    def tokenizer(self, model: PreTrainedModel) -> CLIPTokenizer | None:
         """The CLIP tokenizer of a model with a text tower (from the start folder when it has one), else None."""
         text_config = getattr(model.config, "text_config", None)
         if text_config is None:
@@ -116,35 +159,41 @@ class Method:
             return CLIPTokenizer.from_pretrained(path)
         return build_clip_tokenizer(text_config.max_position_embeddings)
 
-    def image_processor(self, model: PreTrainedModel):
-        """Evaluation preprocessing saved with the checkpoint."""
-        return build_image_processor(image_tower_config(model).image_size, self.image_mean, self.image_std)
+    def image_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the image normalisation the model is trained and evaluated with."""
+        return self.image_mean, self.image_std
 
-    # ---- data ----
-    def transform(self, model: PreTrainedModel) -> Callable:
+    def base_model(self) -> str | None:
+        """What the run started from or distilled (the card's provenance), if anything."""
+        return self.model_args.model_name_or_path
+
+    # ---- data: each step receives the `Built` ----
+    def transform(self, built: Built) -> Callable:
         """`transform(image, rng, maps) -> dict of tensors`: the method's training views."""
         raise NotImplementedError
 
-    def map_columns(self, model: PreTrainedModel) -> dict[str, str]:
+    def map_columns(self, built: Built) -> dict[str, str]:
         """Per-image map columns the method reads, role → column name (default: `map_roles` with the column names
         of `--guidance_column` / `--segments_column`)."""
         return {role: getattr(self.data_args, f"{role}_column") for role in self.map_roles}
 
     def mask_generator(self, model: PreTrainedModel) -> Callable | None:
-        """Data-independent inputs drawn in the DataLoader workers from each sample's seed:
-        `generator(sample_seeds (B,)) -> DrawnInputs` (keep sets, random maps: `hf_masked_vl.models.masking`)."""
+        """Data-independent inputs drawn in the DataLoader workers from each sample's seed, a function of the
+        model's config only: `generator(sample_seeds (B,)) -> DrawnInputs` (keep sets, random maps:
+        `hf_masked_vl.models.masking`)."""
         return None
 
-    def collator(self, model: PreTrainedModel, tokenizer) -> Callable:
-        text_config = getattr(model.config, "text_config", None)
+    def collator(self, built: Built) -> Callable[[list[dict]], TrainingBatch]:
+        text_config = getattr(built.model.config, "text_config", None)
         context = text_config.max_position_embeddings if text_config is not None else 77
-        return ImageTextCollator(tokenizer if self.reads_caption else None, context, self.mask_generator(model))
+        tokenizer = built.tokenizer if self.reads_caption else None
+        return ImageTextCollator(tokenizer, context, self.mask_generator(built.model))
 
     # ---- training ----
-    def objective(self, model: PreTrainedModel, teacher: nn.Module | None) -> Objective:
+    def objective(self, built: Built) -> Objective:
         raise NotImplementedError
 
-    def ema_averaged(self, model: PreTrainedModel) -> tuple[str, ...] | None:
+    def ema_averaged(self, built: Built) -> tuple[str, ...] | None:
         """Parameter-name prefixes the EMA averages (None: the whole model); the rest is shared with the online
         model."""
         return None
@@ -201,6 +250,7 @@ def available_methods() -> dict[str, str]:
 
 __all__ = [
     "METHODS",
+    "Built",
     "Method",
     "Objective",
     "available_methods",

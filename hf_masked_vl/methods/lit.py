@@ -16,7 +16,7 @@ from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, LiTConfig, LiTModel
 from ..vision_towers import load_vision_tower, preprocessing_stats
-from .base import Method, Objective, build_config, checkpoint_config, register_method
+from .base import Built, Method, Objective, build_config, checkpoint_config, register_method
 from .uta_contrastive import ContrastiveObjective
 
 
@@ -51,10 +51,8 @@ class LiTMethod(Method):
         model_type = checkpoint_config(path, self.model_args.trust_remote_code).model_type
         if model_type == LiTConfig.model_type:
             model = super().build_model(teacher)  # continue a LiT run
-            self.image_mean, self.image_std = preprocessing_stats(path)
         else:
             tower = load_vision_tower(path, trust_remote_code=self.model_args.trust_remote_code)
-            self.image_mean, self.image_std = tower.mean, tower.std
             vision = tower.config.to_dict()
             vision.update(drop_path_rate=0.0, attention_dropout=0.0)  # a locked tower is deterministic
             overrides = dict(self.config_overrides)
@@ -67,12 +65,17 @@ class LiTMethod(Method):
         model.lock_image_tower()
         return model
 
-    def transform(self, model: LiTModel) -> SingleCropView:
-        size = model.config.vision_config.image_size
-        return SingleCropView(size, (0.5, 1.0), mean=self.image_mean, std=self.image_std, horizontal_flip=False)
+    def image_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The statistics the image tower was trained with (its checkpoint's image processor; ImageNet's without
+        one), which a LiT checkpoint carries on."""
+        return preprocessing_stats(self.model_args.model_name_or_path)
 
-    def objective(self, model: LiTModel, teacher=None) -> Objective:
-        return LiTObjective(model.config)
+    def transform(self, built: Built) -> SingleCropView:
+        size = built.model.config.vision_config.image_size
+        return SingleCropView(size, (0.5, 1.0), mean=built.image_mean, std=built.image_std, horizontal_flip=False)
+
+    def objective(self, built: Built) -> Objective:
+        return LiTObjective(built.model.config)
 
 
 __all__ = ["LiTMethod", "LiTObjective"]

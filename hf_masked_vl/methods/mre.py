@@ -21,12 +21,13 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedConfig
 
+from ..data.batch import TrainingBatch
 from ..data.maps import MapSpec
 from ..data.views import MultiCropViews, SingleCropView
 from ..errors import UsageError
 from ..models import MREViTConfig, MREViTForDINO, MREViTForMAE
 from ..models.masking import KeepSetGenerator
-from .base import Method, Objective, build_config, checkpoint_config, load_checked, register_method
+from .base import Built, Method, Objective, build_config, checkpoint_config, load_checked, register_method
 
 MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
 
@@ -42,7 +43,7 @@ class MREMAEObjective(Objective):
     def __init__(self, config: MREViTConfig):
         self.config = config
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
         if self.config.relation_bias != "none":
             inputs["token_labels"] = batch["segments"]
@@ -55,7 +56,7 @@ class DINOObjective(Objective):
     def __init__(self, config: MREViTConfig):
         self.config = config
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         if ema_model is None:
             raise ValueError("DINO needs the EMA teacher (the method keeps one)")
         uses_labels = self.config.relation_bias != "none"
@@ -83,7 +84,7 @@ class MREDistillObjective(Objective):
     def __init__(self, config: MREViTConfig, objective: str):
         self.config, self.objective = config, objective
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         if teacher is None:
             raise ValueError("mre_distill needs the frozen teacher (--teacher)")
         if self.objective == "mae":
@@ -116,25 +117,41 @@ class MREMAEMethod(Method):
     card_template = "mre_vit.md"
     evaluations = ("knn", "linear")
 
-    def map_columns(self, model: MREViTForMAE) -> dict[str, str]:
-        return {"segments": self.data_args.segments_column} if model.config.relation_bias != "none" else {}
+    def map_columns(self, built: Built) -> dict[str, str]:
+        return segments_column(self, built.model.config)
 
-    def transform(self, model: MREViTForMAE) -> SingleCropView:
-        vision = model.config.vision_config
-        specs = {"segments": label_spec(model.config, vision.grid_size)} if self.map_columns(model) else {}
-        return SingleCropView(
-            vision.image_size, crop_scale=MAE_CROP_SCALE, mean=self.image_mean, std=self.image_std, map_specs=specs
-        )
+    def transform(self, built: Built) -> SingleCropView:
+        return mae_view(built, with_labels=bool(self.map_columns(built)))
 
     def mask_generator(self, model: MREViTForMAE) -> KeepSetGenerator:
         """MAE's random keep sets of `mask_ratio`."""
         return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
-    def objective(self, model: MREViTForMAE, teacher=None) -> MREMAEObjective:
-        return MREMAEObjective(model.config)
+    def objective(self, built: Built) -> MREMAEObjective:
+        return MREMAEObjective(built.model.config)
 
 
-def multi_crop_views(method: Method, config: MREViTConfig, with_labels: bool, num_local: int | None = None):
+def segments_column(method: Method, config: MREViTConfig) -> dict[str, str]:
+    """`{"segments": --segments_column}` when the model has a bias to feed, else nothing."""
+    return {"segments": method.data_args.segments_column} if config.relation_bias != "none" else {}
+
+
+def mae_view(built: Built, with_labels: bool) -> SingleCropView:
+    """MAE's random-resized crop and flip, with the token labels of each view when `with_labels`."""
+    config = built.model.config
+    vision = config.vision_config
+    return SingleCropView(
+        vision.image_size,
+        crop_scale=MAE_CROP_SCALE,
+        mean=built.image_mean,
+        std=built.image_std,
+        map_specs={"segments": label_spec(config, vision.grid_size)} if with_labels else {},
+    )
+
+
+def multi_crop_views(built: Built, with_labels: bool, num_local: int | None = None) -> MultiCropViews:
+    """DINO's multi-crop of `built.model`'s config (`num_local`: override the number of local crops)."""
+    config = built.model.config
     vision = config.vision_config
     global_specs = {"segments": label_spec(config, vision.grid_size)} if with_labels else {}
     local_specs = {"segments": label_spec(config, config.local_grid_size)} if with_labels else {}
@@ -145,8 +162,8 @@ def multi_crop_views(method: Method, config: MREViTConfig, with_labels: bool, nu
         num_local_crops=config.num_local_crops if num_local is None else num_local,
         global_scale=tuple(config.global_crop_scale),
         local_scale=tuple(config.local_crop_scale),
-        mean=method.image_mean,
-        std=method.image_std,
+        mean=built.image_mean,
+        std=built.image_std,
         global_map_specs=global_specs,
         local_map_specs=local_specs,
     )
@@ -163,19 +180,19 @@ class MREDINOMethod(Method):
     uses_ema = True
     ema_momentum = 0.996  # DINO: 0.996 → 1, cosine
 
-    def map_columns(self, model: MREViTForDINO) -> dict[str, str]:
-        return {"segments": self.data_args.segments_column} if model.config.relation_bias != "none" else {}
+    def map_columns(self, built: Built) -> dict[str, str]:
+        return segments_column(self, built.model.config)
 
-    def transform(self, model: MREViTForDINO) -> MultiCropViews:
-        return multi_crop_views(self, model.config, bool(self.map_columns(model)))
+    def transform(self, built: Built) -> MultiCropViews:
+        return multi_crop_views(built, bool(self.map_columns(built)))
 
-    def objective(self, model: MREViTForDINO, teacher=None) -> DINOObjective:
-        return DINOObjective(model.config)
+    def objective(self, built: Built) -> DINOObjective:
+        return DINOObjective(built.model.config)
 
-    def ema_averaged(self, model: MREViTForDINO) -> tuple[str, ...]:
+    def ema_averaged(self, built: Built) -> tuple[str, ...]:
         """The teacher averages the encoder, the bias scalars and the head; the loss's centre is shared."""
         prefixes = ["vit.", "head."]
-        if any(name.startswith("relation_bias.") for name, _ in model.named_parameters()):
+        if any(name.startswith("relation_bias.") for name, _ in built.model.named_parameters()):
             prefixes.append("relation_bias.")
         return tuple(prefixes)
 
@@ -209,6 +226,11 @@ def teacher_objective(config: MREViTConfig) -> str:
     )
 
 
+def student_objective(model: nn.Module) -> str:
+    """ "dino" or "mae": what a distillation student (of its teacher's class) is trained with."""
+    return "dino" if isinstance(model, MREViTForDINO) else "mae"
+
+
 @register_method
 class MREDistillMethod(Method):
     name = "mre_distill"
@@ -218,32 +240,32 @@ class MREDistillMethod(Method):
     map_roles = ("segments",)
     evaluations = ("knn", "linear")
 
-    def load_teacher(self) -> nn.Module:
+    def load_teacher(self) -> MREViTForMAE | MREViTForDINO:
+        """The frozen bias model, as the class it was trained as (its `architectures`)."""
         path = self.model_args.teacher
         if not path:
             raise UsageError("--method mre_distill needs --teacher MRE_FOLDER (a trained mre_mae or mre_dino model)")
         config = checkpoint_config(path, self.model_args.trust_remote_code)
         if config.model_type != MREViTConfig.model_type:
             raise UsageError(f"--teacher {path} is a {config.model_type!r} checkpoint, not an MRE-ViT ('mre_vit')")
-        self.teacher_kind = teacher_objective(config)
+        model_class = MREViTForDINO if teacher_objective(config) == "dino" else MREViTForMAE
         if config.relation_bias == "none":
             raise UsageError(f"--teacher {path} has no attention bias (relation_bias='none'): nothing to distill")
-        model_class = MREViTForDINO if self.teacher_kind == "dino" else MREViTForMAE
-        self.model_class = model_class
         teacher = load_checked(
             model_class, path, "--method mre_distill --teacher", trust_remote_code=self.model_args.trust_remote_code
         )
         return teacher.requires_grad_(False).eval()
 
-    def build_model(self, teacher: nn.Module | None = None) -> nn.Module:
+    def build_model(self, teacher: MREViTForMAE | MREViTForDINO) -> MREViTForMAE | MREViTForDINO:
+        """A student of the teacher's class: `--model_name_or_path` continued, or the teacher's architecture."""
         if self.model_args.model_name_or_path:  # continue a student
-            return super().build_model(teacher)
+            return self.load_or_create(type(teacher))
         # the teacher's architecture and recipe, without the bias, with the command line's changes
         own_fields = set(MREViTConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
         fields = {name: getattr(teacher.config, name) for name in own_fields}
         fields["vision_config"] = teacher.config.vision_config.to_dict()
         config = build_config(MREViTConfig, None, **{**fields, **self.config_overrides, "relation_bias": "none"})
-        model = self.model_class._from_config(config, attn_implementation=self.model_args.attn_implementation)
+        model = type(teacher)._from_config(config, attn_implementation=self.model_args.attn_implementation)
         if config.distillation_student_init == "teacher":
             state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("relation_bias.")}
             model.load_state_dict(state, strict=False)
@@ -252,27 +274,19 @@ class MREDistillMethod(Method):
     def base_model(self) -> str | None:
         return self.model_args.teacher
 
-    def transform(self, model: nn.Module):
-        config = model.config
-        if self.teacher_kind == "dino":  # KD on the same views: the global crops only
-            return multi_crop_views(self, config, with_labels=True, num_local=0)
-        specs = {"segments": label_spec(config, config.vision_config.grid_size)}
-        return SingleCropView(
-            config.vision_config.image_size,
-            crop_scale=MAE_CROP_SCALE,
-            mean=self.image_mean,
-            std=self.image_std,
-            map_specs=specs,
-        )
+    def transform(self, built: Built) -> SingleCropView | MultiCropViews:
+        if student_objective(built.model) == "dino":  # KD on the same views: the global crops only
+            return multi_crop_views(built, with_labels=True, num_local=0)
+        return mae_view(built, with_labels=True)
 
     def mask_generator(self, model: nn.Module) -> KeepSetGenerator | None:
         """An MAE teacher's random keep sets (teacher and student see the same visible tokens); none for DINO."""
-        if self.teacher_kind != "mae":
+        if student_objective(model) != "mae":
             return None
         return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
 
-    def objective(self, model: nn.Module, teacher=None) -> MREDistillObjective:
-        return MREDistillObjective(model.config, self.teacher_kind)
+    def objective(self, built: Built) -> MREDistillObjective:
+        return MREDistillObjective(built.model.config, student_objective(built.model))
 
 
 __all__ = [
@@ -284,5 +298,6 @@ __all__ = [
     "MREMAEMethod",
     "MREMAEObjective",
     "label_spec",
+    "student_objective",
     "teacher_objective",
 ]

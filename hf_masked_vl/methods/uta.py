@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.batch import TrainingBatch
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
 from ..models.masking import KeepSetGenerator
 from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ..teachers import load_teacher
-from .base import Method, Objective, build_config, load_checked, register_method
+from ..teachers import CLIPTeacher, TextTower, load_teacher
+from .base import Built, Method, Objective, register_method
 
 
 class UTAObjective(Objective):
@@ -28,7 +29,7 @@ class UTAObjective(Objective):
         self.config = config
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
         if teacher is None:
             raise ValueError("UTA needs a frozen teacher (--teacher)")
         pixel_values = batch["pixel_values"]
@@ -51,39 +52,33 @@ class UTAMethod(Method):
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
     image_mean, image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    def load_teacher(self) -> nn.Module:
+    def build(self) -> Built:
+        """The teacher's text tower (converted once) gives the student its text tower and the run its tokenizer."""
+        teacher = self.load_teacher()
+        text_tower = teacher.text_tower()
+        model = self.student(text_tower)
+        return Built(model, teacher, text_tower.tokenizer, *self.image_statistics())
+
+    def load_teacher(self) -> CLIPTeacher:
         if not self.model_args.teacher:
             raise UsageError(
                 "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
             )
-        teacher = load_teacher(
+        return load_teacher(
             self.model_args.teacher, self.model_args.teacher_kind, trust_remote_code=self.model_args.trust_remote_code
         )
-        self._text_tower = teacher.text_tower()
-        return teacher
 
-    def build_model(self, teacher: nn.Module | None = None) -> UTAModel:
-        tower = self._text_tower
-        attn = self.model_args.attn_implementation
-        if self.model_args.model_name_or_path:
-            model = load_checked(
-                UTAModel,
-                self.model_args.model_name_or_path,
-                "--method uta",
-                trust_remote_code=self.model_args.trust_remote_code,
-                attn_implementation=attn,
-                **self.config_overrides,
-            )
-        else:
-            config = build_config(
-                UTAConfig,
-                self.model_args.preset,
-                **{"projection_dim": tower.projection.shape[0], "text_config": tower.config, **self.config_overrides},
-            )
-            model = UTAModel._from_config(config, attn_implementation=attn)
-            model.text_model.load_state_dict(tower.text_model.state_dict())
+    def build_model(self, teacher: CLIPTeacher) -> UTAModel:
+        return self.student(teacher.text_tower())
+
+    def student(self, text_tower: TextTower) -> UTAModel:
+        """The student (`--model_name_or_path`, or new with a copy of `text_tower`), its text tower frozen."""
+        new_model_fields = {"projection_dim": text_tower.projection.shape[0], "text_config": text_tower.config}
+        model = self.load_or_create(UTAModel, **new_model_fields)
+        if not self.model_args.model_name_or_path:
+            model.text_model.load_state_dict(text_tower.text_model.state_dict())
             with torch.no_grad():
-                model.text_projection.weight.copy_(tower.projection)
+                model.text_projection.weight.copy_(text_tower.projection)
         model.text_model.requires_grad_(False)  # the teacher's text tower is carried, never trained here
         model.text_projection.requires_grad_(False)
         return model
@@ -91,11 +86,8 @@ class UTAMethod(Method):
     def base_model(self) -> str | None:
         return self.model_args.teacher
 
-    def tokenizer(self, model: UTAModel):
-        return self._text_tower.tokenizer
-
-    def transform(self, model: UTAModel) -> SingleCropView:
-        return SingleCropView(model.config.vision_config.image_size, mean=self.image_mean, std=self.image_std)
+    def transform(self, built: Built) -> SingleCropView:
+        return SingleCropView(built.model.config.vision_config.image_size, mean=built.image_mean, std=built.image_std)
 
     def mask_generator(self, model: UTAModel) -> KeepSetGenerator | None:
         """Keep sets of `mask_type` ("reversed_block" (paper), "block", "random") at `mask_ratio`; none when nothing
@@ -106,8 +98,8 @@ class UTAMethod(Method):
         grid = config.vision_config.grid_size
         return KeepSetGenerator(config.mask_type, grid, config.mask_ratio, min_block=config.min_block_patches)
 
-    def objective(self, model: UTAModel, teacher: nn.Module | None) -> UTAObjective:
-        return UTAObjective(model.config, self.image_mean, self.image_std)
+    def objective(self, built: Built) -> UTAObjective:
+        return UTAObjective(built.model.config, built.image_mean, built.image_std)
 
 
 __all__ = ["UTAMethod", "UTAObjective"]

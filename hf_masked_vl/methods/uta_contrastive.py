@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..data.batch import TrainingBatch
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
 from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .base import Method, Objective, register_method
+from .base import Built, Method, Objective, register_method
 
 
 class ContrastiveObjective(Objective):
     """Image–text InfoNCE on full views: the batch's pixels and captions, `return_loss=True`."""
 
-    def prepare(self, batch: dict, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
+    def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None, teacher=None) -> dict:
         return {
             "pixel_values": batch["pixel_values"],
             "input_ids": batch["input_ids"],
@@ -46,11 +47,11 @@ class UTAContrastiveMethod(Method):
             )
         return super().build_model(teacher)
 
-    def transform(self, model: UTAModel) -> SingleCropView:
-        size = model.config.vision_config.image_size
-        return SingleCropView(size, (0.5, 1.0), mean=self.image_mean, std=self.image_std)
+    def transform(self, built: Built) -> SingleCropView:
+        size = built.model.config.vision_config.image_size
+        return SingleCropView(size, (0.5, 1.0), mean=built.image_mean, std=built.image_std)
 
-    def objective(self, model: UTAModel, teacher=None) -> ContrastiveObjective:
+    def objective(self, built: Built) -> ContrastiveObjective:
         return ContrastiveObjective()
 
 

@@ -8,30 +8,18 @@ import warnings
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_templates
+from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_kwargs, validate_templates, vit_size
 
 MASK_MODES = ("attentive", "random", "none")
 
 # Named size presets. The paper's main setting is "vit-b-16"; "tiny" is the CPU demo model.
 A_CLIP_PRESETS: dict[str, dict] = {
-    "vit-s-16": {"vision_config": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12}},
-    "vit-b-16": {},
-    "vit-l-16": {"vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}},
+    "vit-s-16": {"vision_config": vit_size("vit-s-16", num_attention_heads=12)},  # MoCo v3's ViT-S: 12 heads
+    "vit-b-16": {"vision_config": vit_size("vit-b-16")},
+    "vit-l-16": {"vision_config": vit_size("vit-l-16")},
     "tiny": {  # 48 px, 6x6 patches: the main job in ~18 TFLOP (minutes on any CPU)
-        "vision_config": {
-            "image_size": 48,
-            "patch_size": 8,
-            "hidden_size": 192,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 3,
-        },
-        "text_config": {
-            "hidden_size": 128,
-            "intermediate_size": 512,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-        },
+        "vision_config": vit_size("tiny"),
+        "text_config": TINY_TEXT_TOWER,
         "projection_dim": 128,
         "simclr_hidden_dim": 512,
         "simclr_output_dim": 128,

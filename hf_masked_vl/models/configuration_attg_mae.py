@@ -8,7 +8,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
 from .masking import num_kept
 from .schedules import cosine_temperature
 
@@ -20,35 +20,10 @@ _MAE_VIT = {"position_embedding_type": "sincos"}
 
 # Named size presets. The paper's model is "vit-l-16"; "tiny" is the CPU demo model.
 ATTG_MAE_PRESETS: dict[str, dict] = {
-    "vit-l-16": {
-        "vision_config": {
-            **_MAE_VIT,
-            "image_size": 224,
-            "patch_size": 16,
-            "hidden_size": 1024,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-        },
-    },
-    "vit-b-16": {
-        "vision_config": {
-            **_MAE_VIT,
-            "image_size": 224,
-            "patch_size": 16,
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-        },
-    },
+    "vit-l-16": {"vision_config": vit_size("vit-l-16", **_MAE_VIT)},
+    "vit-b-16": {"vision_config": vit_size("vit-b-16", **_MAE_VIT)},
     "tiny": {  # the CPU demo: 48 px, 6x6 patches, the grid of the A-CLIP main job's model
-        "vision_config": {
-            **_MAE_VIT,
-            "image_size": 48,
-            "patch_size": 8,
-            "hidden_size": 192,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 3,
-        },
+        "vision_config": vit_size("tiny", **_MAE_VIT),
         "decoder_hidden_size": 128,
         "decoder_num_hidden_layers": 2,
         "decoder_num_attention_heads": 4,

@@ -7,21 +7,12 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_templates
+from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_kwargs, validate_templates
 
 # Text-tower presets; the image tower always comes from the vision checkpoint being tuned.
 LIT_PRESETS: dict[str, dict] = {
     "base": {"projection_dim": 512},  # CLIP ViT-B text tower: width 512, 12 layers, 8 heads, context 77
-    "tiny": {
-        "text_config": {
-            "hidden_size": 128,
-            "intermediate_size": 512,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-        },
-        "projection_dim": 128,
-    },
+    "tiny": {"text_config": TINY_TEXT_TOWER, "projection_dim": 128},
 }
 
 

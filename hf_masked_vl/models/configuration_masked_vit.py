@@ -125,6 +125,36 @@ class MaskedViTConfig(PreTrainedConfig):
         return self.grid_size**2
 
 
+# The ViT sizes of every model's presets, defined once: (image size, patch size, width, depth, heads). Each model's
+# presets refer to a size by name and add their own options (position embeddings, EVA-02 blocks, a changed field).
+VIT_SIZES: dict[str, dict[str, int]] = {
+    name: dict(zip(("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads"), size))
+    for name, size in {
+        "tiny": (48, 8, 192, 4, 3),  # the CPU demo model: 48 px, 6 × 6 patches
+        "vit-s-16": (224, 16, 384, 12, 6),
+        "vit-s-8": (224, 8, 384, 12, 6),
+        "vit-b-16": (224, 16, 768, 12, 12),
+        "vit-b-8": (224, 8, 768, 12, 12),
+        "vit-b-14": (224, 14, 768, 12, 12),
+        "vit-l-16": (224, 16, 1024, 24, 16),
+        "vit-l-14": (224, 14, 1024, 24, 16),
+    }.items()
+}
+# The CLIP text tower of the tiny demo models (A-CLIP, LiT, UTA).
+TINY_TEXT_TOWER: dict[str, int] = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 32,
+}
+
+
+def vit_size(name: str, **options) -> dict:
+    """A `vision_config` dict: the size `name` of `VIT_SIZES` with `options` (other fields, or a changed one)."""
+    return {**VIT_SIZES[name], **options}
+
+
 def preset_kwargs(presets: dict[str, dict], name: str, overrides: dict, method: str) -> dict:
     """Constructor kwargs of a named preset with `overrides` applied; `vision_config` / `text_config` override
     dicts are merged into the preset's, a config object replaces it."""
@@ -144,4 +174,4 @@ def validate_templates(templates) -> None:
         raise ValueError(f"zero_shot_templates={templates!r}: each needs a '{{}}' placeholder for the class name")
 
 
-__all__ = ["MaskedViTConfig", "preset_kwargs", "validate_templates"]
+__all__ = ["TINY_TEXT_TOWER", "VIT_SIZES", "MaskedViTConfig", "preset_kwargs", "validate_templates", "vit_size"]

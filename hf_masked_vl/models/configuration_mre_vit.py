@@ -9,7 +9,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs
+from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
 from .masking import num_kept
 from .relation_bias import RELATION_BIAS_TYPES
 from .schedules import teacher_temperature_at
@@ -24,25 +24,12 @@ _DINO_VIT = {"position_embedding_type": "learned"}
 # (learned positions, DINO's head). "tiny" is the CPU demo model: the 48-px grid of AttG-MAE's tiny preset (so MAE and
 # MRE-MAE compare on the same model) with a small DINO head and 24-px local crops.
 MRE_VIT_PRESETS: dict[str, dict] = {
-    "vit-b-16": {
-        "vision_config": {**_MAE_VIT, "image_size": 224, "patch_size": 16, "hidden_size": 768,
-                          "num_hidden_layers": 12, "num_attention_heads": 12},
-    },
-    "vit-b-8": {
-        "vision_config": {**_MAE_VIT, "image_size": 224, "patch_size": 8, "hidden_size": 768,
-                          "num_hidden_layers": 12, "num_attention_heads": 12},
-    },
-    "vit-s-16": {
-        "vision_config": {**_DINO_VIT, "image_size": 224, "patch_size": 16, "hidden_size": 384,
-                          "num_hidden_layers": 12, "num_attention_heads": 6},
-    },
-    "vit-s-8": {
-        "vision_config": {**_DINO_VIT, "image_size": 224, "patch_size": 8, "hidden_size": 384,
-                          "num_hidden_layers": 12, "num_attention_heads": 6},
-    },
+    "vit-b-16": {"vision_config": vit_size("vit-b-16", **_MAE_VIT)},
+    "vit-b-8": {"vision_config": vit_size("vit-b-8", **_MAE_VIT)},
+    "vit-s-16": {"vision_config": vit_size("vit-s-16", **_DINO_VIT)},
+    "vit-s-8": {"vision_config": vit_size("vit-s-8", **_DINO_VIT)},
     "tiny": {
-        "vision_config": {**_MAE_VIT, "image_size": 48, "patch_size": 8, "hidden_size": 192,
-                          "num_hidden_layers": 4, "num_attention_heads": 3},
+        "vision_config": vit_size("tiny", **_MAE_VIT),
         "decoder_hidden_size": 128,
         "decoder_num_hidden_layers": 2,
         "decoder_num_attention_heads": 4,
@@ -53,7 +40,7 @@ MRE_VIT_PRESETS: dict[str, dict] = {
         "num_local_crops": 4,
         "relation_bias_lr_scale": 100.0,
     },
-}  # fmt: skip
+}
 
 
 @strict

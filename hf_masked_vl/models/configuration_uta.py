@@ -8,7 +8,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
-from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, validate_templates
+from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_kwargs, validate_templates, vit_size
 
 UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
 
@@ -32,47 +32,20 @@ _EVA_CLIP_G_TEXT = {
 
 UTA_PRESETS: dict[str, dict] = {
     "b-14": {
-        "vision_config": {
-            **_EVA,
-            "patch_size": 14,
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "drop_path_rate": 0.1,
-        },
+        "vision_config": vit_size("vit-b-14", **_EVA, drop_path_rate=0.1),
         "text_config": _EVA_CLIP_G_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.4,
     },
     "l-14": {
-        "vision_config": {
-            **_EVA,
-            "patch_size": 14,
-            "hidden_size": 1024,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "drop_path_rate": 0.1,
-        },
+        "vision_config": vit_size("vit-l-14", **_EVA, drop_path_rate=0.1),
         "text_config": _EVA_CLIP_G_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.5,
     },
     "tiny": {  # the CPU demo: 48 px, 6x6 patches (the A-CLIP demo teacher's grid); blocks of >= 4 patches fit it
-        "vision_config": {
-            **_EVA,
-            "image_size": 48,
-            "patch_size": 8,
-            "hidden_size": 192,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 3,
-        },
-        "text_config": {
-            "hidden_size": 128,
-            "intermediate_size": 512,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-        },
+        "vision_config": vit_size("tiny", **_EVA),
+        "text_config": TINY_TEXT_TOWER,
         "projection_dim": 128,
         "mask_ratio": 0.4,
         "min_block_patches": 4,

@@ -19,6 +19,7 @@ from .configuration_aclip import AClipConfig
 from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+from .registration import register_for_auto_classes
 
 
 @dataclass
@@ -69,6 +70,7 @@ class AClipPreTrainedModel(DualEncoderPreTrainedModel):
     clip_initialised_projections = ("text_projection", "visual_projection")
 
 
+@register_for_auto_classes("AutoModel", "AutoModelForZeroShotImageClassification")
 class AClipModel(AClipPreTrainedModel):
     """Dual encoder with A-CLIP's pre-training objective. `forward` returns `logits_per_image`, so the stock
     `zero-shot-image-classification` pipeline runs on it.

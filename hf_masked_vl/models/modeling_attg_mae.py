@@ -31,6 +31,7 @@ from .conversion_vit import (
 )
 from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, get_2d_sincos_pos_embed, masked_mean
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
+from .registration import register_for_auto_classes
 
 logger = logging.get_logger(__name__)
 
@@ -127,6 +128,7 @@ class AttGMAEPreTrainedModel(MaskedViTPreTrainedModel):
         }
 
 
+@register_for_auto_classes("AutoModel")
 class AttGMAEModel(AttGMAEPreTrainedModel):
     """The AttG-MAE encoder: a `MaskedViTModel` of `config.vision_config` at `vit`. Loads the encoder of an
     `AttGMAEForPreTraining` checkpoint; returns `last_hidden_state` (B, 1 + K, D) and `pooler_output` (the CLS
@@ -169,6 +171,7 @@ class AttGMAEModel(AttGMAEPreTrainedModel):
         )
 
 
+@register_for_auto_classes("AutoModelForPreTraining")
 class AttGMAEForPreTraining(MAEPreTrainingHead, AttGMAEPreTrainedModel):
     """MAE with AttG's guided loss: encoder `vit` (a `MaskedViTModel`) on the visible patches, `decoder` (an
     `MAEDecoder`) predicting every patch's pixels, and the loss L = γ · Σ mask·w·ℓ / Σ mask with w = exp(M / τ).

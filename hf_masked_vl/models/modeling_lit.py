@@ -16,6 +16,7 @@ from .configuration_lit import LiTConfig
 from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import clip_contrastive_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
+from .registration import register_for_auto_classes
 
 
 @dataclass
@@ -44,6 +45,7 @@ class LiTPreTrainedModel(DualEncoderPreTrainedModel):
     clip_initialised_projections = ("text_projection", "visual_projection")
 
 
+@register_for_auto_classes("AutoModel", "AutoModelForZeroShotImageClassification")
 class LiTModel(LiTPreTrainedModel):
     """Dual encoder; `forward` returns `logits_per_image`, so the stock zero-shot pipeline runs on it.
 

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .attention import MaskedAttention
 from .configuration_masked_vit import MaskedViTConfig
+from .registration import register_for_auto_classes
 
 
 @dataclass
@@ -295,6 +296,7 @@ class MaskedViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
             module.init_non_persistent_buffers()
 
 
+@register_for_auto_classes("AutoModel")
 class MaskedViTModel(MaskedViTPreTrainedModel):
     """ViT encoder over `[CLS] + patches`, optionally on a per-sample subset of patches.
 

@@ -28,6 +28,7 @@ from .configuration_mre_vit import MREViTConfig
 from .dino import DINOHead, DINOLoss, distillation_loss, init_dino_weights
 from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, masked_mean
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
+from .registration import register_for_auto_classes
 from .relation_bias import MaskRelationBias, with_cls_label
 
 _AUTO_MAP = {
@@ -152,6 +153,7 @@ class MREViTPreTrainedModel(MaskedViTPreTrainedModel):
         )
 
 
+@register_for_auto_classes("AutoModel")
 class MREViTModel(MREViTPreTrainedModel):
     """The MRE-ViT encoder: `vit` + `relation_bias`. Loads the encoder of any MRE-ViT checkpoint.
 
@@ -212,6 +214,7 @@ def attention_distillation_mse(student: tuple[torch.Tensor, ...], teacher: tuple
     return torch.stack(losses).mean()
 
 
+@register_for_auto_classes("AutoModelForPreTraining")
 class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
     """MAE with the mask-relation bias in the encoder (`vit`, `relation_bias`) and MAE's decoder (`decoder`, no bias).
 

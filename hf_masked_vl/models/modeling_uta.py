@@ -19,6 +19,7 @@ from .configuration_uta import UTAConfig
 from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import clip_contrastive_loss, token_alignment_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, gather_tokens
+from .registration import register_for_auto_classes
 
 
 @dataclass
@@ -50,6 +51,7 @@ class UTAPreTrainedModel(DualEncoderPreTrainedModel):
     base_model_prefix = "uta"
 
 
+@register_for_auto_classes("AutoModel", "AutoModelForZeroShotImageClassification")
 class UTAModel(UTAPreTrainedModel):
     """Student ViT + linear head into the teacher's joint space + the teacher's text tower.
 

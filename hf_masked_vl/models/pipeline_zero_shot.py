@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
+from .registration import register_pipeline
+
+ZERO_SHOT_ENSEMBLE_TASK = "zero-shot-image-classification-ensemble"
+
 
 def tokenize_texts(tokenizer, texts: Sequence[str], context_length: int) -> dict[str, torch.Tensor]:
     """Tokenize, pad to the longest text and cut to `context_length`; a cut text ends with end-of-text, so
@@ -43,6 +47,7 @@ def build_zero_shot_classifier(
     return F.normalize(per_template.mean(dim=1), dim=-1)
 
 
+@register_pipeline(ZERO_SHOT_ENSEMBLE_TASK, "AutoModelForZeroShotImageClassification", kind="multimodal")
 class ZeroShotEnsemblePipeline(Pipeline):
     """`pipe(image, candidate_labels=[...], templates=[...])` → `[{"label", "score"}]`, best first.
 
@@ -97,4 +102,4 @@ class ZeroShotEnsemblePipeline(Pipeline):
         return [{"score": score, "label": label} for score, label in ranked]
 
 
-__all__ = ["ZeroShotEnsemblePipeline", "build_zero_shot_classifier", "tokenize_texts"]
+__all__ = ["ZERO_SHOT_ENSEMBLE_TASK", "ZeroShotEnsemblePipeline", "build_zero_shot_classifier", "tokenize_texts"]

@@ -27,9 +27,10 @@ from transformers import HfArgumentParser, set_seed
 
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
+from ..data.maps import map_role
 from ..data.streaming import ImageTextStream, load_stream
 from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
-from ..evaluation import TRAINED_PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
+from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
     LOGS_FOLDER,
@@ -42,7 +43,7 @@ from ..hub import (
     push_checkpoint,
     write_checkpoint_folder,
 )
-from ..methods import METHODS, Method, available_methods, get_method
+from ..methods import METHODS, Built, Method, available_methods, get_method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
@@ -337,8 +338,7 @@ def check_columns(dataset, columns: dict[str, str], hint: str = "") -> None:
 
 def map_column_hint(roles: list[str], demo) -> str:
     """How to make the map columns of `roles` ("guidance", "segments") with compute_guidance."""
-    producers = {"guidance": "tokencut", "segments": "sam"}
-    producer = producers.get(roles[0], "tokencut") if roles else "tokencut"
+    producer = next((map_role(role).producer for role in roles if map_role(role).producer), "tokencut")
     if demo is None:
         return (
             f"; write maps beside the images with scripts/compute_guidance.py --producer {producer} (see its --help), "
@@ -457,12 +457,12 @@ def align_special_tokens(model, tokenizer) -> None:
 
 
 def build_train_dataset(
-    method: Method, model, data: TrainingData, data_args: DataArguments, training_args: PretrainingArguments
+    method: Method, built: Built, data: TrainingData, data_args: DataArguments, training_args: PretrainingArguments
 ) -> ImageTextStream:
     """The method's training examples from the checked source; under several processes each reads its own shards
     (`split_dataset_by_node`)."""
     source = data.stream
-    map_columns = method.map_columns(model)
+    map_columns = method.map_columns(built)
     map_flags = {f"--{role}_column": column for role, column in map_columns.items()}
     check_columns(source, map_flags, map_column_hint(list(map_columns), data.demo))
     split_by_node = training_args.world_size > 1
@@ -478,7 +478,7 @@ def build_train_dataset(
         source = split_dataset_by_node(source, rank=training_args.process_index, world_size=training_args.world_size)
     train_dataset = ImageTextStream(
         source,
-        method.transform(model),
+        method.transform(built),
         image_column=data_args.image_column,
         caption_column=data_args.caption_column if method.reads_caption else None,
         seed=training_args.seed,
@@ -491,7 +491,7 @@ def build_train_dataset(
     return train_dataset
 
 
-def build_ema(method: Method, model, training_args: PretrainingArguments) -> EMACallback | None:
+def build_ema(method: Method, built: Built, training_args: PretrainingArguments) -> EMACallback | None:
     """The EMA callback of a method that keeps one (momentum: the flag, else the method's)."""
     if not method.uses_ema:
         return None
@@ -500,7 +500,7 @@ def build_ema(method: Method, model, training_args: PretrainingArguments) -> EMA
         momentum=momentum,
         end_momentum=training_args.ema_end_momentum,
         warmup=training_args.ema_warmup,
-        averaged=method.ema_averaged(model),
+        averaged=method.ema_averaged(built),
     )
 
 
@@ -511,11 +511,11 @@ def evaluate_weights(
     evaluation splits support: (weights → protocol → result, the protocols run)."""
     model = candidates["online"]
     protocols = [
-        protocol
-        for protocol in method.evaluations
-        if protocol in supported_protocols(model)
-        and (protocol not in TRAINED_PROTOCOLS or data.eval_train is not None)
-        and (protocol != "zero_shot" or tokenizer is not None)
+        name
+        for name in method.evaluations
+        if name in supported_protocols(model)
+        and (not PROTOCOLS[name].needs_train_split or data.eval_train is not None)
+        and (not PROTOCOLS[name].needs_text_tower or tokenizer is not None)
     ]
     if data.eval_test is None or not protocols:
         return {}, protocols
@@ -578,30 +578,28 @@ def training_summary(
 
 def build_trainer(
     method: Method,
-    model,
-    teacher,
-    processors: tuple,
+    built: Built,
     train_dataset: ImageTextStream,
     ema_callback: EMACallback | None,
     training_args: PretrainingArguments,
     run_record,
 ) -> MaskedVLTrainer:
     """The Trainer of a run: the method's collator and objective, the frozen teacher, the EMA, and the run record
-    that its checkpoints are listed in. `processors`: (tokenizer or None, image processor), both saved with every
+    that its checkpoints are listed in. The tokenizer (if any) and the image processor are saved with every
     checkpoint."""
-    tokenizer, image_processor = processors
-    prepare_for_saving(model)  # checkpoint-N folders carry the model code too
-    collator = method.collator(model, tokenizer)
+    tokenizer, image_processor = built.tokenizer, built.image_processor
+    prepare_for_saving(built.model)  # checkpoint-N folders carry the model code too
+    collator = method.collator(built)
     if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
         collator.collect_skipped_records = training_args.world_size <= 1 or train_dataset.split_by_node
     trainer = MaskedVLTrainer(
-        model=model,
+        model=built.model,
         args=training_args,
         train_dataset=train_dataset,
         data_collator=collator,
         processing_class=tokenizer if tokenizer is not None else image_processor,
-        objective=method.objective(model, teacher),
-        teacher=teacher,
+        objective=method.objective(built),
+        teacher=built.teacher,
         ema_callback=ema_callback,
         run_record=run_record,
     )
@@ -663,22 +661,19 @@ def main(argv: list[str] | None = None) -> RunResult:
     if push_to_hub:
         check_hub_access(repo_id, hub_token)  # before training, not after an hour of it
 
-    teacher = method.load_teacher()
-    model = method.build_model(teacher)
+    built = method.build()
+    model, tokenizer, image_processor = built.model, built.tokenizer, built.image_processor
     validate_config(model.config, "when training starts")
-    tokenizer, image_processor = method.tokenizer(model), method.image_processor(model)
     align_special_tokens(model, tokenizer)
     if data.demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
         model.config.zero_shot_templates = tuple(data.demo.templates)
-    train_dataset = build_train_dataset(method, model, data, data_args, training_args)
-    ema_callback = build_ema(method, model, training_args)
+    train_dataset = build_train_dataset(method, built, data, data_args, training_args)
+    ema_callback = build_ema(method, built, training_args)
     # the record lists everything the run writes, from here on; the folder is locked until the run ends
     resume = bool(training_args.resume_from_checkpoint)
     own_folder = start_run(training_args.output_dir, method_class.name, resume) if training_args.should_save else None
     with own_folder or contextlib.nullcontext() as run_record:
-        trainer = build_trainer(
-            method, model, teacher, (tokenizer, image_processor), train_dataset, ema_callback, training_args, run_record
-        )
+        trainer = build_trainer(method, built, train_dataset, ema_callback, training_args, run_record)
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_runtime = time.perf_counter() - started
