@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from hf_masked_vl.data.demo import ensure_demo_dataset
+from hf_masked_vl.data.demo import ensure_demo_dataset, object_guidance_shards
 from hf_masked_vl.guidance.cli import main as compute_guidance
 from hf_masked_vl.training.run import main as run_pretraining
 
@@ -70,32 +70,6 @@ def figure_one(guidance_files: list[str], temperature: float, path: Path, rows: 
             heat = Image.fromarray(colour_scale(values, maximum)).resize((cell, cell), Image.NEAREST)
             canvas.paste(heat, (column * cell, 24 + row * cell))
     canvas.save(path)
-
-
-def oracle_shards(demo, grid: int, folder: Path) -> list[str]:
-    """The demo's training shards with a `guidance` column made of the true object maps: per patch, the share of
-    its pixels that belong to an object (background 0). The ceiling of what object guidance can give here."""
-    import io
-
-    import datasets
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for index, path in enumerate(demo.train_files):
-        target = folder / f"train-{index:05d}.parquet"
-        if not target.exists():
-            table = datasets.load_dataset("parquet", data_files=[path], split="train")
-            table = table.cast_column("segments", datasets.Image(decode=False))
-
-            def add_guidance(record):
-                objects = (np.asarray(Image.open(io.BytesIO(record["segments"]["bytes"]))) > 0).astype(np.float32)
-                share = Image.fromarray(objects).resize((grid, grid), Image.BOX)
-                return {"guidance": np.asarray(share, dtype=np.float32).tolist()}
-
-            table.map(add_guidance).to_parquet(str(target.with_suffix(".tmp")))
-            target.with_suffix(".tmp").rename(target)
-        files.append(str(target))
-    return files
 
 
 def random_backbone(backbone: str, folder: Path) -> str:
@@ -173,7 +147,7 @@ def main() -> None:
     variants = {name: VARIANTS[name] for name in args.variants}
     if "attg_tokencut" not in variants:
         raise SystemExit("--variants must include attg_tokencut (LiT tunes its first checkpoint)")
-    oracle_files = oracle_shards(demo, grid, output / "guidance-oracle") if "attg_oracle" in variants else []
+    oracle_files = object_guidance_shards(demo, grid, output / "guidance-oracle") if "attg_oracle" in variants else []
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     budget = ["--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
               "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
