@@ -278,3 +278,30 @@ def test_uta_checkpoints_with_the_earlier_mask_type_key_still_load(tmp_path):
     stored["mask_type"] = stored.pop("mask_mode").replace("reversed_block", "random")
     (tmp_path / "config.json").write_text(json.dumps(stored))
     assert UTAConfig.from_pretrained(tmp_path).mask_mode == "random"
+
+
+# ---- the demo script ----
+def test_composition_demo_script_with_a_tiny_budget(tmp_path, capsys):
+    """`scripts/run_composition_demo.py` end to end at 1 step per run: teacher, guidance maps, every row for two
+    seeds, the comparison table and one `RESULT` line per figure."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "run_composition_demo.py"
+    spec = importlib.util.spec_from_file_location("run_composition_demo", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tiny = ["--steps", "1", "--batch_size", "4", "--teacher_steps", "1", "--demo_num_train", "256",
+            "--max_eval_samples", "16", "--dtype", "fp32"]  # fmt: skip
+    runs = script.main(["--output_dir", str(tmp_path), *tiny])
+    printed = capsys.readouterr().out
+    for row in script.DEFAULT_ROWS:
+        assert len(runs.figures(row, "knn")) == len(runs.figures(row, "linear")) == 2  # two seeds each
+        for protocol in ("knn", "linear"):
+            for suffix in ("", "_seed0", "_seed1"):
+                assert f"RESULT {protocol}_top1_{row}{suffix}=" in printed
+    assert "| UTA + MRE bias vs UTA | linear |" in printed and "| AttG-MAE + MRE bias vs AttG-MAE | knn |" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["comparisons"]) == 8 and {"exceeds", "spread", "difference"} <= set(results["comparisons"][0])
+    config = json.loads((tmp_path / "attg_mae_mre-seed1" / "config.json").read_text())
+    assert (config["relation_bias"], config["guidance"]) == ("per_layer_head", "map")  # a row is flags on a method
