@@ -23,19 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from hf_masked_vl.data.demo import ensure_demo_dataset
+from hf_masked_vl.data.demo import object_guidance_shards
 from hf_masked_vl.guidance.cli import main as compute_guidance
-from hf_masked_vl.training.run import main as run_pretraining
+from hf_masked_vl.training.demo_runs import DTYPES, DemoRuns, budget_flags
 
-TRAIN_FLAGS = ["--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none"]
 VARIANTS = {
     "mae": ["--method", "mae"],
     "attg_tokencut": ["--method", "attg_mae"],  # + the TokenCut shards as the dataset
@@ -72,32 +69,6 @@ def figure_one(guidance_files: list[str], temperature: float, path: Path, rows: 
     canvas.save(path)
 
 
-def oracle_shards(demo, grid: int, folder: Path) -> list[str]:
-    """The demo's training shards with a `guidance` column made of the true object maps: per patch, the share of
-    its pixels that belong to an object (background 0). The ceiling of what object guidance can give here."""
-    import io
-
-    import datasets
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for index, path in enumerate(demo.train_files):
-        target = folder / f"train-{index:05d}.parquet"
-        if not target.exists():
-            table = datasets.load_dataset("parquet", data_files=[path], split="train")
-            table = table.cast_column("segments", datasets.Image(decode=False))
-
-            def add_guidance(record):
-                objects = (np.asarray(Image.open(io.BytesIO(record["segments"]["bytes"]))) > 0).astype(np.float32)
-                share = Image.fromarray(objects).resize((grid, grid), Image.BOX)
-                return {"guidance": np.asarray(share, dtype=np.float32).tolist()}
-
-            table.map(add_guidance).to_parquet(str(target.with_suffix(".tmp")))
-            target.with_suffix(".tmp").rename(target)
-        files.append(str(target))
-    return files
-
-
 def random_backbone(backbone: str, folder: Path) -> str:
     """A randomly initialised model of the backbone's architecture, saved with its processor (the IoU floor)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -113,12 +84,7 @@ def random_backbone(backbone: str, folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="auto: bf16 only where the hardware runs it fast",
-    )
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 only where the hardware runs it")
     parser.add_argument("--backbone", default=None, help="the A-CLIP main job's folder (default: train it here)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every pre-training run")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -135,18 +101,14 @@ def main() -> None:
         help="runs per seed; attg_oracle (true object maps as guidance) is an extra diagnostic",
     )
     args = parser.parse_args()
-    if args.dtype != "auto":
-        TRAIN_FLAGS.extend(["--bf16", str(args.dtype == "bf16").lower()])
-    started = time.perf_counter()
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    demo = ensure_demo_dataset()
+    runs = DemoRuns(args.output_dir, args.dtype)
+    output, demo = runs.output, runs.demo
 
     backbone = args.backbone
     if backbone is None:
-        backbone = str(output / "a-clip")
+        backbone = str(runs.folder("a-clip"))
         if not (output / "a-clip" / "config.json").exists():
-            run_pretraining(["--output_dir", backbone, *TRAIN_FLAGS])
+            runs.train("a-clip", ["--method", "a_clip"], [], measure_missing=False)
     from hf_masked_vl import AttGMAEConfig
 
     config = AttGMAEConfig.from_preset(args.preset)
@@ -173,66 +135,58 @@ def main() -> None:
     variants = {name: VARIANTS[name] for name in args.variants}
     if "attg_tokencut" not in variants:
         raise SystemExit("--variants must include attg_tokencut (LiT tunes its first checkpoint)")
-    oracle_files = oracle_shards(demo, grid, output / "guidance-oracle") if "attg_oracle" in variants else []
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    budget = ["--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
-              "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
-              "--logging_steps", str(max(1, args.steps // 4)), "--preset", args.preset]  # fmt: skip
+    files = {"attg_tokencut": guidance_files}
+    if "attg_oracle" in variants:
+        files["attg_oracle"] = object_guidance_shards(demo, grid, output / "guidance-oracle")
+    budget = budget_flags(args.steps, args.batch_size, args.learning_rate, extra=["--preset", args.preset])
     for seed in args.seeds:
         for name, flags in variants.items():
-            folder = output / f"{name}-seed{seed}"
-            data = []
-            if name in ("attg_tokencut", "attg_oracle"):
-                files = guidance_files if name == "attg_tokencut" else oracle_files
-                data = ["--dataset_name", "parquet", "--data_files", *files, "--eval_dataset_name", "demo"]
-            run = run_pretraining([*flags, *data, *budget, "--seed", str(seed), "--output_dir", str(folder),
-                                   *TRAIN_FLAGS])  # fmt: skip
-            results[name].append({protocol: result.top1 for protocol, result in run.results.items()})
+            data = [] if name not in files else ["--dataset_name", "parquet", "--data_files", *files[name],
+                                                 "--eval_dataset_name", "demo"]  # fmt: skip
+            runs.train(name, [*flags, *data], budget, seed)
 
     # 3. locked-image tuning of the AttG-MAE encoder
-    attg_folder = output / f"attg_tokencut-seed{args.seeds[0]}"
-    lit = run_pretraining(["--method", "lit", "--model_name_or_path", str(attg_folder),
-                           "--output_dir", str(output / "lit"), "--max_steps", str(args.lit_steps),
-                           "--learning_rate", "2e-3", "--logging_steps", "100", *TRAIN_FLAGS])  # fmt: skip
+    attg_folder = runs.folder("attg_tokencut", args.seeds[0])
+    lit_flags = ["--method", "lit", "--model_name_or_path", str(attg_folder)]
+    lit_budget = ["--max_steps", str(args.lit_steps), "--learning_rate", "2e-3", "--logging_steps", "100"]
+    lit_top1 = runs.train("lit", lit_flags, lit_budget, measure_missing=False).top1["zero_shot"]
+    guidance = {"tokencut": tokencut, "attention": attention, "floor": floor, "grid": grid, "backbone": backbone}
+    report(runs, args, list(variants), guidance, lit_top1)
 
-    mean = {name: {p: statistics.mean(r[p] for r in runs) for p in ("knn", "linear")} for name, runs in results.items()}
-    chance = 1 / len(demo.class_names)
-    print(f"\nguidance on {tokencut.num_images} training images, {grid}x{grid} grid, backbone {backbone}:")
+
+def report(runs: DemoRuns, args, variants: list[str], guidance: dict, lit_top1: float) -> None:
+    """The guidance and variant tables, the paper's directions, results.json and the `RESULT` lines."""
+    tokencut, attention, floor, grid = (guidance[key] for key in ("tokencut", "attention", "floor", "grid"))
+    mean = {name: {p: runs.mean(name, p) for p in runs.protocols} for name in variants}
+    chance = 1 / len(runs.demo.class_names)
+    print(f"\nguidance on {tokencut.num_images} training images, {grid}x{grid} grid, backbone {guidance['backbone']}:")
     print("| producer  | IoU (trained backbone) | IoU (random backbone) |\n| --- | --- | --- |")
     print(f"| tokencut  | {tokencut.iou:.4f} | {floor['tokencut'].iou:.4f} |")
     print(f"| attention | {attention.iou_at_half:.4f} (map >= 0.5) | {floor['attention'].iou_at_half:.4f} |")
     print(f"\n{args.steps} steps of batch {args.batch_size} per run, seeds {args.seeds}; chance {chance:.4f}")
-    print("| variant | k-NN top-1 per seed | mean | linear top-1 per seed | mean |\n| --- | --- | --- | --- | --- |")
-    for name, runs in results.items():
-        knn = ", ".join(f"{r['knn']:.4f}" for r in runs)
-        linear = ", ".join(f"{r['linear']:.4f}" for r in runs)
-        print(f"| {name} | {knn} | {mean[name]['knn']:.4f} | {linear} | {mean[name]['linear']:.4f} |")
-    print(f"\nLiT on attg_tokencut-seed{args.seeds[0]}: zero-shot top-1 {lit.zero_shot_top1:.4f} "
-          f"({lit.zero_shot_top1 / chance:.1f}x chance)")  # fmt: skip
-    mean.setdefault("attg_random", None)
-    mean.setdefault("mae", None)
+    runs.print_table({name: name for name in variants})
+    lit = f"zero-shot top-1 {lit_top1:.4f} ({lit_top1 / chance:.1f}x chance)"
+    print(f"\nLiT on attg_tokencut-seed{args.seeds[0]}: {lit}")
     checks = {
         f"{claim} ({protocol})": mean["attg_tokencut"][protocol] > mean[other][protocol]
         if claim.startswith("TokenCut")
         else mean["attg_tokencut"][protocol] >= mean[other][protocol]
         for claim, other in (("TokenCut maps > random maps", "attg_random"), ("AttG (TokenCut) >= MAE", "mae"))
-        for protocol in ("knn", "linear")
-        if mean[other] is not None
+        for protocol in runs.protocols
+        if other in mean
     }
     for claim, holds in checks.items():
         print(f"paper's direction: {claim}: {'holds' if holds else 'does NOT hold'} here")
-    summary = {"mean": mean, "runs": results, "lit_zero_shot_top1": lit.zero_shot_top1, "checks": checks}
-    (output / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"figure: {output / 'figure1.png'}; overlays: {guidance_dir / 'overlays'}")
-    print(f"wall time {time.perf_counter() - started:.0f} s")
+    summary = {"mean": mean, "lit_zero_shot_top1": lit_top1, "checks": checks, **runs.summary()}
+    (runs.output / "results.json").write_text(json.dumps(summary, indent=1))
+    print(f"figure: {runs.output / 'figure1.png'}; overlays: {runs.output / 'guidance-tokencut' / 'overlays'}")
+    runs.print_wall_times()
     print(f"RESULT tokencut_iou={tokencut.iou:.4f}")
     print(f"RESULT attention_iou={attention.iou_at_half:.4f}")
     print(f"RESULT tokencut_iou_random_backbone={floor['tokencut'].iou:.4f}")
     print(f"RESULT attention_iou_random_backbone={floor['attention'].iou_at_half:.4f}")
-    for name in variants:
-        print(f"RESULT knn_top1_{name}={mean[name]['knn']:.4f}")
-        print(f"RESULT linear_top1_{name}={mean[name]['linear']:.4f}")
-    print(f"RESULT lit_zero_shot_top1={lit.zero_shot_top1:.4f}")
+    runs.print_results(variants)
+    print(f"RESULT lit_zero_shot_top1={lit_top1:.4f}")
     print(f"RESULT chance={chance:.4f}")
 
 

@@ -34,18 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hf_masked_vl.data.demo import ensure_demo_dataset
-from hf_masked_vl.training.run import main as run_pretraining
+from hf_masked_vl.training.demo_runs import DTYPES, DemoRuns, budget_flags
 
-TRAIN_FLAGS = ["--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none", "--overwrite_output_dir",
-               "true"]  # fmt: skip
 PROTOCOLS = ("knn", "linear")
 CLAIMS = {  # name → (what, the paper's evidence)
     "mre_mae_gt_mae": ("MRE-MAE (with segments) > MAE", "Table 1: MAE ViT-B/16 linear 73.3 → 77.1"),
@@ -175,11 +170,37 @@ def tolerance(accuracy: float, num_test: int) -> float:
     return 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / num_test)
 
 
-def main() -> None:
+def train_everything(runs: DemoRuns, args: argparse.Namespace) -> dict[str, dict]:
+    """MAE, MRE-MAE, DINO, MRE-DINO, the distilled student and LiT on it, each with its budget: name → top-1 per
+    protocol (and `num_test`); the MRE models also `with_segments` (their top-1 given the segments)."""
+    fixed = ["--seed", str(args.seed), "--preset", args.preset]
+    mae = budget_flags(args.steps, args.batch_size, args.learning_rate, extra=fixed)
+    dino_extra = ["--max_grad_norm", "3.0", "--warmup_steps", "0.1", *fixed]
+    dino = budget_flags(args.dino_steps, args.dino_batch_size, args.dino_learning_rate, 0.04, None, extra=dino_extra)
+    distill = budget_flags(args.distill_steps, args.batch_size, args.learning_rate, extra=fixed)
+    lit = budget_flags(args.lit_steps, args.lit_batch_size, args.lit_learning_rate, None, None, 2, extra=fixed)
+    plan = [
+        ("mae", ["--method", "mre_mae", "--relation_bias", "none"], mae),
+        ("mre_mae", ["--method", "mre_mae"], mae),
+        ("dino", ["--method", "dino"], dino),
+        ("mre_dino", ["--method", "mre_dino"], dino),
+        ("mre_distill", ["--method", "mre_distill", "--teacher", str(runs.folder("mre_mae"))], distill),
+        ("lit", ["--method", "lit", "--model_name_or_path", str(runs.folder("mre_distill"))], lit),
+    ]
+    figures = {}
+    for name, flags, budget in plan:
+        run = runs.train(name, flags, budget, measure_missing=False)
+        figures[name] = {**run.top1, "num_test": run.num_test, "exported": run.exported}
+    for name in ("mre_mae", "mre_dino"):
+        scores = runs.timed(f"{name} (segments eval)", segment_scores, runs.folder(name), runs.demo)
+        figures[name]["with_segments"] = scores
+    return figures
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="auto: bf16 only where the hardware runs it fast")  # fmt: skip
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 only where the hardware runs it")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps of MAE and MRE-MAE")
     parser.add_argument("--batch_size", type=int, default=64, help="batch of MAE, MRE-MAE and the distillation")
     parser.add_argument("--learning_rate", type=float, default=1.5e-3, help="MAE, MRE-MAE and the distillation")
@@ -193,184 +214,138 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="tiny", help="MRE-ViT preset of every run")
     parser.add_argument("--plot_backend", default="auto", choices=["auto", "matplotlib", "pil"])
-    args = parser.parse_args()
-    flags = list(TRAIN_FLAGS)
-    if args.dtype != "auto":
-        flags += ["--bf16", str(args.dtype == "bf16").lower()]
-    started = time.perf_counter()
-    load_at_start = os.getloadavg()  # other work on the machine slows every run: say how busy it was
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    demo = ensure_demo_dataset()
-    demo_seconds = time.perf_counter() - started
-    chance = 1 / len(demo.class_names)
-    wall: dict[str, float] = {"demo_data": demo_seconds}
-    runs: dict[str, dict] = {}
+    return parser.parse_args()
 
-    def train(name: str, method_flags: list[str], budget: list[str]) -> dict:
-        folder = output / name
-        begin = time.perf_counter()
-        result = run_pretraining([*method_flags, *budget, "--seed", str(args.seed), "--preset", args.preset,
-                                  "--output_dir", str(folder), *flags])  # fmt: skip
-        wall[name] = time.perf_counter() - begin
-        runs[name] = {
-            "folder": str(folder),
-            "train_runtime_s": result.train_runtime,
-            "wall_s": wall[name],
-            "exported": result.exported,
-            "num_test": next(iter(result.results.values())).num_test,
-            **{protocol: result.results[protocol].top1 for protocol in result.results},
-        }
-        return runs[name]
 
-    def with_segments(name: str) -> dict:
-        begin = time.perf_counter()
-        scores = segment_scores(output / name, demo)
-        wall[f"{name} (segments eval)"] = time.perf_counter() - begin
-        runs[name]["with_segments"] = scores
-        return scores
-
-    mae_budget = ["--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
-                  "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
-                  "--logging_steps", str(max(1, args.steps // 4))]  # fmt: skip
-    dino_budget = ["--max_steps", str(args.dino_steps), "--per_device_train_batch_size", str(args.dino_batch_size),
-                   "--learning_rate", str(args.dino_learning_rate), "--weight_decay", "0.04", "--max_grad_norm", "3.0",
-                   "--warmup_steps", "0.1", "--logging_steps", str(max(1, args.dino_steps // 4))]  # fmt: skip
-
-    # 1. MAE vs MRE-MAE, then Fig. 4 from the trained bias
-    train("mae", ["--method", "mre_mae", "--relation_bias", "none"], mae_budget)
-    train("mre_mae", ["--method", "mre_mae"], mae_budget)
-    with_segments("mre_mae")
-    u_pos, u_neg = relation_bias_values(output / "mre_mae")
-    figure = output / "relation_bias.png"
+def learned_bias(runs: DemoRuns, args: argparse.Namespace) -> dict:
+    """The paper's Fig. 4 from the trained MRE-MAE: u_pos, u_neg per layer and head, the figure and its summary."""
+    u_pos, u_neg = relation_bias_values(runs.folder("mre_mae"))
+    figure = runs.output / "relation_bias.png"
     backend = plot_relation_bias(u_pos, u_neg, figure, args.plot_backend)
-    frac_upos_gt_uneg = float((u_pos > u_neg).mean())
-    mean_upos, mean_uneg = float(u_pos.mean()), float(u_neg.mean())
+    return {"u_pos": u_pos, "u_neg": u_neg, "frac_upos_gt_uneg": float((u_pos > u_neg).mean()),
+            "mean_upos": float(u_pos.mean()), "mean_uneg": float(u_neg.mean()), "figure": str(figure),
+            "plot_backend": backend}  # fmt: skip
 
-    # 2. DINO vs MRE-DINO
-    train("dino", ["--method", "dino"], dino_budget)
-    train("mre_dino", ["--method", "mre_dino"], dino_budget)
-    with_segments("mre_dino")
 
-    # 3. the mask-free student of the MRE-MAE teacher, 4. LiT on it
-    distill_budget = ["--max_steps", str(args.distill_steps), "--per_device_train_batch_size", str(args.batch_size),
-                      "--learning_rate", str(args.learning_rate), "--weight_decay", "0.05", "--adam_beta2", "0.95",
-                      "--logging_steps", str(max(1, args.distill_steps // 4))]  # fmt: skip
-    train("mre_distill", ["--method", "mre_distill", "--teacher", str(output / "mre_mae")], distill_budget)
-    lit_budget = ["--max_steps", str(args.lit_steps), "--per_device_train_batch_size", str(args.lit_batch_size),
-                  "--learning_rate", str(args.lit_learning_rate),
-                  "--logging_steps", str(max(1, args.lit_steps // 2))]  # fmt: skip
-    lit = train("lit", ["--method", "lit", "--model_name_or_path", str(output / "mre_distill")], lit_budget)
-    lit_top1 = lit["zero_shot"]
-    total = time.perf_counter() - started
-
-    # ---- table and the paper's directions ----
-    rows = {
-        "MAE": runs["mae"],
-        "MRE-MAE (teacher), without segments": runs["mre_mae"],
-        "MRE-MAE (teacher), with segments": runs["mre_mae"]["with_segments"],
-        "DINO": runs["dino"],
-        "MRE-DINO, without segments": runs["mre_dino"],
-        "MRE-DINO, with segments": runs["mre_dino"]["with_segments"],
-        "distilled student (mask-free), without segments": runs["mre_distill"],
-    }
-    num_test = runs["mre_mae"]["num_test"]
-    teacher = runs["mre_mae"]["with_segments"]
-    checks: dict[str, dict[str, bool]] = {}
+def directions(figures: dict, bias: dict, chance: float) -> dict:
+    """Whether the paper's directions hold here: its claims per protocol, the learned bias's signs, Table 2's extra
+    rows and the LiT target."""
+    teacher, num_test = figures["mre_mae"]["with_segments"], figures["mre_mae"]["num_test"]
     tolerances = {protocol: tolerance(teacher[protocol], num_test) for protocol in PROTOCOLS}
-    for protocol in PROTOCOLS:
-        checks.setdefault("mre_mae_gt_mae", {})[protocol] = teacher[protocol] > runs["mae"][protocol]
-        checks.setdefault("mre_dino_gt_dino", {})[protocol] = (
-            runs["mre_dino"]["with_segments"][protocol] > runs["dino"][protocol]
-        )
-        checks.setdefault("teacher_masks_gt_no_masks", {})[protocol] = teacher[protocol] > runs["mre_mae"][protocol]
-        checks.setdefault("student_approx_teacher", {})[protocol] = (
-            abs(runs["mre_distill"][protocol] - teacher[protocol]) <= tolerances[protocol]
-        )
+    claims = {
+        "mre_mae_gt_mae": lambda p: teacher[p] > figures["mae"][p],
+        "mre_dino_gt_dino": lambda p: figures["mre_dino"]["with_segments"][p] > figures["dino"][p],
+        "teacher_masks_gt_no_masks": lambda p: teacher[p] > figures["mre_mae"][p],
+        "student_approx_teacher": lambda p: abs(figures["mre_distill"][p] - teacher[p]) <= tolerances[p],
+    }
     extra = {  # the paper's Table 2 also has the teacher without masks and the student above MAE
-        f"MRE-MAE without segments > MAE ({p})": runs["mre_mae"][p] > runs["mae"][p] for p in PROTOCOLS
-    } | {f"distilled student > MAE ({p})": runs["mre_distill"][p] > runs["mae"][p] for p in PROTOCOLS}
-    bias_checks = {"u_pos > u_neg (share of layer-head pairs > 1/2)": frac_upos_gt_uneg > 0.5,
-                   "u_neg < 0 (mean over layers and heads)": mean_uneg < 0}  # fmt: skip
+        f"MRE-MAE without segments > MAE ({p})": figures["mre_mae"][p] > figures["mae"][p] for p in PROTOCOLS
+    } | {f"distilled student > MAE ({p})": figures["mre_distill"][p] > figures["mae"][p] for p in PROTOCOLS}
+    return {
+        "checks": {key: {p: holds(p) for p in PROTOCOLS} for key, holds in claims.items()},
+        "student_tolerance": tolerances,
+        "bias_checks": {
+            "u_pos > u_neg (share of layer-head pairs > 1/2)": bias["frac_upos_gt_uneg"] > 0.5,
+            "u_neg < 0 (mean over layers and heads)": bias["mean_uneg"] < 0,
+        },  # fmt: skip
+        "extra_checks": extra,
+        "lit_at_least_3x_chance": figures["lit"]["zero_shot"] >= 3 * chance,
+    }
 
+
+def print_tables(runs: DemoRuns, args: argparse.Namespace, figures: dict, bias: dict, chance: float) -> None:
+    """The top-1 table with its noise, LiT, the learned bias per layer and the wall times."""
+    teacher, num_test = figures["mre_mae"]["with_segments"], figures["mre_mae"]["num_test"]
+    rows = {
+        "MAE": figures["mae"],
+        "MRE-MAE (teacher), without segments": figures["mre_mae"],
+        "MRE-MAE (teacher), with segments": teacher,
+        "DINO": figures["dino"],
+        "MRE-DINO, without segments": figures["mre_dino"],
+        "MRE-DINO, with segments": figures["mre_dino"]["with_segments"],
+        "distilled student (mask-free), without segments": figures["mre_distill"],
+    }
     steps_note = (f"MAE / MRE-MAE: {args.steps} steps of batch {args.batch_size}, lr {args.learning_rate}; "
                   f"DINO / MRE-DINO: {args.dino_steps} steps of batch {args.dino_batch_size}, lr "
                   f"{args.dino_learning_rate}; distillation: {args.distill_steps} steps; LiT: {args.lit_steps} steps; "
                   f"seed {args.seed}, preset {args.preset}, dtype {args.dtype}")  # fmt: skip
-    print(f"\n{steps_note}\ndemo eval split: {num_test} images, {len(demo.class_names)} classes, chance {chance:.4f}")
+    classes = len(runs.demo.class_names)
+    print(f"\n{steps_note}\ndemo eval split: {num_test} images, {classes} classes, chance {chance:.4f}")
     print("| model | k-NN top-1 (k=20) | linear top-1 |\n| --- | --- | --- |")
     for name, scores in rows.items():
         print(f"| {name} | {scores['knn']:.4f} | {scores['linear']:.4f} |")
-    shift = max(abs(teacher[p] - runs["mre_mae"][p]) for p in PROTOCOLS)
-    print(f"noise: 2 standard errors of a top-1 on {num_test} images = {tolerances['knn']:.3f} (k-NN), "
-          f"{tolerances['linear']:.3f} (linear); segments move the teacher's top-1 by at most {shift:.4f}; "
+    noise = {p: tolerance(teacher[p], num_test) for p in PROTOCOLS}
+    shift = max(abs(teacher[p] - figures["mre_mae"][p]) for p in PROTOCOLS)
+    u_pos, u_neg = bias["u_pos"], bias["u_neg"]
+    print(f"noise: 2 standard errors of a top-1 on {num_test} images = {noise['knn']:.3f} (k-NN), "
+          f"{noise['linear']:.3f} (linear); segments move the teacher's top-1 by at most {shift:.4f}; "
           f"|u| <= {max(abs(u_pos).max(), abs(u_neg).max()):.3f} (the logit shift is u / sqrt(d_h))")  # fmt: skip
+    lit_top1 = figures["lit"]["zero_shot"]
     print(f"\nLiT on the distilled student: zero-shot top-1 {lit_top1:.4f} ({lit_top1 / chance:.1f}x chance)")
-    print(f"learned bias (mre_mae, {u_pos.shape[0]} layers x {u_pos.shape[1]} heads): mean u_pos {mean_upos:+.4f}, "
-          f"mean u_neg {mean_uneg:+.4f}, u_pos > u_neg in {frac_upos_gt_uneg:.0%} of layer-head pairs")  # fmt: skip
+    print(f"learned bias (mre_mae, {u_pos.shape[0]} layers x {u_pos.shape[1]} heads): mean u_pos "
+          f"{bias['mean_upos']:+.4f}, mean u_neg {bias['mean_uneg']:+.4f}, u_pos > u_neg in "
+          f"{bias['frac_upos_gt_uneg']:.0%} of layer-head pairs")  # fmt: skip
     print("| layer | u_pos (mean over heads) | u_neg (mean over heads) |\n| --- | --- | --- |")
     for layer in range(u_pos.shape[0]):
         print(f"| {layer + 1} | {u_pos[layer].mean():+.4f} | {u_neg[layer].mean():+.4f} |")
-    print("\nper-run wall time (training + its evaluation + saving):")
-    for name, seconds in wall.items():
-        print(f"  {name}: {seconds:.1f} s")
-    print(f"  total: {total:.1f} s (load average at start {load_at_start[0]:.2f}, at end {os.getloadavg()[0]:.2f})")
     print()
-    for key, per_protocol in checks.items():
+    runs.print_wall_times()
+
+
+def print_directions(judged: dict, num_test: int) -> None:
+    for key, per_protocol in judged["checks"].items():
         what, evidence = CLAIMS[key]
         for protocol, holds in per_protocol.items():
-            note = f" (tolerance {tolerances[protocol]:.4f} = 2 standard errors on {num_test} images)" * (
+            tolerance_of = judged["student_tolerance"][protocol]
+            note = f" (tolerance {tolerance_of:.4f} = 2 standard errors on {num_test} images)" * (
                 key == "student_approx_teacher"
             )
             print(f"paper's direction: {what} ({protocol}){note}: {'holds' if holds else 'does NOT hold'} here "
                   f"[{evidence}]")  # fmt: skip
-    for what, holds in bias_checks.items():
+    for what, holds in judged["bias_checks"].items():
         print(f"paper's direction: {what}: {'holds' if holds else 'does NOT hold'} here [Fig. 4]")
-    for what, holds in extra.items():
+    for what, holds in judged["extra_checks"].items():
         print(f"also (Table 2): {what}: {'holds' if holds else 'does NOT hold'} here")
-    lit_holds = lit_top1 >= 3 * chance
+    lit_holds = judged["lit_at_least_3x_chance"]
     print(f"target: LiT zero-shot top-1 >= 3x chance: {'holds' if lit_holds else 'does NOT hold'} here")
 
-    summary = {
-        "settings": vars(args),
-        "chance": chance,
-        "runs": runs,
-        "relation_bias": {
-            "u_pos": u_pos.tolist(),
-            "u_neg": u_neg.tolist(),
-            "frac_upos_gt_uneg": frac_upos_gt_uneg,
-            "mean_upos": mean_upos,
-            "mean_uneg": mean_uneg,
-            "figure": str(figure),
-            "plot_backend": backend,
-        },  # fmt: skip
-        "checks": checks,
-        "student_tolerance": tolerances,
-        "bias_checks": bias_checks,
-        "extra_checks": extra,
-        "lit_zero_shot_top1": lit_top1,
-        "lit_at_least_3x_chance": lit_holds,
-        "wall_s": wall,
-        "total_wall_s": total,
-        "load_average": {"start": load_at_start, "end": os.getloadavg()},
-    }
-    (output / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"figure: {figure} ({backend}); results: {output / 'results.json'}")
-    print(f"wall time {total:.0f} s")
+
+def print_result_lines(figures: dict, bias: dict, chance: float, total: float) -> None:
     for key, name in (("mae", "mae"), ("mre_mae", "mre_mae"), ("dino", "dino"), ("mre_dino", "mre_dino"),
                       ("mre_distill", "distilled")):  # fmt: skip
         for protocol in PROTOCOLS:
-            print(f"RESULT {protocol}_top1_{name}={runs[key][protocol]:.4f}")
-        if "with_segments" in runs[key]:
+            print(f"RESULT {protocol}_top1_{name}={figures[key][protocol]:.4f}")
+        if "with_segments" in figures[key]:
             for protocol in PROTOCOLS:
-                print(f"RESULT {protocol}_top1_{name}_with_segments={runs[key]['with_segments'][protocol]:.4f}")
-    print(f"RESULT frac_upos_gt_uneg={frac_upos_gt_uneg:.4f}")
-    print(f"RESULT mean_upos={mean_upos:.5f}")
-    print(f"RESULT mean_uneg={mean_uneg:.5f}")
+                print(f"RESULT {protocol}_top1_{name}_with_segments={figures[key]['with_segments'][protocol]:.4f}")
+    print(f"RESULT frac_upos_gt_uneg={bias['frac_upos_gt_uneg']:.4f}")
+    print(f"RESULT mean_upos={bias['mean_upos']:.5f}")
+    print(f"RESULT mean_uneg={bias['mean_uneg']:.5f}")
+    lit_top1 = figures["lit"]["zero_shot"]
     print(f"RESULT lit_zero_shot_top1={lit_top1:.4f}")
     print(f"RESULT lit_over_chance={lit_top1 / chance:.2f}")
     print(f"RESULT chance={chance:.4f}")
     print(f"RESULT wall_time_s={total:.1f}")
+
+
+def main() -> None:
+    args = parse_arguments()
+    runs = DemoRuns(args.output_dir, args.dtype)
+    chance = 1 / len(runs.demo.class_names)
+    figures = train_everything(runs, args)  # name → top-1 per protocol (+ "with_segments" for the MRE models)
+    bias = learned_bias(runs, args)
+    total = runs.total_wall_s
+    judged = directions(figures, bias, chance)
+    print_tables(runs, args, figures, bias, chance)
+    print()
+    print_directions(judged, figures["mre_mae"]["num_test"])
+    as_lists = {key: value.tolist() if hasattr(value, "tolist") else value for key, value in bias.items()}
+    summary = {"settings": vars(args), "chance": chance, "figures": figures, "relation_bias": as_lists,
+               "lit_zero_shot_top1": figures["lit"]["zero_shot"], **judged, **runs.summary()}  # fmt: skip
+    (runs.output / "results.json").write_text(json.dumps(summary, indent=1))
+    print(f"figure: {bias['figure']} ({bias['plot_backend']}); results: {runs.output / 'results.json'}")
+    print(f"wall time {total:.0f} s")
+    print_result_lines(figures, bias, chance, total)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_config_fields_are_flags_with_their_own_names():
     config = AClipConfig.from_preset("tiny", **overrides)
     assert config.mask_ratio == 0.25 and config.vision_config.num_hidden_layers == 1
     uta = parse_arguments(["--method", "uta", "--output_dir", "x", "--mask_type", "random"])
-    assert uta[0].name == "uta" and uta[3].mask_type == "random"
+    assert uta[0].name == "uta" and uta[3].mask_mode == "random"  # --mask_type: the earlier name of --mask_mode
 
 
 def test_flags_are_documented_from_the_config_docstring():

@@ -79,8 +79,8 @@ def test_presets():
     assert int(base.vision_config.hidden_size * base.vision_config.mlp_ratio) == 2048
     assert base.vision_config.use_rope and base.vision_config.mlp_sub_norm and base.vision_config.qkv_bias == "qv"
     assert UTAConfig.from_preset("l-14").mask_ratio == 0.5
-    with pytest.raises(Exception, match="mask_type"):
-        tiny_uta_config(mask_type="checker")
+    with pytest.raises(Exception, match="mask_mode"):
+        tiny_uta_config(mask_mode="checker")
 
 
 def uta_keep_indices(config: UTAConfig, seeds: torch.Tensor) -> torch.Tensor | None:

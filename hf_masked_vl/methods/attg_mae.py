@@ -2,21 +2,24 @@
 
 `--method attg_mae` reads images and a per-image `guidance` column (an object-discovery map in [0, 1], written
 once by `scripts/compute_guidance.py`); `--method mae` reads images only. Views follow the AttG supplementary:
-resize to the model's size and a horizontal flip, applied to the map too. The 75% random masks (and, for the
-`guidance="random"` ablation, the random maps) are drawn in the DataLoader workers from each sample's seed.
+resize to the model's size and a horizontal flip, applied to the map too. The 75% random masks (`--mask_mode` for
+another policy) and, for the `guidance="random"` ablation, the random maps are drawn in the DataLoader workers from
+each sample's seed. The weighting itself is an option of any per-patch loss (`methods.options`): `mre_mae
+--guidance map` is MAE with AttG's weighting and MRE's bias together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from ..data.batch import TrainingBatch
-from ..data.maps import MapSpec
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
-from ..models.masking import DrawAll, KeepSetGenerator, RandomGuidanceMaps
 from .base import Built, Method, Objective, register_method
+from .options import option_inputs, option_map_columns, option_map_specs, with_random_guidance
 
 
 class AttGMAEObjective(Objective):
@@ -27,10 +30,7 @@ class AttGMAEObjective(Objective):
 
     def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
-        if self.config.guidance != "none":
-            inputs["guidance"] = batch["guidance"]
-            inputs["guidance_temperature"] = self.config.temperature_at(self.step, self.max_steps)
-        return inputs
+        return {**inputs, **option_inputs(batch, self.config, self.step, self.max_steps)}
 
 
 @register_method
@@ -44,25 +44,24 @@ class AttGMAEMethod(Method):
 
     def map_columns(self, built: Built) -> dict[str, str]:
         """The object maps are data only when `guidance="map"` (random maps are drawn, none are needed for MAE)."""
-        return {"guidance": self.data_args.guidance_column} if built.model.config.guidance == "map" else {}
+        return option_map_columns(self, built.model.config)
 
     def transform(self, built: Built) -> SingleCropView:
         config = built.model.config
-        specs = {"guidance": MapSpec(config.vision_config.grid_size, "bilinear")} if config.guidance == "map" else {}
         return SingleCropView(
             config.vision_config.image_size,
             crop_scale=None,
             mean=built.image_mean,
             std=built.image_std,
-            map_specs=specs,
+            map_specs=option_map_specs(config, config.vision_config.grid_size),
         )
 
-    def mask_generator(self, model: AttGMAEForPreTraining) -> KeepSetGenerator | DrawAll:
-        """MAE's random keep sets of `mask_ratio`; for `guidance="random"` also a uniform [0, 1) map per sample."""
+    def mask_generator(self, model: AttGMAEForPreTraining) -> Callable:
+        """Keep sets of `mask_mode` (MAE's random ones by default) at `mask_ratio`; for `guidance="random"` also a
+        uniform [0, 1) map per sample."""
         config = model.config
         grid = config.vision_config.grid_size
-        keep_sets = KeepSetGenerator("random", grid, config.mask_ratio)
-        return DrawAll(keep_sets, RandomGuidanceMaps(grid)) if config.guidance == "random" else keep_sets
+        return with_random_guidance(config.keep_set_generator(grid), config, grid)
 
     def objective(self, built: Built) -> AttGMAEObjective:
         return AttGMAEObjective(built.model.config)

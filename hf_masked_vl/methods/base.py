@@ -103,6 +103,8 @@ class Method:
     image_std: ClassVar[tuple[float, ...]] = IMAGENET_STD
     uses_ema: ClassVar[bool] = False
     ema_momentum: ClassVar[float] = 0.996  # default start of the EMA schedule (--ema_momentum overrides)
+    # config options (`methods.options`) the method cannot apply: field → (the one accepted value, why)
+    unsupported_options: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     def __init__(
         self,
@@ -113,6 +115,10 @@ class Method:
     ):
         self.model_args, self.data_args, self.training_args = model_args, data_args, training_args
         self.config_overrides = dict(config_overrides or {})
+        for name, (accepted, why) in self.unsupported_options.items():
+            value = self.config_overrides.get(name, accepted)
+            if value != accepted:
+                raise UsageError(f"--{name} {value} does not apply to --method {self.name}: {why}")
 
     # ---- building: `build` is the one entry; the other methods of this section are its parts ----
     def build(self) -> Built:

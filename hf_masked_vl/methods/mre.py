@@ -4,6 +4,8 @@ baselines, and the distillation into a mask-free student.
 - `--method mre_mae`: MAE (random-resized crop (0.2, 1) + flip, 75% random masks drawn in the data workers) with the
   bias in the encoder; reads a `segments` label-map column (SAM masks from `scripts/compute_guidance.py --producer
   sam`, or the demo's object ids). `--relation_bias none` is the plain MAE baseline on the same model (no segments).
+  `--guidance map --guidance_column guidance` adds AttG's weighting of the loss (MAE + AttG + MRE in one run), and
+  `--mask_mode` another keep-set policy (`methods.options`).
 - `--method mre_dino` / `--method dino`: DINO's multi-crop, EMA teacher (cosine momentum, the bias scalars included)
   and centred, sharpened targets; `dino` is the baseline without bias and without segments.
 - `--method mre_distill --teacher MRE_FOLDER`: the trained bias model frozen and given the labels, a student of the
@@ -16,6 +18,7 @@ majority vote (`token_labels="nearest"`: the label at the patch centre).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -28,26 +31,28 @@ from ..errors import UsageError
 from ..models import MREViTConfig, MREViTForDINO, MREViTForMAE
 from ..models.masking import KeepSetGenerator
 from .base import Built, Method, Objective, build_config, checkpoint_config, load_checked, register_method
+from .options import (
+    has_relation_bias,
+    label_spec,
+    option_inputs,
+    option_map_columns,
+    option_map_specs,
+    with_random_guidance,
+)
 
 MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
 
 
-def label_spec(config: MREViTConfig, grid: int) -> MapSpec:
-    """How a view turns its label map into token labels: `grid`² cells, majority vote or nearest."""
-    return MapSpec(grid, "majority" if config.token_labels == "majority" else "nearest")
-
-
 class MREMAEObjective(Objective):
-    """Pixels, the collator's keep indices and the view's token labels (when the model has a bias)."""
+    """Pixels, the collator's keep indices and, with the options on, the view's token labels (the bias) and its
+    guidance map with τ of the step (AttG's weighting)."""
 
     def __init__(self, config: MREViTConfig):
         self.config = config
 
     def prepare(self, batch: TrainingBatch, model: nn.Module, ema_model: nn.Module | None = None, teacher=None) -> dict:
         inputs = {"pixel_values": batch["pixel_values"], "keep_indices": batch["keep_indices"], "return_loss": True}
-        if self.config.relation_bias != "none":
-            inputs["token_labels"] = batch["segments"]
-        return inputs
+        return {**inputs, **option_inputs(batch, self.config, self.step, self.max_steps)}
 
 
 class DINOObjective(Objective):
@@ -118,34 +123,29 @@ class MREMAEMethod(Method):
     evaluations = ("knn", "linear")
 
     def map_columns(self, built: Built) -> dict[str, str]:
-        return segments_column(self, built.model.config)
+        """`segments` with a bias, `guidance` with AttG's weighting from maps (`methods.options`)."""
+        return option_map_columns(self, built.model.config)
 
     def transform(self, built: Built) -> SingleCropView:
-        return mae_view(built, with_labels=bool(self.map_columns(built)))
+        config = built.model.config
+        return mae_view(built, option_map_specs(config, config.vision_config.grid_size))
 
-    def mask_generator(self, model: MREViTForMAE) -> KeepSetGenerator:
-        """MAE's random keep sets of `mask_ratio`."""
-        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
+    def mask_generator(self, model: MREViTForMAE) -> Callable:
+        """Keep sets of `mask_mode` (MAE's random ones by default) at `mask_ratio`; for `guidance="random"` also a
+        uniform [0, 1) map per sample."""
+        config = model.config
+        grid = config.vision_config.grid_size
+        return with_random_guidance(config.keep_set_generator(grid), config, grid)
 
     def objective(self, built: Built) -> MREMAEObjective:
         return MREMAEObjective(built.model.config)
 
 
-def segments_column(method: Method, config: MREViTConfig) -> dict[str, str]:
-    """`{"segments": --segments_column}` when the model has a bias to feed, else nothing."""
-    return {"segments": method.data_args.segments_column} if config.relation_bias != "none" else {}
-
-
-def mae_view(built: Built, with_labels: bool) -> SingleCropView:
-    """MAE's random-resized crop and flip, with the token labels of each view when `with_labels`."""
-    config = built.model.config
-    vision = config.vision_config
+def mae_view(built: Built, map_specs: dict[str, MapSpec]) -> SingleCropView:
+    """MAE's random-resized crop and flip, cutting the maps of `map_specs` (role → spec) with each view."""
+    vision = built.model.config.vision_config
     return SingleCropView(
-        vision.image_size,
-        crop_scale=MAE_CROP_SCALE,
-        mean=built.image_mean,
-        std=built.image_std,
-        map_specs={"segments": label_spec(config, vision.grid_size)} if with_labels else {},
+        vision.image_size, crop_scale=MAE_CROP_SCALE, mean=built.image_mean, std=built.image_std, map_specs=map_specs
     )
 
 
@@ -179,9 +179,14 @@ class MREDINOMethod(Method):
     evaluations = ("knn", "linear")
     uses_ema = True
     ema_momentum = 0.996  # DINO: 0.996 → 1, cosine
+    unsupported_options = {
+        "guidance": ("none", "DINO's loss has no per-patch terms to weigh"),
+        "mask_mode": ("random", "DINO's crops keep every patch"),
+    }
 
     def map_columns(self, built: Built) -> dict[str, str]:
-        return segments_column(self, built.model.config)
+        """`segments` with a bias."""
+        return {"segments": self.data_args.segments_column} if has_relation_bias(built.model.config) else {}
 
     def transform(self, built: Built) -> MultiCropViews:
         return multi_crop_views(built, bool(self.map_columns(built)))
@@ -239,6 +244,7 @@ class MREDistillMethod(Method):
     card_template = "mre_vit.md"
     map_roles = ("segments",)
     evaluations = ("knn", "linear")
+    unsupported_options = {"guidance": ("none", "the distillation objective passes no guidance maps")}
 
     def load_teacher(self) -> MREViTForMAE | MREViTForDINO:
         """The frozen bias model, as the class it was trained as (its `architectures`)."""
@@ -260,11 +266,12 @@ class MREDistillMethod(Method):
         """A student of the teacher's class: `--model_name_or_path` continued, or the teacher's architecture."""
         if self.model_args.model_name_or_path:  # continue a student
             return self.load_or_create(type(teacher))
-        # the teacher's architecture and recipe, without the bias, with the command line's changes
+        # the teacher's architecture and recipe, without the bias and guidance, with the command line's changes
         own_fields = set(MREViTConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
         fields = {name: getattr(teacher.config, name) for name in own_fields}
         fields["vision_config"] = teacher.config.vision_config.to_dict()
-        config = build_config(MREViTConfig, None, **{**fields, **self.config_overrides, "relation_bias": "none"})
+        plain = {"relation_bias": "none", "guidance": "none"}
+        config = build_config(MREViTConfig, None, **{**fields, **self.config_overrides, **plain})
         model = type(teacher)._from_config(config, attn_implementation=self.model_args.attn_implementation)
         if config.distillation_student_init == "teacher":
             state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("relation_bias.")}
@@ -277,13 +284,15 @@ class MREDistillMethod(Method):
     def transform(self, built: Built) -> SingleCropView | MultiCropViews:
         if student_objective(built.model) == "dino":  # KD on the same views: the global crops only
             return multi_crop_views(built, with_labels=True, num_local=0)
-        return mae_view(built, with_labels=True)
+        config = built.model.config  # the teacher's labels, cut as its own views cut them
+        return mae_view(built, {"segments": label_spec(config, config.vision_config.grid_size)})
 
     def mask_generator(self, model: nn.Module) -> KeepSetGenerator | None:
-        """An MAE teacher's random keep sets (teacher and student see the same visible tokens); none for DINO."""
+        """An MAE teacher's keep sets (`mask_mode`, random by default; teacher and student see the same visible
+        tokens); none for DINO."""
         if student_objective(model) != "mae":
             return None
-        return KeepSetGenerator("random", model.config.vision_config.grid_size, model.config.mask_ratio)
+        return model.config.keep_set_generator(model.config.vision_config.grid_size)
 
     def objective(self, built: Built) -> MREDistillObjective:
         return MREDistillObjective(built.model.config, student_objective(built.model))

@@ -2,10 +2,15 @@
 on images alone; the saved student carries the teacher's text tower, so it is a zero-shot classifier.
 
 `--method uta --teacher T`: T is a transformers CLIP folder or Hub name, `open_clip:NAME@TAG_OR_FILE`, or a
-checkpoint of this package (see `hf_masked_vl.teachers`). Reversed block masks are drawn in the data workers.
+checkpoint of this package (see `hf_masked_vl.teachers`). Reversed block masks are drawn in the data workers
+(`--mask_mode block | random | none` for the others). Composes with MRE's mask-relation bias in the student
+(`--relation_bias per_layer_head --segments_column segments`) and AttG's guidance weighting of the alignment loss
+(`--guidance map --guidance_column guidance`, τ scheduled as AttG's): see `methods.options`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,14 +19,15 @@ from ..data.batch import TrainingBatch
 from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import ZERO_SHOT_ENSEMBLE_TASK, UTAConfig, UTAModel
-from ..models.masking import KeepSetGenerator
 from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..teachers import CLIPTeacher, TextTower, load_teacher
 from .base import Built, Method, Objective, register_method
+from .options import option_inputs, option_map_columns, option_map_specs, with_random_guidance
 
 
 class UTAObjective(Objective):
-    """The frozen teacher's tokens of the full view are the targets; the student sees CLS + the kept patches.
+    """The frozen teacher's tokens of the full view are the targets; the student sees CLS + the kept patches (and,
+    with the options on, the view's token labels and guidance map with τ of the step).
 
     `mean` / `std` are the student's normalisation, which the teacher undoes before applying its own."""
 
@@ -38,6 +44,7 @@ class UTAObjective(Objective):
             "pixel_values": pixel_values,
             "keep_indices": batch.get("keep_indices"),
             "teacher_tokens": teacher_tokens.float(),
+            **option_inputs(batch, self.config, self.step, self.max_steps),
         }
 
 
@@ -86,17 +93,23 @@ class UTAMethod(Method):
     def base_model(self) -> str | None:
         return self.model_args.teacher
 
-    def transform(self, built: Built) -> SingleCropView:
-        return SingleCropView(built.model.config.vision_config.image_size, mean=built.image_mean, std=built.image_std)
+    def map_columns(self, built: Built) -> dict[str, str]:
+        """`segments` with a relation bias, `guidance` with guidance from maps (`methods.options`)."""
+        return option_map_columns(self, built.model.config)
 
-    def mask_generator(self, model: UTAModel) -> KeepSetGenerator | None:
-        """Keep sets of `mask_type` ("reversed_block" (paper), "block", "random") at `mask_ratio`; none when nothing
-        is masked (`mask_type="none"` or `mask_ratio=0`: plain feature distillation on every token)."""
+    def transform(self, built: Built) -> SingleCropView:
+        vision = built.model.config.vision_config
+        specs = option_map_specs(built.model.config, vision.grid_size)
+        return SingleCropView(vision.image_size, mean=built.image_mean, std=built.image_std, map_specs=specs)
+
+    def mask_generator(self, model: UTAModel) -> Callable | None:
+        """Keep sets of `mask_mode` ("reversed_block" (paper), "block", "random") at `mask_ratio`; none when nothing
+        is masked (`mask_mode="none"` or `mask_ratio=0`: plain feature distillation on every token). With
+        `guidance="random"` also a random map per sample."""
         config = model.config
-        if config.mask_type == "none" or config.mask_ratio == 0:
-            return None
         grid = config.vision_config.grid_size
-        return KeepSetGenerator(config.mask_type, grid, config.mask_ratio, min_block=config.min_block_patches)
+        keep_sets = config.keep_set_generator(grid) if config.mask_ratio > 0 else None
+        return with_random_guidance(keep_sets, config, grid)
 
     def objective(self, built: Built) -> UTAObjective:
         return UTAObjective(built.model.config, built.image_mean, built.image_std)

@@ -39,6 +39,10 @@ class UTAContrastiveMethod(Method):
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
     image_mean, image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    unsupported_options = {
+        "relation_bias": ("none", "contrastive fine-tuning reads no segments (a bias of the checkpoint stays as is)"),
+        "guidance": ("none", "the contrastive loss has no per-patch terms to weigh"),
+    }
 
     def build_model(self, teacher=None) -> UTAModel:
         if not self.model_args.model_name_or_path:

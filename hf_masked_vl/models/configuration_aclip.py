@@ -9,8 +9,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
 from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_kwargs, validate_templates, vit_size
+from .masking import KEEP_SET_POLICIES, KeepSetOptions
+from .relation_bias import RelationBiasOptions
 
-MASK_MODES = ("attentive", "random", "none")
+MASK_MODES = ("attentive", *KEEP_SET_POLICIES, "none")
 
 # Named size presets. The paper's main setting is "vit-b-16"; "tiny" is the CPU demo model.
 A_CLIP_PRESETS: dict[str, dict] = {
@@ -25,14 +27,19 @@ A_CLIP_PRESETS: dict[str, dict] = {
         "simclr_output_dim": 128,
         "byol_hidden_dim": 512,
         "byol_output_dim": 128,
+        "min_block_patches": 4,
+        "relation_bias_lr_scale": 100.0,
     },
 }
 
 
 @strict
-class AClipConfig(PreTrainedConfig):
+class AClipConfig(KeepSetOptions, RelationBiasOptions, PreTrainedConfig):
     r"""Configuration of [`AClipModel`]: a ViT image tower ([`MaskedViTConfig`]), a CLIP text transformer
-    ([`CLIPTextConfig`]), projections into a joint space, and the SimCLR / BYOL heads used in pre-training.
+    ([`CLIPTextConfig`]), projections into a joint space, and the SimCLR / BYOL heads used in pre-training. The
+    image tower (and its EMA) takes MRE's mask-relation bias from segment labels (`RelationBiasOptions`, off by
+    default), and the online views any data-independent keep-set policy besides the attentive masks
+    (`KeepSetOptions`).
 
     Defaults reproduce the official ViT-B/16 YFCC-15M setting (`microsoft/A-CLIP`). Use
     `AClipConfig.from_preset("tiny")` for the CPU demo model.
@@ -43,7 +50,9 @@ class AClipConfig(PreTrainedConfig):
         projection_dim: Joint embedding width.
         logit_scale_init_value: Initial log of the contrastive logit scale, ln(1/0.07).
         logit_scale_max: The log scale is clamped to [0, logit_scale_max] after every optimizer step (ln 100).
-        mask_mode: `"attentive"` (EMA CLS attention picks the kept groups), `"random"` (FLIP-style) or `"none"`.
+        mask_mode: `"attentive"` (EMA CLS attention picks the kept groups), `"random"` (FLIP-style: random groups,
+            as many as the attentive mask keeps), `"block"` / `"reversed_block"` (per-patch policies of
+            `KeepSetOptions`, `num_kept(N, mask_ratio)` patches) or `"none"`.
         mask_ratio: Fraction of patch groups dropped in each online view (0.5 in the paper, hard-coded there). As in
             the official `get_att_mask`, floor(G·(1 - mask_ratio)) + 1 of the G groups are kept: 25 of 49 for
             ViT-B/16 at 224 px, 9 of 16 for the tiny preset. (Older checkpoints stored `mask_keep_ratio`, the
@@ -78,6 +87,7 @@ class AClipConfig(PreTrainedConfig):
     zero_shot_templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)
 
     deprecated_keys = ("mask_keep_ratio",)
+    mask_modes = MASK_MODES
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
@@ -95,8 +105,8 @@ class AClipConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Checked at construction by `@strict`."""
-        if self.mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode={self.mask_mode!r} is not one of {MASK_MODES}")
+        self.check_keep_set_options()
+        self.check_relation_bias_options()
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1) (the fraction of patch groups dropped)")
         if self.mask_group_size < 1 or self.vision_config.grid_size % self.mask_group_size:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import copy
-import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
-from .masking import num_kept
+from .guidance_weighting import GuidanceWeightingOptions
+from .masking import KeepSetOptions, num_kept
 from .schedules import cosine_temperature
-
-GUIDANCE_MODES = ("map", "random", "none")
-TEMPERATURE_SCHEDULES = ("constant", "cosine")
-LOSS_NORMALIZERS = ("count", "weights")
 
 _MAE_VIT = {"position_embedding_type": "sincos"}
 
@@ -27,12 +23,13 @@ ATTG_MAE_PRESETS: dict[str, dict] = {
         "decoder_hidden_size": 128,
         "decoder_num_hidden_layers": 2,
         "decoder_num_attention_heads": 4,
+        "min_block_patches": 4,
     },
 }
 
 
 @strict
-class AttGMAEConfig(PreTrainedConfig):
+class AttGMAEConfig(KeepSetOptions, GuidanceWeightingOptions, PreTrainedConfig):
     r"""Configuration of [`AttGMAEModel`] (the encoder) and [`AttGMAEForPreTraining`] (encoder + MAE decoder +
     the attention-guided loss).
 
@@ -59,21 +56,10 @@ class AttGMAEConfig(PreTrainedConfig):
             kept (0.75, paper Table 9 and MAE).
         norm_pix_loss: reconstruct each patch normalised by its own mean and unbiased variance,
             (x − μ) / sqrt(σ² + 1e-6), as MAE's `norm_pix_loss` (documented choice: not stated by the paper).
-        guidance: `"map"` (weight the loss with the per-patch map given as input, the paper), `"random"` (the
-            map given as input is a random map of the same value range, drawn by the data pipeline: the paper's
-            Table 8 ablation; the model treats it like `"map"`) or `"none"` (plain MAE: any map is ignored and the
-            loss is MAE's unscaled mean over masked patches).
-        guidance_temperature: τ > 0 in w = exp(M / τ) when `temperature_schedule="constant"`, and the value the
-            model uses whenever the caller passes no temperature (0.75, the paper's ablations).
-        temperature_schedule: `"constant"` (τ = `guidance_temperature`) or `"cosine"` (half-cycle cosine from
-            `temperature_start` at the first step to `temperature_end` at the last; the paper's main runs).
-            The trainer computes τ with `temperature_at(step, total_steps)` and passes it to the model.
-        temperature_start: τ at the first step of the cosine schedule (1.0: documented choice, unpublished).
-        temperature_end: τ at the last step of the cosine schedule (0.7: documented choice, unpublished; a
-            smaller τ puts more weight on objects).
-        loss_scale: γ, a factor on the guided loss (1.0: documented choice, the paper's value is not published).
-        loss_normalizer: `"count"` divides Σ mask·w·ℓ by the number of masked patches Σ mask (MAE's mean: the loss
-            scale grows as τ shrinks) or `"weights"` by Σ mask·w (a weighted mean).
+        guidance: as `GuidanceWeightingOptions` (with `guidance_temperature`, `temperature_schedule`,
+            `temperature_start`, `temperature_end`, `loss_scale`, `loss_normalizer`), here `"map"` by default: weight
+            the loss with the per-patch map given as input (the paper); `"random"`: the paper's Table 8 ablation;
+            `"none"`: plain MAE (any map is ignored and the loss is MAE's unscaled mean over masked patches).
     """
 
     model_type = "attg_mae"
@@ -87,12 +73,6 @@ class AttGMAEConfig(PreTrainedConfig):
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     guidance: str = "map"
-    guidance_temperature: float = 0.75
-    temperature_schedule: str = "constant"
-    temperature_start: float = 1.0
-    temperature_end: float = 0.7
-    loss_scale: float = 1.0
-    loss_normalizer: str = "count"
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
@@ -120,20 +100,8 @@ class AttGMAEConfig(PreTrainedConfig):
             raise ValueError(f"decoder_mlp_ratio={self.decoder_mlp_ratio} must be > 0")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1) (the fraction of patches masked)")
-        if self.guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance={self.guidance!r} is not one of {GUIDANCE_MODES}")
-        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
-            raise ValueError(
-                f"temperature_schedule={self.temperature_schedule!r} is not one of {TEMPERATURE_SCHEDULES}"
-            )
-        if self.loss_normalizer not in LOSS_NORMALIZERS:
-            raise ValueError(f"loss_normalizer={self.loss_normalizer!r} is not one of {LOSS_NORMALIZERS}")
-        for name in ("guidance_temperature", "temperature_start", "temperature_end"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name}={value} must be a finite number > 0 (τ in w = exp(M / τ))")
-        if not (self.loss_scale > 0 and math.isfinite(self.loss_scale)):
-            raise ValueError(f"loss_scale={self.loss_scale} must be a finite number > 0")
+        self.check_guidance_weighting_options()
+        self.check_keep_set_options()
 
     @property
     def num_patches(self) -> int:
@@ -145,14 +113,6 @@ class AttGMAEConfig(PreTrainedConfig):
         """K = `num_kept(N, mask_ratio)` = round(N·(1 − mask_ratio)), at least 1: patches the encoder sees when
         masking."""
         return num_kept(self.num_patches, self.mask_ratio)
-
-    def temperature_at(self, step: int, total_steps: int) -> float:
-        """τ for training step `step` (0-based) of `total_steps`: `guidance_temperature` for the constant
-        schedule; for `"cosine"`, `temperature_start` at step 0 to `temperature_end` at step `total_steps - 1`
-        along a half cosine (monotone; steps outside the range are clamped)."""
-        if self.temperature_schedule == "constant":
-            return float(self.guidance_temperature)
-        return cosine_temperature(step, total_steps, self.temperature_start, self.temperature_end)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> AttGMAEConfig:

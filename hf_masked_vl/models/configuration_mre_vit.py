@@ -10,11 +10,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_masked_vit import MaskedViTConfig, preset_kwargs, vit_size
-from .masking import num_kept
-from .relation_bias import RELATION_BIAS_TYPES
+from .guidance_weighting import GuidanceWeightingOptions
+from .masking import KeepSetOptions, num_kept
+from .relation_bias import TOKEN_LABEL_MODES, RelationBiasOptions
 from .schedules import teacher_temperature_at
 
-TOKEN_LABEL_MODES = ("majority", "nearest")
 STUDENT_INITS = ("teacher", "random")
 
 _MAE_VIT = {"position_embedding_type": "sincos"}
@@ -39,14 +39,18 @@ MRE_VIT_PRESETS: dict[str, dict] = {
         "local_crop_size": 24,
         "num_local_crops": 4,
         "relation_bias_lr_scale": 100.0,
+        "min_block_patches": 4,
     },
 }
 
 
 @strict
-class MREViTConfig(PreTrainedConfig):
+class MREViTConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, PreTrainedConfig):
     r"""Configuration of [`MREViTModel`], [`MREViTForMAE`] and [`MREViTForDINO`]: the shared ViT (`vision_config`)
-    with a learnable attention bias from segment labels (`relation_bias`), MAE's decoder and DINO's head.
+    with a learnable attention bias from segment labels (`relation_bias` and the other fields of
+    `RelationBiasOptions`), MAE's decoder and DINO's head. MAE's loss takes AttG's guidance weighting
+    (`GuidanceWeightingOptions`, off by default) and its keep sets any data-independent policy (`KeepSetOptions`:
+    `mask_mode`, random by default).
 
     Defaults follow the paper where it speaks (Taguchi et al. 2024: bias per layer and head, eq. 5 scaling,
     λ = 1 for attention distillation; MAE ViT-B/16 with 75% masking), DINO's `main_dino.py` for DINO (head
@@ -59,17 +63,8 @@ class MREViTConfig(PreTrainedConfig):
 
     Args:
         vision_config: the encoder ViT ([`MaskedViTConfig`]).
-        relation_bias: `"per_layer_head"` (2·L·H learnable scalars; the paper's best), `"per_head"`, `"shared"`,
-            `"fixed"` (+1 / −1, frozen), `"positive_only"`, `"negative_only"` (the paper's Table 4 ablation) or
-            `"none"` (a plain ViT: the MAE / DINO baselines and the distilled student).
-        relation_bias_init: start value of the learnable scalars (0).
-        relation_bias_lr_scale: learning-rate multiplier of the relation scalars (1: the paper does not say). The
-            bias enters the logits divided by sqrt(d_h), so the scalars need values of several units to matter; at
-            the learning rates of a ViT, Adam moves them by about lr per step, which a run of the paper's length
-            (hundreds of thousands of steps) covers and a short run does not: the `tiny` preset uses 100.
-        scale_relation_bias: divide the bias by sqrt(d_h) with the logits, e = (q·k + b) / sqrt(d_h) (eq. 5).
-        token_labels: how the data pipeline turns a view's label map into one label per patch: `"majority"` (most
-            frequent label in the patch, 0 counted) or `"nearest"` (the label at the patch centre).
+        relation_bias: as `RelationBiasOptions`, here `"per_layer_head"` by default (`"none"`: a plain ViT, the MAE /
+            DINO baselines and the distilled student).
         decoder_hidden_size / decoder_num_hidden_layers / decoder_num_attention_heads / decoder_mlp_ratio: MAE's
             decoder (no bias in the decoder).
         mask_ratio: MAE's fraction of masked patches (0.75).
@@ -96,10 +91,6 @@ class MREViTConfig(PreTrainedConfig):
 
     vision_config: dict | MaskedViTConfig | None = None
     relation_bias: str = "per_layer_head"
-    relation_bias_init: float = 0.0
-    relation_bias_lr_scale: float = 1.0
-    scale_relation_bias: bool = True
-    token_labels: str = "majority"
     decoder_hidden_size: int = 512
     decoder_num_hidden_layers: int = 8
     decoder_num_attention_heads: int = 16
@@ -138,10 +129,9 @@ class MREViTConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Every range, checked at construction (a `ValueError` naming the field and its value)."""
-        if self.relation_bias not in RELATION_BIAS_TYPES:
-            raise ValueError(f"relation_bias={self.relation_bias!r} is not one of {RELATION_BIAS_TYPES}")
-        if self.token_labels not in TOKEN_LABEL_MODES:
-            raise ValueError(f"token_labels={self.token_labels!r} is not one of {TOKEN_LABEL_MODES}")
+        self.check_relation_bias_options()
+        self.check_guidance_weighting_options()
+        self.check_keep_set_options()
         if self.distillation_student_init not in STUDENT_INITS:
             raise ValueError(
                 f"distillation_student_init={self.distillation_student_init!r} is not one of {STUDENT_INITS}"
@@ -182,10 +172,6 @@ class MREViTConfig(PreTrainedConfig):
             raise ValueError(f"center_momentum={self.center_momentum} must be in [0, 1)")
         if not (self.attention_distillation_weight >= 0 and math.isfinite(self.attention_distillation_weight)):
             raise ValueError(f"attention_distillation_weight={self.attention_distillation_weight} must be >= 0")
-        if not (self.relation_bias_lr_scale > 0 and math.isfinite(self.relation_bias_lr_scale)):
-            raise ValueError(f"relation_bias_lr_scale={self.relation_bias_lr_scale} must be a finite number > 0")
-        if not math.isfinite(self.relation_bias_init):
-            raise ValueError(f"relation_bias_init={self.relation_bias_init} must be finite")
 
     @property
     def num_patches(self) -> int:

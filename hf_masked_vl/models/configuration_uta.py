@@ -9,8 +9,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
 from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_kwargs, validate_templates, vit_size
+from .guidance_weighting import GuidanceWeightingOptions
+from .masking import KEEP_SET_POLICIES, KeepSetOptions
+from .relation_bias import RelationBiasOptions
 
-UTA_MASK_TYPES = ("reversed_block", "block", "random", "none")
+UTA_MASK_MODES = (*KEEP_SET_POLICIES, "none")
 
 # EVA-02 style student: 2D RoPE, SwiGLU (hidden = int(D * 2.6667)) with sub-LN, q/v bias, LN eps 1e-6.
 _EVA = {
@@ -49,15 +52,17 @@ UTA_PRESETS: dict[str, dict] = {
         "projection_dim": 128,
         "mask_ratio": 0.4,
         "min_block_patches": 4,
+        "relation_bias_lr_scale": 100.0,
     },
 }
 
 
 @strict
-class UTAConfig(PreTrainedConfig):
+class UTAConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, PreTrainedConfig):
     r"""Configuration of [`UTAModel`]: an EVA-02 style ViT student ([`MaskedViTConfig`]) with a linear head into a
     CLIP teacher's joint space, and the teacher's text tower ([`CLIPTextConfig`]) so that the saved model is a
-    zero-shot dual encoder.
+    zero-shot dual encoder. The student takes MRE's mask-relation bias from segment labels (`RelationBiasOptions`)
+    and its alignment loss AttG's per-token guidance weighting (`GuidanceWeightingOptions`), both off by default.
 
     Args:
         vision_config: the student; presets set EVA-02 options (RoPE, SwiGLU + sub-LN, q/v bias).
@@ -65,9 +70,9 @@ class UTAConfig(PreTrainedConfig):
         projection_dim: the teacher's joint embedding width E (1024 for EVA-01-CLIP-g).
         logit_scale_init_value: log of the fixed zero-shot logit scale (ln 100, as in UTA's evaluation and its
             contrastive fine-tuning at temperature 0.01). Not trained.
-        mask_type: `"reversed_block"` (paper), `"block"`, `"random"`, or `"none"` (plain feature distillation).
+        mask_mode: `"reversed_block"` (paper), `"block"`, `"random"`, or `"none"` (plain feature distillation).
+            Earlier checkpoints stored it as `mask_type`, which still loads (and `--mask_type` still parses).
         mask_ratio: fraction of patches dropped (0.4 for B, 0.5 for L; 0 = full-token feature distillation).
-        min_block_patches: smallest block of the block-wise generators (16, BEiT).
         cls_loss_weight: weight of the CLS token in the cosine loss relative to one kept patch (1: equal; the
             paper averages over kept patches and CLS).
         zero_shot_templates: prompt templates of the zero-shot pipeline.
@@ -80,13 +85,18 @@ class UTAConfig(PreTrainedConfig):
     text_config: dict | CLIPTextConfig | None = None
     projection_dim: int = 1024
     logit_scale_init_value: float = math.log(100.0)
-    mask_type: str = "reversed_block"
+    mask_mode: str = "reversed_block"
     mask_ratio: float = 0.4
-    min_block_patches: int = 16
     cls_loss_weight: float = 1.0
     zero_shot_templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)
 
+    mask_modes = UTA_MASK_MODES
+    renamed_keys = {"mask_type": "mask_mode"}  # earlier name → field: read from old checkpoints, a flag alias
+
     def __post_init__(self, **kwargs):
+        for old, new in self.renamed_keys.items():
+            if old in kwargs:
+                setattr(self, new, kwargs.pop(old))
         if self.vision_config is None:
             self.vision_config = copy.deepcopy(UTA_PRESETS["b-14"]["vision_config"])
         if self.text_config is None:
@@ -95,8 +105,9 @@ class UTAConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Checked at construction by `@strict`."""
-        if self.mask_type not in UTA_MASK_TYPES:
-            raise ValueError(f"mask_type={self.mask_type!r} is not one of {UTA_MASK_TYPES}")
+        self.check_keep_set_options()
+        self.check_relation_bias_options()
+        self.check_guidance_weighting_options()
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
         if self.cls_loss_weight < 0:
@@ -110,4 +121,4 @@ class UTAConfig(PreTrainedConfig):
         return cls(**preset_kwargs(UTA_PRESETS, name, overrides, "UTA"))
 
 
-__all__ = ["UTAConfig", "UTA_PRESETS"]
+__all__ = ["UTAConfig", "UTA_MASK_MODES", "UTA_PRESETS"]

@@ -11,6 +11,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .modeling_masked_vit import MaskedViTModelOutput, MaskedVLModelMixin, output_flag
+from .relation_bias import LayerBiases, MaskRelationBias
 
 
 def nested_to_tuple(output: ModelOutput) -> tuple:
@@ -21,7 +22,9 @@ def nested_to_tuple(output: ModelOutput) -> tuple:
 
 class DualEncoderPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
     """Shared attributes, init and feature getters. A concrete model defines `vision_model`, `visual_projection`,
-    `text_model`, `text_projection` and `logit_scale`; its config has `logit_scale_init_value`.
+    `text_model`, `text_projection` and `logit_scale`; its config has `logit_scale_init_value`. A model whose config
+    has `RelationBiasOptions` also holds `relation_bias` (`MaskRelationBias.from_config`), which the image tower adds
+    when it is given token labels (`image_tower`).
 
     Output flags: `output_attentions` / `output_hidden_states` given to `forward` (or set on the model's config, or
     on a tower's own config) reach both towers; the results are in `vision_model_output` / `text_model_output`.
@@ -58,6 +61,8 @@ class DualEncoderPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
             init.zeros_(module.num_batches_tracked)
         elif isinstance(module, DualEncoderPreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, MaskRelationBias):
+            module.reset_parameters()
 
     def get_input_embeddings(self) -> nn.Module:
         """The text tower's token embedding (as transformers' `CLIPTextModelWithProjection`)."""
@@ -77,6 +82,38 @@ class DualEncoderPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
                 output_hidden_states, "output_hidden_states", self.config, tower.config
             ),
         }
+
+    def relation_biases(
+        self,
+        pixel_values: torch.Tensor,
+        token_labels: torch.Tensor | None,
+        keep_indices: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> LayerBiases | None:
+        """The image tower's per-layer mask-relation biases for `pixel_values` (B, C, H, W) given the segment label of
+        every patch, `token_labels` (B, h, w) or (B, N) (0 = none), at the kept patches `keep_indices` (B, K); None
+        without labels or without a bias (then the tower is a plain ViT)."""
+        relation_bias = getattr(self, "relation_bias", None)
+        if relation_bias is None or token_labels is None or not relation_bias.enabled:
+            return None
+        grid = self.vision_model.embeddings.grid_of(pixel_values, interpolate_pos_encoding)
+        return relation_bias.layer_biases(token_labels, pixel_values, grid, keep_indices)
+
+    def image_tower(
+        self,
+        pixel_values: torch.Tensor,
+        keep_indices: torch.Tensor | None = None,
+        token_labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedViTModelOutput:
+        """`vision_model` on `[CLS] + kept patches`, with the mask-relation bias of `token_labels` (see
+        `relation_biases`); other keyword arguments go to `MaskedViTModel.forward`."""
+        bias = self.relation_biases(
+            pixel_values, token_labels, keep_indices, kwargs.get("interpolate_pos_encoding", False)
+        )
+        if bias is not None:
+            kwargs["attention_bias"] = bias
+        return self.vision_model(pixel_values, keep_indices=keep_indices, return_dict=True, **kwargs)
 
     def get_text_features(
         self,
@@ -98,13 +135,15 @@ class DualEncoderPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
         keep_indices: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        token_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedViTModelOutput:
-        """Image tower; `pooler_output` is the projection of the final CLS token (B, E), unnormalised. Other keyword
-        arguments (`attention_bias`, `output_cls_attentions`) go to `MaskedViTModel.forward`."""
+        """Image tower; `pooler_output` is the projection of the final CLS token (B, E), unnormalised. With
+        `token_labels` (B, h, w) a model with a mask-relation bias adds it. Other keyword arguments
+        (`attention_bias`, `output_cls_attentions`) go to `MaskedViTModel.forward`."""
         kwargs.pop("return_dict", None)
         flags = self.tower_output_flags(self.vision_model, output_attentions, output_hidden_states)
-        outputs = self.vision_model(pixel_values, keep_indices=keep_indices, return_dict=True, **flags, **kwargs)
+        outputs = self.image_tower(pixel_values, keep_indices, token_labels, **flags, **kwargs)
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 

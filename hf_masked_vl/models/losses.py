@@ -60,13 +60,29 @@ def byol_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * (predictions * targets).sum(dim=-1)).mean()
 
 
-def token_alignment_loss(predictions: torch.Tensor, targets: torch.Tensor, cls_weight: float = 1.0) -> torch.Tensor:
+def token_alignment_loss(
+    predictions: torch.Tensor,
+    targets: torch.Tensor,
+    cls_weight: float = 1.0,
+    patch_weights: torch.Tensor | None = None,
+    normalizer: str = "count",
+    loss_scale: float = 1.0,
+) -> torch.Tensor:
     """UTA: negative cosine similarity between student and teacher tokens, averaged over CLS (token 0, weight
-    `cls_weight`) and the kept patches (weight 1 each), then over the batch. predictions, targets: (B, 1 + K, E)."""
+    `cls_weight`) and the kept patches (weight 1 each), then over the batch. predictions, targets: (B, 1 + K, E).
+
+    `patch_weights` (B, K), AttG's guidance weighting of the kept patches (w = exp(M / τ)): per sample, loss_scale ·
+    Σ w·cos / Σ w₀ (`"count"`: w₀ the unit weights above, the mean's denominator) or / Σ w (`"weights"`)."""
     cosine = F.cosine_similarity(predictions.float(), targets.detach().float(), dim=-1)  # (B, 1 + K)
     weights = torch.ones_like(cosine)
     weights[:, 0] = cls_weight
-    return -((cosine * weights).sum(dim=1) / weights.sum(dim=1)).mean()
+    if patch_weights is None:
+        return -((cosine * weights).sum(dim=1) / weights.sum(dim=1)).mean()
+    if normalizer not in ("count", "weights"):
+        raise ValueError(f"normalizer={normalizer!r} is not 'count' or 'weights'")
+    guided = torch.cat((weights[:, :1], patch_weights.to(weights)), dim=1)
+    denominator = (weights if normalizer == "count" else guided).sum(dim=1)
+    return -loss_scale * ((cosine * guided).sum(dim=1) / denominator).mean()
 
 
 __all__ = ["byol_loss", "clip_contrastive_loss", "gather_with_grad", "nt_xent_loss", "token_alignment_loss"]

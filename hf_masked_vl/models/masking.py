@@ -22,6 +22,10 @@ Per-batch functions (keep sets from one generator per row, or from scores or noi
 Data-independent inputs drawn in the DataLoader workers: a generator is called with the batch's sample seeds (B,)
 and returns `DrawnInputs` (`KeepSetGenerator`, `RandomGuidanceMaps`, several at once with `DrawAll`).
 
+The keep-set policy as an option of any model that keeps a subset of patches: its config lists `KeepSetOptions`
+among its bases (the fields become the flags `--mask_mode` and `--min_block_patches` of every method on that
+config), and its method draws `config.keep_set_generator(grid)`.
+
 Hub code: imports only torch, numpy (a dependency of transformers) and the standard library.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -323,6 +328,41 @@ class KeepSetGenerator:
         return DrawnInputs(keep_indices=keep)
 
 
+@dataclass(kw_only=True)
+class KeepSetOptions:
+    r"""Which patches a masked encoder keeps, as fields of a model config: listed before `PreTrainedConfig` in the
+    config's bases (MAE / AttG-MAE, MRE-ViT, UTA, A-CLIP), they become that config's fields and its methods' flags.
+    The config also has `mask_ratio`, and its `validate_architecture` calls `check_keep_set_options`; a config
+    whose method has modes of its own (A-CLIP's attentive masks, UTA's `none`) lists them in `mask_modes`.
+
+    Args:
+        mask_mode: the keep-set policy, drawn in the data workers from each sample's seed: `"random"` (uniform;
+            MAE), `"block"` (BEiT's block mask over the dropped patches) or `"reversed_block"` (UTA's: the block
+            mask kept or dropped with p = 0.5), `num_kept(N, mask_ratio)` patches each.
+        min_block_patches: smallest block of the block-wise policies (16, BEiT).
+    """
+
+    mask_modes: ClassVar[tuple[str, ...]] = KEEP_SET_POLICIES  # the values `mask_mode` accepts
+    mask_mode: str = "random"
+    min_block_patches: int = MIN_BLOCK_PATCHES
+
+    def check_keep_set_options(self) -> None:
+        """Every range, a `ValueError` naming the field and its value."""
+        if self.mask_mode not in self.mask_modes:
+            raise ValueError(f"mask_mode={self.mask_mode!r} is not one of {self.mask_modes}")
+        if self.min_block_patches < 1:
+            raise ValueError(f"min_block_patches={self.min_block_patches} must be a positive integer")
+
+    def keep_set_generator(self, grid: int | tuple[int, int], num_views: int = 1) -> KeepSetGenerator | None:
+        """The keep sets of `mask_mode` at the config's `mask_ratio` on a `grid` of patches (`num_views` per sample);
+        None for a mode that is not a data-independent policy (`none`, A-CLIP's attentive masks)."""
+        if self.mask_mode not in KEEP_SET_POLICIES:
+            return None
+        return KeepSetGenerator(
+            self.mask_mode, grid, self.mask_ratio, min_block=self.min_block_patches, num_views=num_views
+        )
+
+
 class RandomGuidanceMaps:
     """A uniform [0, 1) map per sample on the (grid, grid) patch grid from `mask_rng(seed, GUIDANCE_MAP_RNG_KEY)`:
     the value range of a normalised object map (AttG-MAE's random-guidance ablation, its Table 8). Called with the
@@ -362,6 +402,7 @@ __all__ = [
     "DrawAll",
     "DrawnInputs",
     "KeepSetGenerator",
+    "KeepSetOptions",
     "RandomGuidanceMaps",
     "block_mask",
     "crop_score_map",

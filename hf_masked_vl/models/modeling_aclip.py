@@ -1,7 +1,8 @@
 """A-CLIP: CLIP whose image tower sees only the patches an EMA encoder attends to, plus SimCLR and BYOL losses.
 
 The model is pure: keep indices and BYOL targets (both from the EMA model) are inputs. The trainer in
-`hf_masked_vl.training` computes them.
+`hf_masked_vl.training` computes them. With MRE's mask-relation bias (`config.relation_bias`), the segment labels of
+each view are inputs too, and the image tower (the EMA's as well) adds the bias.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .dual_encoder import DualEncoderPreTrainedModel, nested_to_tuple
 from .losses import byol_loss, clip_contrastive_loss, nt_xent_loss
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput
 from .registration import register_for_auto_classes
+from .relation_bias import MaskRelationBias
 
 
 @dataclass
@@ -95,6 +97,7 @@ class AClipModel(AClipPreTrainedModel):
             hidden, out = config.byol_hidden_dim, config.byol_output_dim
             self.byol_projector = mlp_head(vision_width, hidden, out, layers=2, bias=False)
             self.byol_predictor = mlp_head(out, hidden, out, layers=2, bias=False)
+        self.relation_bias = MaskRelationBias.from_config(config)  # no tensors with relation_bias="none"
         self.post_init()
 
     @can_return_tuple
@@ -105,6 +108,7 @@ class AClipModel(AClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         keep_indices: torch.Tensor | None = None,
         byol_targets: torch.Tensor | None = None,
+        token_labels: torch.Tensor | None = None,
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -114,6 +118,8 @@ class AClipModel(AClipPreTrainedModel):
         input_ids: (B, L) token ids, padded with the end-of-text token.
         pixel_values: (B, C, H, W), or (B, V, C, H, W) for V augmented views of each image.
         keep_indices: (B, K) or (B, V, K) kept patch indices per view; `None` keeps every patch.
+        token_labels: (B, h, w) or (B, V, h, w) segment label of every patch of each view (0 = none): the image
+            tower adds its mask-relation bias (`config.relation_bias`; ignored without one).
         byol_targets: (B, C_byol) EMA targets; enables the BYOL loss.
         output_attentions / output_hidden_states: of both towers (`None`: the configs' flags), in
             `vision_model_output` / `text_model_output`.
@@ -126,14 +132,17 @@ class AClipModel(AClipPreTrainedModel):
             )
         single_view = pixel_values.ndim == 4
         if single_view:
-            pixel_values = pixel_values[:, None]
-            keep_indices = keep_indices[:, None] if keep_indices is not None else None
+            pixel_values, keep_indices, token_labels = (
+                value[:, None] if value is not None else None for value in (pixel_values, keep_indices, token_labels)
+            )
         batch, views = pixel_values.shape[:2]
         # view-major: rows [v * B + b] so that each view is a contiguous block
-        flat_pixels = pixel_values.transpose(0, 1).flatten(0, 1)
-        flat_keep = keep_indices.transpose(0, 1).flatten(0, 1) if keep_indices is not None else None
+        flat_pixels, flat_keep, flat_labels = (
+            value.transpose(0, 1).flatten(0, 1) if value is not None else None
+            for value in (pixel_values, keep_indices, token_labels)
+        )
         vision_flags = self.tower_output_flags(self.vision_model, output_attentions, output_hidden_states)
-        vision_outputs = self.vision_model(flat_pixels, keep_indices=flat_keep, return_dict=True, **vision_flags)
+        vision_outputs = self.image_tower(flat_pixels, flat_keep, flat_labels, **vision_flags)
         cls_tokens = vision_outputs.pooler_output  # (V·B, D)
         image_embeds = F.normalize(self.visual_projection(cls_tokens), dim=-1).view(views, batch, -1)
         text_outputs = self.get_text_features(

@@ -7,7 +7,8 @@ inputs; the data pipeline draws masks and random maps, the trainer computes τ w
 `AttGMAEForPreTraining` adds MAE's decoder and the loss. Both keep the encoder at `vit`, so either class loads the
 encoder from the other's checkpoint. `AttGMAEForPreTraining.from_vit_mae` converts transformers'
 `ViTMAEForPreTraining` checkpoints (`facebook/vit-mae-*`); with `guidance="none"` the two give the same loss and
-gradients for the same mask.
+gradients for the same mask. The weighting itself (w = exp(M / τ), the guided loss) lives in `guidance_weighting.py`
+and MAE's head in `modeling_mae.py`, which MRE-MAE shares.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_attg_mae import AttGMAEConfig
 from .configuration_masked_vit import MaskedViTConfig
@@ -29,16 +30,10 @@ from .conversion_vit import (
     convert_state_dict,
     reverse_rules,
 )
-from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, get_2d_sincos_pos_embed, masked_mean
+from .guidance_weighting import guidance_weights, guided_reconstruction_loss
+from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, get_2d_sincos_pos_embed
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
 from .registration import register_for_auto_classes
-
-logger = logging.get_logger(__name__)
-
-NO_GUIDANCE_WARNING = (
-    "AttGMAEForPreTraining got no guidance map: every patch weighs 1 (an all-background map), so the loss is MAE's "
-    "reconstruction loss (times loss_scale). Pass guidance=(B, h, w) maps for the attention-guided loss."
-)
 
 _AUTO_MAP = {
     "AutoModel": "modeling_attg_mae.AttGMAEModel",
@@ -69,39 +64,6 @@ class AttGMAEForPreTrainingOutput(ModelOutput):
     keep_indices: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-
-
-def guidance_weights(guidance: torch.Tensor, temperature: float | torch.Tensor, num_patches: int) -> torch.Tensor:
-    """w = exp(M / τ) per patch, temperature first and then exp, so background (M = 0) weighs exactly 1 and the
-    maximum (M = 1) exp(1/τ). guidance: (B, h, w) or (B, N) map in [0, 1], row-major over the patch grid.
-    Returns (B, N) float32."""
-    if guidance.ndim == 3:
-        guidance = guidance.flatten(1)
-    if guidance.ndim != 2 or guidance.shape[1] != num_patches:
-        raise ValueError(
-            f"guidance must be (B, h, w) or (B, N) with N = h·w = {num_patches} patches, got {tuple(guidance.shape)}"
-        )
-    return torch.exp(guidance.float() / temperature)
-
-
-def guided_reconstruction_loss(
-    per_patch: torch.Tensor,
-    mask: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    loss_scale: float = 1.0,
-    normalizer: str = "count",
-) -> torch.Tensor:
-    """AttG-MAE's loss over the whole batch: loss_scale · Σ mask·w·ℓ / Σ mask (`"count"`) or / Σ mask·w
-    (`"weights"`). per_patch ℓ, mask, weights w: (B, N); `weights=None` is MAE's loss (w = 1, no scale)."""
-    if weights is None:
-        return masked_mean(per_patch, mask)
-    weighted = mask * weights
-    total = (weighted * per_patch).sum()
-    if normalizer == "count":
-        return loss_scale * total / mask.sum()
-    if normalizer == "weights":
-        return loss_scale * total / weighted.sum()
-    raise ValueError(f"normalizer={normalizer!r} is not 'count' or 'weights'")
 
 
 class AttGMAEPreTrainedModel(MaskedViTPreTrainedModel):
@@ -197,15 +159,6 @@ class AttGMAEForPreTraining(MAEPreTrainingHead, AttGMAEPreTrainedModel):
         self.decoder = build_mae_decoder(config)
         self.post_init()
 
-    def guidance_weights(
-        self, guidance: torch.Tensor, guidance_temperature: float | torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B, N) weights exp(M / τ) of a (B, h, w) or (B, N) map; τ defaults to `config.guidance_temperature`."""
-        temperature = self.config.guidance_temperature if guidance_temperature is None else guidance_temperature
-        if not isinstance(temperature, torch.Tensor) and not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"guidance_temperature={temperature} must be a finite number > 0")
-        return guidance_weights(guidance, temperature, self.config.num_patches)
-
     @can_return_tuple
     def forward(
         self,
@@ -240,25 +193,12 @@ class AttGMAEForPreTraining(MAEPreTrainingHead, AttGMAEPreTrainedModel):
             **self.encoder_output_flags(output_attentions, output_hidden_states),
         )
         logits, mask = self.reconstruct(encoder_outputs.last_hidden_state, keep_indices)
-
-        use_guidance = self.config.guidance != "none"
-        if use_guidance and guidance is not None:
-            weights = self.guidance_weights(guidance.to(logits.device), guidance_temperature)
-        else:  # guidance="none", or no map given: every patch weighs exp(0 / τ) = 1
-            weights = torch.ones_like(mask)
-
+        weights = self.patch_weights(guidance, guidance_temperature, mask)  # ones without guidance or without a map
         loss = reconstruction = None
         if return_loss:
-            if use_guidance and guidance is None:
-                logger.warning_once(NO_GUIDANCE_WARNING)
-            per_patch, loss_mask = self.reconstruction_terms(pixel_values, logits, mask, keep_indices)
-            reconstruction = masked_mean(per_patch, loss_mask)
-            if use_guidance:
-                loss = guided_reconstruction_loss(
-                    per_patch, loss_mask, weights, self.config.loss_scale, self.config.loss_normalizer
-                )
-            else:
-                loss = reconstruction
+            loss, reconstruction = self.reconstruction_losses(
+                pixel_values, logits, mask, keep_indices, weights, guidance is not None
+            )
 
         return AttGMAEForPreTrainingOutput(
             loss=loss,

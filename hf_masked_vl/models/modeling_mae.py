@@ -7,7 +7,8 @@ Conventions (He et al. 2022, `facebookresearch/mae`, transformers' `ViTMAEForPre
 - patches are numbered row-major over the (H/p) × (W/p) grid; a patch vector is its pixels in (row, column,
   channel) order, length p²·C;
 - `norm_pix_loss` targets are each patch normalised by its own mean and unbiased variance, (x − μ) / sqrt(σ² + 1e-6);
-- the loss of a patch is the mean squared error over its p²·C values; MAE averages it over the masked patches.
+- the loss of a patch is the mean squared error over its p²·C values; MAE averages it over the masked patches;
+  with AttG's guidance weighting on (`guidance_weighting.py`) each patch's term is weighted by exp(M / τ).
 
 Hub code: imports only torch, transformers, timm and single-dot siblings.
 """
@@ -17,12 +18,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.utils import logging
 
 from .configuration_masked_vit import MaskedViTConfig
+from .guidance_weighting import guided_reconstruction_loss, scheduled_guidance_weights
 from .masking import keep_indices_from_noise, mask_from_keep_indices
 from .modeling_masked_vit import MaskedViTBlock, get_2d_sincos_pos_embed
 
+logger = logging.get_logger(__name__)
+
 NORM_PIX_EPS = 1.0e-6
+NO_GUIDANCE_WARNING = (
+    "{model} got no guidance map: every patch weighs 1 (an all-background map), so the loss is MAE's "
+    "reconstruction loss (times loss_scale). Pass guidance=(B, h, w) maps for the attention-guided loss."
+)
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -222,9 +231,9 @@ class MAEPreTrainingHead:
     decoder and the reconstruction loss of a model whose encoder is a `MaskedViTModel` sub-model.
 
     The model's `__init__` sets `self.decoder = build_mae_decoder(config)`; its config has the decoder fields (see
-    `build_mae_decoder`), `num_patches`, `num_kept_patches` and `norm_pix_loss`. A forward call then runs
-    `resolve_keep_indices` → its encoder → `reconstruct` → `reconstruction_terms` and weighs the per-patch loss as
-    its method does (`masked_mean` is MAE's loss).
+    `build_mae_decoder`), `num_patches`, `num_kept_patches`, `norm_pix_loss` and AttG's guidance weighting
+    (`GuidanceWeightingOptions`). A forward call then runs `resolve_keep_indices` → its encoder → `reconstruct` →
+    `patch_weights` → `reconstruction_losses` (MAE's loss, weighted by the guidance map when guidance is on).
 
     `_init_weights` adds MAE's decoder init (`init_mae_decoder_weights`) to the base class's: that touches only
     Linear, LayerNorm and `MAEDecoder` modules, which outside the encoder sub-model only the decoder holds.
@@ -278,11 +287,51 @@ class MAEPreTrainingHead:
         target = pixel_targets(pixel_values, self.config.vision_config.patch_size, self.config.norm_pix_loss)
         return per_patch_loss(logits, target), loss_patches(mask, keep_indices)
 
+    def guidance_weights(
+        self, guidance: torch.Tensor, guidance_temperature: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N) weights exp(M / τ) of a (B, h, w) or (B, N) map; τ defaults to `config.guidance_temperature`."""
+        return scheduled_guidance_weights(guidance, guidance_temperature, self.config, self.config.num_patches)
+
+    def patch_weights(
+        self, guidance: torch.Tensor | None, guidance_temperature: float | torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The (B, N) weights of the reconstruction loss: exp(M / τ) of `guidance` when the config's guidance is on
+        and a map is given, else ones (an all-background map; `mask` (B, N) gives the shape and device)."""
+        if self.config.guidance != "none" and guidance is not None:
+            return self.guidance_weights(guidance.to(mask.device), guidance_temperature)
+        return torch.ones_like(mask)
+
+    def reconstruction_losses(
+        self,
+        pixel_values: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        keep_indices: torch.Tensor | None,
+        weights: torch.Tensor,
+        map_given: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, reconstruction): MAE's mean over the masked patches `reconstruction`, and the loss, which is that
+        mean with guidance off and `guided_reconstruction_loss` with the `patch_weights` on (γ · Σ mask·w·ℓ /
+        Σ mask, or / Σ mask·w). Guidance on without a map (`map_given=False`) warns once."""
+        guided = self.config.guidance != "none"
+        if guided and not map_given:
+            logger.warning_once(NO_GUIDANCE_WARNING.format(model=type(self).__name__))
+        per_patch, loss_mask = self.reconstruction_terms(pixel_values, logits, mask, keep_indices)
+        reconstruction = masked_mean(per_patch, loss_mask)
+        if not guided:
+            return reconstruction, reconstruction
+        loss = guided_reconstruction_loss(
+            per_patch, loss_mask, weights, self.config.loss_scale, self.config.loss_normalizer
+        )
+        return loss, reconstruction
+
 
 __all__ = [
     "MAEDecoder",
     "MAEPreTrainingHead",
     "NORM_PIX_EPS",
+    "NO_GUIDANCE_WARNING",
     "build_mae_decoder",
     "get_2d_sincos_pos_embed",
     "init_mae_decoder_weights",

@@ -26,10 +26,10 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mre_vit import MREViTConfig
 from .dino import DINOHead, DINOLoss, distillation_loss, init_dino_weights
-from .modeling_mae import MAEPreTrainingHead, build_mae_decoder, masked_mean
+from .modeling_mae import MAEPreTrainingHead, build_mae_decoder
 from .modeling_masked_vit import MaskedViTModel, MaskedViTModelOutput, MaskedViTPreTrainedModel, output_flag
 from .registration import register_for_auto_classes
-from .relation_bias import MaskRelationBias, with_cls_label
+from .relation_bias import MaskRelationBias
 
 _AUTO_MAP = {
     "AutoModel": "modeling_mre_vit.MREViTModel",
@@ -40,12 +40,13 @@ _AUTO_MAP = {
 @dataclass
 class MREViTForMAEOutput(ModelOutput):
     """
-    loss: L_MAE (+ λ·L_att when teacher attentions were given).
-    reconstruction_loss: MAE's mean squared error over the masked patches.
+    loss: L_MAE (+ λ·L_att when teacher attentions were given); with guidance on, L_MAE is AttG's guided loss.
+    reconstruction_loss: MAE's mean squared error over the masked patches (unweighted).
     attention_distillation_loss: mean squared error between the student's and the teacher's attention maps
         (every layer and head, all entries), or None.
     logits: (B, N, p²·C) predicted pixels of every patch.
     mask: (B, N) 1 = masked (the loss is taken there), 0 = visible.
+    guidance_weights: (B, N) the per-patch weights w = exp(M / τ) of AttG's guidance weighting (ones without it).
     last_hidden_state: (B, 1 + K, D) encoder output.
     keep_indices: (B, K) the visible patches.
     hidden_states / attentions: the encoder's, on request (attentions (B, H, 1 + K, 1 + K) float32 per layer).
@@ -56,6 +57,7 @@ class MREViTForMAEOutput(ModelOutput):
     attention_distillation_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    guidance_weights: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     keep_indices: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -91,31 +93,13 @@ class MREViTPreTrainedModel(MaskedViTPreTrainedModel):
     def __init__(self, config: MREViTConfig):
         super().__init__(config)
         self.vit = MaskedViTModel._from_config(config.vision_config)
-        vision = config.vision_config
-        self.relation_bias = MaskRelationBias(
-            vision.num_hidden_layers,
-            vision.num_attention_heads,
-            vision.hidden_size // vision.num_attention_heads,
-            config.relation_bias,
-            config.relation_bias_init,
-            config.scale_relation_bias,
-        )
+        self.relation_bias = MaskRelationBias.from_config(config)  # declares its lr scale and no weight decay
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The bias starts at `relation_bias_init` (fixed: ±1); the encoder is a sub-model and initialises itself."""
         if isinstance(module, MaskRelationBias):
             module.reset_parameters()
-
-    def no_weight_decay(self) -> set[str]:
-        """CLS token, positions and the relation scalars are never weight-decayed (decay would pull u towards 0)."""
-        return {"vit.embeddings.cls_token", "vit.embeddings.position_embedding", "relation_bias.u_pos",
-                "relation_bias.u_neg"}  # fmt: skip
-
-    def learning_rate_scales(self) -> dict[str, float]:
-        """The relation scalars train at lr × `config.relation_bias_lr_scale` (read by the package's trainer)."""
-        return {name: self.config.relation_bias_lr_scale for name, _ in self.relation_bias.named_parameters(
-            prefix="relation_bias")}  # fmt: skip
 
     def encode(
         self,
@@ -133,14 +117,7 @@ class MREViTPreTrainedModel(MaskedViTPreTrainedModel):
         bias = None
         if token_labels is not None and self.relation_bias.enabled:
             grid = self.vit.embeddings.grid_of(pixel_values, interpolate_pos_encoding)
-            num_patches = grid[0] * grid[1]
-            if token_labels.shape[0] != pixel_values.shape[0] or token_labels[0].numel() != num_patches:
-                raise ValueError(
-                    f"token_labels must be (B, N) or (B, h, w) with B={pixel_values.shape[0]} and N={num_patches} "
-                    f"labels ({grid[0]}x{grid[1]} patches), got shape {tuple(token_labels.shape)}"
-                )
-            labels = with_cls_label(token_labels.to(pixel_values.device), keep_indices)
-            bias = self.relation_bias(labels)
+            bias = self.relation_bias.layer_biases(token_labels, pixel_values, grid, keep_indices)
         return self.vit(
             pixel_values,
             keep_indices=keep_indices,
@@ -221,7 +198,9 @@ class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
     Masking as `AttGMAEForPreTraining`: keep indices (B, K) from the caller (the collator draws them), or from
     ViTMAE-style `noise` (B, N), or none (every patch, autoencoding loss over all patches). With
     `teacher_attentions` (the frozen bias model's maps on the same visible tokens) the loss adds
-    `attention_distillation_weight` × their mean squared error to the student's (the mask-free distillation).
+    `attention_distillation_weight` × their mean squared error to the student's (the mask-free distillation). With
+    `config.guidance` on, MAE's loss is weighted by a guidance map as AttG-MAE's (`guidance`, `guidance_temperature`):
+    MAE + AttG's weighting + MRE's bias in one model.
 
     Example:
         >>> model = MREViTForMAE(MREViTConfig.from_preset("tiny"))
@@ -243,6 +222,8 @@ class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
         noise: torch.Tensor | None = None,
         token_labels: torch.Tensor | None = None,
         teacher_attentions: tuple[torch.Tensor, ...] | None = None,
+        guidance: torch.Tensor | None = None,
+        guidance_temperature: float | torch.Tensor | None = None,
         return_loss: bool = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -254,6 +235,8 @@ class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
         token_labels: (B, N) or (B, h, w) segment labels of all patches (0 = none); the bias uses the visible ones.
         teacher_attentions: per encoder layer, (B, H, 1 + K, 1 + K) attention maps of a frozen teacher on the same
             visible tokens; adds λ·L_att to the loss and makes the encoder return its own maps (eager attention).
+        guidance: (B, h, w) or (B, N) map in [0, 1] weighting MAE's loss (`config.guidance` "map" or "random");
+            ignored with guidance "none". guidance_temperature: τ of this step (default `config.guidance_temperature`).
         return_loss: compute the losses.
         """
         keep_indices = self.resolve_keep_indices(pixel_values, keep_indices, noise)
@@ -266,11 +249,13 @@ class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         logits, mask = self.reconstruct(encoder_outputs.last_hidden_state, keep_indices)
+        weights = self.patch_weights(guidance, guidance_temperature, mask)
 
         loss = reconstruction = distillation = None
         if return_loss:
-            per_patch, loss_mask = self.reconstruction_terms(pixel_values, logits, mask, keep_indices)
-            loss = reconstruction = masked_mean(per_patch, loss_mask)
+            loss, reconstruction = self.reconstruction_losses(
+                pixel_values, logits, mask, keep_indices, weights, guidance is not None
+            )
             if need_attentions:
                 distillation = attention_distillation_mse(encoder_outputs.attentions, teacher_attentions)
                 loss = loss + self.config.attention_distillation_weight * distillation
@@ -281,6 +266,7 @@ class MREViTForMAE(MAEPreTrainingHead, MREViTPreTrainedModel):
             attention_distillation_loss=distillation,
             logits=logits,
             mask=mask,
+            guidance_weights=weights,
             last_hidden_state=encoder_outputs.last_hidden_state,
             keep_indices=keep_indices,
             hidden_states=encoder_outputs.hidden_states,

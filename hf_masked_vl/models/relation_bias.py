@@ -13,11 +13,16 @@ logits, so the bias passed on is b / sqrt(d_h) (`scale_by_head_dim=True`, eq. 5;
 The bias of a layer is never stored for all layers at once: `relations` (two boolean (B, 1, T, T) masks) are built
 once per forward, and `LayerBiases[l]` makes layer l's float (B, H, T, T) bias when that layer runs.
 
+The bias is an option of any model whose image tower is the shared ViT: its config lists `RelationBiasOptions` among
+its bases (the fields become the flags `--relation_bias`, `--token_labels`, ... of every method on that config), the
+model holds `MaskRelationBias.from_config(config)` beside the tower and passes `layer_biases(...)` to it.
+
 Hub code: imports only torch, transformers and single-dot siblings.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +39,45 @@ RELATION_BIAS_TYPES = (
     "negative_only",
     "none",
 )
+TOKEN_LABEL_MODES = ("majority", "nearest")
+
+
+@dataclass(kw_only=True)
+class RelationBiasOptions:
+    r"""The mask-relation attention bias as fields of a model config: listed before `PreTrainedConfig` in the
+    config's bases (MRE-ViT, UTA, A-CLIP), they become that config's fields and its methods' flags. The config's
+    `validate_architecture` calls `check_relation_bias_options`. The default `none` is a plain ViT.
+
+    Args:
+        relation_bias: `"per_layer_head"` (2·L·H learnable scalars; the paper's best), `"per_head"`, `"shared"`,
+            `"fixed"` (+1 / −1, frozen), `"positive_only"`, `"negative_only"` (the paper's Table 4 ablation) or
+            `"none"` (no bias, no segments read: a plain ViT).
+        relation_bias_init: start value of the learnable scalars (0).
+        relation_bias_lr_scale: learning-rate multiplier of the relation scalars (1: the paper does not say). The
+            bias enters the logits divided by sqrt(d_h), so the scalars need values of several units to matter; at
+            the learning rates of a ViT, Adam moves them by about lr per step, which a run of the paper's length
+            (hundreds of thousands of steps) covers and a short run does not: the `tiny` presets use 100.
+        scale_relation_bias: divide the bias by sqrt(d_h) with the logits, e = (q·k + b) / sqrt(d_h) (eq. 5).
+        token_labels: how the data pipeline turns a view's label map into one label per patch: `"majority"` (most
+            frequent label in the patch, 0 counted) or `"nearest"` (the label at the patch centre).
+    """
+
+    relation_bias: str = "none"
+    relation_bias_init: float = 0.0
+    relation_bias_lr_scale: float = 1.0
+    scale_relation_bias: bool = True
+    token_labels: str = "majority"
+
+    def check_relation_bias_options(self) -> None:
+        """Every range, a `ValueError` naming the field and its value."""
+        if self.relation_bias not in RELATION_BIAS_TYPES:
+            raise ValueError(f"relation_bias={self.relation_bias!r} is not one of {RELATION_BIAS_TYPES}")
+        if self.token_labels not in TOKEN_LABEL_MODES:
+            raise ValueError(f"token_labels={self.token_labels!r} is not one of {TOKEN_LABEL_MODES}")
+        if not (self.relation_bias_lr_scale > 0 and math.isfinite(self.relation_bias_lr_scale)):
+            raise ValueError(f"relation_bias_lr_scale={self.relation_bias_lr_scale} must be a finite number > 0")
+        if not math.isfinite(self.relation_bias_init):
+            raise ValueError(f"relation_bias_init={self.relation_bias_init} must be finite")
 
 
 @dataclass(frozen=True)
@@ -97,8 +141,23 @@ class MaskRelationBias(nn.Module):
     `per_head` (1, H) shared by all layers, `shared` (1, 1); `fixed` holds u_pos = +1, u_neg = −1 as frozen
     buffers; `positive_only` / `negative_only` learn (L, H) of one sign's scalar and fix the other at 0. `none`
     holds nothing (a plain ViT). Learnable values start at `init_value` (0: the paper does not say; zero bias makes
-    the model a plain ViT at initialisation).
+    the model a plain ViT at initialisation) and train at lr × `lr_scale`, never weight-decayed (the trainer reads
+    `learning_rate_scales()` and `no_weight_decay()`, as from any submodule).
     """
+
+    @classmethod
+    def from_config(cls, config) -> MaskRelationBias:
+        """The bias a config with `RelationBiasOptions` asks for, sized to its `vision_config` (the shared ViT)."""
+        vision = config.vision_config
+        return cls(
+            vision.num_hidden_layers,
+            vision.num_attention_heads,
+            vision.hidden_size // vision.num_attention_heads,
+            config.relation_bias,
+            config.relation_bias_init,
+            config.scale_relation_bias,
+            config.relation_bias_lr_scale,
+        )
 
     def __init__(
         self,
@@ -108,12 +167,13 @@ class MaskRelationBias(nn.Module):
         variant: str = "per_layer_head",
         init_value: float = 0.0,
         scale_by_head_dim: bool = True,
+        lr_scale: float = 1.0,
     ):
         super().__init__()
         if variant not in RELATION_BIAS_TYPES:
             raise ValueError(f"relation bias {variant!r} is not one of {RELATION_BIAS_TYPES}")
         self.variant, self.num_layers, self.num_heads = variant, num_layers, num_heads
-        self.init_value = float(init_value)
+        self.init_value, self.lr_scale = float(init_value), float(lr_scale)
         self.scale = head_dim**-0.5 if scale_by_head_dim else 1.0
         shape = {"per_layer_head": (num_layers, num_heads), "per_head": (1, num_heads), "shared": (1, 1)}
         if variant in shape:
@@ -134,6 +194,14 @@ class MaskRelationBias(nn.Module):
     @property
     def enabled(self) -> bool:
         return self.variant != "none"
+
+    def no_weight_decay(self) -> set[str]:
+        """Decay would pull u towards 0: the relation scalars are never weight-decayed."""
+        return {"u_pos", "u_neg"}
+
+    def learning_rate_scales(self) -> dict[str, float]:
+        """The learnable scalars train at lr × `lr_scale`."""
+        return {name: self.lr_scale for name, _ in self.named_parameters()}
 
     def reset_parameters(self) -> None:
         """Learnable values to `init_value`, fixed ones to ±1 / 0 (through `transformers.initialization`, which
@@ -166,6 +234,26 @@ class MaskRelationBias(nn.Module):
             return None
         return LayerBiases(self, token_relations(token_labels), dtype)
 
+    def layer_biases(
+        self,
+        token_labels: torch.Tensor | None,
+        pixel_values: torch.Tensor,
+        grid: tuple[int, int],
+        keep_indices: torch.Tensor | None = None,
+    ) -> LayerBiases | None:
+        """The biases of `[CLS] + kept patches` for a tower run on `pixel_values` (B, C, H, W) with a (h, w) patch
+        `grid`: `token_labels` (B, N) or (B, h, w) label every patch of the grid, gathered at `keep_indices` (B, K),
+        CLS labelled 0. None without labels or without a bias (the tower is then a plain ViT)."""
+        if token_labels is None or not self.enabled:
+            return None
+        num_patches = grid[0] * grid[1]
+        if token_labels.shape[0] != pixel_values.shape[0] or token_labels[0].numel() != num_patches:
+            raise ValueError(
+                f"token_labels must be (B, N) or (B, h, w) with B={pixel_values.shape[0]} and N={num_patches} "
+                f"labels ({grid[0]}x{grid[1]} patches), got shape {tuple(token_labels.shape)}"
+            )
+        return self(with_cls_label(token_labels.to(pixel_values.device), keep_indices))
+
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, layers={self.num_layers}, heads={self.num_heads}, scale={self.scale:.4g}"
 
@@ -174,6 +262,8 @@ __all__ = [
     "LayerBiases",
     "MaskRelationBias",
     "RELATION_BIAS_TYPES",
+    "RelationBiasOptions",
+    "TOKEN_LABEL_MODES",
     "TokenRelations",
     "token_relations",
     "with_cls_label",

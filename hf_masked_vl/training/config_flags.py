@@ -32,10 +32,19 @@ def tunable_fields(config_class: type[PreTrainedConfig]) -> list[dataclasses.Fie
 
 
 def _docstring_help(config_class: type) -> dict[str, str]:
-    """`name: text` entries of the class docstring's Args section (continuation lines joined; "a / b:" shared)."""
+    """`name: text` entries of the Args sections of the class docstring and of its bases' (options a config takes
+    from a mixin, e.g. `RelationBiasOptions`); the class's own entry wins."""
+    helps: dict[str, str] = {}
+    for owner in reversed(config_class.__mro__):
+        helps.update(_args_section(owner.__doc__ or ""))
+    return helps
+
+
+def _args_section(docstring: str) -> dict[str, str]:
+    """`name: text` entries of one docstring's Args section (continuation lines joined; "a / b:" shared)."""
     helps: dict[str, str] = {}
     names: list[str] = []
-    for line in (config_class.__doc__ or "").splitlines():
+    for line in docstring.splitlines():
         match = re.match(r"^\s{4,8}([A-Za-z_][\w /]*):\s+(.*)$", line)
         if match and all(re.fullmatch(r"\w+", n.strip()) for n in match.group(1).split("/")):
             names = [n.strip() for n in match.group(1).split("/")]
@@ -85,6 +94,7 @@ def config_arguments_class(config_class: type[PreTrainedConfig], reserved: set[s
 
     `reserved` names (other argument dataclasses' fields) must not collide with a config field."""
     helps = _docstring_help(config_class)
+    renamed = getattr(config_class, "renamed_keys", {})
     specs = []
     for field in tunable_fields(config_class):
         if field.name in reserved:
@@ -97,7 +107,8 @@ def config_arguments_class(config_class: type[PreTrainedConfig], reserved: set[s
         default = field.default if field.default is not dataclasses.MISSING else None
         shown = f" (paper default: {default!r})" if default is not None and not isinstance(default, dict) else ""
         help_text = f"{help_text}{shown} Unset: the preset's value.".strip()
-        specs.append((field.name, flag_type | None, dataclasses.field(default=None, metadata={"help": help_text})))
+        metadata = {"help": help_text, "aliases": [f"--{old}" for old, new in renamed.items() if new == field.name]}
+        specs.append((field.name, flag_type | None, dataclasses.field(default=None, metadata=metadata)))
     name = f"{config_class.__name__}Arguments"
     return dataclasses.make_dataclass(name, specs)
 
@@ -106,7 +117,7 @@ def config_overrides_from(arguments: Any, config_class: type[PreTrainedConfig], 
     """The config kwargs a user set: flags that are not None (JSON-decoded for sub-configs), then the
     `--config_overrides` JSON on top. Unknown keys are an error naming the closest valid keys."""
     overrides: dict[str, Any] = {}
-    valid = [field.name for field in tunable_fields(config_class)] + list(getattr(config_class, "deprecated_keys", ()))
+    valid = valid_keys(config_class)
     if arguments is not None:
         for field in dataclasses.fields(arguments):
             value = getattr(arguments, field.name)
@@ -128,9 +139,15 @@ def config_overrides_from(arguments: Any, config_class: type[PreTrainedConfig], 
     return overrides
 
 
+def valid_keys(config_class: type[PreTrainedConfig]) -> list[str]:
+    """The keys a config takes: its tunable fields, its deprecated keys and the earlier names of renamed fields."""
+    earlier = [*getattr(config_class, "deprecated_keys", ()), *getattr(config_class, "renamed_keys", {})]
+    return [field.name for field in tunable_fields(config_class)] + earlier
+
+
 def check_override_keys(overrides: dict, config_class: type[PreTrainedConfig]) -> None:
     """Every key must be a tunable field (nested `*_config` dicts are checked against their sub-config)."""
-    valid = [field.name for field in tunable_fields(config_class)] + list(getattr(config_class, "deprecated_keys", ()))
+    valid = valid_keys(config_class)
     for key, value in overrides.items():
         if key not in valid:
             raise UsageError(_unknown_key_message(key, valid, config_class))

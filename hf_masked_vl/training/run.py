@@ -154,7 +154,8 @@ def parse_arguments(argv: list[str] | None = None):
     if _is_argument_file(argv):
         arguments = _read_argument_file(argv[0])
         _refuse_unknown(parser, [f"--{key}" for key in arguments], f"in the argument file {argv[0]}")
-        parsed = parser.parse_dict(arguments)
+        destinations = {key: parser._option_string_actions[f"--{key}"].dest for key in arguments}  # aliases
+        parsed = parser.parse_dict({destinations[key]: value for key, value in arguments.items()})
     else:
         _refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}")
         parsed = parser.parse_args_into_dataclasses(args=argv)
