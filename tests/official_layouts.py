@@ -179,18 +179,25 @@ def aclip_state_dict(sizes: Sizes = TINY_ACLIP, seed: int = 0, ssl=(96, 32), byo
 # ---- references ----
 
 
+def timm_size_kwargs(sizes: Sizes) -> dict:
+    """The size arguments of timm's `Eva` and `VisionTransformer` (hidden = int(width · mlp_ratio))."""
+    return {
+        "img_size": sizes.image_size,
+        "patch_size": sizes.patch_size,
+        "embed_dim": sizes.width,
+        "depth": sizes.depth,
+        "num_heads": sizes.heads,
+        "mlp_ratio": sizes.mlp_hidden / sizes.width + 1e-9,
+    }
+
+
 def eva_reference(state: dict, sizes: Sizes) -> nn.Module:
     """timm's `Eva` as the official UTA image tower, loaded through timm's `checkpoint_filter_fn`."""
     from timm.layers import LayerNorm
     from timm.models.eva import Eva, checkpoint_filter_fn
 
     eva = Eva(
-        img_size=sizes.image_size,
-        patch_size=sizes.patch_size,
-        embed_dim=sizes.width,
-        depth=sizes.depth,
-        num_heads=sizes.heads,
-        mlp_ratio=sizes.mlp_hidden / sizes.width + 1e-9,
+        **timm_size_kwargs(sizes),
         qkv_fused=False,
         swiglu_mlp=True,
         scale_mlp=True,
@@ -208,16 +215,7 @@ def timm_vit_reference(state: dict, sizes: Sizes, prefix: str) -> nn.Module:
     """timm's `VisionTransformer` as an official A-CLIP image tower (`prefix` "visual." or "visual_ema.")."""
     from timm.models.vision_transformer import VisionTransformer
 
-    vit = VisionTransformer(
-        img_size=sizes.image_size,
-        patch_size=sizes.patch_size,
-        embed_dim=sizes.width,
-        depth=sizes.depth,
-        num_heads=sizes.heads,
-        mlp_ratio=sizes.mlp_hidden / sizes.width,
-        num_classes=0,
-        global_pool="token",
-    )
+    vit = VisionTransformer(**timm_size_kwargs(sizes), num_classes=0, global_pool="token")
     vit.load_state_dict({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)})
     return vit.eval()
 
