@@ -209,23 +209,30 @@ def aclip_config_from(state: StateDict, path: str, args: object = None) -> AClip
 def load_converted(
     model: torch.nn.Module, state: StateDict, rules: tuple[Rule, ...], path: str, kept: Sequence[str] = ()
 ) -> None:
-    """Convert `state` by `rules` and load it into `model`: a key no rule takes, a weight `model` needs that the file
-    lacks (other than those in `kept`, which keep the model's value) or a shape that differs is a `UsageError`."""
+    """Convert `state` by `rules` and load it into `model`. Keys no rule takes (or that `model` has no place for),
+    weights `model` needs that the file lacks (other than those in `kept`, which keep the model's value) and shapes
+    that differ are one `UsageError` naming them."""
     try:
-        converted = convert_state_dict(state, rules, unexpected_error="unexpected keys")
-    except ValueError as error:
+        converted = convert_state_dict(state, rules, keep_unmatched=True)
+    except ValueError as error:  # a q / k / v triple with a member missing
         raise UsageError(f"--checkpoint {path}: {first_line(error)}") from None
     expected = model.state_dict()
+    problems = []
+    unexpected = sorted(set(converted) - set(expected))
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected[:12]}")
     missing = sorted(set(expected) - set(converted) - set(kept))
     if missing:
-        raise UsageError(f"--checkpoint {path}: missing keys (as converted): {missing[:12]}")
+        problems.append(f"missing keys (as converted): {missing[:12]}")
     wrong = [
         f"{name} {tuple(value.shape)} != {tuple(expected[name].shape)}"
         for name, value in converted.items()
         if name in expected and value.shape != expected[name].shape
     ]
     if wrong:
-        raise UsageError(f"--checkpoint {path}: shapes differ from the architecture read from it: {wrong[:6]}")
+        problems.append(f"shapes differ from the architecture read from the file: {wrong[:6]}")
+    if problems:
+        raise UsageError(f"--checkpoint {path}: {'; '.join(problems)}")
     model.load_state_dict(converted, strict=False)
 
 
@@ -276,21 +283,29 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--weights",
         choices=ACLIP_WEIGHTS,
-        default="ema",
-        help="a_clip: the EMA towers (what the official zero-shot evaluation scores) or the online ones",
+        help="a_clip: the EMA towers (default: what the official zero-shot evaluation scores) or the online ones",
     )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Convert `--checkpoint` into `--output_dir` (a new or empty folder); prints the folder and the architecture."""
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, with those that do not apply to `--format` and an `--output_dir` holding files refused."""
     args = build_parser().parse_args(argv)
     if args.variant and args.format != "uta":
         raise UsageError(
             f"--variant {args.variant} names a published UTA model; it does not apply to --format {args.format}"
         )
+    if args.weights and args.format != "a_clip":
+        raise UsageError(f"--weights {args.weights} picks a copy of A-CLIP's towers; a {args.format} file has one")
+    args.weights = args.weights or "ema"
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         raise UsageError(f"--output_dir {args.output_dir}: not empty; converting writes a new folder")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Convert `--checkpoint` into `--output_dir` (a new or empty folder); prints the folder and the architecture."""
+    args = parse_arguments(argv)
     model = CONVERTERS[args.format](args)
     weights = f", {args.weights} weights" if args.format == "a_clip" else ""
     source = os.path.basename(args.checkpoint)

@@ -7,6 +7,7 @@ import argparse
 
 import pytest
 import torch
+from conftest import quick_run
 from official_layouts import (
     TINY_ACLIP,
     TINY_UTA,
@@ -31,6 +32,7 @@ from hf_masked_vl.models.modeling_aclip import AClipModel
 from hf_masked_vl.models.modeling_uta import UTAModel
 from hf_masked_vl.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from hf_masked_vl.teachers import MaskedVLTeacher, load_teacher
+from hf_masked_vl.training.run import main as run_pretraining
 
 TOLERANCE = 1e-5
 SIZES, ACLIP_SIZES = TINY_UTA, TINY_ACLIP
@@ -157,6 +159,20 @@ def test_uta_folder_loads_runs_the_pipelines_and_teaches(uta_file, pixels, tmp_p
     assert isinstance(load_teacher(str(folder)), MaskedVLTeacher)
 
 
+def test_uta_folder_starts_contrastive_fine_tuning(uta_file, tmp_path):
+    """The converted folder is a `--model_name_or_path` for UTA's second stage (two steps here)."""
+    path, state = uta_file
+    folder, tuned = tmp_path / "uta-tiny", tmp_path / "tuned"
+    main(["--format", "uta", "--checkpoint", path, "--output_dir", str(folder)])
+    run_pretraining(
+        ["--method", "uta_contrastive", "--model_name_or_path", str(folder), "--output_dir", str(tuned),
+         "--max_steps", "2", *quick_run(batch_size=4, eval_samples=8)]
+    )  # fmt: skip
+    model = UTAModel.from_pretrained(tuned)
+    assert model.config.vision_config.rope_reference_grid == 16
+    assert not torch.equal(model.visual_projection.weight, state["visual.head.weight"])  # it trained
+
+
 def test_aclip_folder_loads_and_runs_the_pipeline(aclip_file, tmp_path):
     path, _ = aclip_file
     folder = tmp_path / "a-clip"
@@ -196,14 +212,19 @@ class Foreign:
 
 def bad_uta_files(state: dict) -> dict[str, tuple[object, str]]:
     """Name → (object saved, text the error names)."""
-    extra, missing = dict(state), dict(state)
+    extra, missing, both = dict(state), dict(state), dict(state)
     extra["visual.blocks.0.attn.relative_position_bias_table"] = torch.zeros(3)
     del missing["visual.blocks.1.mlp.w3.weight"]
+    del both["visual.blocks.1.attn.k_proj.weight"]
     return {
         "foreign class": ({**state, "note": Foreign()}, "refused, it pickles"),
         "namespace in a uta file": ({"state_dict": state, "args": argparse.Namespace(a=1)}, "refused"),
         "unexpected key": (extra, "unexpected keys: ['visual.blocks.0.attn.relative_position_bias_table']"),
         "missing key": (missing, "missing keys (as converted): ['vision_model.layers.1.mlp.fc2.weight']"),
+        "missing one of q, k, v": (
+            both,
+            "incomplete vision_model.layers.1.attn.qkv.weight: visual.blocks.1.attn.k_proj",
+        ),
         "a_clip layout": (aclip_state_dict(ACLIP_SIZES), "missing keys: ['visual.blocks.0.mlp.w1.weight']"),
     }
 
@@ -212,7 +233,13 @@ def test_bad_files_are_one_error_line(uta_file, tmp_path, capsys):
     """A refused class, an unexpected or a missing key, another layout: `error:` naming the file and the keys,
     exit status 2, nothing written."""
     _, state = uta_file
-    for name, (saved, expected) in bad_uta_files(state).items():
+    extra_and_missing = {key: value for key, value in state.items() if key != "text.ln_final.bias"}
+    extra_and_missing["visual.fc_norm.weight"] = torch.zeros(2)
+    files = {
+        **bad_uta_files(state),
+        "both": (extra_and_missing, "unexpected keys: ['visual.fc_norm.weight']; missing keys (as converted): "),
+    }
+    for name, (saved, expected) in files.items():
         path = tmp_path / f"{name.replace(' ', '_')}.pth"
         torch.save(saved, path)
         output = tmp_path / f"out-{name.replace(' ', '_')}"
@@ -229,6 +256,30 @@ def test_aclip_checkpoint_with_a_foreign_class_is_refused(aclip_file, tmp_path, 
     assert run_cli(main, ["--format", "a_clip", "--checkpoint", str(path), "--output_dir", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert "refused, it pickles test_conversion_official.Foreign" in error and "argparse.Namespace are read" in error
+
+
+def test_safetensors_file_converts_alike(uta_file, tmp_path, pixels):
+    from safetensors.torch import save_file
+
+    path, state = uta_file
+    copy = tmp_path / "UTA-tiny.safetensors"
+    save_file({key: value.clone() for key, value in state.items()}, copy)  # the RoPE tables are shared in the .pth
+    with torch.no_grad():
+        image = convert_uta(str(copy)).get_image_features(pixels).pooler_output
+        assert torch.equal(image, convert_uta(path).get_image_features(pixels).pooler_output)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--format", "a_clip", "--variant", "b-16"], "--variant b-16 names a published UTA model"),
+        (["--format", "uta", "--weights", "online"], "--weights online picks a copy of A-CLIP's towers"),
+        (["--format", "caffe"], "argument --format: invalid choice"),
+    ],
+)
+def test_flags_that_do_not_apply_are_refused(uta_file, tmp_path, flags, message):
+    with pytest.raises(UsageError, match=message):
+        main([*flags, "--checkpoint", uta_file[0], "--output_dir", str(tmp_path / "out")])
 
 
 def test_output_folder_with_files_is_refused(uta_file, tmp_path):
