@@ -25,6 +25,7 @@ from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .errors import UsageError, did_you_mean, usage_errors
 from .loading import checkpoint_config, remote_code_guard
+from .models.conversion_vit import OPENAI_CLIP_TEXT_TOWER, convert_state_dict, openai_clip_text_blocks
 from .normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .tokenization import build_clip_tokenizer
 
@@ -196,29 +197,14 @@ def open_clip_text_tower(model: nn.Module) -> TextTower:
         projection_dim=open_clip_text_projection(model).shape[0],
         pad_token_id=49407,
     )
+    # the OpenAI layout's table; the projection is returned beside the model, other keys (a layer scale) stay out
+    rules = (*OPENAI_CLIP_TEXT_TOWER, *openai_clip_text_blocks())
+    converted = convert_state_dict(model.state_dict(), rules, keep_unmatched=True)
     state = {
-        "embeddings.token_embedding.weight": model.token_embedding.weight,
-        "embeddings.position_embedding.weight": model.positional_embedding,
-        "final_layer_norm.weight": model.ln_final.weight,
-        "final_layer_norm.bias": model.ln_final.bias,
+        key.removeprefix("text_model."): value for key, value in converted.items() if key.startswith("text_model.")
     }
-    for index, block in enumerate(blocks):
-        prefix = f"encoder.layers.{index}."
-        for name, weight, bias in zip(
-            ("q_proj", "k_proj", "v_proj"), block.attn.in_proj_weight.chunk(3), block.attn.in_proj_bias.chunk(3)
-        ):
-            state[f"{prefix}self_attn.{name}.weight"], state[f"{prefix}self_attn.{name}.bias"] = weight, bias
-        pairs = {
-            "self_attn.out_proj": block.attn.out_proj,
-            "layer_norm1": block.ln_1,
-            "layer_norm2": block.ln_2,
-            "mlp.fc1": block.mlp.c_fc,
-            "mlp.fc2": block.mlp.c_proj,
-        }
-        for name, module in pairs.items():
-            state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"] = module.weight, module.bias
     text_model = CLIPTextModel(config)
-    text_model.load_state_dict({key: value.detach() for key, value in state.items()}, strict=False)
+    text_model.load_state_dict(state, strict=False)
     projection = open_clip_text_projection(model)
     return TextTower(config, text_model, projection, build_clip_tokenizer(config.max_position_embeddings))
 

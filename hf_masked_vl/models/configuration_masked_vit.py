@@ -138,6 +138,7 @@ VIT_SIZES: dict[str, dict[str, int]] = {
         "vit-b-14": (224, 14, 768, 12, 12),
         "vit-l-16": (224, 16, 1024, 24, 16),
         "vit-l-14": (224, 14, 1024, 24, 16),
+        "vit-g-14": (224, 14, 1408, 40, 16),  # EVA's giant: 16 heads of 88
     }.items()
 }
 # The CLIP text tower of the tiny demo models (A-CLIP, LiT, UTA).

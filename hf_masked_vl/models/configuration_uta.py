@@ -33,6 +33,13 @@ _EVA_CLIP_G_TEXT = {
     "hidden_act": "gelu",
 }
 
+# The published UTA models (`jihaonew/UTA` `eva_vit_model`: `eva_base_p16`, `eva_large_p14_336`,
+# `eva_giant_p14_336`): EVA-02 blocks whose RoPE positions are scaled to a 16 x 16 reference grid (`pt_hw_seq_len=16`
+# with `intp_freq=True`, timm's `ref_feat_shape=(16, 16)`), 64-dim heads (88-dim for g: 16 heads of width 1408), and
+# the EVA-02-CLIP text tower (width 1024, 24 layers, exact GELU) with a 1024-wide joint space.
+OFFICIAL_UTA_VISION = {**_EVA, "rope_reference_grid": 16}
+OFFICIAL_UTA_TEXT = {**_EVA_CLIP_G_TEXT, "max_position_embeddings": 77, "vocab_size": 49408}
+
 UTA_PRESETS: dict[str, dict] = {
     "b-14": {
         "vision_config": vit_size("vit-b-14", **_EVA, drop_path_rate=0.1),
@@ -43,6 +50,26 @@ UTA_PRESETS: dict[str, dict] = {
     "l-14": {
         "vision_config": vit_size("vit-l-14", **_EVA, drop_path_rate=0.1),
         "text_config": _EVA_CLIP_G_TEXT,
+        "projection_dim": 1024,
+        "mask_ratio": 0.5,
+    },
+    "b-16": {  # UTA-B/16, 224 px: 77.0% ImageNet zero-shot
+        "vision_config": vit_size("vit-b-16", **OFFICIAL_UTA_VISION),
+        "text_config": OFFICIAL_UTA_TEXT,
+        "projection_dim": 1024,
+        "mask_ratio": 0.4,
+    },
+    "l-14-336": {  # UTA-L/14, 336 px: 81.4%
+        "vision_config": vit_size("vit-l-14", **OFFICIAL_UTA_VISION, image_size=336),
+        "text_config": OFFICIAL_UTA_TEXT,
+        "projection_dim": 1024,
+        "mask_ratio": 0.5,
+    },
+    "g-14-336": {  # UTA-g/14, 336 px: 83.9%; SwiGLU hidden 4096 (the official mlp_ratio 2.909133...)
+        "vision_config": vit_size(
+            "vit-g-14", **{**OFFICIAL_UTA_VISION, "mlp_ratio": 2.909133333333333}, image_size=336
+        ),
+        "text_config": OFFICIAL_UTA_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.5,
     },
@@ -116,9 +143,9 @@ class UTAConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, P
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UTAConfig:
-        """A named preset ("b-14", "l-14", "tiny") with keyword overrides; `vision_config` / `text_config`
-        overrides are merged into the preset's dicts."""
+        """A named preset ("b-14", "l-14", "tiny"; the published models "b-16", "l-14-336", "g-14-336") with keyword
+        overrides; `vision_config` / `text_config` overrides are merged into the preset's dicts."""
         return cls(**preset_kwargs(UTA_PRESETS, name, overrides, "UTA"))
 
 
-__all__ = ["UTAConfig", "UTA_MASK_MODES", "UTA_PRESETS"]
+__all__ = ["OFFICIAL_UTA_TEXT", "OFFICIAL_UTA_VISION", "UTAConfig", "UTA_MASK_MODES", "UTA_PRESETS"]

@@ -1,4 +1,5 @@
-"""Weights of transformers' ViT family as this package's shared ViT (`MaskedViTModel`): the renames are data.
+"""Weights of transformers' ViT family as this package's shared ViT (`MaskedViTModel`), and of CLIP text towers in
+the OpenAI layout as transformers' `CLIPTextModel`: the renames are data.
 
 A conversion is a tuple of rules (as in transformers' `conversion_mapping.py`). Each rule names state-dict keys by a
 *pattern*: literal text in which `*` stands for a layer index. A pattern ending in "." matches the start of a key and
@@ -7,6 +8,8 @@ carries the rest over (`weight`, `bias`); any other pattern matches one whole ke
 - `Rename(source, target)`: one key to one key.
 - `Concatenate(sources, target)`: keys with the same indices and rest, concatenated along dim 0 into one (q, k, v →
   the fused `qkv`); `Chunk(source, targets)` is its way back.
+- `Transpose(source, target)`: one 2D key to one key, transposed (an OpenAI-style projection used as `x @ P`, stored
+  (in, out), becomes an `nn.Linear` weight, stored (out, in)).
 - `Drop(source)`: a key with nowhere to go (a pooler; a fixed sin-cos table the model recomputes).
 
 `convert_state_dict` applies a conversion: each key goes through the first rule that matches it and a key no rule
@@ -53,13 +56,21 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class Transpose:
+    """The 2D key matching `source` becomes the key `target`, transposed (`x @ P` as `nn.Linear` with weight `P.T`)."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
 class Drop:
     """The key matching `source` is left out of the result."""
 
     source: str
 
 
-Rule = Rename | Concatenate | Chunk | Drop
+Rule = Rename | Transpose | Concatenate | Chunk | Drop
 
 
 # ---- the tables ----
@@ -91,8 +102,8 @@ def nested(source_prefix: str, target_prefix: str, rules: Iterable[Rule]) -> tup
     """`rules` with every source pattern under `source_prefix` and every target pattern under `target_prefix`."""
     nested_rules: list[Rule] = []
     for rule in rules:
-        if isinstance(rule, Rename):
-            nested_rules.append(Rename(source_prefix + rule.source, target_prefix + rule.target))
+        if isinstance(rule, (Rename, Transpose)):
+            nested_rules.append(type(rule)(source_prefix + rule.source, target_prefix + rule.target))
         elif isinstance(rule, Concatenate):
             nested_rules.append(
                 Concatenate(tuple(source_prefix + s for s in rule.sources), target_prefix + rule.target)
@@ -141,6 +152,54 @@ LEGACY_VIT_MAE_LAYOUT: tuple[Rule, ...] = (
     *nested("decoder.decoder_encoder.layer.*.", "decoder.decoder_layers.*.", LEGACY_VIT_BLOCK),
     *nested("decoder.decoder_layers.*.", "decoder.decoder_layers.*.", LEGACY_VIT_BLOCK),
 )
+
+
+# A timm `VisionTransformer` (`blocks.i`, fused `qkv`, learned `pos_embed` with a CLS row, `norm` after the blocks;
+# A-CLIP's image towers) → `MaskedViTModel`.
+TIMM_VIT_ENCODER: tuple[Rule, ...] = (
+    Rename("patch_embed.proj.", "embeddings.patch_embed.proj."),
+    Rename("cls_token", "embeddings.cls_token"),
+    Rename("pos_embed", "embeddings.position_embedding"),
+    *nested(
+        "blocks.*.",
+        "layers.*.",
+        (
+            Rename("norm1.", "norm1."),
+            Rename("attn.qkv.", "attn.qkv."),
+            Rename("attn.proj.", "attn.proj."),
+            Rename("norm2.", "norm2."),
+            Rename("mlp.fc1.", "mlp.fc1."),
+            Rename("mlp.fc2.", "mlp.fc2."),
+        ),
+    ),
+    Rename("norm.", "norm."),
+)
+
+# One residual block of the OpenAI CLIP text transformer (also open_clip's, EVA-CLIP's and UTA's:
+# `nn.MultiheadAttention` names, packed `in_proj`) → transformers' `CLIPEncoderLayer`.
+OPENAI_CLIP_TEXT_BLOCK: tuple[Rule, ...] = (
+    Chunk("attn.in_proj_weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")),
+    Chunk("attn.in_proj_bias", ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")),
+    Rename("attn.out_proj.", "self_attn.out_proj."),
+    Rename("ln_1.", "layer_norm1."),
+    Rename("ln_2.", "layer_norm2."),
+    Rename("mlp.c_fc.", "mlp.fc1."),
+    Rename("mlp.c_proj.", "mlp.fc2."),
+)
+
+# The OpenAI CLIP text tower (token and position embeddings, `transformer.resblocks.i`, `ln_final`) → the
+# `text_model` of this package's dual encoders. Its `text_projection` (width, E) and the blocks' prefix differ
+# between layouts (A-CLIP's EMA copy is `transformer_e`), so they are the caller's rules.
+OPENAI_CLIP_TEXT_TOWER: tuple[Rule, ...] = (
+    Rename("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    Rename("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    Rename("ln_final.", "text_model.final_layer_norm."),
+)
+
+
+def openai_clip_text_blocks(source_prefix: str = "transformer.resblocks.*.") -> tuple[Rule, ...]:
+    """`OPENAI_CLIP_TEXT_BLOCK` from the blocks under `source_prefix` into the dual encoders' `text_model`."""
+    return nested(source_prefix, "text_model.encoder.layers.*.", OPENAI_CLIP_TEXT_BLOCK)
 
 
 # ---- applying them ----
@@ -199,6 +258,8 @@ def convert_state_dict(
         rule, position, groups = found
         if isinstance(rule, Rename):
             converted[_fill(rule.target, groups)] = value
+        elif isinstance(rule, Transpose):
+            converted[_fill(rule.target, groups)] = value.t().contiguous()
         elif isinstance(rule, Concatenate):
             concatenations.setdefault((rule, groups), {})[position] = value
         elif isinstance(rule, Chunk):
@@ -216,11 +277,12 @@ def convert_state_dict(
 
 
 def reverse_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
-    """The conversion back: renames swapped, concatenations chunked (and chunks concatenated), drops left out."""
+    """The conversion back: renames and transposes swapped, concatenations chunked (and chunks concatenated), drops
+    left out."""
     reversed_rules: list[Rule] = []
     for rule in rules:
-        if isinstance(rule, Rename):
-            reversed_rules.append(Rename(rule.target, rule.source))
+        if isinstance(rule, (Rename, Transpose)):
+            reversed_rules.append(type(rule)(rule.target, rule.source))
         elif isinstance(rule, Concatenate):
             reversed_rules.append(Chunk(rule.target, rule.sources))
         elif isinstance(rule, Chunk):
@@ -234,11 +296,15 @@ __all__ = [
     "Drop",
     "HF_VIT_TO_MASKED_VIT",
     "LEGACY_VIT_MAE_LAYOUT",
+    "OPENAI_CLIP_TEXT_TOWER",
     "Rename",
+    "TIMM_VIT_ENCODER",
+    "Transpose",
     "VIT_BLOCK",
     "VIT_MAE_FIXED_TABLES",
     "VIT_MAE_FOR_PRETRAINING",
     "convert_state_dict",
     "nested",
+    "openai_clip_text_blocks",
     "reverse_rules",
 ]
