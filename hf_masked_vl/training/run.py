@@ -59,7 +59,7 @@ from .outputs import (
     start_run,
 )
 from .processes import ends_its_process_group
-from .recipes import dry_run_json, explicit_destinations, plan_recipe
+from .recipes import RecipeChoice, dry_run_json, explicit_destinations, plan_recipe
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -669,6 +669,11 @@ def print_results(result: RunResult, skipped: int, precision: str) -> None:
         print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
 
 
+def print_dry_run(method: Method, recipe: RecipeChoice, overrides: dict) -> None:
+    """`--dry_run`: print the run's one JSON object (`training.recipes.dry_run_json`); builds no model."""
+    print(dry_run_json(method.name, recipe, method.training_args, method.planned_config(), overrides))
+
+
 @ends_its_process_group
 def main(argv: list[str] | None = None) -> RunResult | None:
     """Train, evaluate and save one run (None after a `--dry_run`, which only prints the run's JSON)."""
@@ -677,9 +682,7 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
     )
     if training_args.dry_run:
-        method = method_class(model_args, data_args, training_args, overrides)
-        print(dry_run_json(method_class.name, recipe, training_args, method.planned_config(), overrides))
-        return None
+        return print_dry_run(method_class(model_args, data_args, training_args, overrides), recipe, overrides)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
@@ -725,9 +728,8 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
         card = CardInfo(
             model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-            training_summary=training_summary(trainer, train_runtime, training_args, method, data, export)
-            + "\n\n"
-            + recipe.card_text(training_args, overrides),
+            training_summary=f"{training_summary(trainer, train_runtime, training_args, method, data, export)}\n\n"
+            f"{recipe.card_text(training_args, overrides)}",
             results=card_figures(scores, exported, data.demo),
             base_model=hub_id_or_none(method.base_model()),
             template=method.card_template,
