@@ -279,3 +279,13 @@ def test_a_paper_recipe_run_trains_and_its_card_lists_the_deviations(tmp_path):
     card = (output / "README.md").read_text()
     assert "Recipe: `paper`" in card and "`max_steps` = 2 (recipe: 300)" in card
     assert "`per_device_train_batch_size` = 2 (recipe: 1024)" in card
+
+
+def test_dry_run_from_a_checkpoint_keeps_its_architecture(capsys, tmp_path):
+    """A recipe's sub-config values (MAE's init) merge into the start checkpoint's config, as loading merges them."""
+    from hf_masked_vl.models import AttGMAEForPreTraining
+
+    AttGMAEForPreTraining(AttGMAEConfig.from_preset("tiny")).save_pretrained(tmp_path / "start")
+    report = dry_run(capsys, "--method", "mae", "--model_name_or_path", str(tmp_path / "start"), "--recipe", "paper")
+    vision = report["config"]["vision_config"]
+    assert (vision["hidden_size"], vision["image_size"], vision["weight_init"]) == (192, 48, "xavier_uniform")

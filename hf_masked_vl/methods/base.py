@@ -136,9 +136,10 @@ class Method:
         """The config a run would train, without building a model or loading a teacher (`--dry_run`): the start
         checkpoint's config, or `--preset`'s, with the config flags applied. Fields a teacher supplies at run time
         (UTA's text tower) keep the preset's values."""
-        if self.model_args.model_name_or_path:
-            config = checkpoint_config(self.model_args.model_name_or_path, self.model_args.trust_remote_code)
-            return build_config(type(config), None, **{**config.to_dict(), **self.config_overrides})
+        path = self.model_args.model_name_or_path
+        if path:  # the flags applied as `load_or_create` applies them (sub-config dicts merged into the saved ones)
+            config_class = type(checkpoint_config(path, self.model_args.trust_remote_code))
+            return config_class.from_pretrained(path, **self.config_overrides)
         return build_config(self.config_class, self.model_args.preset, **self.config_overrides)
 
     def load_teacher(self) -> nn.Module | None:
