@@ -145,6 +145,10 @@ def test_base_learning_rate_scales_with_the_effective_batch(capsys):
     report = dry_run(capsys, "--method", "attg_mae", "--recipe", "paper", "--per_device_train_batch_size", "256")
     args = report["training_args"]
     assert args["learning_rate"] == pytest.approx(1.5e-4) and args["max_steps"] == 800 * (1_281_167 // 256)
+    # epochs and the epoch's size passed by hand set the length and the warm-up
+    report = dry_run(capsys, "--method", "attg_mae", "--recipe", "paper", "--num_train_epochs", "3",
+                     "--samples_per_epoch", "5120")  # fmt: skip
+    assert (report["training_args"]["max_steps"], report["training_args"]["warmup_steps"]) == (30, 400)
 
 
 def test_base_learning_rate_counts_every_process():

@@ -240,7 +240,7 @@ UTA = Recipe(
     batch_size=Value(4096, _UTA),
     learning_rate=Value(1.5e-3, f"{_UTA} (peak lr at batch 4096; no scaling rule stated)"),
     epochs=Value(150, _UTA),
-    warmup_epochs=Value(1, _UTA),
+    warmup_epochs=Value(1, f"{_UTA} (linear from 0 here; EVA-02 starts its warm-up at 1e-6)"),
     samples_per_epoch=IMAGENET_21K,
     training={
         "weight_decay": Value(0.05, _UTA),
@@ -262,7 +262,7 @@ A_CLIP = Recipe(
     batch_size=Value(4096, f"{_ACLIP_README}: 8 nodes × 8 GPUs × 64"),
     learning_rate=Value(5e-4, f"{_ACLIP_README} --lr (main.py applies no scaling rule)"),
     epochs=Value(25, f"{_ACLIP_CODE} --epochs (README: 25-epoch results)"),
-    warmup_epochs=Value(1, f"{_ACLIP_CODE} --warmup-epochs"),
+    warmup_epochs=Value(1, f"{_ACLIP_CODE} --warmup-epochs (linear from 0 here; main.py starts at --lr-start 1e-6)"),
     samples_per_epoch=YFCC_15M,
     training={
         "weight_decay": Value(0.5, f"{_ACLIP_README} --wd"),

@@ -323,7 +323,7 @@ _MINIMUMS = {
 }
 _MINIMUM_REASONS = {
     "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "
-    "steps; --num_train_epochs cannot set it)",
+    "steps; --num_train_epochs sets it only with --recipe paper, through --samples_per_epoch)",
 }
 
 
