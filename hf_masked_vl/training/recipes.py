@@ -100,10 +100,18 @@ def _same(used: Any, recipe: Any) -> bool:
 
 
 def explicit_destinations(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
-    """The destinations of the flags present on a command line (`--flag value`, `--flag=value`, `--no_flag`)."""
+    """The destinations of the flags present on a command line (`--flag value`, `--flag=value`, `--no_flag`, and
+    the unique prefixes argparse accepts for them)."""
     actions = parser._option_string_actions
-    flags = (argument.split("=", 1)[0] for argument in argv if argument.startswith("--"))
-    return frozenset(actions[flag].dest for flag in flags if flag in actions)
+    destinations = set()
+    for flag in (argument.split("=", 1)[0] for argument in argv if argument.startswith("--")):
+        if flag in actions:
+            destinations.add(actions[flag].dest)
+            continue
+        matches = {action.dest for option, action in actions.items() if option.startswith(flag)}
+        if parser.allow_abbrev and len(matches) == 1:
+            destinations |= matches
+    return frozenset(destinations)
 
 
 def plan_recipe(recipe: Recipe, training_args: TrainingArguments, explicit: frozenset[str]) -> RecipeChoice:
