@@ -21,6 +21,7 @@ from ..models import ZERO_SHOT_ENSEMBLE_TASK, AClipConfig, AClipModel
 from ..models.masking import KeepSetGenerator, crop_score_map, topk_group_keep_indices
 from .base import Built, Method, Objective, register_method
 from .options import has_relation_bias, option_inputs, option_map_columns, option_map_specs
+from .recipes import A_CLIP
 
 ONLINE_VIEWS = slice(None, EMA_VIEW_ROW)  # the rows of the online views in a per-view map
 
@@ -104,6 +105,7 @@ class AClipMethod(Method):
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
     uses_ema = True
     ema_momentum = 0.996
+    paper_recipe = A_CLIP
 
     def map_columns(self, built: Built) -> dict[str, str]:
         """`segments` with a relation bias (`methods.options`)."""

@@ -2,7 +2,8 @@
 
 `--method attg_mae` reads images and a per-image `guidance` column (an object-discovery map in [0, 1], written
 once by `scripts/compute_guidance.py`); `--method mae` reads images only. Views follow the AttG supplementary:
-resize to the model's size and a horizontal flip, applied to the map too. The 75% random masks (`--mask_mode` for
+resize to the model's size and a horizontal flip (A.2), or with `--train_crop_scale 0.2 1` (its Table 1, MAE; the
+paper recipe) a RandomResizedCrop, applied to the map too. The 75% random masks (`--mask_mode` for
 another policy) and, for the `guidance="random"` ablation, the random maps are drawn in the DataLoader workers from
 each sample's seed. The weighting itself is an option of any per-patch loss (`methods.options`): `mre_mae
 --guidance map` is MAE with AttG's weighting and MRE's bias together.
@@ -20,6 +21,7 @@ from ..errors import UsageError
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
 from .base import Built, Method, Objective, register_method
 from .options import option_inputs, option_map_columns, option_map_specs, with_random_guidance
+from .recipes import ATTG_MAE, MAE
 
 
 class AttGMAEObjective(Objective):
@@ -41,6 +43,7 @@ class AttGMAEMethod(Method):
     model_class = AttGMAEForPreTraining
     card_template = "attg_mae.md"
     evaluations = ("knn", "linear")
+    paper_recipe = ATTG_MAE
 
     def map_columns(self, built: Built) -> dict[str, str]:
         """The object maps are data only when `guidance="map"` (random maps are drawn, none are needed for MAE)."""
@@ -50,7 +53,7 @@ class AttGMAEMethod(Method):
         config = built.model.config
         return SingleCropView(
             config.vision_config.image_size,
-            crop_scale=None,
+            crop_scale=tuple(config.train_crop_scale) if config.train_crop_scale is not None else None,
             mean=built.image_mean,
             std=built.image_std,
             map_specs=option_map_specs(config, config.vision_config.grid_size),
@@ -71,6 +74,7 @@ class AttGMAEMethod(Method):
 class MAEMethod(AttGMAEMethod):
     name = "mae"
     summary = "MAE: the baseline of AttG-MAE (plain pixel reconstruction, guidance='none')"
+    paper_recipe = MAE
 
     def __init__(self, model_args, data_args, training_args, config_overrides=None):
         overrides = dict(config_overrides or {})

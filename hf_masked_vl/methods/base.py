@@ -41,6 +41,7 @@ from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F4
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..tokenization import build_clip_tokenizer, build_image_processor
 from .arguments import MethodDataArguments, MethodModelArguments
+from .recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Method:
     image_std: ClassVar[tuple[float, ...]] = IMAGENET_STD
     uses_ema: ClassVar[bool] = False
     ema_momentum: ClassVar[float] = 0.996  # default start of the EMA schedule (--ema_momentum overrides)
+    paper_recipe: ClassVar[Recipe | None] = None  # `--recipe paper` (`methods.recipes`); None: the method has none
     # config options (`methods.options`) the method cannot apply: field → (the one accepted value, why)
     unsupported_options: ClassVar[dict[str, tuple[Any, str]]] = {}
 
@@ -129,6 +131,16 @@ class Method:
         tokenizer = self.tokenizer(model)
         mean, std = self.image_statistics()
         return Built(model, teacher, tokenizer, mean, std)
+
+    def planned_config(self) -> PreTrainedConfig:
+        """The config a run would train, without building a model or loading a teacher (`--dry_run`): the start
+        checkpoint's config, or `--preset`'s, with the config flags applied. Fields a teacher supplies at run time
+        (UTA's text tower) keep the preset's values."""
+        path = self.model_args.model_name_or_path
+        if path:  # the flags applied as `load_or_create` applies them (sub-config dicts merged into the saved ones)
+            config_class = type(checkpoint_config(path, self.model_args.trust_remote_code))
+            return config_class.from_pretrained(path, **self.config_overrides)
+        return build_config(self.config_class, self.model_args.preset, **self.config_overrides)
 
     def load_teacher(self) -> nn.Module | None:
         """A frozen teacher held outside the model (None: the method has none)."""

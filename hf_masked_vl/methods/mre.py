@@ -39,6 +39,7 @@ from .options import (
     option_map_specs,
     with_random_guidance,
 )
+from .recipes import DINO, MRE_MAE
 
 MAE_CROP_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop
 
@@ -77,9 +78,16 @@ class DINOObjective(Objective):
             "local_token_labels": local_labels,
             "teacher_logits": ema_model.teacher_logits(batch["global_pixel_values"], global_labels),
             "teacher_temperature": self.config.teacher_temperature_at(self.step, self.max_steps),
-            "freeze_last_layer": self.step < self.config.freeze_last_layer_fraction * self.max_steps,
+            "freeze_last_layer": frozen_last_layer(self.step, self.max_steps, self.config.freeze_last_layer_fraction),
             "return_loss": True,
         }
+
+
+def frozen_last_layer(step: int, max_steps: int, fraction: float) -> bool:
+    """Whether DINO's last layer is frozen at optimizer step `step` (0-based): during the first `fraction` of the
+    steps. A fraction written as `steps / max_steps` (the paper recipe's one epoch) freezes exactly those steps, not
+    one more when the product rounds up in floating point."""
+    return step + 1e-6 < fraction * max_steps
 
 
 class MREDistillObjective(Objective):
@@ -121,6 +129,7 @@ class MREMAEMethod(Method):
     model_class = MREViTForMAE
     card_template = "mre_vit.md"
     evaluations = ("knn", "linear")
+    paper_recipe = MRE_MAE
 
     def map_columns(self, built: Built) -> dict[str, str]:
         """`segments` with a bias, `guidance` with AttG's weighting from maps (`methods.options`)."""
@@ -179,6 +188,7 @@ class MREDINOMethod(Method):
     evaluations = ("knn", "linear")
     uses_ema = True
     ema_momentum = 0.996  # DINO: 0.996 → 1, cosine
+    paper_recipe = DINO
     unsupported_options = {
         "guidance": ("none", "DINO's loss has no per-patch terms to weigh"),
         "mask_mode": ("random", "DINO's crops keep every patch"),
@@ -306,6 +316,7 @@ __all__ = [
     "MREDistillObjective",
     "MREMAEMethod",
     "MREMAEObjective",
+    "frozen_last_layer",
     "label_spec",
     "student_objective",
     "teacher_objective",

@@ -23,6 +23,7 @@ from ..normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..teachers import CLIPTeacher, TextTower, load_teacher
 from .base import Built, Method, Objective, register_method
 from .options import option_inputs, option_map_columns, option_map_specs, with_random_guidance
+from .recipes import UTA
 
 
 class UTAObjective(Objective):
@@ -58,6 +59,7 @@ class UTAMethod(Method):
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
     image_mean, image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    paper_recipe = UTA
 
     def build(self) -> Built:
         """The teacher's text tower (converted once) gives the student its text tower and the run its tokenizer."""

@@ -60,6 +60,9 @@ class AttGMAEConfig(KeepSetOptions, GuidanceWeightingOptions, PreTrainedConfig):
             `temperature_start`, `temperature_end`, `loss_scale`, `loss_normalizer`), here `"map"` by default: weight
             the loss with the per-patch map given as input (the paper); `"random"`: the paper's Table 8 ablation;
             `"none"`: plain MAE (any map is ignored and the loss is MAE's unscaled mean over masked patches).
+        train_crop_scale: the training view. `None` (default): resize the whole image to the model's size and flip
+            (supplementary A.2); `(low, high)`: MAE's RandomResizedCrop at that area scale and flip (supplementary
+            Table 1, MAE's (0.2, 1.0)), the guidance map cut with the same crop.
     """
 
     model_type = "attg_mae"
@@ -73,12 +76,15 @@ class AttGMAEConfig(KeepSetOptions, GuidanceWeightingOptions, PreTrainedConfig):
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     guidance: str = "map"
+    train_crop_scale: list[float] | tuple[float, float] | None = None
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
             self.vision_config = copy.deepcopy(ATTG_MAE_PRESETS["vit-l-16"]["vision_config"])
         elif isinstance(self.vision_config, dict):
             self.vision_config = {**_MAE_VIT, **self.vision_config}
+        if self.train_crop_scale is not None:
+            self.train_crop_scale = [float(value) for value in self.train_crop_scale]
         super().__post_init__(**kwargs)
         self.validate_architecture()  # a plain ValueError here; `@strict` wraps the same checks afterwards
 
@@ -100,6 +106,9 @@ class AttGMAEConfig(KeepSetOptions, GuidanceWeightingOptions, PreTrainedConfig):
             raise ValueError(f"decoder_mlp_ratio={self.decoder_mlp_ratio} must be > 0")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1) (the fraction of patches masked)")
+        scale = self.train_crop_scale
+        if scale is not None and (len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0):
+            raise ValueError(f"train_crop_scale={scale} must be two numbers 0 < low <= high <= 1, or None")
         self.check_guidance_weighting_options()
         self.check_keep_set_options()
 

@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 MLP_TYPES = ("gelu", "swiglu")
+WEIGHT_INITS = ("trunc_normal", "xavier_uniform")
 POSITION_EMBEDDING_TYPES = ("learned", "sincos", "none")
 
 
@@ -42,6 +43,9 @@ class MaskedViTConfig(PreTrainedConfig):
         freeze_patch_embedding: Keep the patch-embedding projection at its random init (MoCo-v3 trick used by
             A-CLIP's official code).
         initializer_range: Std of the trunc-normal init of Linear layers and embeddings.
+        weight_init: `"trunc_normal"` (timm ViT: trunc-normal(`initializer_range`) Linear and patch projection) or
+            `"xavier_uniform"` (MAE's `models_mae.py`: xavier-uniform Linear layers and patch projection, the latter
+            over its flattened (out, in·p·p) view; normal(`initializer_range`) CLS token).
         rescale_residual_init: Divide each block's attention output projection and MLP output weights by
             sqrt(2·l) at init, l = 1..L the block's depth (EVA-02 / BEiT `fix_init_weight`; on in the UTA presets).
         use_final_norm: Apply a final LayerNorm to the output tokens.
@@ -69,6 +73,7 @@ class MaskedViTConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     freeze_patch_embedding: bool = False
     initializer_range: float = 0.02
+    weight_init: str = "trunc_normal"
     rescale_residual_init: bool = False
     use_final_norm: bool = True
 
@@ -90,6 +95,8 @@ class MaskedViTConfig(PreTrainedConfig):
             )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init={self.weight_init!r} is not one of {WEIGHT_INITS}")
         if self.mlp_type not in MLP_TYPES:
             raise ValueError(f"mlp_type={self.mlp_type!r} is not one of {MLP_TYPES}")
         if self.qkv_bias not in ("qkv", "qv", "none"):

@@ -211,6 +211,15 @@ def freeze_patch_embeddings(model: nn.Module) -> None:
             module.patch_embed.requires_grad_(False)
 
 
+def xavier_uniform_flat(weight: torch.Tensor) -> None:
+    """Xavier-uniform over the weight's (out, everything else) view, as MAE initialises its patch projection
+    (`xavier_uniform_(w.view(w.shape[0], -1))`); for a Linear weight the plain xavier-uniform. Loaded weights are
+    left alone (`transformers.initialization`)."""
+    fan_out, fan_in = weight.shape[0], weight[0].numel()
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    init.uniform_(weight, -bound, bound)
+
+
 def has_meta_tensors(module: nn.Module) -> bool:
     """Whether a parameter or buffer of `module` (or of its submodules) is on the meta device."""
     return any(tensor.is_meta for tensor in [*module.parameters(), *module.buffers()])
@@ -268,10 +277,15 @@ class MaskedViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """timm ViT init: trunc-normal(std) Linear and patch projection, zero biases, unit norms, trunc-normal
-        CLS and learned positions; fixed tables and RoPE buffers recomputed (they are never in checkpoints)."""
+        CLS and learned positions; fixed tables and RoPE buffers recomputed (they are never in checkpoints). With
+        `weight_init="xavier_uniform"` MAE's: xavier-uniform Linear and patch projection, normal(std) CLS."""
         std = getattr(self.config, "initializer_range", 0.02)
+        xavier = getattr(self.config, "weight_init", "trunc_normal") == "xavier_uniform"
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
+            if xavier:
+                xavier_uniform_flat(module.weight)
+            else:
+                init.trunc_normal_(module.weight, std=std)
             scale = getattr(module, "residual_init_scale", None)
             if (
                 scale is not None
@@ -286,7 +300,7 @@ class MaskedViTPreTrainedModel(MaskedVLModelMixin, PreTrainedModel):
             init.zeros_(module.q_bias)
             init.zeros_(module.v_bias)
         elif isinstance(module, MaskedViTEmbeddings):
-            init.trunc_normal_(module.cls_token, std=std)
+            (init.normal_ if xavier else init.trunc_normal_)(module.cls_token, std=std)
             if module.position_embedding is not None:
                 if module.config.position_embedding_type == "sincos":
                     init.copy_(module.position_embedding, module.sincos_table())

@@ -13,6 +13,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from ..data.images import DEFAULT_MAX_IMAGE_BYTES
 from ..errors import UsageError, check_minimums, first_line
+from ..methods.recipes import DEMO, RECIPE_NAMES
 from ..precision import PrecisionChoice, choose_precision
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,43 @@ class PretrainingArguments(TrainingArguments):
         default=False, metadata={"help": "--push_to_hub also uploads the intermediate checkpoint-* folders."}
     )
     hub_include_logs: bool = field(default=False, metadata={"help": "--push_to_hub also uploads the logs (runs/)."})
+    recipe: str = field(
+        default=DEMO,
+        metadata={
+            "help": "Training recipe: demo (the defaults below, for the tiny presets) or paper (the method's paper: "
+            "batch, lr, optimizer, schedules, length in epochs, views, init; each value's source in --dry_run and the "
+            "model card). Flags you pass win over the recipe.",
+            "choices": list(RECIPE_NAMES),
+        },
+    )
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Base learning rate: lr = base × effective batch / 256, the effective batch being processes × "
+            "--per_device_train_batch_size × --gradient_accumulation_steps (as transformers' run_mae.py)."
+        },
+    )
+    weight_decay_end: float | None = field(
+        default=None,
+        metadata={
+            "help": "Cosine weight-decay schedule from --weight_decay to this value over the run (DINO); unset: "
+            "constant."
+        },
+    )
+    samples_per_epoch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Images in one epoch of the training data, to turn a recipe's epochs into --max_steps and "
+            "--warmup_steps (a stream has no length); unset: the size of the paper's dataset."
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Print everything the run would use as one JSON object (method, recipe, training arguments, "
+            "config) and exit, building no model and touching no output folder."
+        },
+    )
     ema_momentum: float | None = field(
         default=None,
         metadata={"help": "Start of the EMA momentum's cosine schedule (unset: the method's, 0.996 for A-CLIP)."},
@@ -279,10 +317,13 @@ _MINIMUMS = {
     "seed": 0,
     "dataloader_timeout": 0.0,
     "save_total_limit": 0,
+    "base_learning_rate": 0.0,
+    "weight_decay_end": 0.0,
+    "samples_per_epoch": 1,
 }
 _MINIMUM_REASONS = {
     "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "
-    "steps; --num_train_epochs cannot set it)",
+    "steps; --num_train_epochs sets it only with --recipe paper, through --samples_per_epoch)",
 }
 
 

@@ -44,6 +44,7 @@ from ..hub import (
     write_checkpoint_folder,
 )
 from ..methods import METHODS, Built, Method, available_methods, get_method
+from ..methods.recipes import choose_recipe
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
@@ -58,6 +59,7 @@ from .outputs import (
     start_run,
 )
 from .processes import ends_its_process_group
+from .recipes import RecipeChoice, dry_run_json, explicit_destinations, plan_recipe
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -145,26 +147,47 @@ def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments). A flag the method
-    does not know (on the command line or as a key of the JSON argument file) is a `UsageError` naming the closest
-    known flags."""
+    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments), with the values of
+    `--recipe` for the flags not passed (`parse_run_arguments`)."""
+    return parse_run_arguments(argv)[:5]
+
+
+def parse_run_arguments(argv: list[str] | None = None):
+    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments, RecipeChoice). A flag
+    the method does not know (on the command line or as a key of the JSON argument file) is a `UsageError` naming the
+    closest known flags. The command line is parsed once to learn the recipe, the batch and the flags passed, then
+    again with the recipe's values as the defaults of the flags not passed (`training.recipes`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     method = get_method(_requested_method(argv))
     parser, config_arguments = build_parser(method)
-    if _is_argument_file(argv):
-        arguments = _read_argument_file(argv[0])
-        _refuse_unknown(parser, [f"--{key}" for key in arguments], f"in the argument file {argv[0]}")
-        destinations = {key: parser._option_string_actions[f"--{key}"].dest for key in arguments}  # aliases
-        parsed = parser.parse_dict({destinations[key]: value for key, value in arguments.items()})
+    file_arguments = _read_argument_file(argv[0]) if _is_argument_file(argv) else None
+    if file_arguments is not None:
+        _refuse_unknown(parser, [f"--{key}" for key in file_arguments], f"in the argument file {argv[0]}")
+        explicit = explicit_destinations(parser, [f"--{key}" for key in file_arguments])
     else:
         _refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}")
-        parsed = parser.parse_args_into_dataclasses(args=argv)
+        explicit = explicit_destinations(parser, argv)
+    parsed = _parse_with_defaults(parser, argv, file_arguments, {})
+    recipe = choose_recipe(parsed[-1].recipe, method.paper_recipe, method.name)
+    choice = plan_recipe(recipe, parsed[-1], explicit)
+    if choice.flag_defaults():
+        parsed = _parse_with_defaults(parser, argv, file_arguments, choice.flag_defaults())
     if config_arguments is None:
         model_args, data_args, training_args = parsed
         config_args = None
     else:
         model_args, data_args, config_args, training_args = parsed
-    return method, model_args, data_args, config_args, training_args
+    return method, model_args, data_args, config_args, training_args, choice
+
+
+def _parse_with_defaults(parser: HfArgumentParser, argv: list[str], file_arguments: dict | None, defaults: dict):
+    """The argument dataclasses of `argv` (or of the argument file's `file_arguments`), `defaults` (destination →
+    value) standing in for the flags not given."""
+    if file_arguments is not None:
+        destinations = {key: parser._option_string_actions[f"--{key}"].dest for key in file_arguments}  # aliases
+        return parser.parse_dict({**defaults, **{destinations[key]: value for key, value in file_arguments.items()}})
+    parser.set_defaults(**defaults)
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def _refuse_unknown(parser: HfArgumentParser, given: list[str], where: str) -> None:
@@ -433,11 +456,13 @@ def choose_export(
 
 
 def prepare_arguments(argv: list[str] | None):
-    """Parse and check the command line: (method class, model, data, config flags, training arguments, Hub token).
-    The token is taken out of the arguments (the Trainer pickles them into every `checkpoint-N`); `output_dir` and a
-    checkpoint to resume from are checked before anything else runs."""
-    method_class, model_args, data_args, config_args, training_args = parse_arguments(argv)
+    """Parse and check the command line: (method class, model, data, config flags, training arguments, Hub token,
+    recipe). The token is taken out of the arguments (the Trainer pickles them into every `checkpoint-N`);
+    `output_dir` and a checkpoint to resume from are checked before anything else runs (not for a dry run)."""
+    method_class, model_args, data_args, config_args, training_args, recipe = parse_run_arguments(argv)
     hub_token, training_args.hub_token = training_args.hub_token, None
+    if training_args.dry_run:  # reads and writes no folder
+        return method_class, model_args, data_args, config_args, training_args, hub_token, recipe
     if training_args.output_dir is None:
         raise UsageError("--output_dir is required")
     resume = training_args.resume_from_checkpoint
@@ -445,7 +470,7 @@ def prepare_arguments(argv: list[str] | None):
         training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
     check_output_dir(training_args, method_class.name)
     check_resume_folder(training_args)
-    return method_class, model_args, data_args, config_args, training_args, hub_token
+    return method_class, model_args, data_args, config_args, training_args, hub_token, recipe
 
 
 def align_special_tokens(model, tokenizer) -> None:
@@ -644,15 +669,25 @@ def print_results(result: RunResult, skipped: int, precision: str) -> None:
         print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
 
 
+def print_dry_run(method: Method, recipe: RecipeChoice, overrides: dict) -> None:
+    """`--dry_run`: print the run's one JSON object (`training.recipes.dry_run_json`); builds no model."""
+    print(dry_run_json(method.name, recipe, method.training_args, method.planned_config(), overrides))
+
+
 @ends_its_process_group
-def main(argv: list[str] | None = None) -> RunResult:
-    method_class, model_args, data_args, config_args, training_args, hub_token = prepare_arguments(argv)
+def main(argv: list[str] | None = None) -> RunResult | None:
+    """Train, evaluate and save one run (None after a `--dry_run`, which only prints the run's JSON)."""
+    method_class, model_args, data_args, config_args, training_args, hub_token, recipe = prepare_arguments(argv)
+    overrides = recipe.config_overrides(
+        config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
+    )
+    if training_args.dry_run:
+        return print_dry_run(method_class(model_args, data_args, training_args, overrides), recipe, overrides)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
     set_seed(training_args.seed)
 
-    overrides = config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
     if data_args.templates_file:
         overrides["zero_shot_templates"] = tuple(read_json_list(data_args.templates_file, "--templates_file"))
     method = method_class(model_args, data_args, training_args, overrides)
@@ -693,7 +728,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
         card = CardInfo(
             model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-            training_summary=training_summary(trainer, train_runtime, training_args, method, data, export),
+            training_summary=f"{training_summary(trainer, train_runtime, training_args, method, data, export)}\n\n"
+            f"{recipe.card_text(training_args, overrides)}",
             results=card_figures(scores, exported, data.demo),
             base_model=hub_id_or_none(method.base_model()),
             template=method.card_template,

@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.records import append_skipped_records
 from ..errors import UsageError
 from ..methods import Objective
+from ..models.schedules import cosine_schedule
 from .ema import EMA_WEIGHTS_NAME, EMACallback
 from .flops import flop_counter
 from .outputs import (
@@ -48,6 +49,24 @@ class _ObjectiveStepCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.objective.after_optimizer_step(model)
+
+
+class WeightDecayScheduleCallback(TrainerCallback):
+    """DINO's cosine weight-decay schedule: before each optimizer step, every parameter group that decays gets
+    `cosine_schedule(step, max_steps, start, end)` (from `args.weight_decay` to `args.weight_decay_end`); groups
+    without decay (biases, norms) keep 0."""
+
+    def __init__(self, start: float, end: float):
+        self.start, self.end = start, end
+
+    def weight_decay_at(self, step: int, max_steps: int) -> float:
+        return cosine_schedule(step, max_steps, self.start, self.end)
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        value = self.weight_decay_at(state.global_step, state.max_steps)
+        for group in optimizer.param_groups:
+            if group["weight_decay"] > 0:
+                group["weight_decay"] = value
 
 
 class _EpochDataLoader(torch.utils.data.DataLoader):
@@ -135,6 +154,8 @@ class MaskedVLTrainer(Trainer):
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
             self._teacher_timer = _Timer(self.teacher)
         self.add_callback(_ObjectiveStepCallback(objective))
+        if getattr(self.args, "weight_decay_end", None) is not None:
+            self.add_callback(WeightDecayScheduleCallback(self.args.weight_decay, self.args.weight_decay_end))
         self.ema_callback = ema_callback
         if ema_callback is not None:
             ema_callback.initialize(self.model)
@@ -610,4 +631,10 @@ def layer_decay_scales(model: nn.Module, layer_decay: float) -> dict[str, float]
     return scales
 
 
-__all__ = ["DATA_STATE_NAME", "MaskedVLTrainer", "NonFiniteLossError", "layer_decay_scales"]
+__all__ = [
+    "DATA_STATE_NAME",
+    "MaskedVLTrainer",
+    "NonFiniteLossError",
+    "WeightDecayScheduleCallback",
+    "layer_decay_scales",
+]
