@@ -50,7 +50,7 @@ from ..tokenization import build_image_processor
 from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
 from .outputs import save_final_folder, start_run
-from .run import check_output_dir
+from .run import _refuse_unknown, check_output_dir
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -220,21 +220,19 @@ def check_arguments(args: FinetuneArguments, training_args: FinetuningArguments)
         if value is not None and not (0 <= value and (upper is None or value < upper or name == "random_erasing")):
             bound = f"in [0, {upper}{']' if name == 'random_erasing' else ')'}" if upper else "at least 0"
             raise UsageError(f"--{name} {value}: must be {bound}")
+    recipe = recipe_for(0, args.train_fraction)[1]  # mixup and cutmix do not depend on the tower's size
+    if any(recipe[name] if getattr(args, name) is None else getattr(args, name) for name in ("mixup", "cutmix")):
+        if training_args.per_device_train_batch_size < 2:
+            raise UsageError(
+                f"--per_device_train_batch_size {training_args.per_device_train_batch_size}: mixup / cutmix mix "
+                "pairs of images; use a batch of at least 2 or pass --mixup 0 --cutmix 0"
+            )
     if args.max_samples is not None and args.max_samples < 1:
         raise UsageError(f"--max_samples {args.max_samples}: must be at least 1")
     if args.dataset_name is not None and args.train_split is None and args.train_data_files is None:
         raise UsageError(
             f"--dataset_name {args.dataset_name}: name the labelled training split with --train_split or "
             "--train_data_files (--split / --data_files are the test split)"
-        )
-
-
-def check_augmentation(args: FinetuneArguments, training_args: FinetuningArguments) -> None:
-    """Once the recipe is applied: mixup / cutmix pair the images of a batch, so it needs at least two."""
-    if (args.mixup or args.cutmix) and training_args.per_device_train_batch_size < 2:
-        raise UsageError(
-            f"--per_device_train_batch_size {training_args.per_device_train_batch_size}: mixup / cutmix mix pairs of "
-            "images; use a batch of at least 2 or pass --mixup 0 --cutmix 0"
         )
 
 
@@ -449,7 +447,6 @@ def finetune(
         raise UsageError(f"the training split {train.name} and the test split {test.name} name different classes")
     recipe, settings = recipe_for(tower.config.hidden_size, args.train_fraction)
     used = apply_recipe(settings, args, training_args, set(given))
-    check_augmentation(args, training_args)
     records = training_records(train, args.train_fraction, training_args.seed)
     model = build_classifier(tower, train.class_names, args.pooling, args.drop_path)
     image_size = tower.config.image_size
@@ -489,6 +486,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningA
         description=__doc__,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
+    _refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
     return parser.parse_args_into_dataclasses(args=list(argv))
 
 
