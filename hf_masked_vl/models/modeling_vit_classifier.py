@@ -75,12 +75,15 @@ class MaskedViTForImageClassification(MaskedViTPreTrainedModel):
     ) -> ImageClassifierOutput:
         """
         pixel_values: (B, C, H, W). labels: (B,) int class indices or (B, num_labels) float soft targets.
+        output_attentions / output_hidden_states: the tower's; `None` reads `config`, then `vision_config`.
         Returns `ImageClassifierOutput` with `logits` (B, num_labels) and, with labels, the mean `loss`.
         """
         outputs = self.vit(
             pixel_values,
-            output_attentions=output_flag(output_attentions, "output_attentions", self.config),
-            output_hidden_states=output_flag(output_hidden_states, "output_hidden_states", self.config),
+            output_attentions=output_flag(output_attentions, "output_attentions", self.config, self.vit.config),
+            output_hidden_states=output_flag(
+                output_hidden_states, "output_hidden_states", self.config, self.vit.config
+            ),
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
         )
