@@ -42,6 +42,7 @@ from ..data.images import decode_image
 from ..errors import OneLineErrors, UsageError, run_cli, usage_errors
 from ..evaluation.cli import load_splits
 from ..evaluation.data import LabelledSplit
+from ..evaluation.features import DecodedBatches
 from ..evaluation.protocols import EvaluationResult, ProtocolInputs, register_protocol
 from ..hub import CardInfo, EvaluationFigure, hub_id_or_none, prepare_for_saving, public_name, write_checkpoint_folder
 from ..methods.base import Objective
@@ -385,34 +386,20 @@ def classification_result(
     `image_processor` (what the pipeline does); undecodable images are skipped and counted."""
     model.eval()
     device = next(model.parameters()).device
-    correct, correct5, total, skipped, images, labels = 0, 0, 0, 0, [], []
-
-    def score() -> tuple[int, int]:
-        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-        logits = model(pixel_values=pixel_values).logits.float().cpu()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        target = torch.tensor(labels)
-        return int((top[:, 0] == target).sum()), int((top == target[:, None]).any(dim=1).sum())
-
-    for cell, label, *_ in split.records:
-        image = decode_image(cell)
-        if image is None:
-            skipped += 1
-            continue
-        images.append(image)
-        labels.append(int(label))
-        if len(images) == batch_size:
-            hits, hits5 = score()
-            correct, correct5, total, images, labels = correct + hits, correct5 + hits5, total + len(labels), [], []
-    if images:
-        hits, hits5 = score()
-        correct, correct5, total = correct + hits, correct5 + hits5, total + len(labels)
-    if not total:
-        raise UsageError(f"the test split {split.name} holds no decodable image ({skipped} skipped)")
+    hits = torch.zeros(2)  # top-1, top-5
+    total = 0
+    batches = DecodedBatches(split, batch_size)
+    with usage_errors("the test split", ValueError):
+        for images, labels in batches:
+            pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+            logits = model(pixel_values=pixel_values).logits.float().cpu()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices == torch.tensor(labels)[:, None]
+            hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()]).float()
+            total += len(labels)
     num_classes = len(split.class_names)
-    details = {"top5": correct5 / total} if num_classes > 5 else {}
-    return EvaluationResult("finetune", correct / total, 1 / num_classes, num_classes, num_train, total, split.name,
-                            details=details, num_skipped=skipped)  # fmt: skip
+    details = {"top5": hits[1].item() / total} if num_classes > 5 else {}
+    return EvaluationResult("finetune", hits[0].item() / total, 1 / num_classes, num_classes, num_train, total,
+                            split.name, details=details, num_skipped=batches.skipped)  # fmt: skip
 
 
 # ---- the run ----
