@@ -435,6 +435,12 @@ def finetune(
     recipe, settings = recipe_for(tower.config.hidden_size, args.train_fraction)
     used = apply_recipe(settings, args, training_args, set(given))
     records = training_records(train, args.train_fraction, training_args.seed)
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    if training_args.dataloader_drop_last and len(records) < batch:
+        raise UsageError(
+            f"--per_device_train_batch_size {training_args.per_device_train_batch_size}: the training set has only "
+            f"{len(records)} images, less than one batch (the last incomplete batch is dropped); lower the batch"
+        )
     model = build_classifier(tower, train.class_names, args.pooling, args.drop_path)
     image_size = tower.config.image_size
     processor = evaluation_processor(image_size, tower.mean, tower.std)
@@ -514,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> FinetuneRun:
     check_output_dir(training_args, "finetune")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()  # weight loading: a mistake found later stays one stderr line
     set_seed(training_args.seed)
     with usage_errors(f"--model_name_or_path {args.model_name_or_path}"):
         tower = load_vision_tower(args.model_name_or_path, args.trust_remote_code)
