@@ -192,7 +192,7 @@ def test_evaluate_protocol_finetune_prints_its_result(aclip_folder, small_demo, 
     "flags, message",
     [
         (["--train_fraction", "0"], "--train_fraction 0.0: must be in (0, 1]"),
-        (["--mixup", "-1"], "--mixup -1.0: must be at least 0"),
+        (["--mixup", "-1"], "--mixup -1.0: must be a finite number at least 0"),
         (["--mixupp", "0.5"], "--mixupp"),
         (["--dataset_name", "parquet"], "--train_split or --train_data_files"),
         (["--per_device_train_batch_size", "1"], "mixup / cutmix mix pairs"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import sys
 import tempfile
@@ -58,6 +59,14 @@ logger = logging.getLogger("hf_masked_vl")
 
 EVAL_CROP_FRACTION = 0.875  # resize to size / 0.875 (256 for 224), centre crop (timm / MAE evaluation)
 MAE_TOWER_TYPES = ("vit_mae", "attg_mae", "mre_vit")  # towers pre-trained MAE-style: mean pooling by default
+# flag: (upper bound or None, whether the bound itself is allowed); every one is at least 0
+AUGMENTATION_RANGES = {
+    "mixup": (None, False),
+    "cutmix": (None, False),
+    "label_smoothing": (1.0, False),
+    "drop_path": (1.0, False),
+    "random_erasing": (1.0, True),
+}
 POSTERIZE_LEVELS = 10  # timm RandAugment's magnitude scale (`_LEVEL_DENOM`)
 
 # MAE's fine-tuning recipe (facebookresearch/mae FINETUNE.md commands and main_finetune.py; MAE paper Table 9):
@@ -211,16 +220,23 @@ def apply_recipe(
     return used
 
 
+def in_range(value: float, upper: float | None, closed: bool) -> bool:
+    """Whether `value` is a finite number from 0 up to `upper` (None: no upper bound; `closed`: `upper` allowed)."""
+    if not (math.isfinite(value) and value >= 0):
+        return False
+    return upper is None or value < upper or (closed and value == upper)
+
+
 def check_arguments(args: FinetuneArguments, training_args: FinetuningArguments) -> None:
     """Values that cannot work are a `UsageError` naming the flag, before any model or data is read."""
     if args.train_fraction is not None and not 0 < args.train_fraction <= 1:
         raise UsageError(f"--train_fraction {args.train_fraction}: must be in (0, 1] (0.01 and 0.1: AttG low-shot)")
-    for name, upper in (("mixup", None), ("cutmix", None), ("label_smoothing", 1), ("random_erasing", 1),
-                        ("drop_path", 1)):  # fmt: skip
+    for name, (upper, closed) in AUGMENTATION_RANGES.items():
         value = getattr(args, name)
-        if value is not None and not (0 <= value and (upper is None or value < upper or name == "random_erasing")):
-            bound = f"in [0, {upper}{']' if name == 'random_erasing' else ')'}" if upper else "at least 0"
-            raise UsageError(f"--{name} {value}: must be {bound}")
+        if value is None or in_range(value, upper, closed):
+            continue
+        bound = "at least 0" if upper is None else f"in [0, {upper:g}{']' if closed else ')'}"
+        raise UsageError(f"--{name} {value}: must be a finite number {bound}")
     recipe = recipe_for(0, args.train_fraction)[1]  # mixup and cutmix do not depend on the tower's size
     if any(recipe[name] if getattr(args, name) is None else getattr(args, name) for name in ("mixup", "cutmix")):
         if training_args.per_device_train_batch_size < 2:
