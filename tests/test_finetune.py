@@ -205,3 +205,13 @@ def test_bad_flags_are_one_error_line(flags, message, aclip_folder, small_demo, 
     assert run_cli(finetune_main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_flags_given_in_any_spelling_win_over_the_recipe(tmp_path):
+    from hf_masked_vl.training.finetune import parse_arguments
+
+    args, training_args, given = parse_arguments(
+        ["--model_name_or_path", "x", "--output_dir", str(tmp_path), "--mixup=0.3", "--learning-rate", "1e-3"]
+    )
+    used = apply_recipe(recipe_for(768, None)[1], args, training_args, given)
+    assert (used["mixup"], used["learning_rate"], used["cutmix"]) == (0.3, 1e-3, 1.0)

@@ -20,6 +20,7 @@ split, `--split` / `--data_files` for the test split, `--label_column`, `--image
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import math
@@ -175,9 +176,12 @@ class FinetuneArgumentParser(OneLineErrors, HfArgumentParser):
     """`HfArgumentParser` whose parsing errors are one `error:` line."""
 
 
-def given_flags(argv: Sequence[str]) -> set[str]:
-    """The names of the flags on a command line (`--name value` or `--name=value`): these win over the recipe."""
-    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+def given_flags(parser: HfArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The fields set on a command line (`--name value`, `--name=value`, or an alias of `--name`): these win over the
+    recipe. The parser takes no abbreviation (`allow_abbrev=False`), so every flag given is named here."""
+    actions = parser._option_string_actions
+    flags = (arg.split("=", 1)[0] for arg in argv if arg.startswith("-"))
+    return {actions[flag].dest for flag in flags if flag in actions}
 
 
 def recipe_for(hidden_size: int, train_fraction: float | None) -> tuple[str, dict[str, Any]]:
@@ -489,14 +493,18 @@ def finetune(
                        trainer.state.log_history, summary)  # fmt: skip
 
 
-def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningArguments]:
+def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningArguments, set[str]]:
+    """(FinetuneArguments, FinetuningArguments, the fields the command line set). An unknown or abbreviated flag is a
+    `UsageError` naming the closest known ones."""
     parser = FinetuneArgumentParser(
         (FinetuneArguments, FinetuningArguments),
         description=__doc__,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     _refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
-    return parser.parse_args_into_dataclasses(args=list(argv))
+    args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    return args, training_args, given_flags(parser, argv)
 
 
 def card_for(run: FinetuneRun, training_args: FinetuningArguments, source: str, demo: bool) -> CardInfo:
@@ -531,7 +539,7 @@ def print_result(result: EvaluationResult) -> None:
 
 def main(argv: Sequence[str] | None = None) -> FinetuneRun:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, training_args = parse_arguments(argv)
+    args, training_args, given = parse_arguments(argv)
     check_arguments(args, training_args)
     check_output_dir(training_args, "finetune")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -544,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> FinetuneRun:
     train, test, _ = load_splits(args, True)
     resume = bool(training_args.resume_from_checkpoint)
     with start_run(training_args.output_dir, "finetune", resume) as record:
-        run = finetune(tower, train, test, args, training_args, given_flags(argv), record)
+        run = finetune(tower, train, test, args, training_args, given, record)
         card = card_for(run, training_args, args.model_name_or_path, args.dataset_name is None)
         save_final_folder(
             record, lambda staging: write_checkpoint_folder(run.model, staging, None, run.image_processor, card, ())
