@@ -26,7 +26,12 @@ from .public import public_log_files, public_name
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_LABELS = {"zero_shot": "zero-shot top-1", "knn": "k-NN top-1 (k=20)", "linear": "linear-probe top-1"}
+PROTOCOL_LABELS = {
+    "zero_shot": "zero-shot top-1",
+    "knn": "k-NN top-1 (k=20)",
+    "linear": "linear-probe top-1",
+    "finetune": "fine-tuned top-1",
+}
 PROTOCOL_TASKS = {
     "zero_shot": "zero-shot-image-classification",
     "knn": "image-classification",

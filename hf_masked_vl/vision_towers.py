@@ -30,12 +30,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VisionTower:
-    """A tower ready to be embedded in a new model: the module, its config and its preprocessing statistics."""
+    """A tower ready to be embedded in a new model: the module, its config and its preprocessing statistics;
+    `source_model_type`: the model type of the checkpoint it came from (`vit_mae`, `a_clip`, ...)."""
 
     model: MaskedViTModel
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    source_model_type: str = ""
 
     @property
     def config(self) -> MaskedViTConfig:
@@ -126,12 +128,21 @@ def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> Vis
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0  # the encoder is converted whole; no masking on load
         model = AutoModel.from_pretrained(name_or_path, config=config)
-        tower = tower_from_hf_vit(model)
     else:
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return vision_tower_of(model, name_or_path)
+
+
+def vision_tower_of(model: PreTrainedModel, source: str | None = None) -> VisionTower:
+    """The image tower of a loaded model (see the module docstring) as a standalone `MaskedViTModel` (a copy: the
+    model is left as it is), with the normalisation statistics of `source` (default: `model.name_or_path`)."""
+    source = source or model.name_or_path
+    if model.config.model_type in HF_VIT_TO_MASKED_VIT:
+        tower = tower_from_hf_vit(model)
+    else:
         tower = copy.deepcopy(masked_vit_of(model))
-    mean, std = preprocessing_stats(name_or_path)
-    return VisionTower(tower.eval(), mean, std, name_or_path)
+    mean, std = preprocessing_stats(source)
+    return VisionTower(tower.eval(), mean, std, source, model.config.model_type)
 
 
 __all__ = [
@@ -142,4 +153,5 @@ __all__ = [
     "masked_vit_of",
     "preprocessing_stats",
     "tower_from_hf_vit",
+    "vision_tower_of",
 ]

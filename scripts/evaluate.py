@@ -11,7 +11,7 @@ Prints a table, then `RESULT <protocol>_top1=…` (and details such as `RESULT k
 
 import sys
 
-from hf_masked_vl.evaluation.cli import cli
+from hf_masked_vl.training.finetune import evaluate_cli as cli  # the evaluate CLI, with --protocol finetune
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -32,7 +32,9 @@ from hf_masked_vl import (
     AttGMAEModel,
     LiTConfig,
     LiTModel,
+    MaskedViTClassifierConfig,
     MaskedViTConfig,
+    MaskedViTForImageClassification,
     MaskedViTModel,
     MREViTConfig,
     MREViTForDINO,
@@ -77,6 +79,14 @@ CASES = {
         lambda: MaskedViTConfig(**tiny_vit_kwargs(**EVA)),
         "last_hidden_state",
         r"^layers\.1\.attn\.(q_bias|v_bias|proj)|^layers\.0\.mlp\.(fc2|norm)|^embeddings\.cls_token",
+    ),
+    "vit_classifier": Case(  # fine-tuning: MAE's mean pooling + fc_norm (the tower without its final norm)
+        MaskedViTForImageClassification,
+        lambda: MaskedViTClassifierConfig(
+            vision_config=tiny_vit_kwargs(use_final_norm=False), classifier_pooling="mean", num_labels=5
+        ),
+        "logits",
+        r"^classifier\.|^fc_norm\.|^vit\.layers\.1\.(attn|mlp)\.",
     ),
     "a_clip": Case(
         AClipModel,

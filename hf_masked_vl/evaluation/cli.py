@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--knn_temperature", type=float, default=0.07)
     protocol.add_argument("--linear_weight_decay", type=float, default=DEFAULT_WEIGHT_DECAY)
     protocol.add_argument("--linear_max_iter", type=int, default=DEFAULT_MAX_ITER)
+    protocol.add_argument("--finetune_steps", type=int, default=100, help="optimizer steps of --protocol finetune")
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=64)
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +143,8 @@ def print_report(results: dict[str, EvaluationResult]) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
-    minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1}
+    minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1,
+                "finetune_steps": 1}  # fmt: skip
     check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
     if not (math.isfinite(args.knn_temperature) and args.knn_temperature > 0):
         raise UsageError(f"--knn_temperature {args.knn_temperature}: must be a finite number above 0")
@@ -171,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     protocols = args.protocol
     if protocols is None:
         supported = supported_protocols(model)
+        supported = [p for p in supported if PROTOCOLS[p].by_default]
         protocols = [p for p in supported if p not in trained_protocols() or has_train_data(args)] or list(supported)
     with usage_errors(f"--protocol {' '.join(protocols)}", ValueError):
         check_protocols(model, protocols, has_train_split=has_train_data(args))
@@ -195,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
         temperature=args.knn_temperature,
         weight_decay=args.linear_weight_decay,
         max_iter=args.linear_max_iter,
+        finetune_steps=args.finetune_steps,
+        finetune_batch_size=args.batch_size,
     )
     print_report(results)
     return results

@@ -38,6 +38,33 @@ class LabelledFeatures:
     num_skipped: int = 0
 
 
+class DecodedBatches:
+    """The decodable images of a split in batches: iterating gives (PIL images, int labels) lists of up to
+    `batch_size`; `skipped` counts the undecodable images passed over. A split with no decodable image raises a
+    ValueError once iterated."""
+
+    def __init__(self, split: LabelledSplit, batch_size: int = 64):
+        self.split, self.batch_size, self.skipped = split, batch_size, 0
+
+    def __iter__(self) -> Iterator[tuple[list, list[int]]]:
+        images, labels, seen = [], [], 0
+        for raw, label, *_ in self.split.records:  # (image, label) or (image, label, segments)
+            image = decode_image(raw)
+            if image is None:
+                self.skipped += 1
+                continue
+            images.append(image)
+            labels.append(int(label))
+            seen += 1
+            if len(images) == self.batch_size:
+                yield images, labels
+                images, labels = [], []
+        if images:
+            yield images, labels
+        if not seen:
+            raise ValueError(f"no decodable images in split {self.split.name or '(unnamed)'} ({self.skipped} skipped)")
+
+
 def image_tower(model: nn.Module) -> nn.Module:
     """The module whose CLS token is the backbone feature (see the module docstring)."""
     base = getattr(model, "base_model", model)
@@ -108,30 +135,14 @@ def extract_feature_sets(
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
     all_labels: list[int] = []
-    skipped = 0
-
-    def flush(images: list) -> None:
+    batches = DecodedBatches(split, batch_size)
+    for images, labels in batches:
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         for kind in kinds:
             chunks[kind].append(image_features(model, pixel_values, kind).cpu())
-
-    images: list = []
-    for raw, label, *_ in split.records:  # (image, label) or (image, label, segments)
-        image = decode_image(raw)
-        if image is None:
-            skipped += 1
-            continue
-        images.append(image)
-        all_labels.append(int(label))
-        if len(images) == batch_size:
-            flush(images)
-            images = []
-    if images:
-        flush(images)
-    if not all_labels:
-        raise ValueError(f"no decodable images in split {split.name or '(unnamed)'} ({skipped} skipped)")
+        all_labels += labels
     labels = torch.tensor(all_labels, dtype=torch.long)
-    return {kind: LabelledFeatures(torch.cat(chunks[kind]), labels, skipped) for kind in kinds}
+    return {kind: LabelledFeatures(torch.cat(chunks[kind]), labels, batches.skipped) for kind in kinds}
 
 
 def extract_features(
@@ -144,6 +155,7 @@ def extract_features(
 
 __all__ = [
     "FEATURE_KINDS",
+    "DecodedBatches",
     "LabelledFeatures",
     "extract_feature_sets",
     "extract_features",

@@ -66,6 +66,7 @@ class ProtocolInputs:
     protocol that needs a train split), else None. class_names / dataset_name: the test split's. model, tokenizer,
     templates: the model evaluated, its tokenizer and its prompt templates (for a protocol that needs a text tower).
     device: where to compute. options: protocol settings (`DEFAULT_OPTIONS` and any others given to `evaluate_many`).
+    train_split / test_split: the splits themselves, for a protocol that reads the images (`features=None`).
     """
 
     test: LabelledFeatures
@@ -77,6 +78,8 @@ class ProtocolInputs:
     templates: Sequence[str] = ()
     device: torch.device | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+    train_split: LabelledSplit | None = None
+    test_split: LabelledSplit | None = None
 
     def train_and_test(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(train features, train labels, test features, test labels, number of classes): what a probe learns from
@@ -99,27 +102,34 @@ class ProtocolInputs:
 
 @dataclass(frozen=True)
 class Protocol:
-    """A registered protocol: its scoring function and what it reads."""
+    """A registered protocol: its scoring function and what it reads (`features=None`: the images themselves, no
+    features extracted). `by_default`: run when no protocol is named (False for a long one such as fine-tuning)."""
 
     name: str
     score: Callable[[ProtocolInputs], EvaluationResult]
-    features: str = "backbone"
+    features: str | None = "backbone"
     needs_train_split: bool = True
     needs_text_tower: bool = False
+    by_default: bool = True
 
 
 PROTOCOLS: dict[str, Protocol] = {}
 
 
 def register_protocol(
-    name: str, *, features: str = "backbone", needs_train_split: bool = True, needs_text_tower: bool = False
+    name: str,
+    *,
+    features: str | None = "backbone",
+    needs_train_split: bool = True,
+    needs_text_tower: bool = False,
+    by_default: bool = True,
 ) -> Callable[[Callable[[ProtocolInputs], EvaluationResult]], Callable[[ProtocolInputs], EvaluationResult]]:
-    """Function decorator: make `score` the protocol `name` (see the module docstring)."""
-    if features not in FEATURE_KINDS:
+    """Function decorator: make `score` the protocol `name` (see the module docstring and `Protocol`)."""
+    if features is not None and features not in FEATURE_KINDS:
         raise ValueError(f"protocol {name!r}: unknown feature kind {features!r}; expected one of {FEATURE_KINDS}")
 
     def register(score: Callable[[ProtocolInputs], EvaluationResult]) -> Callable[[ProtocolInputs], EvaluationResult]:
-        PROTOCOLS[name] = Protocol(name, score, features, needs_train_split, needs_text_tower)
+        PROTOCOLS[name] = Protocol(name, score, features, needs_train_split, needs_text_tower, by_default)
         return score
 
     return register
@@ -282,13 +292,14 @@ def evaluate_many(
     trained = [protocol for protocol in chosen if protocol.needs_train_split]
     if trained:
         check_same_classes(train_split, test_split)
-    test = extract_feature_sets(model, image_processor, test_split, _kinds(chosen), batch_size)
-    train = extract_feature_sets(model, image_processor, train_split, _kinds(trained), batch_size) if trained else {}
+    kinds, train_kinds = _kinds(chosen), _kinds(trained)
+    test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size) if kinds else {}
+    train = extract_feature_sets(model, image_processor, train_split, train_kinds, batch_size) if train_kinds else {}
     settings = {"ks": ks, "temperature": temperature, "weight_decay": weight_decay, "max_iter": max_iter, **options}
     results = {}
     for protocol in chosen:
         inputs = ProtocolInputs(
-            test=test[protocol.features],
+            test=test.get(protocol.features),
             class_names=class_names,
             dataset_name=test_split.name,
             train=train.get(protocol.features) if protocol.needs_train_split else None,
@@ -297,6 +308,8 @@ def evaluate_many(
             templates=templates or (),
             device=_device(model),
             options=settings,
+            train_split=train_split if protocol.needs_train_split else None,
+            test_split=test_split,
         )
         results[protocol.name] = protocol.score(inputs)
     return results
