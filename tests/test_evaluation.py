@@ -312,7 +312,8 @@ def test_evaluate_many_reads_each_split_once_and_matches_the_single_protocols(sm
     assert (train.passes, test.passes) == (1, 1)
     assert list(results) == ["zero_shot", "knn", "linear"]
     knn = results["knn"]
-    assert knn.top1 == knn.details["top1_k20"] and knn.notes == ["k=100 clipped to the 24 train images"]
+    assert knn.top1 == knn.details["top1_k20"]
+    assert knn.notes == ["k=100 clipped to the 24 train images", "k=200 clipped to the 24 train images"]
     assert (knn.num_train, knn.num_test, knn.num_classes, knn.dataset_name) == (24, 24, 24, "demo shapes (eval)")
     for result in results.values():
         assert result.chance == pytest.approx(1 / 24)
@@ -369,7 +370,7 @@ def test_evaluate_script_runs_every_protocol_on_a_saved_a_clip(checkpoints, smal
     assert result.returncode == 0, result.stderr[-3000:]
     results = parse_results(result.stdout)
     expected = {"zero_shot_top1", "zero_shot_top5", "knn_top1", "linear_top1", "linear_top5", "linear_train_top1"}
-    expected |= {f"knn_top{n}_k{k}" for n in (1, 5) for k in (10, 20, 100)} | {"chance"}
+    expected |= {f"knn_top{n}_k{k}" for n in (1, 5) for k in (5, 10, 20, 100, 200)} | {"chance"}
     assert set(results) == expected
     assert all(0 <= value <= 1 for value in results.values())
     assert results["chance"] == pytest.approx(1 / 24, abs=1e-4)

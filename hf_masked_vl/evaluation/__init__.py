@@ -1,9 +1,12 @@
-"""Evaluation of frozen models with three protocols on labelled image splits.
+"""Evaluation of frozen models with four protocols on labelled image splits.
 
 * `zero_shot`: cosine similarity of the projected image embedding to template-ensemble class embeddings (dual
   encoders only: needs a text tower).
-* `knn`: DINO's weighted k-NN on backbone CLS features, train split → test split (headline k = 20).
-* `linear`: a logistic-regression probe on standardised backbone CLS features.
+* `knn`: DINO's weighted k-NN on backbone CLS features, train split → test split (k = 5, 10, 20, 100, 200;
+  headline k = 20).
+* `linear`: a fast logistic-regression probe (L-BFGS) on standardised backbone CLS features.
+* `linear_paper`: the MAE-family papers' probe (BatchNorm + linear head, LARS, warm-up + cosine) on cached
+  backbone CLS features; run only when named.
 
 `evaluation.segments` gives the k-NN / linear features of an MRE-ViT model with segment labels (its attention bias
 on), from splits read with a segments column.
@@ -21,8 +24,9 @@ from .features import (
     image_tower,
     no_random_masking,
 )
-from .knn import KNNResult, weighted_knn
+from .knn import DEFAULT_KS, KNNResult, weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
+from .linear_paper import PaperProbeResult, PaperProbeSettings, paper_linear_probe
 from .protocols import (
     DEFAULT_OPTIONS,
     KNN_HEADLINE_K,
@@ -43,6 +47,7 @@ from .segments import evaluate_with_segments, extract_segment_features, processo
 from .zero_shot import ZeroShotMetrics, zero_shot_accuracy, zero_shot_metrics
 
 __all__ = [
+    "DEFAULT_KS",
     "DEFAULT_MAX_ITER",
     "DEFAULT_OPTIONS",
     "DEFAULT_WEIGHT_DECAY",
@@ -53,6 +58,8 @@ __all__ = [
     "LabelledSplit",
     "LinearProbeResult",
     "PROTOCOLS",
+    "PaperProbeResult",
+    "PaperProbeSettings",
     "Protocol",
     "ProtocolInputs",
     "ZeroShotMetrics",
@@ -70,6 +77,7 @@ __all__ = [
     "linear_probe",
     "load_labelled_split",
     "no_random_masking",
+    "paper_linear_probe",
     "processor_geometry",
     "read_json_list",
     "register_protocol",

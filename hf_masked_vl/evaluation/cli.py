@@ -8,7 +8,8 @@
 
 Default data: the embedded demo, its `probe` split as the train split of knn / linear and its `eval` split as the
 test split (and the demo's templates for zero-shot). Default protocols: every one the model supports (knn and
-linear only with a train split). Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
+linear only with a train split); `linear_paper` (the MAE-family papers' BatchNorm + LARS probe, `--linear_paper_*`)
+only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
 (`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last.
 
 This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl` registers their model
@@ -18,6 +19,7 @@ types with the Auto classes); a folder or Hub repository with foreign code needs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -32,7 +34,9 @@ from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_
 from ..loading import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
 from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
+from .knn import DEFAULT_KS
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY
+from .linear_paper import OPTIMIZERS, PaperProbeSettings
 from .protocols import (
     PROTOCOLS,
     EvaluationResult,
@@ -65,11 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--demo_num_train", type=int, default=8192, help="as in run_pretraining (names the cache)")
     data.add_argument("--demo_dir", default=None, help="an existing demo dataset folder (overrides the two above)")
     protocol = parser.add_argument_group("protocols")
-    protocol.add_argument("--knn_k", type=int, nargs="+", default=[10, 20, 100])
+    protocol.add_argument("--knn_k", type=int, nargs="+", default=list(DEFAULT_KS), help="headline k: 20")
     protocol.add_argument("--knn_temperature", type=float, default=0.07)
     protocol.add_argument("--linear_weight_decay", type=float, default=DEFAULT_WEIGHT_DECAY)
     protocol.add_argument("--linear_max_iter", type=int, default=DEFAULT_MAX_ITER)
     protocol.add_argument("--finetune_steps", type=int, default=100, help="optimizer steps of --protocol finetune")
+    add_paper_probe_arguments(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=64)
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
     return parser
+
+
+def add_paper_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--linear_paper_<field>` for every `PaperProbeSettings` field, defaulting to the paper's value."""
+    group = parser.add_argument_group("linear_paper (MAE's linear probe on cached features; defaults: the paper's)")
+    for item in dataclasses.fields(PaperProbeSettings):
+        default = item.default
+        choices = OPTIMIZERS if item.name == "optimizer" else None
+        group.add_argument(f"--linear_paper_{item.name}", type=type(default), default=default, choices=choices)
+
+
+def paper_probe_settings(args: argparse.Namespace) -> PaperProbeSettings:
+    """The `--linear_paper_*` flags as settings; a value that cannot work is a `UsageError` naming its flag."""
+    values = {item.name: getattr(args, f"linear_paper_{item.name}") for item in dataclasses.fields(PaperProbeSettings)}
+    try:
+        return PaperProbeSettings(**values)
+    except ValueError as error:
+        raise UsageError(f"--linear_paper_{error}") from None
 
 
 def load_splits(
@@ -123,11 +146,11 @@ def has_train_data(args: argparse.Namespace) -> bool:
 
 def print_report(results: dict[str, EvaluationResult]) -> None:
     """A table, then `RESULT name=value` lines with `RESULT chance=…` last."""
-    header = f"{'protocol':<10} {'top1':>7} {'chance':>7} {'classes':>7} {'train':>6} {'test':>6} {'skipped':>7}  data"
+    header = f"{'protocol':<12} {'top1':>7} {'chance':>7} {'classes':>7} {'train':>6} {'test':>6} {'skipped':>7}  data"
     print(header)
     for result in results.values():
         print(
-            f"{result.protocol:<10} {result.top1:>7.4f} {result.chance:>7.4f} {result.num_classes:>7d} "
+            f"{result.protocol:<12} {result.top1:>7.4f} {result.chance:>7.4f} {result.num_classes:>7d} "
             f"{result.num_train:>6d} {result.num_test:>6d} {result.num_skipped:>7d}  {result.dataset_name}"
         )
     for result in results.values():
@@ -167,13 +190,13 @@ def load_model(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool) -
 def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
     args = build_parser().parse_args(argv)
     check_arguments(args)
+    paper_probe_settings(args)  # a bad --linear_paper_* value fails before the model is read
     remote = args.trust_remote_code
     dtype = choose_precision(args.dtype, args.device).dtype
     model = load_model(args.model, dtype, remote).to(args.device).eval()
     protocols = args.protocol
     if protocols is None:
-        supported = supported_protocols(model)
-        supported = [p for p in supported if PROTOCOLS[p].by_default]
+        supported = supported_protocols(model, by_default=True)
         protocols = [p for p in supported if p not in trained_protocols() or has_train_data(args)] or list(supported)
     with usage_errors(f"--protocol {' '.join(protocols)}", ValueError):
         check_protocols(model, protocols, has_train_split=has_train_data(args))
@@ -200,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
         max_iter=args.linear_max_iter,
         finetune_steps=args.finetune_steps,
         finetune_batch_size=args.batch_size,
+        linear_paper=paper_probe_settings(args),
     )
     print_report(results)
     return results

@@ -1,4 +1,10 @@
-"""DINO's weighted k-NN classifier on frozen features (`eval_knn.py` of facebookresearch/dino)."""
+"""DINO's weighted k-NN classifier on frozen features (`knn_classifier` of facebookresearch/dino's `eval_knn.py`).
+
+As there: L2-normalised features, cosine similarity, each of the k nearest train rows votes for its class with
+weight exp(similarity / T), T = 0.07. The papers' k list is `DEFAULT_KS` (DINO's 10, 20, 100, 200 and 5); the
+headline is k = 20 (DINO's table). One deliberate difference: top-5 never counts a class that got no vote (DINO's
+sort ranks such classes arbitrarily among themselves when fewer than 5 classes got votes).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_KS = (5, 10, 20, 100, 200)  # the papers' k list (issue 17; DINO's eval_knn: 10, 20, 100, 200)
 
 
 @dataclass
@@ -31,6 +39,20 @@ def check_labelled_features(features: torch.Tensor, labels: torch.Tensor, num_cl
         raise ValueError(f"{what} labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
 
 
+def check_train_and_test(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+) -> None:
+    """Raise a ValueError unless both splits pass `check_labelled_features` and their features have one size."""
+    check_labelled_features(train_features, train_labels, num_classes, "train")
+    check_labelled_features(test_features, test_labels, num_classes, "test")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"feature sizes differ: train {train_features.shape[1]}, test {test_features.shape[1]}")
+
+
 @torch.no_grad()
 def weighted_knn(
     train_features: torch.Tensor,
@@ -38,7 +60,7 @@ def weighted_knn(
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    ks: Sequence[int] = (10, 20, 100),
+    ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.07,
     chunk_size: int = 256,
     device: torch.device | str | None = None,
@@ -52,10 +74,7 @@ def weighted_knn(
     O(chunk_size * N). A k above N is clipped to N (logged; `KNNResult.k` says the k used). Runs on `device`
     (default: the train features' device) in float32.
     """
-    check_labelled_features(train_features, train_labels, num_classes, "train")
-    check_labelled_features(test_features, test_labels, num_classes, "test")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"feature sizes differ: train {train_features.shape[1]}, test {test_features.shape[1]}")
+    check_train_and_test(train_features, train_labels, test_features, test_labels, num_classes)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive, got {tuple(ks)}")
     if temperature <= 0:
@@ -92,4 +111,4 @@ def weighted_knn(
     }
 
 
-__all__ = ["KNNResult", "check_labelled_features", "weighted_knn"]
+__all__ = ["DEFAULT_KS", "KNNResult", "check_labelled_features", "check_train_and_test", "weighted_knn"]

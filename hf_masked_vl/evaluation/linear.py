@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .knn import check_labelled_features
+from .knn import check_train_and_test
 
 DEFAULT_WEIGHT_DECAY = 1e-3
 DEFAULT_MAX_ITER = 100
@@ -22,7 +22,8 @@ class LinearProbeResult:
     train_top1: float
 
 
-def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of rows of (N, C) `logits` whose (N,) label is among their `k` largest (k clipped to C)."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return (top == labels[:, None]).any(dim=1).float().mean().item()
 
@@ -46,10 +47,7 @@ def linear_probe(
     so the result is deterministic and needs no seed. Runs in float32 on `device` (default: the train features'
     device); the train features must fit there.
     """
-    check_labelled_features(train_features, train_labels, num_classes, "train")
-    check_labelled_features(test_features, test_labels, num_classes, "test")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"feature sizes differ: train {train_features.shape[1]}, test {test_features.shape[1]}")
+    check_train_and_test(train_features, train_labels, test_features, test_labels, num_classes)
     if weight_decay < 0 or max_iter < 1:
         raise ValueError(f"need weight_decay >= 0 and max_iter >= 1, got {weight_decay}, {max_iter}")
     device = torch.device(device) if device is not None else train_features.device
@@ -77,12 +75,12 @@ def linear_probe(
         optimizer.step(closure)
     with torch.no_grad():
         test_logits = F.linear(test, weight, bias)
-        train_top1 = _topk_accuracy(F.linear(train, weight, bias), train_labels, 1)
+        train_top1 = topk_accuracy(F.linear(train, weight, bias), train_labels, 1)
         return LinearProbeResult(
-            top1=_topk_accuracy(test_logits, test_labels, 1),
-            top5=_topk_accuracy(test_logits, test_labels, 5) if num_classes >= 5 else None,
+            top1=topk_accuracy(test_logits, test_labels, 1),
+            top5=topk_accuracy(test_logits, test_labels, 5) if num_classes >= 5 else None,
             train_top1=train_top1,
         )
 
 
-__all__ = ["DEFAULT_MAX_ITER", "DEFAULT_WEIGHT_DECAY", "LinearProbeResult", "linear_probe"]
+__all__ = ["DEFAULT_MAX_ITER", "DEFAULT_WEIGHT_DECAY", "LinearProbeResult", "linear_probe", "topk_accuracy"]

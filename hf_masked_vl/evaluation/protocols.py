@@ -22,17 +22,19 @@ from torch import nn
 
 from .data import LabelledSplit
 from .features import FEATURE_KINDS, LabelledFeatures, extract_feature_sets
-from .knn import weighted_knn
-from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, linear_probe
+from .knn import DEFAULT_KS, weighted_knn
+from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
+from .linear_paper import PaperProbeSettings, paper_linear_probe
 from .zero_shot import zero_shot_metrics
 
 KNN_HEADLINE_K = 20  # DINO's headline figure
 # The settings of the built-in protocols (`evaluate_many`'s keyword arguments).
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "ks": (10, 20, 100),
+    "ks": DEFAULT_KS,
     "temperature": 0.07,
     "weight_decay": DEFAULT_WEIGHT_DECAY,
     "max_iter": DEFAULT_MAX_ITER,
+    "linear_paper": PaperProbeSettings(),
 }
 
 
@@ -43,7 +45,8 @@ class EvaluationResult:
     top1: headline top-1 accuracy (k-NN: k = 20, or the first k asked for when 20 is not among them).
     chance: 1 / num_classes. num_train: labelled train images used (0 for zero-shot). num_test: test images
     scored. num_skipped: undecodable images left out (train and test). details: further accuracies in [0, 1]
-    (zero_shot: top5; knn: top1_k<k>, top5_k<k> per k; linear: top5, train_top1). notes: caveats (k clipped, ...).
+    (zero_shot: top5; knn: top1_k<k>, top5_k<k> per k; linear, linear_paper: top5, train_top1). notes: caveats (k
+    clipped, ...; linear_paper: its learning rate, batch and steps).
     """
 
     protocol: str
@@ -124,7 +127,8 @@ def register_protocol(
     needs_text_tower: bool = False,
     by_default: bool = True,
 ) -> Callable[[Callable[[ProtocolInputs], EvaluationResult]], Callable[[ProtocolInputs], EvaluationResult]]:
-    """Function decorator: make `score` the protocol `name` (see the module docstring and `Protocol`)."""
+    """Function decorator: make `score` the protocol `name` (see the module docstring). `by_default=False`: run
+    only when asked for by name (not among `supported_protocols(model, by_default=True)`)."""
     if features is not None and features not in FEATURE_KINDS:
         raise ValueError(f"protocol {name!r}: unknown feature kind {features!r}; expected one of {FEATURE_KINDS}")
 
@@ -170,6 +174,12 @@ def knn(inputs: ProtocolInputs) -> EvaluationResult:
     return inputs.result("knn", per_k[headline].top1, details=details, notes=notes)
 
 
+def probe_details(probe: LinearProbeResult) -> dict[str, float]:
+    """A linear probe's further accuracies: top5 (from 5 classes up) and train_top1."""
+    top5 = {"top5": probe.top5} if probe.top5 is not None else {}
+    return {**top5, "train_top1": probe.train_top1}
+
+
 @register_protocol("linear")
 def linear(inputs: ProtocolInputs) -> EvaluationResult:
     """A logistic-regression probe on standardised backbone features."""
@@ -180,10 +190,20 @@ def linear(inputs: ProtocolInputs) -> EvaluationResult:
         max_iter=options["max_iter"],
         device=inputs.device,
     )
-    details = {"train_top1": probe.train_top1}
-    if probe.top5 is not None:
-        details = {"top5": probe.top5, **details}
-    return inputs.result("linear", probe.top1, details=details)
+    return inputs.result("linear", probe.top1, details=probe_details(probe))
+
+
+@register_protocol("linear_paper", by_default=False)
+def linear_paper(inputs: ProtocolInputs) -> EvaluationResult:
+    """The MAE-family papers' probe (`linear_paper.py`): BatchNorm + linear head, LARS, warm-up + cosine, settings
+    from `options["linear_paper"]` (a `PaperProbeSettings`; default `DEFAULT_OPTIONS["linear_paper"]`)."""
+    settings = inputs.options.get("linear_paper") or DEFAULT_OPTIONS["linear_paper"]
+    probe = paper_linear_probe(*inputs.train_and_test(), settings=settings, device=inputs.device)
+    notes = [
+        f"{settings.optimizer} lr {probe.learning_rate:.4g}, batch {probe.batch_size}, {probe.epochs} epochs "
+        f"({probe.steps} steps; at least min_steps {settings.min_steps})"
+    ]
+    return inputs.result("linear_paper", probe.top1, details=probe_details(probe), notes=notes)
 
 
 def trained_protocol_results(
@@ -214,9 +234,14 @@ def has_text_tower(model) -> bool:
     return hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
 
 
-def supported_protocols(model) -> tuple[str, ...]:
-    """The registered protocols `model` can run: all for a dual encoder, else those that need no text tower."""
-    return tuple(name for name, protocol in PROTOCOLS.items() if has_text_tower(model) or not protocol.needs_text_tower)
+def supported_protocols(model, by_default: bool = False) -> tuple[str, ...]:
+    """The registered protocols `model` can run: all for a dual encoder, else those that need no text tower; with
+    `by_default`, only those run when none is named (`register_protocol(by_default=...)`)."""
+    return tuple(
+        name
+        for name, protocol in PROTOCOLS.items()
+        if (has_text_tower(model) or not protocol.needs_text_tower) and (protocol.by_default or not by_default)
+    )
 
 
 def check_protocols(model, protocols: Sequence[str], has_train_split: bool, has_tokenizer: bool = True) -> None:
@@ -327,8 +352,8 @@ def evaluate(
     batch_size: int = 64,
     **kwargs,
 ) -> EvaluationResult:
-    """One protocol ("zero_shot", "knn" or "linear"); `kwargs`: `ks`, `temperature` (knn), `weight_decay`,
-    `max_iter` (linear). See `evaluate_many`."""
+    """One protocol ("zero_shot", "knn", "linear", "linear_paper", ...); `kwargs`: `ks`, `temperature` (knn),
+    `weight_decay`, `max_iter` (linear), `linear_paper` (a `PaperProbeSettings`). See `evaluate_many`."""
     return evaluate_many(
         model,
         [protocol],

@@ -113,6 +113,13 @@ class DataArguments:
         default=None, metadata={"help": "Labelled split of the evaluation set for k-NN / linear probes."}
     )
     label_column: str = field(default="label")
+    eval_protocols: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Protocols run after training (default: the method's, e.g. knn linear); e.g. knn linear_paper "
+            "for the papers' BatchNorm + LARS linear probe."
+        },
+    )
     class_names_file: str | None = field(
         default=None,
         metadata={"help": "JSON list of class names (default: the label column's ClassLabel names)."},

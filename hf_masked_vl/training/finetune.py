@@ -122,9 +122,6 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Train on a class-balanced, seeded subset (0.01 or 0.1: AttG-MAE's low-shot protocol)."},
     )
-    base_learning_rate: float | None = field(
-        default=None, metadata={"help": "lr = base lr · effective batch / 256 (recipe: 5e-4 B, 1e-3 L)."}
-    )
     rand_augment: str | None = field(
         default=None, metadata={"help": "timm RandAugment spec (recipe: rand-m9-mstd0.5-inc1); 'none' turns it off."}
     )
@@ -218,8 +215,8 @@ def apply_recipe(
         if key not in given:
             setattr(target, key, value)
         used[key] = getattr(target, key)
-    if "learning_rate" not in given and args.base_learning_rate is not None:
-        training_args.learning_rate = args.base_learning_rate * effective_batch(training_args) / 256
+    if "learning_rate" not in given and training_args.base_learning_rate is not None:
+        training_args.learning_rate = training_args.base_learning_rate * effective_batch(training_args) / 256
     used["learning_rate"] = training_args.learning_rate
     return used
 
@@ -493,6 +490,10 @@ def finetune(
                        trainer.state.log_history, summary)  # fmt: skip
 
 
+# PretrainingArguments' flags of the pre-training recipes, which fine-tuning would ignore
+PRETRAINING_ONLY = frozenset({"recipe", "dry_run", "weight_decay_end", "samples_per_epoch"})
+
+
 def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningArguments, set[str]]:
     """(FinetuneArguments, FinetuningArguments, the fields the command line set). An unknown or abbreviated flag is a
     `UsageError` naming the closest known ones."""
@@ -504,7 +505,10 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningA
     )
     _refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
     args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
-    return args, training_args, given_flags(parser, argv)
+    given = given_flags(parser, argv)
+    for name in sorted(given & PRETRAINING_ONLY):
+        raise UsageError(f"--{name} is a flag of run_pretraining.py; fine-tuning takes MAE's fine-tuning recipe")
+    return args, training_args, given
 
 
 def card_for(run: FinetuneRun, training_args: FinetuningArguments, source: str, demo: bool) -> CardInfo:

@@ -213,6 +213,7 @@ class TrainingData:
     demo: object | None = None
     eval_train: LabelledSplit | None = None  # labelled splits of the evaluations after training
     eval_test: LabelledSplit | None = None
+    eval_protocols: tuple[str, ...] | None = None  # --eval_protocols (None: the method's `evaluations`)
 
 
 def training_source(data_args: DataArguments):
@@ -415,6 +416,14 @@ def check_attn_implementation(name: str, model_class: type | None) -> None:
         raise UsageError(f"--attn_implementation {name}: {model_class.__name__} does not support it; use sdpa or eager")
 
 
+def check_eval_protocols(names: list[str] | None) -> None:
+    """Every `--eval_protocols` name must be a registered protocol (`evaluation.PROTOCOLS`)."""
+    for name in names or ():
+        if name not in PROTOCOLS:
+            known = ", ".join(PROTOCOLS)
+            raise UsageError(f"--eval_protocols {name}: not a protocol{did_you_mean(name, PROTOCOLS)} (known: {known})")
+
+
 def check_before_training(
     method: Method, data_args: DataArguments, training_args: PretrainingArguments
 ) -> TrainingData:
@@ -422,6 +431,7 @@ def check_before_training(
     one line: the attention implementation, the training data (files, columns, at least one batch of records) and
     the evaluation splits (opened once here, used after training)."""
     check_attn_implementation(method.model_args.attn_implementation, method.model_class)
+    check_eval_protocols(data_args.eval_protocols)
     source, label, demo = training_source(data_args)
     columns = {"--image_column": data_args.image_column}
     if method.reads_caption:
@@ -429,7 +439,8 @@ def check_before_training(
     check_columns(source, columns)
     check_batch_fits(source, training_args)
     eval_train, eval_test = evaluation_splits(data_args)
-    return TrainingData(source, label, demo, eval_train, eval_test)
+    protocols = tuple(data_args.eval_protocols) if data_args.eval_protocols else None
+    return TrainingData(source, label, demo, eval_train, eval_test, protocols)
 
 
 # ---- weights to export ----
@@ -533,12 +544,13 @@ def build_ema(method: Method, built: Built, training_args: PretrainingArguments)
 def evaluate_weights(
     method: Method, candidates: dict, data: TrainingData, tokenizer, image_processor, device
 ) -> tuple[dict[str, dict[str, EvaluationResult]], list[str]]:
-    """Score every weight set (`{"ema": model, "online": model}`) with the method's protocols that the model and the
-    evaluation splits support: (weights → protocol → result, the protocols run)."""
+    """Score every weight set (`{"ema": model, "online": model}`) with the method's protocols (or those of
+    `--eval_protocols`) that the model and the evaluation splits support: (weights → protocol → result, the protocols
+    run)."""
     model = candidates["online"]
     protocols = [
         name
-        for name in method.evaluations
+        for name in data.eval_protocols or method.evaluations
         if name in supported_protocols(model)
         and (not PROTOCOLS[name].needs_train_split or data.eval_train is not None)
         and (not PROTOCOLS[name].needs_text_tower or tokenizer is not None)
