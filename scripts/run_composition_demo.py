@@ -20,8 +20,8 @@ two seeds.
    of the two rows' largest-minus-smallest over seeds).
 
 Prints the table, the comparisons, the wall times with the load average, and `RESULT` lines last; writes
-`results.json`. Budget: the defaults take about 9 minutes in fp32 on 2 cores of a Zen 4 EPYC (see README,
-"Composing guidance").
+`results.json`. Budget: the defaults take 8.5 minutes in fp32 on 2 cores of a Zen 4 EPYC (about 13.4 minutes on an
+AVX2-only EPYC; see README, "Composing guidance").
 """
 
 from __future__ import annotations
