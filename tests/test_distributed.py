@@ -214,7 +214,7 @@ def test_a_run_ends_the_process_group_it_started(tmp_path, monkeypatch, process_
         assert gloo_threads()
         raise UsageError("--output_dir is required")
 
-    monkeypatch.setattr(run, "parse_arguments", start_then_fail)
+    monkeypatch.setattr(run, "prepare_arguments", start_then_fail)
     with pytest.raises(UsageError):
         run.main([])
     assert not torch.distributed.is_initialized() and not gloo_threads()
@@ -233,7 +233,7 @@ def test_a_callers_process_group_is_left_alone(tmp_path, monkeypatch, process_gr
     def fail(argv):
         raise UsageError("--output_dir is required")
 
-    monkeypatch.setattr(run, "parse_arguments", fail)
+    monkeypatch.setattr(run, "prepare_arguments", fail)
     with pytest.raises(UsageError):
         run.main([])
     assert torch.distributed.is_initialized()
