@@ -3,6 +3,7 @@ exactly those files to the Hub."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib.resources
 import logging
@@ -11,14 +12,14 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import huggingface_hub.constants
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import LocalTokenNotFoundError
-from transformers import PreTrainedModel
+from transformers import CLIPProcessor, PreTrainedModel
 
 from .errors import UsageError
 from .models import ZERO_SHOT_ENSEMBLE_TASK, ZeroShotEnsemblePipeline
@@ -50,6 +51,7 @@ CHECKPOINT_FILE_PATTERNS = (
     "vocab.json",
     "merges.txt",
     "preprocessor_config.json",
+    "processor_config.json",
     "README.md",
 )
 # What `MaskedVLTrainer` adds in an intermediate `checkpoint-N` folder to resume from it: transformers'
@@ -266,12 +268,45 @@ def write_checkpoint_folder(
     image_processor=None,
     card: CardInfo | None = None,
     pipelines: tuple[str, ...] | None = None,
+    training_heads: bool = False,
 ) -> Path:
     """Write the files of a complete checkpoint (see `save_checkpoint`) straight into `folder`, a new or empty
     folder (a staging folder: nothing there is replaced atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prepare_for_saving(model)
+    with training_modules_left_out(model, leave_out=not training_heads) as left_out:
+        if left_out:
+            logger.info("leaving the training-only modules %s out of %s", ", ".join(left_out), folder)
+        save_model_files(model, folder, tokenizer, image_processor, pipelines)
+        if card is not None:
+            render_model_card(model, card, folder)
+    return folder
+
+
+@contextlib.contextmanager
+def training_modules_left_out(model: PreTrainedModel, leave_out: bool = True) -> Iterator[list[str]]:
+    """Within the block the model's `training_only_modules` (modules only its pre-training loss uses, e.g. A-CLIP's
+    SimCLR head and BYOL projector and predictor) are detached (set to None), so that `save_pretrained` and the card
+    leave them out; they are put back when the block ends. Yields the names detached (none with `leave_out=False`
+    or for a model that declares none)."""
+    names = [name for name in getattr(model, "training_only_modules", ()) if getattr(model, name, None) is not None]
+    detached = {name: getattr(model, name) for name in names} if leave_out else {}
+    for name in detached:
+        setattr(model, name, None)
+    try:
+        yield list(detached)
+    finally:
+        for name, module in detached.items():
+            setattr(model, name, module)
+
+
+def save_model_files(
+    model: PreTrainedModel, folder: Path, tokenizer, image_processor, pipelines: tuple[str, ...] | None
+) -> None:
+    """Weights, config and code (through the zero-shot ensemble pipeline when `pipelines` holds it), tokenizer,
+    image processor and, with both of these, a `CLIPProcessor` (`processor_config.json`), so that
+    `AutoProcessor.from_pretrained(folder)` returns one that prepares text and images together as CLIP's does."""
     if pipelines is None:
         pipelines = (ZERO_SHOT_ENSEMBLE_TASK,) if hasattr(model, "get_text_features") else ()
     if ZERO_SHOT_ENSEMBLE_TASK in pipelines:
@@ -285,9 +320,8 @@ def write_checkpoint_folder(
             tokenizer.save_pretrained(folder)
         if image_processor is not None:
             image_processor.save_pretrained(folder)
-    if card is not None:
-        render_model_card(model, card, folder)
-    return folder
+    if tokenizer is not None and image_processor is not None:
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
 def move_files_into(staging: str | Path, folder: str | Path, last: str = "config.json") -> None:
@@ -307,12 +341,16 @@ def save_checkpoint(
     image_processor=None,
     card: CardInfo | None = None,
     pipelines: tuple[str, ...] | None = None,
+    *,
+    training_heads: bool = False,
 ) -> Path:
     """Write a folder that `AutoModel.from_pretrained(folder)` loads with this package installed, and with
     `trust_remote_code=True` without it: safetensors weights, config with a complete `auto_map`, the flat model
     code, `tokenizer.json` and the template-ensemble zero-shot pipeline (dual encoders),
-    `preprocessor_config.json` and a model card. `pipelines` defaults to the zero-shot ensemble for models with a
-    text tower and none otherwise.
+    `preprocessor_config.json`, a `CLIPProcessor`'s `processor_config.json` (dual encoders: for
+    `AutoProcessor`) and a model card. `pipelines` defaults to the zero-shot ensemble for models with a text tower
+    and none otherwise. The modules only pre-training uses (`training_only_modules`: A-CLIP's SimCLR / BYOL heads)
+    are left out unless `training_heads` (to continue pre-training with them); the model loads without them.
 
     The files are written into a hidden temporary folder inside `folder` and moved in when all are written
     (`move_files_into`, `config.json` last): an interrupted save leaves the folder's previous files whole, and a
@@ -321,7 +359,7 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".save-", suffix=".tmp", dir=folder))
     try:
-        write_checkpoint_folder(model, staging, tokenizer, image_processor, card, pipelines)
+        write_checkpoint_folder(model, staging, tokenizer, image_processor, card, pipelines, training_heads)
         move_files_into(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -416,6 +454,8 @@ __all__ = [
     "render_model_card",
     "run_checkpoint_folders",
     "save_checkpoint",
+    "save_model_files",
+    "training_modules_left_out",
     "upload_plan",
     "write_checkpoint_folder",
 ]

@@ -5,13 +5,19 @@ type, the error of damaged weights, and the refusal to run a checkpoint's own co
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from collections.abc import Iterator
 
+from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from .data.files import is_local_path
 from .errors import UsageError, first_line
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedConfig:
@@ -72,11 +78,44 @@ def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: st
             "--method lit)"
         )
     try:
-        return model_class.from_pretrained(name_or_path, **kwargs)
+        model = model_class.from_pretrained(name_or_path, **kwargs)
     except UsageError:
         raise
     except Exception as error:
         raise weights_error(name_or_path, error) from error
+    fresh = fresh_training_modules(model, name_or_path)
+    if fresh:
+        logger.warning(
+            "%s holds no %s (it was saved without --export_training_heads): they start from a fresh initialisation",
+            name_or_path,
+            ", ".join(fresh),
+        )
+    return model
+
+
+def saved_tensor_names(name_or_path: str) -> set[str] | None:
+    """The tensor names of a checkpoint's safetensors weights (one file or shards), from the folder or the Hub
+    cache; None when it has none."""
+    found = {"_raise_exceptions_for_missing_entries": False, "_raise_exceptions_for_connection_errors": False}
+    index = cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, **found)
+    if index is not None:
+        with open(index, encoding="utf-8") as handle:
+            return set(json.load(handle)["weight_map"])
+    weights = cached_file(name_or_path, SAFE_WEIGHTS_NAME, **found)
+    if weights is None:
+        return None
+    with safe_open(weights, framework="pt") as handle:
+        return set(handle.keys())
+
+
+def fresh_training_modules(model: PreTrainedModel, name_or_path: str) -> list[str]:
+    """The model's `training_only_modules` (e.g. A-CLIP's SimCLR / BYOL heads) that the checkpoint `name_or_path`
+    it was loaded from holds no weights of, so that they were freshly initialised."""
+    names = [name for name in getattr(model, "training_only_modules", ()) if getattr(model, name, None) is not None]
+    saved = saved_tensor_names(name_or_path) if names else None
+    if saved is None:
+        return []
+    return [name for name in names if not any(key.startswith(f"{name}.") for key in saved)]
 
 
 def weights_error(name_or_path: str, error: Exception) -> UsageError:
@@ -93,4 +132,12 @@ def weights_error(name_or_path: str, error: Exception) -> UsageError:
     )
 
 
-__all__ = ["checkpoint_config", "load_checked", "remote_code_guard", "remote_code_refusal", "weights_error"]
+__all__ = [
+    "checkpoint_config",
+    "fresh_training_modules",
+    "load_checked",
+    "saved_tensor_names",
+    "remote_code_guard",
+    "remote_code_refusal",
+    "weights_error",
+]

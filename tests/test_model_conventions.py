@@ -461,20 +461,19 @@ PIXELS_ALONE_LOSS = {  # the loss of `model(pixel_values=...)`: MAE heads recons
     "mre_dino": None,  # the loss needs the teacher's logits
     "uta": None,  # the loss needs the teacher's tokens (alignment) or captions (contrastive)
 }
-NEEDS_TEXT = ("a_clip", "lit")  # dual encoders trained on pairs: `forward` needs input_ids, as CLIPModel's
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_with_pixel_values_alone(name):
     """As a transformers model without `labels`: the main input alone runs, and a head whose loss needs an input it
-    did not get (teacher outputs) returns its outputs with `loss=None` (DINO's centre untouched). A-CLIP and LiT
-    need captions, as transformers' `CLIPModel`: a one-line error naming the image-only entry point."""
+    did not get (teacher outputs) returns its outputs with `loss=None` (DINO's centre untouched). A dual encoder
+    returns its normalised image embedding first (what the `image-feature-extraction` pipeline reads)."""
     model = build(name).train()
     pixels = make_inputs(CASES[name])["pixel_values"]
-    if name in NEEDS_TEXT:
-        with pytest.raises(ValueError, match="get_image_features"):
-            model(pixel_values=pixels)
-        return
+    if CASES[name].dual:
+        image_embeds = model(pixel_values=pixels)[0]
+        assert image_embeds.shape == (BATCH, model.config.projection_dim)
+        assert torch.allclose(image_embeds.norm(dim=-1), torch.ones(BATCH))
     centre = model.dino_loss.center.clone() if name == "mre_dino" else None
     outputs = model(pixel_values=pixels)
     assert all(torch.isfinite(value).all() for value in outputs.values() if isinstance(value, torch.Tensor))

@@ -51,8 +51,9 @@ FLAGS = [
 
 # case → the method's flags; "{name}" is replaced by the folder of the start checkpoint `name` (STARTS)
 CASES: dict[str, list[str]] = {
-    "a_clip": ["--method", "a_clip"],
-    "a_clip-random_masks": ["--method", "a_clip", "--mask_mode", "random"],
+    # the pinned weight sums include A-CLIP's SimCLR / BYOL heads, which a final folder keeps only when asked
+    "a_clip": ["--method", "a_clip", "--export_training_heads"],
+    "a_clip-random_masks": ["--method", "a_clip", "--mask_mode", "random", "--export_training_heads"],
     "uta": ["--method", "uta", "--teacher", "{aclip_teacher}"],
     "uta-block_masks": ["--method", "uta", "--teacher", "{aclip_teacher}", "--mask_type", "block"],
     "uta_contrastive": ["--method", "uta_contrastive", "--model_name_or_path", "{uta_start}"],

@@ -262,8 +262,12 @@ def test_run_pretraining_main_job_writes_a_complete_folder(small_demo, tmp_path,
         "README.md",
         "modeling_aclip.py",
         "pipeline_zero_shot.py",
+        "processor_config.json",
     } <= names
     assert json.loads((output / "config.json").read_text())["mask_mode"] == mask_mode
+    exported, resumable = load_file(output / "model.safetensors"), load_file(output / "checkpoint-3/model.safetensors")
+    assert not any(key.startswith(("simclr_head.", "byol_")) for key in exported)  # training-only heads left out
+    assert any(key.startswith("simclr_head.") for key in resumable)  # a checkpoint keeps them to resume
     assert (output / "checkpoint-3" / "ema.safetensors").is_file()
     events = list((output / "runs").rglob("events.out.tfevents.*"))  # TensorBoard by default
     assert events and events[0].stat().st_size > 0

@@ -79,7 +79,14 @@ class AClipModel(AClipPreTrainedModel):
 
     Pre-training inputs: `pixel_values` (B, V, C, H, W) with V online views, `keep_indices` (B, V, K), and
     `byol_targets` (B, C_byol) from the EMA projector on the EMA view; `return_loss=True`.
+
+    The SimCLR head and the BYOL projector and predictor serve the pre-training loss only (`training_only_modules`):
+    a saved folder leaves them out unless asked (`hf_masked_vl.hub.save_checkpoint(training_heads=True)`,
+    `--export_training_heads`), and a folder without them loads with them freshly initialised, silently.
     """
+
+    training_only_modules = ("simclr_head", "byol_projector", "byol_predictor")
+    _keys_to_ignore_on_load_missing = [r"^(simclr_head|byol_projector|byol_predictor)\."]
 
     def __init__(self, config: AClipConfig):
         super().__init__(config)
@@ -115,7 +122,9 @@ class AClipModel(AClipPreTrainedModel):
         **kwargs,
     ) -> AClipOutput:
         """
-        input_ids: (B, L) token ids, padded with the end-of-text token.
+        input_ids: (B, L) token ids, padded with the end-of-text token. Without them the output holds the image
+            tower's output and `image_embeds` only (the first field, so the `image-feature-extraction` pipeline
+            returns it).
         pixel_values: (B, C, H, W), or (B, V, C, H, W) for V augmented views of each image.
         keep_indices: (B, K) or (B, V, K) kept patch indices per view; `None` keeps every patch.
         token_labels: (B, h, w) or (B, V, h, w) segment label of every patch of each view (0 = none): the image
@@ -125,10 +134,10 @@ class AClipModel(AClipPreTrainedModel):
             `vision_model_output` / `text_model_output`.
         return_dict: `False` (or `config.return_dict=False`) returns a tuple of the non-`None` fields.
         """
-        if pixel_values is None or input_ids is None:
+        if pixel_values is None:
             raise ValueError(
-                "AClipModel.forward needs both pixel_values and input_ids (as transformers' CLIPModel); for one tower "
-                "alone call get_image_features or get_text_features"
+                "AClipModel.forward needs pixel_values (and input_ids for logits_per_image, as transformers' "
+                "CLIPModel); for the text tower alone call get_text_features"
             )
         single_view = pixel_values.ndim == 4
         if single_view:
@@ -145,6 +154,8 @@ class AClipModel(AClipPreTrainedModel):
         vision_outputs = self.image_tower(flat_pixels, flat_keep, flat_labels, **vision_flags)
         cls_tokens = vision_outputs.pooler_output  # (V·B, D)
         image_embeds = F.normalize(self.visual_projection(cls_tokens), dim=-1).view(views, batch, -1)
+        if input_ids is None:  # image features only: `image_embeds` comes first (`image-feature-extraction`)
+            return AClipOutput(image_embeds=image_embeds[0], vision_model_output=vision_outputs)
         text_outputs = self.get_text_features(
             input_ids, attention_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )

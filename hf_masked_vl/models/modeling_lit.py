@@ -83,18 +83,22 @@ class LiTModel(LiTPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> LiTOutput:
-        """input_ids / attention_mask: (B_txt, L). pixel_values: (B_img, C, H, W).
+        """input_ids / attention_mask: (B_txt, L); without them the output holds `image_embeds` (its first field,
+        what the `image-feature-extraction` pipeline returns) and the image tower's output. pixel_values: (B_img, C,
+        H, W).
         output_attentions / output_hidden_states: of both towers (`None`: the configs' flags), in
         `vision_model_output` / `text_model_output`. return_dict: `False` (or `config.return_dict=False`) returns a
         tuple of the non-`None` fields."""
-        if pixel_values is None or input_ids is None:
+        if pixel_values is None:
             raise ValueError(
-                "LiTModel.forward needs both pixel_values and input_ids (as transformers' CLIPModel); for one tower "
-                "alone call get_image_features or get_text_features"
+                "LiTModel.forward needs pixel_values (and input_ids for logits_per_image, as transformers' "
+                "CLIPModel); for the text tower alone call get_text_features"
             )
         flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         vision_outputs = self.get_image_features(pixel_values, **flags)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        if input_ids is None:  # image features only: `image_embeds` comes first (`image-feature-extraction`)
+            return LiTOutput(image_embeds=image_embeds, vision_model_output=vision_outputs)
         text_outputs = self.get_text_features(input_ids, attention_mask, **flags)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logit_scale = self.logit_scale.exp()

@@ -68,6 +68,15 @@ class ModelArguments:
             "choices": ["auto", "ema", "online"],
         },
     )
+    export_training_heads: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the modules only pre-training uses (A-CLIP's SimCLR head, BYOL projector and predictor) in "
+            "the final folder, to continue pre-training from it with them. By default they are left out: the folder "
+            "loads without them, and a run continued from it starts them fresh (it says so). Checkpoints always "
+            "keep them."
+        },
+    )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or a registered kernel."})
 
 

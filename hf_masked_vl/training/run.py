@@ -751,7 +751,7 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         save_final_folder(
             run_record,
             lambda staging: write_checkpoint_folder(
-                final, staging, tokenizer, image_processor, card, pipelines=method.pipelines
+                final, staging, tokenizer, image_processor, card, method.pipelines, model_args.export_training_heads
             ),
         )
         if push_to_hub:
