@@ -104,7 +104,9 @@ def test_templates_have_no_dead_link_and_every_section(template):
 def test_every_method_cites_known_papers():
     from hf_masked_vl.methods import METHODS
 
-    for name, method in METHODS.items():
+    built_in = {name: method for name, method in METHODS.items() if method.__module__.startswith("hf_masked_vl.")}
+    assert len(built_in) >= 10  # the tests' own registered methods are left out
+    for name, method in built_in.items():
         assert method.citations and set(method.citations) <= set(CITATIONS), name
 
 
