@@ -7,6 +7,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import jinja2
 import pytest
 import torch
 from conftest import tiny_aclip_config
@@ -96,6 +97,7 @@ def test_card_with_hub_ids_and_license(tiny_model, tmp_path):
 )
 def test_templates_have_no_dead_link_and_every_section(template):
     text = (files("hf_masked_vl.model_cards") / template).read_text()
+    jinja2.Environment().parse(text)  # valid template syntax
     check_no_dead_links(text)
     assert "({{ r.split }})" not in text and "subset of the patches dropped" not in text
     assert "{{ training_details }}" in text and "{{ closing_sections }}" in text and "{{ model_id }}" in text
