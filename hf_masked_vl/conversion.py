@@ -267,7 +267,8 @@ def write_folder(model, output_dir: str, summary: str) -> Path:
         setattr(model.config.text_config, name, getattr(tokenizer, name))
     image_processor = build_image_processor(model.config.vision_config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     name = os.path.basename(os.path.abspath(output_dir))
-    card = CardInfo(model_name=name, training_summary=summary, template=f"{model.config.model_type}.md")
+    model_type = model.config.model_type
+    card = CardInfo(model_name=name, training_summary=summary, template=f"{model_type}.md", citations=(model_type,))
     return save_checkpoint(model, output_dir, tokenizer, image_processor, card)
 
 

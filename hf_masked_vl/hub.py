@@ -15,12 +15,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub.constants
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import LocalTokenNotFoundError
 from transformers import CLIPProcessor, PreTrainedModel
 
+from .cards import PACKAGE_NAME, closing_sections, training_details
 from .errors import UsageError
 from .models import ZERO_SHOT_ENSEMBLE_TASK, ZeroShotEnsemblePipeline
 from .public import public_log_files, public_name
@@ -75,14 +77,17 @@ LOGS_FOLDER = "runs"  # where transformers' TensorBoard callback writes by defau
 
 @dataclass
 class EvaluationFigure:
-    """A measured figure for the model card: one protocol, one set of weights."""
+    """A measured figure for the model card: one protocol, one set of weights. `dataset_name` names the data and
+    its split (`demo shapes (eval)`); `dataset_id` is its Hub id, None when it is not on the Hub (the embedded demo,
+    local files): such a figure is shown in the card's table but left out of the `model-index` metadata, whose
+    `dataset.type` the Hub shows as a link to the dataset."""
 
     protocol: str  # zero_shot, knn, linear
     top1: float
     chance: float
     num_classes: int
     dataset_name: str
-    dataset_type: str
+    dataset_id: str | None = None
     split: str = "eval"
     weights: str = "exported"  # "ema" / "online" when both were scored
     exported: bool = True
@@ -94,7 +99,25 @@ class EvaluationFigure:
 
 @dataclass
 class CardInfo:
-    """What a model card says beyond the config: provenance, training summary and measured results."""
+    """What a model card says beyond the config: provenance, training summary and measured results.
+
+    Attributes:
+        model_name: the card's title (the output folder's name).
+        training_summary: the run's account (steps, data, time, recipe and its deviations).
+        datasets: the training data's Hub ids (metadata `datasets`); none for the demo or local files.
+        results: the measured figures.
+        base_model: the Hub id the model started from or was distilled from.
+        template: a file of `model_cards/`.
+        pipeline_tag: the metadata's task (default: zero-shot for dual encoders, else feature extraction).
+        repo_id: the Hub id the card's snippets load from (`--hub_model_id`, the push); None: the folder's name.
+        license: a Hub license id the user chose (`--license`); None: the metadata names no license.
+        training_data: one line on what the model was trained on.
+        hyperparameters: the training arguments that matter, name → value.
+        config_values: the method's config values, name → value.
+        precision: the training precision and why it was chosen.
+        demo: trained on the embedded demo (the limitations say it is a toy).
+        citations: keys of `cards.CITATIONS` (the papers' BibTeX).
+    """
 
     model_name: str
     training_summary: str = ""
@@ -103,6 +126,14 @@ class CardInfo:
     base_model: str | None = None
     template: str = "generic.md"
     pipeline_tag: str | None = None
+    repo_id: str | None = None
+    license: str | None = None
+    training_data: str = ""
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    config_values: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+    demo: bool = False
+    citations: tuple[str, ...] = ()
 
 
 def hub_code_files() -> set[str]:
@@ -210,7 +241,7 @@ def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path
     eval_results = [
         EvalResult(
             task_type=PROTOCOL_TASKS.get(figure.protocol, "image-classification"),
-            dataset_type=figure.dataset_type,
+            dataset_type=figure.dataset_id,
             dataset_name=figure.dataset_name,
             dataset_split=figure.split,
             metric_type="accuracy",
@@ -218,14 +249,14 @@ def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path
             metric_value=round(figure.top1, 4),
         )
         for figure in info.results
-        if figure.exported
+        if figure.exported and figure.dataset_id is not None
     ]
     has_text = getattr(model.config, "text_config", None) is not None
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=info.pipeline_tag
         or ("zero-shot-image-classification" if has_text else "image-feature-extraction"),
-        license="apache-2.0",
+        license=info.license,
         tags=["hf_masked_vl", model.config.model_type, "custom_code"],
         datasets=info.datasets or None,
         base_model=info.base_model,
@@ -247,6 +278,11 @@ def render_model_card(model: PreTrainedModel, info: CardInfo, folder: str | Path
         results=info.results,
         templates=list(getattr(model.config, "zero_shot_templates", []) or []),
         num_parameters=sum(p.numel() for p in model.parameters()),
+        package=PACKAGE_NAME,
+        model_id=info.repo_id or info.model_name,
+        model_id_known=info.repo_id is not None,
+        training_details=training_details(info.training_data, info.hyperparameters, info.config_values, info.precision),
+        closing_sections=closing_sections(info.demo, info.license, info.citations),
     )
     card.save(Path(folder) / "README.md")
     return card
@@ -401,9 +437,10 @@ def push_checkpoint(
     return str(commit.commit_url)
 
 
-def check_hub_access(repo_id: str, token: str | None = None) -> None:
+def check_hub_access(repo_id: str, token: str | None = None) -> str:
     """Fail early, before training, in one line (`UsageError`) when the Hub cannot be reached (offline mode, no
-    network), no token is found or the token cannot write to `repo_id`. The message never holds the token."""
+    network), no token is found or the token cannot write to `repo_id`. The message never holds the token.
+    Returns the full id (`owner/name`: a bare name is the token user's)."""
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise UsageError(
             "--push_to_hub needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1): unset it, or drop --push_to_hub"
@@ -428,6 +465,22 @@ def check_hub_access(repo_id: str, token: str | None = None) -> None:
             f"--hub_model_id {repo_id}: the token of {whoami.get('name')!r} cannot create or write it (owner "
             f"{owner!r} is not the user or one of their organisations)"
         )
+    return f"{owner}/{repo_id.split('/')[-1]}"
+
+
+def check_card_metadata(license_id: str | None, datasets: list[str] | None = None) -> None:
+    """Before a push (and before training), let the Hub check the card metadata the user chose (`--license`, the
+    training data's Hub id), so that an id the Hub does not accept fails now, in one line, rather than the upload
+    after training. A Hub that cannot be asked is logged and the run goes on (the upload checks it again)."""
+    data = ModelCardData(library_name="transformers", license=license_id, datasets=datasets or None)
+    try:
+        ModelCard(f"---\n{data.to_yaml()}\n---\n").validate(repo_type="model")
+    except ValueError as error:
+        raise UsageError(
+            f"--license {license_id}: the Hub refuses the model card's metadata: {redacted_first_line(error, None)}"
+        ) from None
+    except Exception as error:  # network: HTTP errors, timeouts
+        logger.warning("could not ask the Hub to check the card's metadata (%s: %s)", type(error).__name__, error)
 
 
 def redacted_first_line(error: BaseException, token: str | None) -> str:
@@ -442,6 +495,7 @@ __all__ = [
     "CardInfo",
     "EvaluationFigure",
     "auto_map_for",
+    "check_card_metadata",
     "check_hub_access",
     "checkpoint_files",
     "hub_code_files",

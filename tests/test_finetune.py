@@ -97,6 +97,8 @@ def test_finetuning_lowers_the_loss_and_the_stock_pipeline_runs_the_folder(sourc
     assert type(classifier.model).__name__ == "MaskedViTForImageClassification"
     card = (output / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and "fine-tuned top-1" in card
+    assert "license:" not in card and "demo-shapes" not in card and "This is a toy." in card
+    assert "| `learning_rate` |" in card and "Masked Autoencoders Are Scalable Vision Learners" in card
 
 
 def test_folder_runs_without_the_package(aclip_folder, small_demo, tmp_path, package_free_python):

@@ -24,7 +24,7 @@ def checkpoint(tmp_path_factory, tokenizer):
     torch.manual_seed(0)
     model = AClipModel(tiny_aclip_config(zero_shot_templates=("a photo of a {}.", "a {}."))).eval()
     folder = tmp_path_factory.mktemp("ckpt") / "a-clip-tiny"
-    figure = EvaluationFigure("zero_shot", 0.25, 1 / 24, 24, "demo", "demo-shapes")
+    figure = EvaluationFigure("zero_shot", 0.25, 1 / 24, 24, "demo shapes (eval)", "someone/labelled-shapes")
     card = CardInfo("a-clip-tiny", "unit test", results=[figure], template="a_clip.md")
     save_checkpoint(model, folder, tokenizer, build_image_processor(32), card)
     image = tmp_path_factory.mktemp("img") / "image.png"

@@ -144,6 +144,10 @@ def test_main_job_reports_flops_and_both_weight_sets(small_demo, tmp_path, capsy
             "--config_overrides",
             TINY_OVERRIDES,
             *COMMON,
+            "--license",
+            "mit",
+            "--hub_model_id",
+            "someone/tiny-aclip",
         ]
     )
     printed = capsys.readouterr().out
@@ -164,3 +168,21 @@ def test_main_job_reports_flops_and_both_weight_sets(small_demo, tmp_path, capsy
     assert float(results["train_tflops"]) > 0
     card = (output / "README.md").read_text()
     assert "k-NN top-1" in card and "zero-shot top-1" in card and "(exported)" in card
+    check_run_card(output, license="mit", repo_id="someone/tiny-aclip")
+
+
+def check_run_card(folder, license, repo_id):
+    """The card of a demo run: parsed by huggingface_hub, no dead link, the user's license and Hub id, the data,
+    hyperparameters, precision, versions, limitations and BibTeX."""
+    from huggingface_hub import ModelCard
+    from test_cards import check_no_dead_links
+
+    card = ModelCard.load(folder / "README.md")
+    check_no_dead_links(card.content)
+    assert card.data.license == license and card.data.eval_results is None  # demo figures: no dead dataset link
+    assert f'model="{repo_id}"' in card.text and "| demo shapes (eval) |" in card.text
+    for section in ("**Training data:** the package's embedded demo", "Recipe: `demo`", "**Precision:** ",
+                    "| `learning_rate` |", "| `effective_batch_size` | 8 |", "| `ema_momentum` | 0.996 |",
+                    "| `mask_ratio` |", "## Limitations", "This is a toy.", "- hf-masked-vl ", "- torch ",
+                    "- transformers ", "```bibtex", "Attentive Mask {CLIP}"):  # fmt: skip
+        assert section in card.text, section

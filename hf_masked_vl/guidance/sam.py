@@ -51,6 +51,15 @@ DEFAULT_MAX_SEGMENTS = 5
 DEFAULT_SEGMENTS_SIZE = 128
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 BACKENDS = ("segment_anything", "transformers")
+SAM_EXTRA_MESSAGE = (
+    "SAM checkpoint files need the segment-anything package (import segment_anything): pip install "
+    "'hf-masked-vl[sam]' (or: pip install segment-anything); a Hub name or folder as --backbone uses transformers' "
+    "SamModel instead"
+)
+OPENCV_EXTRA_MESSAGE = (
+    "min_mask_region_area > 0 needs opencv (import cv2): pip install 'hf-masked-vl[sam]' (or: pip install "
+    "opencv-python-headless)"
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ def _remove_small_regions(
     masks: list[np.ndarray], scores: np.ndarray, min_area: int, nms_thresh: float
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """segment-anything's clean-up: fill holes / drop islands smaller than `min_area` px, then box NMS again."""
-    from segment_anything import SamAutomaticMaskGenerator
+    SamAutomaticMaskGenerator = require_segment_anything().SamAutomaticMaskGenerator
     from segment_anything.utils.amg import MaskData, batched_mask_to_box, mask_to_rle_pytorch, rle_to_mask
 
     if not masks:
@@ -139,12 +148,13 @@ class SegmentAnythingGenerator:
     """segment-anything's `SamAutomaticMaskGenerator` around a loaded `Sam`."""
 
     def __init__(self, model: torch.nn.Module, options: SamOptions):
-        from segment_anything import SamAutomaticMaskGenerator
-
+        segment_anything = require_segment_anything()
         if options.min_mask_region_area > 0:
             _require_opencv()
         self.model = model.eval()
-        self.generator = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **asdict(options))
+        self.generator = segment_anything.SamAutomaticMaskGenerator(
+            self.model, output_mode="binary_mask", **asdict(options)
+        )
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> tuple[list[np.ndarray], np.ndarray]:
@@ -181,13 +191,20 @@ class TransformersSamGenerator:
         return masks, scores
 
 
+def require_segment_anything():
+    """Import `segment_anything`, or fail with one line naming the `[sam]` extra."""
+    try:
+        import segment_anything
+    except ImportError as error:
+        raise ImportError(SAM_EXTRA_MESSAGE) from error
+    return segment_anything
+
+
 def _require_opencv() -> None:
     try:
         import cv2  # noqa: F401
     except ImportError as error:
-        raise ImportError(
-            "min_mask_region_area > 0 needs opencv (import cv2): pip install opencv-python-headless"
-        ) from error
+        raise ImportError(OPENCV_EXTRA_MESSAGE) from error
 
 
 # ---- loading ----
@@ -213,7 +230,7 @@ def select_backend(backbone: str | None, sam_checkpoint: str | None = None) -> t
 def infer_model_type(checkpoint: str | os.PathLike) -> str:
     """The `sam_model_registry` name in the file name (the longest match: `sam_vit_b_01ec64.pth` → vit_b), else
     vit_h."""
-    from segment_anything import sam_model_registry
+    sam_model_registry = require_segment_anything().sam_model_registry
 
     stem = Path(checkpoint).name.lower()
     found = [name for name in sam_model_registry if name != "default" and name.lower() in stem]
@@ -244,7 +261,7 @@ def load_segment_anything(
     """A segment-anything `Sam` from a state-dict file, read without unpickling code (see the module docstring).
 
     Raises `UsageError` for a missing file, an unknown `model_type` or weights that do not fit it."""
-    from segment_anything import sam_model_registry
+    sam_model_registry = require_segment_anything().sam_model_registry
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -457,6 +474,7 @@ __all__ = [
     "DEFAULT_SAM_MODEL",
     "DEFAULT_SAM_MODEL_TYPE",
     "DEFAULT_SEGMENTS_SIZE",
+    "SAM_EXTRA_MESSAGE",
     "SAM_SPEC",
     "SamOptions",
     "SamProducer",
@@ -467,5 +485,6 @@ __all__ = [
     "masks_to_label_map",
     "load_segment_anything",
     "load_transformers_sam",
+    "require_segment_anything",
     "resize_labels",
 ]

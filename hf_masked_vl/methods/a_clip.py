@@ -100,6 +100,7 @@ class AClipMethod(Method):
     config_class = AClipConfig
     model_class = AClipModel
     card_template = "a_clip.md"
+    citations = ("a_clip",)
     reads_caption = True
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)

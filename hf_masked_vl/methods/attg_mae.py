@@ -42,6 +42,7 @@ class AttGMAEMethod(Method):
     config_class = AttGMAEConfig
     model_class = AttGMAEForPreTraining
     card_template = "attg_mae.md"
+    citations = ("attg_mae", "mae")
     evaluations = ("knn", "linear")
     paper_recipe = ATTG_MAE
 
@@ -73,6 +74,7 @@ class AttGMAEMethod(Method):
 @register_method
 class MAEMethod(AttGMAEMethod):
     name = "mae"
+    citations = ("mae",)
     summary = "MAE: the baseline of AttG-MAE (plain pixel reconstruction, guidance='none')"
     paper_recipe = MAE
 

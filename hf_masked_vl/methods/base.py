@@ -96,6 +96,7 @@ class Method:
     config_class: ClassVar[type[PreTrainedConfig] | None] = None  # its fields become command-line flags
     model_class: ClassVar[type[PreTrainedModel] | None] = None
     card_template: ClassVar[str] = "generic.md"  # a file in model_cards/
+    citations: ClassVar[tuple[str, ...]] = ()  # the papers the card cites (keys of `cards.CITATIONS`)
     reads_caption: ClassVar[bool] = False
     map_roles: ClassVar[tuple[str, ...]] = ()  # per-image maps the method reads (`data.maps.MAP_ROLES`)
     evaluations: ClassVar[tuple[str, ...]] = ("knn",)  # protocols of hf_masked_vl.evaluation run after training

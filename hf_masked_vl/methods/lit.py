@@ -38,6 +38,7 @@ class LiTMethod(Method):
     config_class = LiTConfig
     model_class = LiTModel
     card_template = "lit.md"
+    citations = ("lit",)
     reads_caption = True
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)

@@ -124,6 +124,7 @@ class MREDistillObjective(Objective):
 @register_method
 class MREMAEMethod(Method):
     name = "mre_mae"
+    citations = ("mre", "mae")
     summary = "MRE-MAE: MAE with a learnable attention bias from segment masks (a `segments` column)"
     config_class = MREViTConfig
     model_class = MREViTForMAE
@@ -181,6 +182,7 @@ def multi_crop_views(built: Built, with_labels: bool, num_local: int | None = No
 @register_method
 class MREDINOMethod(Method):
     name = "mre_dino"
+    citations = ("mre", "dino")
     summary = "MRE-DINO: DINO (multi-crop, EMA teacher) with a learnable attention bias from segment masks"
     config_class = MREViTConfig
     model_class = MREViTForDINO
@@ -223,6 +225,7 @@ def _baseline_overrides(name: str, overrides: dict[str, Any] | None) -> dict[str
 @register_method
 class DINOMethod(MREDINOMethod):
     name = "dino"
+    citations = ("dino",)
     summary = "DINO: the baseline of MRE-DINO (no attention bias, no segments)"
 
     def __init__(self, model_args, data_args, training_args, config_overrides=None):
@@ -249,6 +252,7 @@ def student_objective(model: nn.Module) -> str:
 @register_method
 class MREDistillMethod(Method):
     name = "mre_distill"
+    citations = ("mre",)
     summary = "MRE distillation: a frozen bias model (--teacher) into a student of the same architecture without bias"
     config_class = MREViTConfig
     card_template = "mre_vit.md"

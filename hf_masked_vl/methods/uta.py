@@ -56,6 +56,7 @@ class UTAMethod(Method):
     config_class = UTAConfig
     model_class = UTAModel
     card_template = "uta.md"
+    citations = ("uta",)
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)
     image_mean, image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

@@ -35,6 +35,7 @@ class UTAContrastiveMethod(Method):
     config_class = UTAConfig
     model_class = UTAModel
     card_template = "uta.md"
+    citations = ("uta",)
     reads_caption = True
     evaluations = ("zero_shot", "knn")
     pipelines = (ZERO_SHOT_ENSEMBLE_TASK,)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
+from ..cards import check_license
 from ..data.images import DEFAULT_MAX_IMAGE_BYTES
 from ..errors import UsageError, check_minimums, first_line
 from ..methods.recipes import DEMO, RECIPE_NAMES
@@ -198,6 +199,14 @@ class PretrainingArguments(TrainingArguments):
         default=False, metadata={"help": "--push_to_hub also uploads the intermediate checkpoint-* folders."}
     )
     hub_include_logs: bool = field(default=False, metadata={"help": "--push_to_hub also uploads the logs (runs/)."})
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License of the saved model, a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...: "
+            "huggingface.co/docs/hub/repositories-licenses) written into the model card. Unset: the card names none "
+            "(a model carrying another's weights, e.g. UTA's teacher text tower, may be bound by its license)."
+        },
+    )
     recipe: str = field(
         default=DEMO,
         metadata={
@@ -275,6 +284,7 @@ class PretrainingArguments(TrainingArguments):
         """Values that would crash or silently misbehave later (a ZeroDivisionError in the Trainer, an optimizer
         that refuses NaN, a DataLoader with -1 workers) are a `UsageError` naming the flag, before anything runs."""
         check_minimums(self, _MINIMUMS, _MINIMUM_REASONS)
+        check_license(self.license)
         for name in ("weight_decay", "max_grad_norm", "adam_epsilon"):
             if not math.isfinite(getattr(self, name)):
                 raise UsageError(f"--{name} {getattr(self, name)}: must be a finite number")

@@ -40,6 +40,7 @@ from timm.data import Mixup, create_transform
 from timm.data.mixup import mixup_target
 from transformers import CLIPImageProcessor, HfArgumentParser, set_seed
 
+from ..cards import hub_dataset_id
 from ..data.images import decode_image
 from ..errors import OneLineErrors, UsageError, run_cli, usage_errors
 from ..evaluation.cli import load_splits
@@ -52,6 +53,7 @@ from ..models import MaskedViTClassifierConfig, MaskedViTForImageClassification
 from ..tokenization import build_image_processor
 from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
+from .card import card_repo_id, training_data_text, training_hyperparameters
 from .outputs import save_final_folder, start_run
 from .run import _refuse_unknown, check_output_dir
 from .trainer import MaskedVLTrainer
@@ -511,25 +513,35 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningA
     return args, training_args, given
 
 
-def card_for(run: FinetuneRun, training_args: FinetuningArguments, source: str, demo: bool) -> CardInfo:
-    """The model card: the run's summary (recipe and every value used) and its test figure."""
+def card_for(run: FinetuneRun, training_args: FinetuningArguments, source: str, dataset_name: str | None) -> CardInfo:
+    """The model card: the run's summary (recipe and every value used), its test figure, its data (`dataset_name`:
+    None for the demo), hyperparameters, precision and license."""
     result = run.result
+    dataset_id = hub_dataset_id(dataset_name)
     figure = EvaluationFigure(
         protocol="finetune",
         top1=result.top1,
         chance=result.chance,
         num_classes=result.num_classes,
         dataset_name=result.dataset_name,
-        dataset_type="hf_masked_vl/demo-shapes" if demo else result.dataset_name,
+        dataset_id=dataset_id,
         split="test",
     )
     return CardInfo(
         model_name=Path(training_args.output_dir).resolve().name,
         training_summary=run.summary,
+        datasets=[dataset_id] if dataset_id else [],
         results=[figure],
         base_model=hub_id_or_none(source),
         template="image_classification.md",
         pipeline_tag="image-classification",
+        repo_id=card_repo_id(training_args, None),
+        license=training_args.license,
+        training_data=training_data_text(dataset_name, None, None),
+        hyperparameters=training_hyperparameters(training_args),
+        precision=str(training_args.precision_choice),
+        demo=dataset_name is None,
+        citations=("mae",),  # MAE's fine-tuning recipe
     )
 
 
@@ -557,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> FinetuneRun:
     resume = bool(training_args.resume_from_checkpoint)
     with start_run(training_args.output_dir, "finetune", resume) as record:
         run = finetune(tower, train, test, args, training_args, given, record)
-        card = card_for(run, training_args, args.model_name_or_path, args.dataset_name is None)
+        card = card_for(run, training_args, args.model_name_or_path, args.dataset_name)
         save_final_folder(
             record, lambda staging: write_checkpoint_folder(run.model, staging, None, run.image_processor, card, ())
         )

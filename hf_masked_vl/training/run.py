@@ -25,6 +25,7 @@ import transformers
 from datasets.distributed import split_dataset_by_node
 from transformers import HfArgumentParser, set_seed
 
+from ..cards import hub_dataset_id
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
 from ..data.maps import map_role
@@ -36,6 +37,7 @@ from ..hub import (
     LOGS_FOLDER,
     CardInfo,
     EvaluationFigure,
+    check_card_metadata,
     check_hub_access,
     hub_id_or_none,
     prepare_for_saving,
@@ -46,6 +48,7 @@ from ..hub import (
 from ..methods import METHODS, Built, Method, available_methods, get_method
 from ..methods.recipes import choose_recipe
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
+from .card import card_repo_id, method_config_values, training_data_text, training_hyperparameters
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
 from .outputs import (
@@ -530,9 +533,9 @@ def build_train_dataset(
 
 def build_ema(method: Method, built: Built, training_args: PretrainingArguments) -> EMACallback | None:
     """The EMA callback of a method that keeps one (momentum: the flag, else the method's)."""
-    if not method.uses_ema:
+    momentum = ema_momentum_of(method, training_args)
+    if momentum is None:
         return None
-    momentum = training_args.ema_momentum if training_args.ema_momentum is not None else method.ema_momentum
     return EMACallback(
         momentum=momentum,
         end_momentum=training_args.ema_end_momentum,
@@ -573,8 +576,11 @@ def evaluate_weights(
     return scores, protocols
 
 
-def card_figures(scores: dict[str, dict[str, EvaluationResult]], exported: str, demo) -> list[EvaluationFigure]:
-    """The model card's figures: every protocol of every weight set, the exported ones marked."""
+def card_figures(
+    scores: dict[str, dict[str, EvaluationResult]], exported: str, dataset_id: str | None
+) -> list[EvaluationFigure]:
+    """The model card's figures: every protocol of every weight set, the exported ones marked; `dataset_id`: the
+    evaluation data's Hub id (None: the demo or local files, kept out of the card's `model-index`)."""
     return [
         EvaluationFigure(
             protocol=protocol,
@@ -582,7 +588,7 @@ def card_figures(scores: dict[str, dict[str, EvaluationResult]], exported: str, 
             chance=result.chance,
             num_classes=result.num_classes,
             dataset_name=result.dataset_name,
-            dataset_type="hf_masked_vl/demo-shapes" if demo is not None else result.dataset_name,
+            dataset_id=dataset_id,
             weights=weights if len(scores) > 1 else "final",
             exported=weights == exported,
         )
@@ -612,6 +618,52 @@ def training_summary(
     if method.base_model():
         summary += f" Initialised from / distilled from: `{public_name(method.base_model())}`."
     return summary
+
+
+def run_card(
+    method: Method,
+    data_args: DataArguments,
+    training_args: PretrainingArguments,
+    model,
+    summary: str,
+    figures: list[EvaluationFigure],
+    pushed_to: str | None,
+) -> CardInfo:
+    """The model card of a run: its account (`summary`), figures, data, hyperparameters, precision, license and
+    the method's papers; `pushed_to`: the Hub repo the run pushes to (None: no push)."""
+    dataset_id = hub_dataset_id(data_args.dataset_name)
+    return CardInfo(
+        model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
+        training_summary=summary,
+        datasets=[dataset_id] if dataset_id else [],
+        results=figures,
+        base_model=hub_id_or_none(method.base_model()),
+        template=method.card_template,
+        repo_id=card_repo_id(training_args, pushed_to),
+        license=training_args.license,
+        training_data=training_data_text(data_args.dataset_name, data_args.data_files, data_args.dataset_config_name),
+        hyperparameters=training_hyperparameters(training_args, ema_momentum_of(method, training_args)),
+        config_values=method_config_values(model.config),
+        precision=str(training_args.precision_choice),
+        demo=data_args.dataset_name is None,
+        citations=method.citations,
+    )
+
+
+def ema_momentum_of(method: Method, training_args: PretrainingArguments) -> float | None:
+    """The momentum the run's EMA starts from (`--ema_momentum`, else the method's); None without an EMA."""
+    if not method.uses_ema:
+        return None
+    return training_args.ema_momentum if training_args.ema_momentum is not None else method.ema_momentum
+
+
+def check_push(training_args: PretrainingArguments, data_args: DataArguments, repo_id: str, token: str | None) -> str:
+    """Before training: the Hub can be reached, the token can write `repo_id`, and the Hub accepts the card's
+    metadata (`--license`, the training data's Hub id). Returns the full repo id (`owner/name`)."""
+    full_id = check_hub_access(repo_id, token)
+    dataset_id = hub_dataset_id(data_args.dataset_name)
+    check_card_metadata(training_args.license, [dataset_id] if dataset_id else None)
+    return full_id
 
 
 def build_trainer(
@@ -706,8 +758,7 @@ def main(argv: list[str] | None = None) -> RunResult | None:
     data = check_before_training(method, data_args, training_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # we push the final folder ourselves
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-    if push_to_hub:
-        check_hub_access(repo_id, hub_token)  # before training, not after an hour of it
+    pushed_to = check_push(training_args, data_args, repo_id, hub_token) if push_to_hub else None  # before training
 
     built = method.build()
     model, tokenizer, image_processor = built.model, built.tokenizer, built.image_processor
@@ -738,14 +789,10 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         )
         final = candidates[exported].to(training_args.device).eval()
         export = f"{'EMA' if exported == 'ema' else 'online'} ({why})"
-        card = CardInfo(
-            model_name=os.path.basename(os.path.abspath(training_args.output_dir)),
-            training_summary=f"{training_summary(trainer, train_runtime, training_args, method, data, export)}\n\n"
-            f"{recipe.card_text(training_args, overrides)}",
-            results=card_figures(scores, exported, data.demo),
-            base_model=hub_id_or_none(method.base_model()),
-            template=method.card_template,
-        )
+        summary = training_summary(trainer, train_runtime, training_args, method, data, export)
+        figures = card_figures(scores, exported, hub_dataset_id(data_args.eval_dataset_name))
+        summary += f"\n\n{recipe.card_text(training_args, overrides)}"
+        card = run_card(method, data_args, training_args, final, summary, figures, pushed_to)
         validate_config(final.config, "when saving")
         check_finite(final, f"the {exported} weights")
         save_final_folder(
