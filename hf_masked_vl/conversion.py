@@ -34,7 +34,7 @@ from .models.conversion_vit import Rule, convert_state_dict
 from .models.modeling_aclip import AClipModel
 from .models.modeling_uta import UTAModel
 from .normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .tokenization import build_clip_tokenizer, build_image_processor
+from .tokenization import CLIP_CROP_PCT, build_clip_tokenizer, build_image_processor
 
 StateDict = dict[str, torch.Tensor]
 
@@ -265,7 +265,9 @@ def write_folder(model, output_dir: str, summary: str) -> Path:
     tokenizer = build_clip_tokenizer(model.config.text_config.max_position_embeddings)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.config.text_config, name, getattr(tokenizer, name))
-    image_processor = build_image_processor(model.config.vision_config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    image_processor = build_image_processor(
+        model.config.vision_config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, crop_pct=CLIP_CROP_PCT
+    )
     name = os.path.basename(os.path.abspath(output_dir))
     model_type = model.config.model_type
     card = CardInfo(model_name=name, training_summary=summary, template=f"{model_type}.md", citations=(model_type,))

@@ -35,6 +35,9 @@ STANDARD_CROP_PCT = 0.875  # resize 256 → centre crop 224 (DINO's eval_knn, MA
 SMALLEST_STANDARD_SIZE = 224  # smaller models (the demo presets) keep resize = crop
 
 
+CLIP_CROP_PCT = 1.0  # CLIP-style evaluation (OpenAI CLIP, EVA-CLIP, A-CLIP's SLIP code): resize straight to the crop
+
+
 def evaluation_crop_pct(image_size: int) -> float:
     """The share of the resized short side that the centre crop keeps: the papers' 0.875 (224 → resize 256) for a
     standard size (224 and up: 336 → 384, 384 → 438 as timm floors it), 1.0 (resize straight to the crop) for the
@@ -66,6 +69,7 @@ def build_image_processor(
 
 
 __all__ = [
+    "CLIP_CROP_PCT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OPENAI_CLIP_MEAN",

@@ -263,3 +263,17 @@ def test_training_runs_take_eval_protocols(vit_folder, small_demo, monkeypatch):
     model = MaskedViTModel.from_pretrained(vit_folder)
     scores, protocols = evaluate_weights(KnnOnly(), {"online": model}, data, None, build_image_processor(32), "cpu")
     assert protocols == ["linear_paper"] and list(scores["online"]) == ["linear_paper"]
+
+
+def test_dual_encoders_evaluate_as_clip_does_and_vision_models_as_the_mae_papers():
+    """At 224 px a model with a text tower (a tokenizer) resizes straight to the crop, as CLIP, EVA-CLIP and A-CLIP
+    evaluate; a vision model resizes to 256 and centre-crops 224, as DINO's k-NN and MAE's probes do."""
+    from types import SimpleNamespace
+
+    from hf_masked_vl.methods.base import Built
+
+    model = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=224)))
+    dual = Built(model=model, tokenizer=object()).image_processor
+    vision = Built(model=model).image_processor
+    assert dual.size["shortest_edge"] == dual.crop_size["height"] == 224
+    assert (vision.size["shortest_edge"], vision.crop_size["height"]) == (256, 224)

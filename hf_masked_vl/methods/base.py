@@ -39,7 +39,7 @@ from ..data.streaming import ImageTextCollator
 from ..errors import UsageError
 from ..loading import checkpoint_config, load_checked, weights_error  # noqa: F401  (re-exported)
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
-from ..tokenization import build_clip_tokenizer, build_image_processor
+from ..tokenization import CLIP_CROP_PCT, build_clip_tokenizer, build_image_processor
 from .arguments import MethodDataArguments, MethodModelArguments
 from .recipes import Recipe
 
@@ -61,8 +61,12 @@ class Built:
 
     @cached_property
     def image_processor(self) -> CLIPImageProcessor:
-        """Evaluation preprocessing saved with the checkpoint: the image tower's size and these statistics."""
-        return build_image_processor(image_tower_config(self.model).image_size, self.image_mean, self.image_std)
+        """Evaluation preprocessing saved with the checkpoint: the image tower's size and these statistics; a model
+        with a text tower (a tokenizer) resizes straight to the crop as CLIP's evaluation does, a vision model takes
+        the papers' resize 256 → crop 224 at standard sizes."""
+        crop_pct = CLIP_CROP_PCT if self.tokenizer is not None else None
+        size = image_tower_config(self.model).image_size
+        return build_image_processor(size, self.image_mean, self.image_std, crop_pct=crop_pct)
 
 
 class Objective:
