@@ -18,7 +18,6 @@ import hf_masked_vl.training.run as run_module
 from hf_masked_vl.errors import UsageError, run_cli
 from hf_masked_vl.evaluation import EvaluationResult
 from hf_masked_vl.evaluation.cli import main as evaluate_main
-from hf_masked_vl.training.hub_strategy import HubPushCallback
 from hf_masked_vl.training.outputs import RunRecord
 from hf_masked_vl.training.trainer import MaskedVLTrainer
 
@@ -141,6 +140,8 @@ def test_evaluate_output_file_writes_the_results_as_json(checkpoints, small_demo
 
 def test_hub_strategy_pushes_checkpoints_through_the_allow_list(tmp_path, capsys, monkeypatch, small_demo):
     from mock_hub import MockHub
+
+    from hf_masked_vl.training.hub_strategy import HubPushCallback
 
     output = tmp_path / "out"
     argv = ["--output_dir", str(output), *FAST, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
