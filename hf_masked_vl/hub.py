@@ -55,6 +55,10 @@ CHECKPOINT_FILE_PATTERNS = (
     "preprocessor_config.json",
     "processor_config.json",
     "README.md",
+    # the run's figures, as transformers' example scripts write them (metrics only: no path, no host)
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
 )
 # What `MaskedVLTrainer` adds in an intermediate `checkpoint-N` folder to resume from it: transformers'
 # TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME and one rng_state*.pth per process, this package's
@@ -192,13 +196,20 @@ def run_checkpoint_folders(output_dir: str | Path, names: Sequence[str] | None =
     return sorted(folders, key=lambda name: int(name.split("-")[1]))
 
 
-def upload_plan(folder: str | Path, include_checkpoints: bool | Sequence[str] = False) -> list[tuple[Path, str]]:
+def upload_plan(
+    folder: str | Path,
+    include_checkpoints: bool | Sequence[str] = False,
+    training_state: bool = False,
+    path_in_repo: str = "",
+) -> list[tuple[Path, str]]:
     """Every file `push_checkpoint` uploads from `folder`, as (local file, path in the repo): the final folder's
-    `checkpoint_files` and, with `include_checkpoints`, those of the `checkpoint-N` folders (True: every one; a list:
-    those names, e.g. the run record's) with their training state. Nothing else: no glob over the folder, no
-    symlink, no file this package does not write."""
+    `checkpoint_files` (with `training_state`, a `checkpoint-N` folder's resumable state too), under the folder
+    `path_in_repo` of the repo (default: its top), and, with `include_checkpoints`, those of the `checkpoint-N`
+    folders (True: every one; a list: those names, e.g. the run record's) with their training state. Nothing else: no
+    glob over the folder, no symlink, no file this package does not write."""
     folder = Path(folder)
-    plan = [(folder / name, name) for name in checkpoint_files(folder)]
+    prefix = f"{path_in_repo.strip('/')}/" if path_in_repo.strip("/") else ""
+    plan = [(folder / name, prefix + name) for name in checkpoint_files(folder, training_state)]
     if include_checkpoints:
         names = None if include_checkpoints is True else list(include_checkpoints)
         for checkpoint in run_checkpoint_folders(folder, names):
@@ -410,14 +421,17 @@ def push_checkpoint(
     revision: str | None = None,
     include_checkpoints: bool | Sequence[str] = False,
     logs: str | Path | None = None,
+    training_state: bool = False,
+    path_in_repo: str = "",
 ) -> str:
     """Create `repo_id` if needed and upload, in one commit, the files of `upload_plan` (weights, config, code,
     tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too: True for every one, or
     a list of names) and, with `logs`, a public copy of the TensorBoard event files under that folder
     (`public.public_log_files`: no host name, no absolute path) as `runs/...`. Each file is named one by one, never
-    by a glob; anything else in the folder stays on the machine. Returns the commit URL."""
-    plan = upload_plan(folder, include_checkpoints)
-    if "config.json" not in {path_in_repo for _, path_in_repo in plan}:
+    by a glob; anything else in the folder stays on the machine. `training_state` and `path_in_repo`: see
+    `upload_plan` (a `checkpoint-N` folder pushed as `last-checkpoint/`). Returns the commit URL."""
+    plan = upload_plan(folder, include_checkpoints, training_state, path_in_repo)
+    if not any(local.name == "config.json" and local.parent == Path(folder) for local, _ in plan):
         raise FileNotFoundError(f"{folder} holds no checkpoint of this package (no config.json)")
     with tempfile.TemporaryDirectory(prefix="hf_masked_vl_logs_") as staging:
         if logs is not None:

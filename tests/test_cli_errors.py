@@ -78,8 +78,8 @@ PRETRAINING_CASES = {
                        "--per-device-train-batch-size: invalid int value: '1e9'"),
     "not a save strategy": (["--save_strategy", "nope"], "argument --save_strategy/--save-strategy: invalid choice"),
     "unknown logger": (["--report_to", "nope"], "--report_to nope: nope is not supported"),
-    "evaluation during training": (["--eval_strategy", "steps"], "--eval_strategy steps: this trainer has no "
-                                   "evaluation set during training"),
+    "metric not evaluated": (["--eval_strategy", "steps", "--metric_for_best_model", "loss"],
+                             "--metric_for_best_model loss: not a metric of the evaluation during training"),
     "unknown compile mode": (["--torch_compile", "true", "--torch_compile_mode", "fastest"],
                              "--torch_compile_mode fastest: must be one of default"),
     "saving every 0 steps": (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps 0: must be more than 0"),

@@ -200,6 +200,7 @@ def test_evaluate_protocol_finetune_prints_its_result(aclip_folder, small_demo, 
         (["--dataset_name", "parquet"], "--train_split or --train_data_files"),
         (["--per_device_train_batch_size", "1"], "mixup / cutmix mix pairs"),
         (["--train_fraction", "0.01", "--per_device_train_batch_size", "16"], "images, less than one batch"),
+        (["--eval_strategy", "steps"], "--eval_strategy steps: fine-tuning scores the test split after training"),
     ],
 )
 def test_bad_flags_are_one_error_line(flags, message, aclip_folder, small_demo, tmp_path, capsys):

@@ -10,7 +10,8 @@ Default data: the embedded demo, its `probe` split as the train split of knn / l
 test split (and the demo's templates for zero-shot). Default protocols: every one the model supports (knn and
 linear only with a train split); `linear_paper` (the MAE-family papers' BatchNorm + LARS probe, `--linear_paper_*`)
 only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
-(`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last.
+(`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last; `--output_file FILE` also
+writes them as JSON.
 
 This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl` registers their model
 types with the Auto classes); a folder or Hub repository with foreign code needs the flag.
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +31,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTraine
 
 import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
 
+from ..atomic import write_json_atomic
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
 from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
@@ -42,9 +46,12 @@ from .protocols import (
     EvaluationResult,
     check_protocols,
     evaluate_many,
+    result_metrics,
     supported_protocols,
     trained_protocols,
 )
+
+logger = logging.getLogger("hf_masked_vl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hardware runs it fast)",
     )
     run.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
+    run.add_argument(
+        "--output_file",
+        default=None,
+        help="also write the results as JSON: the model, the flat metrics (eval_knn_top1, ...) and every protocol's "
+        "full result",
+    )
+    run.add_argument("--disable_tqdm", action="store_true", help="no progress bar over the batches")
     return parser
 
 
@@ -164,6 +178,16 @@ def print_report(results: dict[str, EvaluationResult]) -> None:
     print(f"RESULT chance={next(iter(results.values())).chance:.4f}")
 
 
+def write_results(path: str, model: str, results: dict[str, EvaluationResult]) -> None:
+    """`--output_file`: `{"model", "metrics": {"eval_<protocol>_top1": ...}, "results": {protocol: fields}}`, written
+    atomically (a file that is there is replaced whole or not at all)."""
+    metrics = {f"eval_{name}": value for name, value in result_metrics(results).items()}
+    protocols = {name: dataclasses.asdict(result) for name, result in results.items()}
+    with usage_errors(f"--output_file {path}: cannot write it", OSError):
+        write_json_atomic(path, {"model": model, "metrics": metrics, "results": protocols})
+    logger.info("results written to %s", path)
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
     minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1,
@@ -171,6 +195,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
     if not (math.isfinite(args.knn_temperature) and args.knn_temperature > 0):
         raise UsageError(f"--knn_temperature {args.knn_temperature}: must be a finite number above 0")
+    if args.output_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_file))):
+        raise UsageError(f"--output_file {args.output_file}: its folder does not exist")
 
 
 def load_model(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:
@@ -208,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
         )
         image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
     train, test, templates = load_splits(args, any(p in trained_protocols() for p in protocols))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     results = evaluate_many(
         model,
         protocols,
@@ -224,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
         finetune_steps=args.finetune_steps,
         finetune_batch_size=args.batch_size,
         linear_paper=paper_probe_settings(args),
+        progress_bar=not args.disable_tqdm,
     )
     print_report(results)
+    if args.output_file:
+        write_results(args.output_file, args.model, results)
     return results
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.streaming import decode_image
 from .data import LabelledSplit
@@ -126,9 +127,11 @@ def extract_feature_sets(
     split: LabelledSplit,
     kinds: Sequence[str] = ("backbone",),
     batch_size: int = 64,
+    progress_bar: bool = False,
 ) -> dict[str, LabelledFeatures]:
     """Features of several kinds in one pass over `split` (images decoded and preprocessed once). Puts the model
-    in eval mode; runs on its device and dtype. Undecodable images are skipped and counted."""
+    in eval mode; runs on its device and dtype. Undecodable images are skipped and counted. `progress_bar`: a tqdm
+    bar over the batches."""
     for kind in kinds:
         if kind not in FEATURE_KINDS:
             raise ValueError(f"unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
@@ -136,7 +139,8 @@ def extract_feature_sets(
     chunks: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
     all_labels: list[int] = []
     batches = DecodedBatches(split, batch_size)
-    for images, labels in batches:
+    name = split.name or "split"
+    for images, labels in tqdm(batches, desc=f"features of {name}", unit="batch", disable=not progress_bar):
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         for kind in kinds:
             chunks[kind].append(image_features(model, pixel_values, kind).cpu())

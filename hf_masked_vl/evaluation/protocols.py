@@ -13,6 +13,7 @@ those with segment labels, `evaluation.segments`). A method names the protocols 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from .knn import DEFAULT_KS, weighted_knn
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY, LinearProbeResult, linear_probe
 from .linear_paper import PaperProbeSettings, paper_linear_probe
 from .zero_shot import zero_shot_metrics
+
+logger = logging.getLogger(__name__)
 
 KNN_HEADLINE_K = 20  # DINO's headline figure
 # The settings of the built-in protocols (`evaluate_many`'s keyword arguments).
@@ -298,13 +301,15 @@ def evaluate_many(
     temperature: float = DEFAULT_OPTIONS["temperature"],
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     max_iter: int = DEFAULT_MAX_ITER,
+    progress_bar: bool = False,
     **options: Any,
 ) -> dict[str, EvaluationResult]:
     """Run several registered protocols, extracting each split's features once (one pass over the test split gives
     the backbone features of knn / linear and the embeddings of zero_shot). Returns {protocol: result} in the order
     asked. `templates` default to `model.config.zero_shot_templates`; the train split must have the test split's
     class names. `ks`, `temperature` (knn), `weight_decay`, `max_iter` (linear) and `options` (other protocols'
-    settings) reach every protocol as `ProtocolInputs.options`."""
+    settings) reach every protocol as `ProtocolInputs.options`. `progress_bar`: a tqdm bar over each split's batches;
+    what runs is logged (INFO)."""
     names = list(dict.fromkeys(protocols))
     check_protocols(model, names, train_split is not None, tokenizer is not None)
     chosen = [PROTOCOLS[name] for name in names]
@@ -318,8 +323,13 @@ def evaluate_many(
     if trained:
         check_same_classes(train_split, test_split)
     kinds, train_kinds = _kinds(chosen), _kinds(trained)
-    test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size) if kinds else {}
-    train = extract_feature_sets(model, image_processor, train_split, train_kinds, batch_size) if train_kinds else {}
+    logger.info("evaluating %s on %s: %s", type(model).__name__, test_split.name or "the test split", ", ".join(names))
+    test = extract_feature_sets(model, image_processor, test_split, kinds, batch_size, progress_bar) if kinds else {}
+    train = (
+        extract_feature_sets(model, image_processor, train_split, train_kinds, batch_size, progress_bar)
+        if train_kinds
+        else {}
+    )
     settings = {"ks": ks, "temperature": temperature, "weight_decay": weight_decay, "max_iter": max_iter, **options}
     results = {}
     for protocol in chosen:
@@ -336,8 +346,23 @@ def evaluate_many(
             train_split=train_split if protocol.needs_train_split else None,
             test_split=test_split,
         )
-        results[protocol.name] = protocol.score(inputs)
+        result = results[protocol.name] = protocol.score(inputs)
+        logger.info("%s top-1 %.4f (chance %.4f)", protocol.name, result.top1, result.chance)
     return results
+
+
+def result_metrics(results: Mapping[str, EvaluationResult]) -> dict[str, float]:
+    """Results as flat metrics, named as `evaluate.py` prints them: `<protocol>_top1` and each detail
+    (`zero_shot_top5`, `knn_top1_k10`, ...), `top1` (the first protocol's: the headline) and `chance`; empty for no
+    result."""
+    metrics = {}
+    for protocol, result in results.items():
+        metrics[f"{protocol}_top1"] = result.top1
+        metrics.update({f"{protocol}_{key}": value for key, value in result.details.items()})
+    if results:
+        first = next(iter(results.values()))
+        metrics["top1"], metrics["chance"] = first.top1, first.chance
+    return metrics
 
 
 def evaluate(
@@ -380,6 +405,7 @@ __all__ = [
     "evaluate_many",
     "has_text_tower",
     "register_protocol",
+    "result_metrics",
     "supported_protocols",
     "trained_protocol_results",
     "trained_protocols",

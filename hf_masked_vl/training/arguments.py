@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+from transformers.trainer_utils import SaveStrategy
 
 from ..cards import check_license
 from ..data.images import DEFAULT_MAX_IMAGE_BYTES
@@ -195,6 +195,22 @@ class PretrainingArguments(TrainingArguments):
             "Without it such a folder is refused."
         },
     )
+    hub_strategy: str = field(
+        default="end",
+        metadata={
+            "help": "With --push_to_hub: end (the final folder once, at the end), every_save (also each checkpoint's "
+            "model files at every save), checkpoint (also the newest checkpoint, resumable, as last-checkpoint/) or "
+            "all_checkpoints (also every checkpoint as checkpoint-N/). Only the package's own files are pushed.",
+            "choices": ["end", "every_save", "checkpoint", "all_checkpoints"],
+        },
+    )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The evaluation metric that picks the best checkpoint (--load_best_model_at_end): top1 (the "
+            "first protocol's, the default), or <protocol>_top1 such as knn_top1, zero_shot_top1."
+        },
+    )
     hub_include_checkpoints: bool = field(
         default=False, metadata={"help": "--push_to_hub also uploads the intermediate checkpoint-* folders."}
     )
@@ -272,6 +288,8 @@ class PretrainingArguments(TrainingArguments):
         else:
             self.precision_choice = PrecisionChoice("bf16" if self.bf16 else "fp32", "requested explicitly (--bf16)")
         self._check_values()
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            self.metric_for_best_model = "top1"  # transformers' default, the loss, is not evaluated here
         try:
             super().__post_init__()
         except UsageError:
@@ -311,15 +329,10 @@ class PretrainingArguments(TrainingArguments):
 
     def _check_strategies(self) -> None:
         """What transformers accepts but this trainer cannot do, checked once transformers has normalised the flags:
-        evaluation during training (there is no evaluation set then: the evaluations run after training), saving
-        every 0 steps (no checkpoint would ever be written), a logging integration transformers does not know."""
+        saving every 0 steps (no checkpoint would ever be written), a logging integration transformers does not
+        know. (Evaluation during training needs an evaluation split: `run.check_training_evaluation`.)"""
         from transformers.integrations import get_reporting_integration_callbacks
 
-        if self.eval_strategy != IntervalStrategy.NO:
-            raise UsageError(
-                f"--eval_strategy {self.eval_strategy.value}: this trainer has no evaluation set during training (the "
-                "evaluations run after it, on --eval_dataset_name); use --eval_strategy no"
-            )
         if self.save_strategy == SaveStrategy.STEPS and self.save_steps == 0:
             raise UsageError("--save_steps 0: must be more than 0 with --save_strategy steps (or --save_strategy no)")
         try:

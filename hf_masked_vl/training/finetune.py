@@ -170,6 +170,15 @@ class FinetuningArguments(PretrainingArguments):
         finally:
             self.max_steps = max_steps
 
+    def _check_strategies(self) -> None:
+        """As `PretrainingArguments`', and no evaluation during training: the test split is scored after it."""
+        if self.eval_strategy != "no":
+            raise UsageError(
+                f"--eval_strategy {self.eval_strategy.value}: fine-tuning scores the test split after training, not "
+                "during it; use --eval_strategy no"
+            )
+        super()._check_strategies()
+
 
 class FinetuneArgumentParser(OneLineErrors, HfArgumentParser):
     """`HfArgumentParser` whose parsing errors are one `error:` line."""

@@ -23,15 +23,17 @@ from pathlib import Path
 import datasets
 import transformers
 from datasets.distributed import split_dataset_by_node
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, TrainerState, set_seed
+from transformers.trainer_utils import IntervalStrategy
 
+from ..atomic import write_json_atomic
 from ..cards import hub_dataset_id
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
 from ..data.maps import map_role
 from ..data.streaming import ImageTextStream, load_stream
 from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
-from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, supported_protocols
+from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, result_metrics, supported_protocols
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
     LOGS_FOLDER,
@@ -51,6 +53,7 @@ from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .card import card_repo_id, method_config_values, training_data_text, training_hyperparameters
 from .config_flags import config_arguments_class, config_overrides_from
 from .ema import EMACallback
+from .hub_strategy import add_hub_push
 from .outputs import (
     FINISHED,
     RUN_RECORD_NAME,
@@ -217,6 +220,7 @@ class TrainingData:
     eval_train: LabelledSplit | None = None  # labelled splits of the evaluations after training
     eval_test: LabelledSplit | None = None
     eval_protocols: tuple[str, ...] | None = None  # --eval_protocols (None: the method's `evaluations`)
+    records_per_epoch: int | None = None  # one pass over the training data (`records_per_epoch`); None: unknown
 
 
 def training_source(data_args: DataArguments):
@@ -442,8 +446,10 @@ def check_before_training(
     check_columns(source, columns)
     check_batch_fits(source, training_args)
     eval_train, eval_test = evaluation_splits(data_args)
+    check_training_evaluation(training_args, eval_test is not None)
     protocols = tuple(data_args.eval_protocols) if data_args.eval_protocols else None
-    return TrainingData(source, label, demo, eval_train, eval_test, protocols)
+    epoch_size = records_per_epoch(data_args, training_args, source, demo)
+    return TrainingData(source, label, demo, eval_train, eval_test, protocols, records_per_epoch=epoch_size)
 
 
 # ---- weights to export ----
@@ -544,25 +550,41 @@ def build_ema(method: Method, built: Built, training_args: PretrainingArguments)
     )
 
 
-def evaluate_weights(
-    method: Method, candidates: dict, data: TrainingData, tokenizer, image_processor, device
-) -> tuple[dict[str, dict[str, EvaluationResult]], list[str]]:
-    """Score every weight set (`{"ema": model, "online": model}`) with the method's protocols (or those of
-    `--eval_protocols`) that the model and the evaluation splits support: (weights → protocol → result, the protocols
-    run)."""
-    model = candidates["online"]
-    protocols = [
+def runnable_protocols(method: Method, model, data: TrainingData, tokenizer) -> list[str]:
+    """The method's protocols (or those of `--eval_protocols`) that the model and the evaluation splits support."""
+    return [
         name
         for name in data.eval_protocols or method.evaluations
         if name in supported_protocols(model)
         and (not PROTOCOLS[name].needs_train_split or data.eval_train is not None)
         and (not PROTOCOLS[name].needs_text_tower or tokenizer is not None)
     ]
+
+
+def weight_candidates(model, ema_model) -> dict:
+    """The weight sets a run can export: `{"online": model}`, with an EMA `{"ema": ema_model, "online": model}`."""
+    return {"online": model} if ema_model is None else {"ema": ema_model, "online": model}
+
+
+def evaluate_weights(
+    method: Method,
+    candidates: dict,
+    data: TrainingData,
+    tokenizer,
+    image_processor,
+    device,
+    progress_bar: bool = False,
+) -> tuple[dict[str, dict[str, EvaluationResult]], list[str]]:
+    """Score every weight set (`{"ema": model, "online": model}`) with `runnable_protocols`: (weights → protocol →
+    result, the protocols run). `progress_bar`: a tqdm bar over each split's batches."""
+    model = candidates["online"]
+    protocols = runnable_protocols(method, model, data, tokenizer)
     if data.eval_test is None or not protocols:
         return {}, protocols
     templates = list(getattr(model.config, "zero_shot_templates", None) or []) or None
     scores = {}
     for weights, candidate in candidates.items():
+        logger.info("evaluating the %s weights: %s on %s", weights, ", ".join(protocols), data.eval_test.name)
         candidate.to(device).eval()
         scores[weights] = evaluate_many(
             candidate,
@@ -572,8 +594,120 @@ def evaluate_weights(
             train_split=data.eval_train,
             tokenizer=tokenizer,
             templates=templates,
+            progress_bar=progress_bar,
         )
     return scores, protocols
+
+
+def evaluation_metrics(scores: dict[str, dict[str, EvaluationResult]], exported: str) -> dict[str, float]:
+    """One evaluation as flat metrics: the exported weights' `result_metrics` (`knn_top1`, `knn_top1_k10`, ...,
+    `top1`: the first protocol's) and, with two weight sets, `<protocol>_top1_<weights>` for each."""
+    metrics = result_metrics(scores.get(exported, {}))
+    if len(scores) > 1:
+        for weights, results in scores.items():
+            metrics.update({f"{protocol}_top1_{weights}": result.top1 for protocol, result in results.items()})
+    return metrics
+
+
+@dataclass
+class ProtocolEvaluation:
+    """A run's evaluations: `score` (after training) runs its protocols on weight sets; called, as the evaluation
+    during training (`MaskedVLTrainer.evaluate`, at the points of `--eval_strategy`), it scores the current online
+    and EMA weights and gives the flat `evaluation_metrics` of those that `choose_export` would export."""
+
+    method: Method
+    data: TrainingData
+    built: Built
+    export_policy: str  # --export_weights
+    ema_callback: EMACallback | None
+    training_args: PretrainingArguments
+
+    @property
+    def during_training(self) -> bool:
+        """Whether `--eval_strategy` asks for evaluations during training."""
+        return evaluates_during_training(self.training_args)
+
+    def score(self, candidates: dict) -> tuple[dict[str, dict[str, EvaluationResult]], list[str]]:
+        """`evaluate_weights` of `candidates` (weights name → model), with a progress bar unless `--disable_tqdm`."""
+        built, args = self.built, self.training_args
+        progress_bar = not args.disable_tqdm
+        return evaluate_weights(
+            self.method, candidates, self.data, built.tokenizer, built.image_processor, args.device, progress_bar
+        )
+
+    def __call__(self, model, ema_model) -> dict[str, float]:
+        scores, protocols = self.score(weight_candidates(model, ema_model))
+        exported, _ = choose_export(self.export_policy, scores, protocols[0] if protocols else None, self.ema_callback)
+        return evaluation_metrics(scores, exported)
+
+
+def evaluates_during_training(training_args: PretrainingArguments) -> bool:
+    return training_args.eval_strategy != IntervalStrategy.NO
+
+
+def check_training_evaluation(training_args: PretrainingArguments, has_eval_split: bool) -> None:
+    """`--eval_strategy`, `--do_eval` and `--load_best_model_at_end` need an evaluation split (one line naming
+    them, before anything is built)."""
+    flags = [f"--eval_strategy {training_args.eval_strategy.value}"] if evaluates_during_training(training_args) else []
+    if training_args.do_eval and not flags:
+        flags.append("--do_eval")
+    if training_args.load_best_model_at_end:
+        flags.append("--load_best_model_at_end")
+    if flags and not has_eval_split:
+        raise UsageError(
+            f"{', '.join(flags)}: there is no evaluation split to evaluate on; pass --eval_dataset_name demo, or a "
+            "labelled dataset (--eval_dataset_name NAME, --eval_split, --eval_train_split, --label_column)"
+        )
+
+
+def run_evaluation(
+    method: Method,
+    built: Built,
+    data: TrainingData,
+    model_args: ModelArguments,
+    training_args: PretrainingArguments,
+    ema_callback: EMACallback | None,
+) -> ProtocolEvaluation:
+    """The run's evaluations. With `--eval_strategy`, a protocol list that cannot run or a `--metric_for_best_model`
+    that is none of its metrics is a `UsageError` before training."""
+    evaluation = ProtocolEvaluation(method, data, built, model_args.export_weights, ema_callback, training_args)
+    if not evaluation.during_training:
+        return evaluation
+    protocols = runnable_protocols(method, built.model, data, built.tokenizer)
+    flag = f"--eval_strategy {training_args.eval_strategy.value}"
+    if not protocols:
+        raise UsageError(f"{flag}: no protocol of {method.name} can run on this evaluation split (--eval_train_split?)")
+    metric = (training_args.metric_for_best_model or "top1").removeprefix("eval_")
+    known = ["top1", "chance", *(f"{protocol}_top1" for protocol in protocols)]
+    if metric not in known and not any(metric.startswith(f"{protocol}_top") for protocol in protocols):
+        raise UsageError(
+            f"--metric_for_best_model {training_args.metric_for_best_model}: not a metric of the evaluation during "
+            f"training (its metrics: {', '.join(known)}, and each protocol's details such as knn_top1_k10)"
+        )
+    return evaluation
+
+
+def records_per_epoch(data_args: DataArguments, training_args: PretrainingArguments, source, demo) -> int | None:
+    """The records of one pass over the training data `source`, for the logged epoch: the demo's size,
+    `--samples_per_epoch`, or the size the dataset declares; None when unknown."""
+    if demo is not None:
+        return data_args.demo_num_train
+    if training_args.samples_per_epoch:
+        return training_args.samples_per_epoch
+    splits = getattr(getattr(source, "info", None), "splits", None) or {}
+    split = splits.get(data_args.train_split) if hasattr(splits, "get") else None
+    return getattr(split, "num_examples", None) or None
+
+
+def write_run_results(folder: Path, train_metrics: dict, eval_metrics: dict, state: TrainerState) -> None:
+    """What transformers' example scripts write at the top of the output folder (`Trainer.save_metrics`,
+    `save_state`), each file atomically: `train_results.json`, `eval_results.json` (when evaluated), both merged in
+    `all_results.json`, and `trainer_state.json` (the log history, the best checkpoint)."""
+    results = {"train": train_metrics, **({"eval": eval_metrics} if eval_metrics else {})}
+    for split, metrics in results.items():
+        write_json_atomic(folder / f"{split}_results.json", metrics, sort_keys=True)
+    write_json_atomic(folder / "all_results.json", {**train_metrics, **eval_metrics}, sort_keys=True)
+    write_json_atomic(folder / "trainer_state.json", dataclasses.asdict(state), sort_keys=True)
 
 
 def card_figures(
@@ -595,6 +729,18 @@ def card_figures(
         for weights, results in scores.items()
         for protocol, result in results.items()
     ]
+
+
+def build_model(method: Method, data: TrainingData, data_args: DataArguments) -> Built:
+    """The method's model, tokenizer and processor, checked, with the tokenizer's special tokens and (on the demo,
+    without `--templates_file`) the demo's zero-shot templates in its config."""
+    built = method.build()
+    validate_config(built.model.config, "when training starts")
+    align_special_tokens(built.model, built.tokenizer)
+    config = built.model.config
+    if data.demo is not None and hasattr(config, "zero_shot_templates") and not data_args.templates_file:
+        config.zero_shot_templates = tuple(data.demo.templates)
+    return built
 
 
 def training_summary(
@@ -673,11 +819,14 @@ def build_trainer(
     ema_callback: EMACallback | None,
     training_args: PretrainingArguments,
     run_record,
+    evaluation: ProtocolEvaluation | None = None,
 ) -> MaskedVLTrainer:
-    """The Trainer of a run: the method's collator and objective, the frozen teacher, the EMA, and the run record
-    that its checkpoints are listed in. The tokenizer (if any) and the image processor are saved with every
+    """The Trainer of a run: the method's collator and objective, the frozen teacher, the EMA, the run record that
+    its checkpoints are listed in, the evaluation during training (`--eval_strategy`) and the records of one pass
+    over the data (`evaluation.data`). The tokenizer (if any) and the image processor are saved with every
     checkpoint."""
     tokenizer, image_processor = built.tokenizer, built.image_processor
+    during_training = evaluation if evaluation is not None and evaluation.during_training else None
     prepare_for_saving(built.model)  # checkpoint-N folders carry the model code too
     collator = method.collator(built)
     if hasattr(collator, "collect_skipped_records"):  # our DataLoaders carry the records, one per process
@@ -686,12 +835,15 @@ def build_trainer(
         model=built.model,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=during_training.data.eval_test if during_training else None,  # scored by `evaluation`
         data_collator=collator,
         processing_class=tokenizer if tokenizer is not None else image_processor,
         objective=method.objective(built),
         teacher=built.teacher,
         ema_callback=ema_callback,
         run_record=run_record,
+        protocol_evaluation=during_training,
+        records_per_epoch=evaluation.data.records_per_epoch if evaluation is not None else None,
     )
     if tokenizer is not None:  # the Trainer saves the tokenizer (processing_class) into checkpoints; add the rest
         trainer.extra_checkpoint_files.append(image_processor)
@@ -760,21 +912,20 @@ def main(argv: list[str] | None = None) -> RunResult | None:
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     pushed_to = check_push(training_args, data_args, repo_id, hub_token) if push_to_hub else None  # before training
 
-    built = method.build()
+    built = build_model(method, data, data_args)
     model, tokenizer, image_processor = built.model, built.tokenizer, built.image_processor
-    validate_config(model.config, "when training starts")
-    align_special_tokens(model, tokenizer)
-    if data.demo is not None and hasattr(model.config, "zero_shot_templates") and not data_args.templates_file:
-        model.config.zero_shot_templates = tuple(data.demo.templates)
     train_dataset = build_train_dataset(method, built, data, data_args, training_args)
     ema_callback = build_ema(method, built, training_args)
+    evaluation = run_evaluation(method, built, data, model_args, training_args, ema_callback)
     # the record lists everything the run writes, from here on; the folder is locked until the run ends
     resume = bool(training_args.resume_from_checkpoint)
     own_folder = start_run(training_args.output_dir, method_class.name, resume) if training_args.should_save else None
     with own_folder or contextlib.nullcontext() as run_record:
-        trainer = build_trainer(method, built, train_dataset, ema_callback, training_args, run_record)
+        trainer = build_trainer(method, built, train_dataset, ema_callback, training_args, run_record, evaluation)
+        if push_to_hub:
+            add_hub_push(trainer, repo_id, hub_token)
         started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_runtime = time.perf_counter() - started
         skipped = trainer.finalize_counts()
         train_flops = trainer.flops_per_optimizer_step * trainer.state.global_step
@@ -782,8 +933,8 @@ def main(argv: list[str] | None = None) -> RunResult | None:
             return RunResult(training_args.output_dir, train_runtime)
 
         # ---- evaluate both weight sets, choose what to export, write the final folder ----
-        candidates = {"online": model} if trainer.ema_model is None else {"ema": trainer.ema_model, "online": model}
-        scores, protocols = evaluate_weights(method, candidates, data, tokenizer, image_processor, training_args.device)
+        candidates = weight_candidates(model, trainer.ema_model)
+        scores, protocols = evaluation.score(candidates)
         exported, why = choose_export(
             model_args.export_weights, scores, protocols[0] if protocols else None, ema_callback
         )
@@ -795,15 +946,17 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         card = run_card(method, data_args, training_args, final, summary, figures, pushed_to)
         validate_config(final.config, "when saving")
         check_finite(final, f"the {exported} weights")
-        save_final_folder(
-            run_record,
-            lambda staging: write_checkpoint_folder(
-                final, staging, tokenizer, image_processor, card, method.pipelines, model_args.export_training_heads
-            ),
-        )
+        train_metrics = {**train_output.metrics, "skipped_samples": skipped}
+        eval_metrics = {f"eval_{name}": value for name, value in evaluation_metrics(scores, exported).items()}
+
+        def write_final_folder(staging: Path) -> None:
+            heads = model_args.export_training_heads
+            write_checkpoint_folder(final, staging, tokenizer, image_processor, card, method.pipelines, heads)
+            write_run_results(staging, train_metrics, eval_metrics, trainer.state)
+
+        save_final_folder(run_record, write_final_folder)
         if push_to_hub:
             push_run(training_args, repo_id, hub_token)
-
         result = RunResult(
             training_args.output_dir,
             train_runtime,
@@ -812,6 +965,7 @@ def main(argv: list[str] | None = None) -> RunResult | None:
             exported=exported,
             train_tflops=train_flops / 1e12 if not math.isnan(train_flops) else None,
         )
+        print(f"The model ({exported} weights) is in {os.path.abspath(training_args.output_dir)}")
         print_results(result, skipped, training_args.precision_choice.name)
         return result
 

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,6 +50,19 @@ class _ObjectiveStepCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.objective.after_optimizer_step(model)
+
+
+class _StreamEpochCallback(TrainerCallback):
+    """After each optimizer step, sets `state.epoch` to the fraction of the stream read (`stream_epoch`): the
+    Trainer's own figure for a stream counts steps against `max_steps` within a pass and jumps by one at each pass."""
+
+    def __init__(self, stream_epoch: Callable[[], float | None]):
+        self.stream_epoch = stream_epoch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        epoch = self.stream_epoch()
+        if epoch is not None:
+            state.epoch = epoch
 
 
 class WeightDecayScheduleCallback(TrainerCallback):
@@ -116,6 +130,12 @@ class MaskedVLTrainer(Trainer):
         run_record: the output folder's run record (`training.outputs.RunRecord`, main process) when the run keeps
             one: it lists every checkpoint written, and only those are rotated and resumed from. Without it the
             trainer rotates only the checkpoints it wrote itself and resumes from any `checkpoint-N` folder.
+        protocol_evaluation: `evaluate(model, ema_model or None) -> {metric: value}` (the package's protocols on the
+            current weights, e.g. `{"knn_top1": 0.4, "top1": 0.4}`): what `evaluate` runs at the points of
+            `--eval_strategy` (main process only; the other processes get the same metrics). None: the Trainer's own
+            `evaluate`.
+        records_per_epoch: the records of one pass over the training stream (all processes together), so that the
+            logged epoch is the fraction of the stream read (`stream_epoch`); None when unknown.
         All other arguments are `transformers.Trainer`'s.
 
     Checkpoints are atomic: every process writes into `.checkpoint-N.tmp-<session>/checkpoint-N` (weights,
@@ -140,6 +160,8 @@ class MaskedVLTrainer(Trainer):
         teacher: nn.Module | None = None,
         ema_callback: EMACallback | None = None,
         run_record: RunRecord | None = None,
+        protocol_evaluation: Callable[[nn.Module, nn.Module | None], dict[str, float]] | None = None,
+        records_per_epoch: int | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -154,6 +176,9 @@ class MaskedVLTrainer(Trainer):
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
             self._teacher_timer = _Timer(self.teacher)
         self.add_callback(_ObjectiveStepCallback(objective))
+        self.protocol_evaluation = protocol_evaluation
+        self.records_per_epoch = records_per_epoch
+        self.add_callback(_StreamEpochCallback(self.stream_epoch))
         if getattr(self.args, "weight_decay_end", None) is not None:
             self.add_callback(WeightDecayScheduleCallback(self.args.weight_decay, self.args.weight_decay_end))
         self.ema_callback = ema_callback
@@ -200,6 +225,48 @@ class MaskedVLTrainer(Trainer):
         if timeout > 0 and iterated.num_workers > 0:  # torch allows a timeout only with workers
             iterated.timeout = int(timeout) if timeout.is_integer() else timeout  # read when an iteration starts
         return loader
+
+    def stream_epoch(self) -> float | None:
+        """The passes over the training stream read so far, from where each DataLoader worker of this process is
+        (`stream_positions`: (epoch, records read in it)): the workers' mean epoch plus the records they read in it
+        over this process's share of `records_per_epoch`. Without `records_per_epoch` (a stream of unknown length)
+        only the completed passes count; None before the first batch or for a dataset without positions."""
+        positions = list(self.stream_positions.values())
+        if not positions:
+            return None
+        epoch = sum(epoch for epoch, _ in positions) / len(positions)
+        if self.records_per_epoch:
+            epoch += sum(records for _, records in positions) * self.args.world_size / self.records_per_epoch
+        return round(epoch, 6)
+
+    # ---- evaluation during training ----
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """With `protocol_evaluation`: the package's protocols on the current weights (and the EMA's), returned and
+        logged as `eval_<metric>` (TensorBoard: `eval/<metric>`), so that `--metric_for_best_model knn_top1` and
+        `--load_best_model_at_end` choose among the checkpoints. Every model keeps its train / eval mode."""
+        if self.protocol_evaluation is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        models = [model for model in (self.model, self.ema_model) if model is not None]
+        modes = [model.training for model in models]
+        metrics: list = [None]
+        if self.is_world_process_zero():
+            started = time.perf_counter()
+            scores = self.protocol_evaluation(self.model, self.ema_model)
+            metrics[0] = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
+            metrics[0][f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - started, 4)
+        if self.args.world_size > 1:
+            broadcast_object_list(metrics, from_process=0)
+        for model, mode in zip(models, modes):
+            model.train(mode)
+        self.log(dict(metrics[0]))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics[0])
+        return metrics[0]
+
+    def _load_best_model(self) -> None:
+        """As the parent's, and the EMA of the best checkpoint too (the final evaluation compares both)."""
+        super()._load_best_model()
+        if self.ema_callback is not None:
+            self.ema_callback.load(self.state.best_model_checkpoint)
 
     # ---- optimizer ----
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
