@@ -8,7 +8,6 @@ what `hf_masked_vl.models` exports (each model module's `__all__`), and the Pyth
 from . import models
 from .api import evaluate, train
 from .models import *  # noqa: F403  (the names of `models.__all__`)
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [*models.__all__, "__version__", "evaluate", "train"]

@@ -12,8 +12,9 @@ linear only with a train split); `linear_paper` (the MAE-family papers' BatchNor
 only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
 (`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last.
 
-This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl` registers their model
-types with the Auto classes); a folder or Hub repository with foreign code needs the flag.
+This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl`, as importing any of its
+modules does, registers their model types with the Auto classes); a folder or Hub repository with foreign code needs
+the flag.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
-
-import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
 
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
