@@ -18,6 +18,7 @@ from PIL import Image
 from ..models.masking import DrawnInputs
 from ..models.pipeline_zero_shot import tokenize_texts
 from .batch import TrainingBatch, TrainingExample
+from .files import expand_data_files
 from .images import DEFAULT_MAX_IMAGE_BYTES, BadImageError, decode_image, encoded_image, load_image
 from .maps import map_role
 from .records import CAPTION_EXCERPT, BadRecordError, fingerprint, reason_kind, skipped_record
@@ -55,7 +56,9 @@ def load_stream(
     `sources.read_local_files` instead, so that every record carries its file and row (`sources.LOCATION_COLUMNS`,
     which `ImageTextStream` puts into skipped records) and a file that cannot be read is one skipped record instead
     of an exception. Off by default: a consumer that copies every column (`scripts/compute_guidance.py`) must not
-    copy those."""
+    copy those. Brace patterns in `data_files` (`shards/{00000..01023}.tar`) are expanded first
+    (`files.expand_data_files`)."""
+    data_files = expand_data_files(data_files)
     if record_locations and streaming and config_name is None and dataset_name in LOCAL_BUILDERS:
         files = local_data_files(data_files, split)
         if files is not None:

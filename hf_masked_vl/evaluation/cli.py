@@ -13,8 +13,9 @@ only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol 
 (`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last; `--output_file FILE` also
 writes them as JSON.
 
-This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl` registers their model
-types with the Auto classes); a folder or Hub repository with foreign code needs the flag.
+This package's checkpoints load without `--trust_remote_code` (importing `hf_masked_vl`, as importing any of its
+modules does, registers their model types with the Auto classes); a folder or Hub repository with foreign code needs
+the flag.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
-
-import hf_masked_vl  # noqa: F401  (registers this package's model types with the Auto classes)
 
 from ..atomic import write_json_atomic
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
@@ -213,29 +212,42 @@ def load_model(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool) -
         raise UsageError(f"--model {name_or_path}: {weights_error(name_or_path, error)}") from error
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any model or data is read (a bad value is a `UsageError` naming its flag)."""
     args = build_parser().parse_args(argv)
     check_arguments(args)
     paper_probe_settings(args)  # a bad --linear_paper_* value fails before the model is read
-    remote = args.trust_remote_code
-    dtype = choose_precision(args.dtype, args.device).dtype
-    model = load_model(args.model, dtype, remote).to(args.device).eval()
+    return args
+
+
+def chosen_protocols(model: PreTrainedModel, args: argparse.Namespace) -> list[str]:
+    """`--protocol`, or every protocol the model supports by default (knn and linear only with a train split),
+    checked against the model and the data."""
     protocols = args.protocol
     if protocols is None:
         supported = supported_protocols(model, by_default=True)
         protocols = [p for p in supported if p not in trained_protocols() or has_train_data(args)] or list(supported)
     with usage_errors(f"--protocol {' '.join(protocols)}", ValueError):
         check_protocols(model, protocols, has_train_split=has_train_data(args))
+    return list(protocols)
+
+
+def evaluate_model(
+    model: PreTrainedModel, args: argparse.Namespace, tokenizer=None, image_processor=None
+) -> dict[str, EvaluationResult]:
+    """Run the protocols of `args` (`chosen_protocols`) on `model` (moved to `--device`, in eval mode) with the data
+    of `args`: protocol → result. The tokenizer (protocols with a text tower) and the image processor are read from
+    the folder `--model` unless given."""
+    model = model.to(args.device).eval()
+    protocols = chosen_protocols(model, args)
+    remote = args.trust_remote_code
     with usage_errors(f"--model {args.model}: cannot load its tokenizer or image processor"):
-        tokenizer = (
-            AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote)
-            if any(PROTOCOLS[p].needs_text_tower for p in protocols)
-            else None
-        )
-        image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
+        if tokenizer is None and any(PROTOCOLS[p].needs_text_tower for p in protocols):
+            tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=remote)
+        if image_processor is None:
+            image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=remote)
     train, test, templates = load_splits(args, any(p in trained_protocols() for p in protocols))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    results = evaluate_many(
+    return evaluate_many(
         model,
         protocols,
         image_processor=image_processor,
@@ -253,6 +265,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
         linear_paper=paper_probe_settings(args),
         progress_bar=not args.disable_tqdm,
     )
+
+
+def load_model_of(args: argparse.Namespace) -> PreTrainedModel:
+    """The checkpoint `--model` in the precision `--dtype` chooses on `--device` (`load_model`)."""
+    return load_model(args.model, choose_precision(args.dtype, args.device).dtype, args.trust_remote_code)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, EvaluationResult]:
+    """`scripts/evaluate.py`: evaluate the checkpoint `--model`, print the report, return protocol → result."""
+    args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model = load_model_of(args)
+    results = evaluate_model(model, args)
     print_report(results)
     if args.output_file:
         write_results(args.output_file, args.model, results)
@@ -264,4 +289,4 @@ def cli() -> int:
     return run_cli(main)
 
 
-__all__ = ["build_parser", "cli", "main", "print_report"]
+__all__ = ["build_parser", "cli", "evaluate_model", "load_model_of", "main", "parse_arguments", "print_report"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import datasets
 
 from ..data.demo import DemoDataset
+from ..data.files import expand_data_files
 from ..errors import UsageError
 
 
@@ -61,6 +62,7 @@ def load_labelled_split(
     `data.maps.decode_label_map`) for the features of a model with a mask-relation bias (`evaluation.segments`)."""
     if name is None:
         name = f"{dataset_name}{'' if config_name is None else '/' + config_name} ({split})"
+    data_files = expand_data_files(data_files)  # `shards/{00000..00099}.tar`, as training reads them
     dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=True)
     features = dataset.features
     if features is not None:

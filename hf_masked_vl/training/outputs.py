@@ -30,10 +30,10 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers.trainer import TRAINER_STATE_NAME
 
-from .. import __version__
 from ..atomic import temporary_name, write_json_atomic
 from ..errors import UsageError
 from ..hub import move_files_into
+from ..version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -78,6 +78,15 @@ EMA_INITIAL_WEIGHT_LIMIT = 0.01
 
 @dataclass
 class RunResult:
+    """What a run returns (`main`, `hf_masked_vl.train`).
+
+    output_dir: the final folder. train_runtime: seconds of training. results: protocol → `EvaluationResult` of the
+    exported weights (what the model card shows; empty without an evaluation split). all_results: weights ("ema",
+    "online") → protocol → result. exported: the weights written to the folder. train_tflops: the training compute
+    (None where it could not be counted). Other processes than the main one of a multi-process run return only
+    `output_dir` and `train_runtime`.
+    """
+
     output_dir: str
     train_runtime: float
     results: dict[str, EvaluationResult] = field(default_factory=dict)  # protocol → result of the exported weights
