@@ -10,8 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import __version__
 from .errors import UsageError
+from .version import __version__
 
 PACKAGE_NAME = "hf-masked-vl"  # the distribution name (`pip install hf-masked-vl`); `import hf_masked_vl`
 # `datasets` builders that read local files: a run with one of them names no Hub dataset.
