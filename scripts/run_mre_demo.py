@@ -28,9 +28,10 @@ per seed). Everything (run folders, figures, results) goes under --output_dir.
 
 Budget: the defaults (tiny preset; two seeds; per seed MAE and MRE-MAE 250 steps of 64, DINO and MRE-DINO 80 steps of
 32, distillation 150 steps of 64; LiT 300 steps once) are sized for the 20 minutes of a 2-core AVX2-only EPYC in
-fp32, i.e. 12.7 minutes on 2 Zen 4 cores (x1.57): about 11.5 minutes there, estimated from the one-seed run's
-per-run times (see the README). One seed at the earlier budget (400 / 120 / 200 / 500 steps) took 9.3 minutes; two
-seeds at that budget would not fit. The fine-tuning protocol is not run: at about 0.5 s a step on this model it would add 10 runs of 100 steps (8+ minutes) to the budget. Caveat of
+fp32, i.e. 12.7 minutes on 2 Zen 4 cores (x1.57): they took 10 min 6 s there (load average under 2). One seed at the
+earlier budget (400 / 120 / 200 / 500 steps) took 9.3 minutes; two seeds at that budget would not fit. The
+fine-tuning protocol is not run: at about 0.5 s a step on this model it would add 10 runs of 100 steps (8+ minutes)
+to the budget. Caveat of
 the scale: the u scalars train at lr x 100 (the tiny preset's `relation_bias_lr_scale`; at the plain learning rate
 they move by a few hundredths in a few hundred steps and change nothing).
 """
