@@ -85,23 +85,6 @@ def uta_teacher(runs: DemoRuns, args: argparse.Namespace) -> str:
     return str(runs.train("teacher", ["--method", "a_clip"], budget, measure_missing=False).folder)
 
 
-def print_comparisons(runs: DemoRuns, rows: list[str]) -> list[dict]:
-    """The comparisons of the rows that ran, as a table; returns them for results.json."""
-    comparisons = []
-    print("\n| comparison | protocol | difference of means | seed-to-seed spread | exceeds the spread? |")
-    print("| --- | --- | --- | --- | --- |")
-    for variant, baseline in COMPARISONS:
-        if variant not in rows or baseline not in rows:
-            continue
-        for protocol in runs.protocols:
-            result = runs.compare(variant, baseline, protocol)
-            verdict = "**yes**" if result.exceeds else "no"
-            label = f"{ROWS[variant][0]} vs {ROWS[baseline][0]}"
-            print(f"| {label} | {protocol} | {result.difference:+.4f} | {result.spread:.4f} | {verdict} |")
-            comparisons.append({**vars(result), "exceeds": result.exceeds})
-    return comparisons
-
-
 def main(argv: list[str] | None = None) -> DemoRuns:
     args = parse_arguments(argv)
     runs = DemoRuns(
@@ -122,7 +105,8 @@ def main(argv: list[str] | None = None) -> DemoRuns:
     settings = f"{args.steps} steps of batch {args.batch_size} at lr {args.learning_rate} per row, seeds {args.seeds}"
     print(f"\n{settings}, preset {args.preset}, dtype {args.dtype}; eval split {num_test} images, chance {chance:.4f}")
     runs.print_table({row: ROWS[row][0] for row in args.rows})
-    comparisons = print_comparisons(runs, args.rows)
+    print()
+    comparisons = runs.print_comparisons(COMPARISONS, {row: label for row, (label, _) in ROWS.items()})
     print()
     runs.print_wall_times()
     summary = {"settings": vars(args), "chance": chance, "comparisons": comparisons, **runs.summary()}

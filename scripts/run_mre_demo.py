@@ -1,53 +1,54 @@
 #!/usr/bin/env python
 """MRE-ViT end to end on the demo data, on a CPU, with the demo's object-id maps as ground-truth segments (in place
 of SAM masks): MAE vs MRE-MAE, DINO vs MRE-DINO, the teacher with and without segments, the mask-free distilled
-student, the paper's Fig. 4, and locked-image tuning of the student for zero-shot classification.
+student, the paper's Fig. 4, and locked-image tuning of the student for zero-shot classification. Every variant runs
+once per seed of `--seeds` (two by default); every figure is reported per seed, as a mean and as a seed-to-seed
+spread (largest minus smallest), and every comparison says whether it exceeds that spread.
 
     python scripts/run_mre_demo.py --output_dir outputs/mre-demo
     python scripts/run_mre_demo.py --output_dir outputs/mre-demo --dtype fp32    # the CPU budget run
 
-1. `mre_mae` and its baseline MAE (`mre_mae --relation_bias none`: the same model without bias, the same init),
-   same budget and seed.
-2. `relation_bias.png` (the paper's Fig. 4): the learned u_pos, u_neg of `mre_mae` per layer (mean and spread over
-   the heads) and per head; the share of layer-head pairs with u_pos > u_neg and the mean u_neg.
-3. `dino` and `mre_dino`, same budget and seed.
+Per seed:
+1. `mre_mae` and its baseline MAE (`mre_mae --relation_bias none`: the same model without bias, the same init).
+2. `relation_bias-seed<s>.png` (the paper's Fig. 4): the learned u_pos, u_neg of that seed's `mre_mae` per layer
+   (mean and spread over the heads) and per head; the share of layer-head pairs with u_pos > u_neg, mean u_pos and
+   mean u_neg (then their mean and spread over the seeds).
+3. `dino` and `mre_dino`.
 4. k-NN (k = 20) and linear-probe top-1 on the demo's eval split (the probe split trains the protocols): every run
    without segments (the run's own evaluation), and the MRE models again with segments (`evaluation.segments`: the
-   label map through the processor's geometry, the bias on).
-5. `mre_distill --teacher <mre_mae>`: the mask-free student (attention distillation), evaluated without segments.
-6. `lit --model_name_or_path <student>`: zero-shot top-1 on the eval split (target: at least 3x chance).
+   label map through the processor's geometry, the bias on), recorded as `mre_mae_with_segments` and
+   `mre_dino_with_segments`.
+5. `mre_distill --teacher <that seed's mre_mae>`: the mask-free student (attention distillation), without segments.
+Then once: `lit --model_name_or_path <the first seed's student>`: zero-shot top-1 (target: at least 3x chance).
 
-Prints a table, the paper's directions with whether they hold here, writes `results.json`, and `RESULT` lines last.
-Everything (run folders, figure, results) goes under --output_dir.
+Prints the table (per seed, mean, spread), the comparisons (difference of the means, the spread, whether it exceeds
+it), the learned bias per seed, the paper's directions ("holds beyond the spread", "within the spread", "does not
+hold"), the wall times with the load average, writes `results.json`, and `RESULT` lines last (means, `_seed<s>`
+per seed). Everything (run folders, figures, results) goes under --output_dir.
 
-Budget: the defaults (tiny preset; MAE runs 400 steps of 64, DINO runs 120 steps of 32, distillation 200 steps, LiT
-500 steps) take about 9.3 minutes in fp32 on 2 Zen 4 cores (MAE ~100 s, MRE-MAE ~110 s, DINO ~80 s, MRE-DINO ~85 s,
-distillation ~65 s, LiT ~115 s, the segment evaluations ~2.5 s each; +20 s when the demo data is generated first),
-i.e. under the 20 minutes of a 2-core AVX2 CPU. Caveat of the scale: the u scalars train at lr × 100 (the tiny
-preset's `relation_bias_lr_scale`; at the plain learning rate they move by a few hundredths in 400 steps and change
-nothing); the with / without segment comparisons still sit within the noise of 480 test images (printed with the
-table).
+Budget: the defaults (tiny preset; two seeds; per seed MAE and MRE-MAE 250 steps of 64, DINO and MRE-DINO 80 steps of
+32, distillation 150 steps of 64; LiT 300 steps once) are sized for the 20 minutes of a 2-core AVX2-only EPYC in
+fp32, i.e. 12.7 minutes on 2 Zen 4 cores (x1.57): they took 10 min 6 s there (load average under 2). One seed at the
+earlier budget (400 / 120 / 200 / 500 steps) took 9.3 minutes; two seeds at that budget would not fit. The
+fine-tuning protocol is not run: at about 0.5 s a step on this model it would add 10 runs of 100 steps (8+ minutes)
+to the budget. Caveat of
+the scale: the u scalars train at lr x 100 (the tiny preset's `relation_bias_lr_scale`; at the plain learning rate
+they move by a few hundredths in a few hundred steps and change nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hf_masked_vl.training.demo_runs import DTYPES, DemoRuns, budget_flags
-
-PROTOCOLS = ("knn", "linear")
-CLAIMS = {  # name → (what, the paper's evidence)
-    "mre_mae_gt_mae": ("MRE-MAE (with segments) > MAE", "Table 1: MAE ViT-B/16 linear 73.3 → 77.1"),
-    "mre_dino_gt_dino": ("MRE-DINO (with segments) > DINO", "Table 1: DINO gains in fine-tuning; linear -0.2 … -1.2"),
-    "teacher_masks_gt_no_masks": ("teacher with masks > teacher without", "Table 2: 77.2 vs 76.0"),
-    "student_approx_teacher": ("distilled student ≈ teacher with masks", "Table 2: 77.1 vs 77.2"),
-}
+from hf_masked_vl.training.demo_runs import DTYPES, Comparison, DemoRuns, budget_flags, spread
 
 
 # ---- the paper's Fig. 4 ----
@@ -151,15 +152,16 @@ def quiet_load(model_class, folder: Path):
         transformers.logging.set_verbosity(verbosity)
 
 
-def segment_scores(folder: Path, demo) -> dict[str, float]:
-    """k-NN and linear top-1 of an MRE-ViT folder with segment labels (the demo's object ids)."""
+def segment_scores(folder: Path, demo, max_samples: int | None = None) -> dict[str, float]:
+    """k-NN and linear top-1 of an MRE-ViT folder with segment labels (the demo's object ids), on at most
+    `max_samples` images per labelled split."""
     from transformers import AutoImageProcessor
 
     from hf_masked_vl.evaluation import demo_splits, evaluate_with_segments
     from hf_masked_vl.models import MREViTModel
 
     model = quiet_load(MREViTModel, folder)
-    train, test = demo_splits(demo, segments_column="segments")
+    train, test = demo_splits(demo, max_samples=max_samples, segments_column="segments")
     processor = AutoImageProcessor.from_pretrained(str(folder))
     results = evaluate_with_segments(model, image_processor=processor, test_split=test, train_split=train)
     return {protocol: result.top1 for protocol, result in results.items()}
@@ -170,182 +172,214 @@ def tolerance(accuracy: float, num_test: int) -> float:
     return 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / num_test)
 
 
-def train_everything(runs: DemoRuns, args: argparse.Namespace) -> dict[str, dict]:
-    """MAE, MRE-MAE, DINO, MRE-DINO, the distilled student and LiT on it, each with its budget: name → top-1 per
-    protocol (and `num_test`); the MRE models also `with_segments` (their top-1 given the segments)."""
-    fixed = ["--seed", str(args.seed), "--preset", args.preset]
-    mae = budget_flags(args.steps, args.batch_size, args.learning_rate, extra=fixed)
-    dino_extra = ["--max_grad_norm", "3.0", "--warmup_steps", "0.1", *fixed]
+# ---- the runs ----
+def plan(runs: DemoRuns, args: argparse.Namespace, seed: int) -> list[tuple[str, list[str], list[str]]]:
+    """(name, method flags, budget) of every pre-training run of one seed; the student distils that seed's MRE-MAE."""
+    preset = ["--preset", args.preset]
+    mae = budget_flags(args.steps, args.batch_size, args.learning_rate, extra=preset)
+    dino_extra = ["--max_grad_norm", "3.0", "--warmup_steps", "0.1", *preset]
     dino = budget_flags(args.dino_steps, args.dino_batch_size, args.dino_learning_rate, 0.04, None, extra=dino_extra)
-    distill = budget_flags(args.distill_steps, args.batch_size, args.learning_rate, extra=fixed)
-    lit = budget_flags(args.lit_steps, args.lit_batch_size, args.lit_learning_rate, None, None, 2, extra=fixed)
-    plan = [
+    distill = budget_flags(args.distill_steps, args.batch_size, args.learning_rate, extra=preset)
+    return [
         ("mae", ["--method", "mre_mae", "--relation_bias", "none"], mae),
         ("mre_mae", ["--method", "mre_mae"], mae),
         ("dino", ["--method", "dino"], dino),
         ("mre_dino", ["--method", "mre_dino"], dino),
-        ("mre_distill", ["--method", "mre_distill", "--teacher", str(runs.folder("mre_mae"))], distill),
-        ("lit", ["--method", "lit", "--model_name_or_path", str(runs.folder("mre_distill"))], lit),
+        ("mre_distill", ["--method", "mre_distill", "--teacher", str(runs.folder("mre_mae", seed))], distill),
     ]
-    figures = {}
-    for name, flags, budget in plan:
-        run = runs.train(name, flags, budget, measure_missing=False)
-        figures[name] = {**run.top1, "num_test": run.num_test, "exported": run.exported}
-    for name in ("mre_mae", "mre_dino"):
-        scores = runs.timed(f"{name} (segments eval)", segment_scores, runs.folder(name), runs.demo)
-        figures[name]["with_segments"] = scores
-    return figures
 
 
-def parse_arguments() -> argparse.Namespace:
+def train_everything(runs: DemoRuns, args: argparse.Namespace) -> float:
+    """Every variant for every seed of `--seeds` (the MRE models also evaluated with segments, recorded as the
+    variants `<name>_with_segments`), then LiT on the first seed's student. Returns LiT's zero-shot top-1."""
+    for seed in args.seeds:
+        for name, flags, budget in plan(runs, args, seed):
+            runs.train(name, flags, budget, seed, measure_missing=False)
+        for name in ("mre_mae", "mre_dino"):
+            run = next(run for run in runs.runs if (run.name, run.seed) == (name, seed))
+            label = f"{run.folder.name} (segments eval)"
+            scores = runs.timed(label, segment_scores, run.folder, runs.demo, args.max_eval_samples)
+            runs.runs.append(dataclasses.replace(run, name=f"{name}_with_segments", top1=scores,
+                                                 wall_s=runs.wall[label], train_runtime_s=0.0))  # fmt: skip
+    lit_flags = ["--method", "lit", "--model_name_or_path", str(runs.folder("mre_distill", args.seeds[0]))]
+    lit = budget_flags(args.lit_steps, args.lit_batch_size, args.lit_learning_rate, None, None, 2,
+                       extra=["--seed", str(args.seeds[0]), "--preset", args.preset])  # fmt: skip
+    return runs.train("lit", lit_flags, lit, measure_missing=False).top1["zero_shot"]
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 only where the hardware runs it")
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of MAE and MRE-MAE")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="every variant runs once per seed")
+    parser.add_argument("--steps", type=int, default=250, help="optimizer steps of MAE and MRE-MAE")
     parser.add_argument("--batch_size", type=int, default=64, help="batch of MAE, MRE-MAE and the distillation")
     parser.add_argument("--learning_rate", type=float, default=1.5e-3, help="MAE, MRE-MAE and the distillation")
-    parser.add_argument("--dino_steps", type=int, default=120, help="optimizer steps of DINO and MRE-DINO")
+    parser.add_argument("--dino_steps", type=int, default=80, help="optimizer steps of DINO and MRE-DINO")
     parser.add_argument("--dino_batch_size", type=int, default=32)
     parser.add_argument("--dino_learning_rate", type=float, default=5e-4)
-    parser.add_argument("--distill_steps", type=int, default=200, help="optimizer steps of the distillation")
-    parser.add_argument("--lit_steps", type=int, default=500)
+    parser.add_argument("--distill_steps", type=int, default=150, help="optimizer steps of the distillation")
+    parser.add_argument("--lit_steps", type=int, default=300, help="LiT on the first seed's student (one run)")
     parser.add_argument("--lit_batch_size", type=int, default=64)
     parser.add_argument("--lit_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="tiny", help="MRE-ViT preset of every run")
     parser.add_argument("--plot_backend", default="auto", choices=["auto", "matplotlib", "pil"])
-    return parser.parse_args()
+    parser.add_argument("--demo_num_train", type=int, default=8192, help="size of the demo's training split")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="cap on each labelled split (smoke tests)")
+    return parser.parse_args(argv)
 
 
-def learned_bias(runs: DemoRuns, args: argparse.Namespace) -> dict:
-    """The paper's Fig. 4 from the trained MRE-MAE: u_pos, u_neg per layer and head, the figure and its summary."""
-    u_pos, u_neg = relation_bias_values(runs.folder("mre_mae"))
-    figure = runs.output / "relation_bias.png"
-    backend = plot_relation_bias(u_pos, u_neg, figure, args.plot_backend)
-    return {"u_pos": u_pos, "u_neg": u_neg, "frac_upos_gt_uneg": float((u_pos > u_neg).mean()),
-            "mean_upos": float(u_pos.mean()), "mean_uneg": float(u_neg.mean()), "figure": str(figure),
-            "plot_backend": backend}  # fmt: skip
+# ---- the learned bias (Fig. 4) per seed ----
+def learned_bias(runs: DemoRuns, args: argparse.Namespace) -> dict[int, dict]:
+    """Per seed, from that seed's MRE-MAE: u_pos, u_neg per layer and head, `relation_bias-seed<s>.png` (the
+    paper's Fig. 4) and the summary figures (means, share of layer-head pairs with u_pos > u_neg)."""
+    bias = {}
+    for seed in args.seeds:
+        u_pos, u_neg = relation_bias_values(runs.folder("mre_mae", seed))
+        figure = runs.output / f"relation_bias-seed{seed}.png"
+        backend = plot_relation_bias(u_pos, u_neg, figure, args.plot_backend)
+        bias[seed] = {"u_pos": u_pos, "u_neg": u_neg, "frac_upos_gt_uneg": float((u_pos > u_neg).mean()),
+                      "mean_upos": float(u_pos.mean()), "mean_uneg": float(u_neg.mean()), "figure": str(figure),
+                      "plot_backend": backend}  # fmt: skip
+    return bias
 
 
-def directions(figures: dict, bias: dict, chance: float) -> dict:
-    """Whether the paper's directions hold here: its claims per protocol, the learned bias's signs, Table 2's extra
-    rows and the LiT target."""
-    teacher, num_test = figures["mre_mae"]["with_segments"], figures["mre_mae"]["num_test"]
-    tolerances = {protocol: tolerance(teacher[protocol], num_test) for protocol in PROTOCOLS}
-    claims = {
-        "mre_mae_gt_mae": lambda p: teacher[p] > figures["mae"][p],
-        "mre_dino_gt_dino": lambda p: figures["mre_dino"]["with_segments"][p] > figures["dino"][p],
-        "teacher_masks_gt_no_masks": lambda p: teacher[p] > figures["mre_mae"][p],
-        "student_approx_teacher": lambda p: abs(figures["mre_distill"][p] - teacher[p]) <= tolerances[p],
-    }
-    extra = {  # the paper's Table 2 also has the teacher without masks and the student above MAE
-        f"MRE-MAE without segments > MAE ({p})": figures["mre_mae"][p] > figures["mae"][p] for p in PROTOCOLS
-    } | {f"distilled student > MAE ({p})": figures["mre_distill"][p] > figures["mae"][p] for p in PROTOCOLS}
-    return {
-        "checks": {key: {p: holds(p) for p in PROTOCOLS} for key, holds in claims.items()},
-        "student_tolerance": tolerances,
-        "bias_checks": {
-            "u_pos > u_neg (share of layer-head pairs > 1/2)": bias["frac_upos_gt_uneg"] > 0.5,
-            "u_neg < 0 (mean over layers and heads)": bias["mean_uneg"] < 0,
-        },  # fmt: skip
-        "extra_checks": extra,
-        "lit_at_least_3x_chance": figures["lit"]["zero_shot"] >= 3 * chance,
-    }
+def bias_comparisons(bias: dict[int, dict]) -> dict[str, Comparison]:
+    """Fig. 4's directions over seeds: mean u_pos against mean u_neg, and mean u_neg against 0."""
+    u_pos, u_neg = ([figures[key] for figures in bias.values()] for key in ("mean_upos", "mean_uneg"))
+    where = "mean over layers and heads"
+    return {"u_pos > u_neg": Comparison.of("u_pos", "u_neg", where, u_pos, u_neg),
+            "u_neg < 0": Comparison.of("u_neg", "0", where, u_neg, [0.0])}  # fmt: skip
 
 
-def print_tables(runs: DemoRuns, args: argparse.Namespace, figures: dict, bias: dict, chance: float) -> None:
-    """The top-1 table with its noise, LiT, the learned bias per layer and the wall times."""
-    teacher, num_test = figures["mre_mae"]["with_segments"], figures["mre_mae"]["num_test"]
-    rows = {
-        "MAE": figures["mae"],
-        "MRE-MAE (teacher), without segments": figures["mre_mae"],
-        "MRE-MAE (teacher), with segments": teacher,
-        "DINO": figures["dino"],
-        "MRE-DINO, without segments": figures["mre_dino"],
-        "MRE-DINO, with segments": figures["mre_dino"]["with_segments"],
-        "distilled student (mask-free), without segments": figures["mre_distill"],
-    }
-    steps_note = (f"MAE / MRE-MAE: {args.steps} steps of batch {args.batch_size}, lr {args.learning_rate}; "
-                  f"DINO / MRE-DINO: {args.dino_steps} steps of batch {args.dino_batch_size}, lr "
-                  f"{args.dino_learning_rate}; distillation: {args.distill_steps} steps; LiT: {args.lit_steps} steps; "
-                  f"seed {args.seed}, preset {args.preset}, dtype {args.dtype}")  # fmt: skip
-    classes = len(runs.demo.class_names)
-    print(f"\n{steps_note}\ndemo eval split: {num_test} images, {classes} classes, chance {chance:.4f}")
-    print("| model | k-NN top-1 (k=20) | linear top-1 |\n| --- | --- | --- |")
-    for name, scores in rows.items():
-        print(f"| {name} | {scores['knn']:.4f} | {scores['linear']:.4f} |")
-    noise = {p: tolerance(teacher[p], num_test) for p in PROTOCOLS}
-    shift = max(abs(teacher[p] - figures["mre_mae"][p]) for p in PROTOCOLS)
-    u_pos, u_neg = bias["u_pos"], bias["u_neg"]
-    print(f"noise: 2 standard errors of a top-1 on {num_test} images = {noise['knn']:.3f} (k-NN), "
-          f"{noise['linear']:.3f} (linear); segments move the teacher's top-1 by at most {shift:.4f}; "
-          f"|u| <= {max(abs(u_pos).max(), abs(u_neg).max()):.3f} (the logit shift is u / sqrt(d_h))")  # fmt: skip
-    lit_top1 = figures["lit"]["zero_shot"]
-    print(f"\nLiT on the distilled student: zero-shot top-1 {lit_top1:.4f} ({lit_top1 / chance:.1f}x chance)")
-    print(f"learned bias (mre_mae, {u_pos.shape[0]} layers x {u_pos.shape[1]} heads): mean u_pos "
-          f"{bias['mean_upos']:+.4f}, mean u_neg {bias['mean_uneg']:+.4f}, u_pos > u_neg in "
-          f"{bias['frac_upos_gt_uneg']:.0%} of layer-head pairs")  # fmt: skip
-    print("| layer | u_pos (mean over heads) | u_neg (mean over heads) |\n| --- | --- | --- |")
-    for layer in range(u_pos.shape[0]):
-        print(f"| {layer + 1} | {u_pos[layer].mean():+.4f} | {u_neg[layer].mean():+.4f} |")
+# ---- the paper's directions ----
+CLAIMS = [  # (variant, baseline, what, the paper's evidence); the variant should exceed the baseline
+    ("mre_mae_with_segments", "mae", "MRE-MAE (with segments) > MAE", "Table 1: MAE ViT-B/16 linear 73.3 → 77.1"),
+    ("mre_dino_with_segments", "dino", "MRE-DINO (with segments) > DINO",
+     "Table 1: DINO gains in fine-tuning; linear -0.2 … -1.2"),
+    ("mre_mae_with_segments", "mre_mae", "teacher with masks > teacher without", "Table 2: 77.2 vs 76.0"),
+    ("mre_mae", "mae", "MRE-MAE without segments > MAE", "Tables 1, 2: 76.0 vs 73.3"),
+    ("mre_distill", "mae", "distilled student > MAE", "Tables 1, 2: 77.1 vs 73.3"),
+]  # fmt: skip
+STUDENT_CLAIM = ("mre_distill", "mre_mae_with_segments", "student ≈ teacher with masks", "Table 2: 77.1 vs 77.2")
+LABELS = {
+    "mae": "MAE (`mre_mae --relation_bias none`)",
+    "mre_mae": "MRE-MAE (the teacher), without segments",
+    "mre_mae_with_segments": "MRE-MAE (the teacher), with segments",
+    "dino": "DINO",
+    "mre_dino": "MRE-DINO, without segments",
+    "mre_dino_with_segments": "MRE-DINO, with segments",
+    "mre_distill": "distilled student (mask-free)",
+}
+
+
+def student_matches(runs: DemoRuns, protocol: str) -> tuple[Comparison, float, bool]:
+    """The claim "student ≈ teacher with masks" on `protocol`: the comparison, its band (the larger of the seed-to-seed
+    spread and 2 standard errors of the teacher's top-1) and whether the difference stays inside it."""
+    variant, baseline = STUDENT_CLAIM[:2]
+    result = runs.compare(variant, baseline, protocol)
+    num_test = next(run.num_test for run in runs.runs if run.name == baseline)
+    band = max(result.spread, tolerance(runs.mean(baseline, protocol), num_test))
+    return result, band, abs(result.difference) <= band
+
+
+def directions(runs: DemoRuns, bias: dict[int, dict], lit_top1: float, chance: float) -> dict[str, str]:
+    """Every paper direction → its verdict here (see `Comparison.verdict`); the LiT target."""
+    judged = {}
+    for variant, baseline, what, evidence in CLAIMS:
+        for protocol in runs.protocols:
+            judged[f"{what} ({protocol}) [{evidence}]"] = runs.compare(variant, baseline, protocol).verdict()
+    for protocol in runs.protocols:
+        _, band, holds = student_matches(runs, protocol)
+        what = f"{STUDENT_CLAIM[2]} ({protocol}; |difference| <= {band:.4f}, the spread or 2 standard errors)"
+        judged[f"{what} [{STUDENT_CLAIM[3]}]"] = "holds" if holds else "does not hold"
+    for what, comparison in bias_comparisons(bias).items():
+        judged[f"{what} (mean over layers and heads, per seed) [Fig. 4]"] = comparison.verdict(
+            -1 if what == "u_neg < 0" else 1
+        )
+    judged["LiT zero-shot top-1 >= 3x chance [target]"] = "holds" if lit_top1 >= 3 * chance else "does not hold"
+    return judged
+
+
+# ---- printing ----
+def print_bias(bias: dict[int, dict]) -> None:
+    """The learned bias per seed (means, share u_pos > u_neg), its mean and spread over seeds, and per layer."""
+    print("| seed | mean u_pos | mean u_neg | u_pos > u_neg (share of layer-head pairs) |\n| --- | --- | --- | --- |")
+    for seed, figures in bias.items():
+        print(f"| {seed} | {figures['mean_upos']:+.4f} | {figures['mean_uneg']:+.4f} | "
+              f"{figures['frac_upos_gt_uneg']:.0%} |")  # fmt: skip
+    cells = []
+    for key, form in (("mean_upos", "+.4f"), ("mean_uneg", "+.4f"), ("frac_upos_gt_uneg", ".0%")):
+        values = [figures[key] for figures in bias.values()]
+        cells.append(f"{statistics.mean(values):{form}} (spread {spread(values):{form.lstrip('+')}})")
+    print(f"| mean over seeds | {' | '.join(cells)} |")
+    seeds = list(bias)
+    header = " | ".join(f"u_pos, u_neg (seed {seed})" for seed in seeds)
+    print(f"\n| layer | {header} |\n|{' --- |' * (1 + len(seeds))}")
+    for layer in range(bias[seeds[0]]["u_pos"].shape[0]):
+        cells = [f"{bias[s]['u_pos'][layer].mean():+.4f}, {bias[s]['u_neg'][layer].mean():+.4f}" for s in seeds]
+        print(f"| {layer + 1} | {' | '.join(cells)} |")
+
+
+def print_report(runs: DemoRuns, args: argparse.Namespace, bias: dict, lit_top1: float, judged: dict) -> list[dict]:
+    """The top-1 table, the comparisons, LiT, the learned bias, the paper's directions and the wall times; returns
+    the comparisons (for results.json)."""
+    num_test, chance = runs.runs[0].num_test, runs.runs[0].chance
+    print(f"\nMAE / MRE-MAE: {args.steps} steps of batch {args.batch_size}, lr {args.learning_rate}; DINO / MRE-DINO: "
+          f"{args.dino_steps} steps of batch {args.dino_batch_size}, lr {args.dino_learning_rate}; distillation: "
+          f"{args.distill_steps} steps; LiT: {args.lit_steps} steps (seed {args.seeds[0]}); seeds {args.seeds}, "
+          f"preset {args.preset}, dtype {args.dtype}")  # fmt: skip
+    print(f"demo eval split: {num_test} images, {len(runs.demo.class_names)} classes, chance {chance:.4f}\n")
+    runs.print_table(LABELS)
+    print()
+    pairs = [claim[:2] for claim in CLAIMS] + [STUDENT_CLAIM[:2]]
+    comparisons = runs.print_comparisons(pairs, LABELS)
+    noise = {protocol: tolerance(runs.mean("mre_mae_with_segments", protocol), num_test) for protocol in runs.protocols}
+    print(f"(2 standard errors of a top-1 on {num_test} images: {noise['knn']:.3f} k-NN, {noise['linear']:.3f} linear)")
+    lit = f"zero-shot top-1 {lit_top1:.4f} ({lit_top1 / chance:.1f}x chance)"
+    print(f"\nLiT on mre_distill-seed{args.seeds[0]}: {lit}\n")
+    print_bias(bias)
+    print()
+    for what, verdict in judged.items():
+        print(f"paper's direction: {what}: {verdict}")
     print()
     runs.print_wall_times()
+    return comparisons
 
 
-def print_directions(judged: dict, num_test: int) -> None:
-    for key, per_protocol in judged["checks"].items():
-        what, evidence = CLAIMS[key]
-        for protocol, holds in per_protocol.items():
-            tolerance_of = judged["student_tolerance"][protocol]
-            note = f" (tolerance {tolerance_of:.4f} = 2 standard errors on {num_test} images)" * (
-                key == "student_approx_teacher"
-            )
-            print(f"paper's direction: {what} ({protocol}){note}: {'holds' if holds else 'does NOT hold'} here "
-                  f"[{evidence}]")  # fmt: skip
-    for what, holds in judged["bias_checks"].items():
-        print(f"paper's direction: {what}: {'holds' if holds else 'does NOT hold'} here [Fig. 4]")
-    for what, holds in judged["extra_checks"].items():
-        print(f"also (Table 2): {what}: {'holds' if holds else 'does NOT hold'} here")
-    lit_holds = judged["lit_at_least_3x_chance"]
-    print(f"target: LiT zero-shot top-1 >= 3x chance: {'holds' if lit_holds else 'does NOT hold'} here")
-
-
-def print_result_lines(figures: dict, bias: dict, chance: float, total: float) -> None:
-    for key, name in (("mae", "mae"), ("mre_mae", "mre_mae"), ("dino", "dino"), ("mre_dino", "mre_dino"),
-                      ("mre_distill", "distilled")):  # fmt: skip
-        for protocol in PROTOCOLS:
-            print(f"RESULT {protocol}_top1_{name}={figures[key][protocol]:.4f}")
-        if "with_segments" in figures[key]:
-            for protocol in PROTOCOLS:
-                print(f"RESULT {protocol}_top1_{name}_with_segments={figures[key]['with_segments'][protocol]:.4f}")
-    print(f"RESULT frac_upos_gt_uneg={bias['frac_upos_gt_uneg']:.4f}")
-    print(f"RESULT mean_upos={bias['mean_upos']:.5f}")
-    print(f"RESULT mean_uneg={bias['mean_uneg']:.5f}")
-    lit_top1 = figures["lit"]["zero_shot"]
+def print_result_lines(runs: DemoRuns, bias: dict[int, dict], lit_top1: float) -> None:
+    """`RESULT` lines: every top-1 (mean over seeds and per seed), the bias figures (mean, per seed, spread), LiT."""
+    runs.print_results(list(LABELS))
+    for key in ("frac_upos_gt_uneg", "mean_upos", "mean_uneg"):
+        values = {seed: figures[key] for seed, figures in bias.items()}
+        print(f"RESULT {key}={statistics.mean(values.values()):.5f}")
+        for seed, value in values.items():
+            print(f"RESULT {key}_seed{seed}={value:.5f}")
+        print(f"RESULT {key}_spread={spread(list(values.values())):.5f}")
+    chance = runs.runs[0].chance
     print(f"RESULT lit_zero_shot_top1={lit_top1:.4f}")
     print(f"RESULT lit_over_chance={lit_top1 / chance:.2f}")
     print(f"RESULT chance={chance:.4f}")
-    print(f"RESULT wall_time_s={total:.1f}")
+    print(f"RESULT wall_time_s={runs.total_wall_s:.1f}")
 
 
-def main() -> None:
-    args = parse_arguments()
-    runs = DemoRuns(args.output_dir, args.dtype)
-    chance = 1 / len(runs.demo.class_names)
-    figures = train_everything(runs, args)  # name → top-1 per protocol (+ "with_segments" for the MRE models)
+def main(argv: list[str] | None = None) -> DemoRuns:
+    args = parse_arguments(argv)
+    runs = DemoRuns(args.output_dir, args.dtype, demo_num_train=args.demo_num_train,
+                    max_eval_samples=args.max_eval_samples)  # fmt: skip
+    lit_top1 = train_everything(runs, args)
     bias = learned_bias(runs, args)
-    total = runs.total_wall_s
-    judged = directions(figures, bias, chance)
-    print_tables(runs, args, figures, bias, chance)
-    print()
-    print_directions(judged, figures["mre_mae"]["num_test"])
-    as_lists = {key: value.tolist() if hasattr(value, "tolist") else value for key, value in bias.items()}
-    summary = {"settings": vars(args), "chance": chance, "figures": figures, "relation_bias": as_lists,
-               "lit_zero_shot_top1": figures["lit"]["zero_shot"], **judged, **runs.summary()}  # fmt: skip
+    judged = directions(runs, bias, lit_top1, runs.runs[0].chance)
+    comparisons = print_report(runs, args, bias, lit_top1, judged)
+    as_lists = {seed: {key: value.tolist() if hasattr(value, "tolist") else value for key, value in figures.items()}
+                for seed, figures in bias.items()}  # fmt: skip
+    summary = {"settings": vars(args), "chance": runs.runs[0].chance, "comparisons": comparisons,
+               "directions": judged, "relation_bias": as_lists, "lit_zero_shot_top1": lit_top1,
+               **runs.summary()}  # fmt: skip
     (runs.output / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"figure: {bias['figure']} ({bias['plot_backend']}); results: {runs.output / 'results.json'}")
-    print(f"wall time {total:.0f} s")
-    print_result_lines(figures, bias, chance, total)
+    print(f"figures: {runs.output}/relation_bias-seed*.png; results: {runs.output / 'results.json'}")
+    print_result_lines(runs, bias, lit_top1)
+    return runs
 
 
 if __name__ == "__main__":

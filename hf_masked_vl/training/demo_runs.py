@@ -6,7 +6,8 @@ flags, a budget every variant shares (`budget_flags`) and a seed, into `<output_
 each run's top-1 per protocol: the run's own evaluation, and for a protocol its method does not run (the linear probe
 of a dual encoder) the same protocol measured on the saved folder. Over seeds, a variant's figures have a mean and a
 seed-to-seed spread (largest minus smallest); a `Comparison` of two variants says whether the difference of their
-means exceeds the larger of their two spreads. Tables are printed as Markdown, figures as `RESULT key=value` lines.
+means exceeds the larger of their two spreads, and `verdict` whether a paper's direction holds beyond that spread.
+Tables are printed as Markdown, figures as `RESULT key=value` lines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.demo import ensure_demo_dataset
-from ..evaluation import demo_splits, evaluate_many
+from ..evaluation import PROTOCOLS, demo_splits, evaluate_many
 from .run import main as run_pretraining
 
 # every run of a demo: no progress bar, no intermediate checkpoints, no logging integration, a rerun replaces it
@@ -70,6 +71,11 @@ class TrainedRun:
     exported: str = "online"  # the weights saved: "ema" or "online"
 
 
+def spread(values: Sequence[float]) -> float:
+    """Largest minus smallest of `values` (0 for one value)."""
+    return max(values) - min(values)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """`variant` against `baseline` on one protocol: the difference of their means over seeds, and the larger of
@@ -81,9 +87,31 @@ class Comparison:
     difference: float
     spread: float
 
+    @classmethod
+    def of(
+        cls,
+        variant: str,
+        baseline: str,
+        protocol: str,
+        variant_values: Sequence[float],
+        baseline_values: Sequence[float],
+    ) -> Comparison:
+        """The comparison of two lists of per-seed figures (any figure: a top-1, a learned scalar, 0 for a sign)."""
+        difference = statistics.mean(variant_values) - statistics.mean(baseline_values)
+        return cls(variant, baseline, protocol, difference, max(spread(variant_values), spread(baseline_values)))
+
     @property
     def exceeds(self) -> bool:
         return abs(self.difference) > self.spread
+
+    def verdict(self, expected_sign: int = 1) -> str:
+        """Whether "variant > baseline" (`expected_sign` 1; -1: "variant < baseline") holds: "holds beyond the
+        spread", "within the spread" (the difference does not exceed the spread; the sign of the means in
+        parentheses) or "does not hold" (the opposite direction exceeds the spread)."""
+        agrees = self.difference * expected_sign > 0
+        if not self.exceeds:
+            return f"within the spread (the means {'agree' if agrees else 'disagree'})"
+        return "holds beyond the spread" if agrees else "does not hold (the opposite exceeds the spread)"
 
 
 @dataclass
@@ -151,14 +179,18 @@ class DemoRuns:
         self.runs.append(run)
         return run
 
-    def evaluate_folder(self, folder: Path, protocols: Sequence[str]) -> dict[str, float]:
-        """Top-1 of a saved folder (loaded with `AutoModel`) on the demo's labelled splits, per protocol."""
-        from transformers import AutoImageProcessor, AutoModel
+    def evaluate_folder(self, folder: str | os.PathLike, protocols: Sequence[str]) -> dict[str, float]:
+        """Top-1 of a saved folder (loaded with `AutoModel`) on the demo's labelled splits, per protocol; zero-shot
+        with the folder's tokenizer and the demo's templates."""
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         model = AutoModel.from_pretrained(folder).eval()
         train, test = demo_splits(self.demo, max_samples=self.max_eval_samples)
         processor = AutoImageProcessor.from_pretrained(folder)
-        results = evaluate_many(model, list(protocols), image_processor=processor, test_split=test, train_split=train)
+        text = any(PROTOCOLS[protocol].needs_text_tower for protocol in protocols)
+        tokenizer = AutoTokenizer.from_pretrained(folder) if text else None
+        results = evaluate_many(model, list(protocols), image_processor=processor, test_split=test, train_split=train,
+                                tokenizer=tokenizer, templates=self.demo.templates)  # fmt: skip
         return {protocol: result.top1 for protocol, result in results.items()}
 
     # ---- figures over seeds ----
@@ -171,13 +203,12 @@ class DemoRuns:
 
     def spread(self, name: str, protocol: str) -> float:
         """Largest minus smallest top-1 over the seeds (0 with one seed)."""
-        values = self.figures(name, protocol)
-        return max(values) - min(values)
+        return spread(self.figures(name, protocol))
 
     def compare(self, variant: str, baseline: str, protocol: str) -> Comparison:
-        spread = max(self.spread(variant, protocol), self.spread(baseline, protocol))
-        difference = self.mean(variant, protocol) - self.mean(baseline, protocol)
-        return Comparison(variant, baseline, protocol, difference, spread)
+        return Comparison.of(
+            variant, baseline, protocol, self.figures(variant, protocol), self.figures(baseline, protocol)
+        )
 
     @property
     def total_wall_s(self) -> float:
@@ -185,15 +216,33 @@ class DemoRuns:
 
     # ---- printing ----
     def print_table(self, labels: dict[str, str]) -> None:
-        """One row per variant (`labels`: name → row label): every protocol's top-1 per seed and the mean."""
-        header = " | ".join(f"{protocol} top-1 per seed | mean" for protocol in self.protocols)
-        print(f"| variant | {header} |\n|{' --- |' * (1 + 2 * len(self.protocols))}")
+        """One row per variant (`labels`: name → row label): every protocol's top-1 per seed, their mean and their
+        spread (largest minus smallest)."""
+        header = " | ".join(f"{protocol} top-1 per seed | mean | spread" for protocol in self.protocols)
+        print(f"| variant | {header} |\n|{' --- |' * (1 + 3 * len(self.protocols))}")
         for name, label in labels.items():
             cells = []
             for protocol in self.protocols:
                 per_seed = ", ".join(f"{value:.4f}" for value in self.figures(name, protocol))
-                cells += [per_seed, f"{self.mean(name, protocol):.4f}"]
+                cells += [per_seed, f"{self.mean(name, protocol):.4f}", f"{self.spread(name, protocol):.4f}"]
             print(f"| {label} | {' | '.join(cells)} |")
+
+    def print_comparisons(self, pairs: Sequence[tuple[str, str]], labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Per (variant, baseline) of `pairs` whose two variants ran, per protocol: the difference of the means, the
+        seed-to-seed spread and whether the difference exceeds it, as a table (`labels`: name → label). Returns the
+        comparisons as dicts (for a results file)."""
+        ran = {run.name for run in self.runs}
+        comparisons = []
+        print("| comparison | protocol | difference of means | seed-to-seed spread | exceeds the spread? |")
+        print("| --- | --- | --- | --- | --- |")
+        for variant, baseline in pairs:
+            for protocol in self.protocols if {variant, baseline} <= ran else ():
+                result = self.compare(variant, baseline, protocol)
+                verdict = "**yes**" if result.exceeds else "no"
+                label = f"{labels[variant]} vs {labels[baseline]}"
+                print(f"| {label} | {protocol} | {result.difference:+.4f} | {result.spread:.4f} | {verdict} |")
+                comparisons.append({**vars(result), "exceeds": result.exceeds})
+        return comparisons
 
     def print_wall_times(self) -> None:
         print("wall time per step (training + its evaluation + saving):")
@@ -224,4 +273,4 @@ class DemoRuns:
         }
 
 
-__all__ = ["Comparison", "DemoRuns", "TrainedRun", "budget_flags", "precision_flags"]
+__all__ = ["Comparison", "DemoRuns", "TrainedRun", "budget_flags", "precision_flags", "spread"]
