@@ -32,8 +32,9 @@ fp32, i.e. 12.7 minutes on 2 Zen 4 cores (x1.57): they took 10 min 6 s there (lo
 earlier budget (400 / 120 / 200 / 500 steps) took 9.3 minutes; two seeds at that budget would not fit. The
 fine-tuning protocol is not run: 100 steps of it (`evaluate.py --protocol finetune`) gave MAE 0.058 / 0.067 and
 MRE-MAE 0.058 / 0.060 on this demo's folders (seeds 0 / 1), near chance and separating nothing where k-NN gives
-0.142 / 0.083 and 0.179 / 0.108; a fine-tune long enough to learn costs ~1.5 min per run. Caveat of the scale: the u scalars train at lr x 100 (the tiny preset's `relation_bias_lr_scale`; at the plain learning rate
-they move by a few hundredths in a few hundred steps and change nothing).
+0.142 / 0.083 and 0.179 / 0.108; a fine-tune long enough to learn costs ~1.5 min per run. Caveat of the scale:
+the u scalars train at lr x 100 (the tiny preset's `relation_bias_lr_scale`; at the plain learning rate they move by
+a few hundredths in a few hundred steps and change nothing).
 """
 
 from __future__ import annotations
