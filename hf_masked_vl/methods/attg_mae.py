@@ -20,7 +20,7 @@ from ..data.views import SingleCropView
 from ..errors import UsageError
 from ..models import AttGMAEConfig, AttGMAEForPreTraining
 from .base import Built, Method, Objective, register_method
-from .options import option_inputs, option_map_columns, option_map_specs, with_random_guidance
+from .options import keep_set_draws, option_inputs, option_map_columns, option_map_specs
 from .recipes import ATTG_MAE, MAE
 
 
@@ -63,9 +63,7 @@ class AttGMAEMethod(Method):
     def mask_generator(self, model: AttGMAEForPreTraining) -> Callable:
         """Keep sets of `mask_mode` (MAE's random ones by default) at `mask_ratio`; for `guidance="random"` also a
         uniform [0, 1) map per sample."""
-        config = model.config
-        grid = config.vision_config.grid_size
-        return with_random_guidance(config.keep_set_generator(grid), config, grid)
+        return keep_set_draws(model.config)
 
     def objective(self, built: Built) -> AttGMAEObjective:
         return AttGMAEObjective(built.model.config)

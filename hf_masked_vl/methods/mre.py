@@ -33,11 +33,11 @@ from ..models.masking import KeepSetGenerator
 from .base import Built, Method, Objective, build_config, checkpoint_config, load_checked, register_method
 from .options import (
     has_relation_bias,
+    keep_set_draws,
     label_spec,
     option_inputs,
     option_map_columns,
     option_map_specs,
-    with_random_guidance,
 )
 from .recipes import DINO, MRE_MAE
 
@@ -143,9 +143,7 @@ class MREMAEMethod(Method):
     def mask_generator(self, model: MREViTForMAE) -> Callable:
         """Keep sets of `mask_mode` (MAE's random ones by default) at `mask_ratio`; for `guidance="random"` also a
         uniform [0, 1) map per sample."""
-        config = model.config
-        grid = config.vision_config.grid_size
-        return with_random_guidance(config.keep_set_generator(grid), config, grid)
+        return keep_set_draws(model.config)
 
     def objective(self, built: Built) -> MREMAEObjective:
         return MREMAEObjective(built.model.config)

@@ -76,6 +76,13 @@ def with_random_guidance(generator: Callable | None, config: PreTrainedConfig, g
     return maps if generator is None else DrawAll(generator, maps)
 
 
+def keep_set_draws(config: PreTrainedConfig) -> Callable | None:
+    """The workers' draws of an MAE-style model whose config carries the keep-set options: keep sets of `mask_mode`
+    at `mask_ratio` over the image tower's grid, and for `guidance="random"` also a uniform [0, 1) map per sample."""
+    grid = config.vision_config.grid_size
+    return with_random_guidance(config.keep_set_generator(grid), config, grid)
+
+
 def option_inputs(
     batch: TrainingBatch, config: PreTrainedConfig, step: int, max_steps: int, views: Any = None
 ) -> dict[str, Any]:
@@ -95,6 +102,7 @@ def option_inputs(
 __all__ = [
     "guidance_mode",
     "has_relation_bias",
+    "keep_set_draws",
     "label_spec",
     "option_inputs",
     "option_map_columns",
