@@ -55,6 +55,7 @@ from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
 from .card import card_repo_id, training_data_text, training_hyperparameters
 from .outputs import save_final_folder, start_run
+from .recipes import explicit_destinations
 from .run import _refuse_unknown, check_output_dir
 from .trainer import MaskedVLTrainer
 
@@ -182,14 +183,6 @@ class FinetuningArguments(PretrainingArguments):
 
 class FinetuneArgumentParser(OneLineErrors, HfArgumentParser):
     """`HfArgumentParser` whose parsing errors are one `error:` line."""
-
-
-def given_flags(parser: HfArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The fields set on a command line (`--name value`, `--name=value`, or an alias of `--name`): these win over the
-    recipe. The parser takes no abbreviation (`allow_abbrev=False`), so every flag given is named here."""
-    actions = parser._option_string_actions
-    flags = (arg.split("=", 1)[0] for arg in argv if arg.startswith("-"))
-    return {actions[flag].dest for flag in flags if flag in actions}
 
 
 def recipe_for(hidden_size: int, train_fraction: float | None) -> tuple[str, dict[str, Any]]:
@@ -516,7 +509,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningA
     )
     _refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
     args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
-    given = given_flags(parser, argv)
+    given = set(explicit_destinations(parser, argv))  # the parser takes no abbreviation: exact flags only
     for name in sorted(given & PRETRAINING_ONLY):
         raise UsageError(f"--{name} is a flag of run_pretraining.py; fine-tuning takes MAE's fine-tuning recipe")
     return args, training_args, given
