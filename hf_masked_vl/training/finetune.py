@@ -49,6 +49,7 @@ from ..evaluation.features import DecodedBatches
 from ..evaluation.protocols import EvaluationResult, ProtocolInputs, register_protocol
 from ..hub import CardInfo, EvaluationFigure, hub_id_or_none, prepare_for_saving, public_name, write_checkpoint_folder
 from ..methods.base import Objective
+from ..methods.recipes import scaled_learning_rate
 from ..models import MaskedViTClassifierConfig, MaskedViTForImageClassification
 from ..tokenization import build_image_processor
 from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
@@ -220,7 +221,9 @@ def apply_recipe(
             setattr(target, key, value)
         used[key] = getattr(target, key)
     if "learning_rate" not in given and training_args.base_learning_rate is not None:
-        training_args.learning_rate = training_args.base_learning_rate * effective_batch(training_args) / 256
+        training_args.learning_rate = scaled_learning_rate(
+            training_args.base_learning_rate, effective_batch(training_args)
+        )
     used["learning_rate"] = training_args.learning_rate
     return used
 
