@@ -19,6 +19,8 @@ class MethodModelArguments(Protocol):
     teacher_kind: str
     trust_remote_code: bool
     attn_implementation: str
+    cache_dir: str | None
+    model_revision: str
 
 
 class MethodDataArguments(Protocol):

@@ -13,6 +13,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from ..cards import check_license
 from ..data.images import DEFAULT_MAX_IMAGE_BYTES
+from ..data.streaming import DEFAULT_MAX_CAPTION_CHARS
 from ..errors import UsageError, check_minimums, first_line
 from ..methods.recipes import DEMO, RECIPE_NAMES
 from ..precision import PrecisionChoice, choose_precision
@@ -79,6 +80,17 @@ class ModelArguments:
         },
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or a registered kernel."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where models, teachers and datasets downloaded from the Hub are cached (default: the Hugging "
+            "Face cache, $HF_HOME)."
+        },
+    )
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "The Hub revision (branch, tag or commit) of --model_name_or_path and --teacher."},
+    )
 
 
 @dataclass
@@ -137,10 +149,33 @@ class DataArguments:
     templates_file: str | None = field(
         default=None, metadata={"help": "JSON list of zero-shot prompt templates (saved into the model config)."}
     )
-    max_eval_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Read at most this many records of each evaluation split."}
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Read at most this many records of the training data per pass (for debugging or a quick run, "
+            "as transformers' example scripts); unset: all of them."
+        },
+    )
+    max_caption_chars: int = field(
+        default=DEFAULT_MAX_CAPTION_CHARS,
+        metadata={"help": "Longest caption read, in characters; a longer one makes its record a skipped record."},
+    )
 
     def __post_init__(self):
-        check_minimums(self, {"demo_num_train": 1, "shuffle_buffer": 0, "max_eval_samples": 1, "max_image_bytes": 1})
+        check_minimums(
+            self,
+            {
+                "demo_num_train": 1,
+                "shuffle_buffer": 0,
+                "max_eval_samples": 1,
+                "max_train_samples": 1,
+                "max_image_bytes": 1,
+                "max_caption_chars": 1,
+            },
+        )
 
 
 @dataclass
