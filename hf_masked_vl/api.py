@@ -15,49 +15,17 @@ naming the flag (`unknown flag --learning_rat ...; did you mean --learning_rate?
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError, did_you_mean
+from .command_line import command_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from .evaluation.protocols import EvaluationResult
     from .training.run import RunResult
-
-
-def command_line(parser: argparse.ArgumentParser, flags: Mapping[str, Any]) -> list[str]:
-    """The command line of keyword arguments for `parser`: `{"max_steps": 20}` → `["--max_steps=20"]`.
-
-    None leaves a flag unset; a bool is `true` / `false` (a switch without a value, such as `--trust_remote_code` of
-    `evaluate.py`, is present for True and absent for False); a list or tuple gives one value each (`--data_files a b`);
-    a dict is JSON. A name that is not exactly one of the parser's flags is a `UsageError` naming the closest flags
-    (argparse would take a keyword `learning_rat` as `--learning_rate`, a prefix of one flag)."""
-    actions = parser._option_string_actions
-    argv: list[str] = []
-    for name, value in flags.items():
-        flag, action = f"--{name}", actions.get(f"--{name}")
-        if action is None:
-            known = [option for option in actions if option.startswith("--")]
-            raise UsageError(f"unknown keyword {name}: no flag {flag}{did_you_mean(flag, known)}")
-        if value is None:
-            continue
-        if action is not None and action.nargs == 0:  # a switch (store_true, `--no_<name>`): present or absent
-            if value:
-                argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *(json.dumps(item) if isinstance(item, dict) else str(item) for item in value)]
-        elif isinstance(value, bool):
-            argv.append(f"{flag}={'true' if value else 'false'}")
-        elif isinstance(value, dict):
-            argv.append(f"{flag}={json.dumps(value)}")
-        else:
-            argv.append(f"{flag}={os.fspath(value) if isinstance(value, os.PathLike) else value}")
-    return argv
 
 
 def train(

@@ -38,7 +38,7 @@ from .tokenization import CLIP_CROP_PCT, build_clip_tokenizer, build_image_proce
 
 StateDict = dict[str, torch.Tensor]
 
-UTA_VARIANTS = ("b-16", "l-14-336", "g-14-336")
+UTA_VARIANTS = ("vit-b-16", "vit-l-14-336", "vit-g-14-336")
 # Heads are not in the shapes: EVA's heads are 64 wide except the giant's (16 heads of 88); the official A-CLIP
 # ViT-S (MoCo v3's) has 12 heads of 32.
 HEADS_BY_WIDTH = {384: 12, 1408: 16}

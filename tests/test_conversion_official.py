@@ -186,7 +186,8 @@ def test_aclip_folder_loads_and_runs_the_pipeline(aclip_file, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("sizes", "variant", "heads"), [(UTA_B16, "b-16", 12), (UTA_L14_336, "l-14-336", 16), (UTA_G14_336, "g-14-336", 16)]
+    ("sizes", "variant", "heads"),
+    [(UTA_B16, "vit-b-16", 12), (UTA_L14_336, "vit-l-14-336", 16), (UTA_G14_336, "vit-g-14-336", 16)],
 )
 def test_published_shapes_are_their_presets(sizes, variant, heads):
     """The full-size layouts (shapes only) are recognised as the published models; another --variant is refused."""
@@ -201,7 +202,7 @@ def test_published_shapes_are_their_presets(sizes, variant, heads):
     assert int(vision.hidden_size * vision.mlp_ratio) == sizes.mlp_hidden and vision.rope_reference_grid == 16
     assert (config.text_config.hidden_size, config.text_config.hidden_act) == (1024, "gelu")
     assert uta_config_from(state, "UTA.pth", variant).to_dict() == config.to_dict()
-    other = "b-16" if variant != "b-16" else "l-14-336"
+    other = "vit-b-16" if variant != "vit-b-16" else "vit-l-14-336"
     with pytest.raises(UsageError, match=f"--variant {other}: UTA.pth is not that model"):
         uta_config_from(state, "UTA.pth", other)
 
@@ -272,7 +273,7 @@ def test_safetensors_file_converts_alike(uta_file, tmp_path, pixels):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--format", "a_clip", "--variant", "b-16"], "--variant b-16 names a published UTA model"),
+        (["--format", "a_clip", "--variant", "vit-b-16"], "--variant vit-b-16 names a published UTA model"),
         (["--format", "uta", "--weights", "online"], "--weights online picks a copy of A-CLIP's towers"),
         (["--format", "caffe"], "argument --format: invalid choice"),
     ],

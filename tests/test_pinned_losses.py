@@ -46,7 +46,7 @@ FLAGS = [
     "--dataset_name", "parquet", "--data_files", str(BATCH_FILE), "--shuffle_buffer", "0",
     "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH_SIZE), "--warmup_steps", "0",
     "--seed", "0", "--bf16", "false", "--use_cpu", "true", "--dataloader_num_workers", "0", "--save_strategy", "no",
-    "--report_to", "none", "--disable_tqdm", "true",
+    "--report_to", "none", "--disable_tqdm", "true", "--preset", "tiny",
 ]  # fmt: skip
 
 # case → the method's flags; "{name}" is replaced by the folder of the start checkpoint `name` (STARTS)

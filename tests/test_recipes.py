@@ -252,14 +252,16 @@ def test_attg_paper_views_are_random_resized_crops():
 def test_card_states_the_recipe_and_every_deviation():
     flags = ["--method", "mre_dino", "--recipe", "paper", "--output_dir", "x", "--learning_rate", "1e-3",
              "--teacher_temperature", "0.05"]  # fmt: skip
-    *_, training_args, choice = parse_run_arguments(flags)
+    run = parse_run_arguments(flags)
+    training_args, choice = run.training, run.recipe
     overrides = choice.config_overrides({"teacher_temperature": 0.05})
     text = choice.card_text(training_args, overrides)
     assert "Recipe: `paper`" in text and "MRE paper" in text
     assert "`learning_rate` = 0.001 (recipe: 0.002)" in text
     assert "`teacher_temperature` = 0.05 (recipe: 0.07)" in text
     assert "Values the paper does not publish" in text and "main_dino.py" in text
-    *_, training_args, choice = parse_run_arguments(["--method", "mre_dino", "--output_dir", "x"])
+    run = parse_run_arguments(["--method", "mre_dino", "--output_dir", "x"])
+    training_args, choice = run.training, run.recipe
     assert choice.card_text(training_args, {}).startswith("Recipe: `demo`")
 
 

@@ -240,6 +240,14 @@ def read_local_files(builder: str, files: Sequence[str]) -> datasets.IterableDat
     )
 
 
+def parquet_rows(files: Sequence[str]) -> int | None:
+    """The rows of parquet `files` from their footers (no data read); None when a footer cannot be read."""
+    try:
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    except (OSError, pa.ArrowException):
+        return None
+
+
 def local_data_files(data_files: str | Sequence[str] | Mapping | None, split: str) -> list[str] | None:
     """The local files of `split` in `data_files` (a path or glob, a list of them, or a dict split → those), resolved
     by `datasets`' pattern rules; None when there are none or some are remote or compressed (left to `datasets`).
@@ -268,5 +276,6 @@ __all__ = [
     "ROW_COLUMN",
     "infer_schema",
     "local_data_files",
+    "parquet_rows",
     "read_local_files",
 ]

@@ -29,6 +29,7 @@ from .sources import (
     LOCATION_COLUMNS,
     ROW_COLUMN,
     local_data_files,
+    parquet_rows,
     read_local_files,
 )
 
@@ -37,6 +38,24 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_CAPTION_CHARS = 16384
 DEFAULT_ID_COLUMNS = ("__key__", "__url__")
 COLUMN_CHECK_RECORDS = 100  # without features, a column none of the first 100 records has is a ValueError
+
+
+def declared_size(
+    source: datasets.IterableDataset, dataset_name: str, data_files: str | list[str] | dict | None, split: str
+) -> int | None:
+    """The records of `split` that a dataset declares without being read: its split info (`dataset_infos`, a
+    dataset loaded without streaming), or the footers of local parquet files; None when unknown."""
+    splits = getattr(getattr(source, "info", None), "splits", None) or {}
+    info = splits.get(split) if hasattr(splits, "get") else None
+    if getattr(info, "num_examples", None):
+        return info.num_examples
+    if dataset_name != "parquet":
+        return None
+    try:
+        files = local_data_files(expand_data_files(data_files), split)
+    except (ValueError, FileNotFoundError):
+        return None
+    return parquet_rows(files) if files else None
 
 
 def load_stream(
@@ -496,6 +515,7 @@ class ImageTextCollator:
 
 
 __all__ = [
+    "declared_size",
     "DEFAULT_MAX_CAPTION_CHARS",
     "BadImageError",
     "BadRecordError",

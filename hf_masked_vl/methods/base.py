@@ -112,6 +112,10 @@ class Method:
     paper_recipe: ClassVar[Recipe | None] = None  # `--recipe paper` (`methods.recipes`); None: the method has none
     # config options (`methods.options`) the method cannot apply: field → (the one accepted value, why)
     unsupported_options: ClassVar[dict[str, tuple[Any, str]]] = {}
+    # config fields of a config shared with other methods that this method's objective never reads (no flag for them)
+    unused_config_fields: ClassVar[tuple[str, ...]] = ()
+    # the `--preset` of a new model outside the demo: the method's base size, the paper's main model
+    base_preset: ClassVar[str] = "vit-b-16"
 
     def __init__(
         self,

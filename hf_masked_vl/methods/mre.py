@@ -121,6 +121,25 @@ class MREDistillObjective(Objective):
         }
 
 
+# MREViTConfig serves MAE and DINO objectives (and distils either): each objective's own fields
+MAE_FIELDS = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_mlp_ratio")
+MAE_FIELDS += ("mask_ratio", "norm_pix_loss")
+DINO_FIELDS = tuple(name for name in MREViTConfig.__dataclass_fields__ if name.startswith("dino_")) + (
+    "student_temperature",
+    "teacher_temperature",
+    "warmup_teacher_temperature",
+    "teacher_temperature_warmup_fraction",
+    "center_momentum",
+    "num_global_crops",
+    "num_local_crops",
+    "local_crop_size",
+    "global_crop_scale",
+    "local_crop_scale",
+    "freeze_last_layer_fraction",
+)
+DISTILLATION_FIELDS = ("attention_distillation_weight", "distillation_student_init")
+
+
 @register_method
 class MREMAEMethod(Method):
     name = "mre_mae"
@@ -131,6 +150,7 @@ class MREMAEMethod(Method):
     card_template = "mre_vit.md"
     evaluations = ("knn", "linear")
     paper_recipe = MRE_MAE
+    unused_config_fields = DINO_FIELDS + DISTILLATION_FIELDS
 
     def map_columns(self, built: Built) -> dict[str, str]:
         """`segments` with a bias, `guidance` with AttG's weighting from maps (`methods.options`)."""
@@ -189,6 +209,8 @@ class MREDINOMethod(Method):
     uses_ema = True
     ema_momentum = 0.996  # DINO: 0.996 → 1, cosine
     paper_recipe = DINO
+    base_preset = "vit-s-16"  # DINO's and MRE-DINO's main model
+    unused_config_fields = MAE_FIELDS + DISTILLATION_FIELDS
     unsupported_options = {
         "guidance": ("none", "DINO's loss has no per-patch terms to weigh"),
         "mask_mode": ("random", "DINO's crops keep every patch"),

@@ -67,6 +67,7 @@ class AClipConfig(KeepSetOptions, RelationBiasOptions, PreTrainedConfig):
     """
 
     model_type = "a_clip"
+    presets = A_CLIP_PRESETS  # named sizes of `from_preset` (not a config field)
     sub_configs_defaults = {"vision_config": MaskedViTConfig, "text_config": CLIPTextConfig}
 
     vision_config: dict | MaskedViTConfig | None = None

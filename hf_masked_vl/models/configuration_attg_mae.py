@@ -66,6 +66,7 @@ class AttGMAEConfig(KeepSetOptions, GuidanceWeightingOptions, PreTrainedConfig):
     """
 
     model_type = "attg_mae"
+    presets = ATTG_MAE_PRESETS  # named sizes of `from_preset` (not a config field)
     sub_configs_defaults = {"vision_config": MaskedViTConfig}
 
     vision_config: dict | MaskedViTConfig | None = None

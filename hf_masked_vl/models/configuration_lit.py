@@ -11,7 +11,7 @@ from .configuration_masked_vit import TINY_TEXT_TOWER, MaskedViTConfig, preset_k
 
 # Text-tower presets; the image tower always comes from the vision checkpoint being tuned.
 LIT_PRESETS: dict[str, dict] = {
-    "base": {"projection_dim": 512},  # CLIP ViT-B text tower: width 512, 12 layers, 8 heads, context 77
+    "vit-b-16": {"projection_dim": 512},  # CLIP ViT-B/16's text tower: width 512, 12 layers, 8 heads, context 77
     "tiny": {"text_config": TINY_TEXT_TOWER, "projection_dim": 128},
 }
 
@@ -34,6 +34,7 @@ class LiTConfig(PreTrainedConfig):
     """
 
     model_type = "lit_dual_encoder"
+    presets = LIT_PRESETS  # named sizes of `from_preset` (not a config field)
     sub_configs_defaults = {"vision_config": MaskedViTConfig, "text_config": CLIPTextConfig}
 
     vision_config: dict | MaskedViTConfig | None = None
@@ -62,7 +63,8 @@ class LiTConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> LiTConfig:
-        """A text-tower preset ("base", "tiny") with keyword overrides; pass `vision_config` (the tower's)."""
+        """A text-tower preset ("vit-b-16": CLIP ViT-B/16's, "tiny") with keyword overrides; pass `vision_config`
+        (the tower's)."""
         return cls(**preset_kwargs(LIT_PRESETS, name, overrides, "LiT"))
 
 

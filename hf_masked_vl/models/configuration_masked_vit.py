@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -163,12 +164,26 @@ def vit_size(name: str, **options) -> dict:
     return {**VIT_SIZES[name], **options}
 
 
+# Preset names of earlier releases (`b-14`, LiT's `base`): every preset is now `tiny` or `vit-<size>-<patch>[-<px>]`.
+LEGACY_PRESET_NAMES = {"base": "vit-b-16"}
+
+
+def preset_name(presets: dict[str, dict], name: str, method: str) -> str:
+    """The name of `presets` that `name` means: itself, or the current name of an earlier release's name (`b-14` →
+    `vit-b-14`, with a `FutureWarning`). An unknown name is a `ValueError` listing the presets."""
+    if name in presets:
+        return name
+    for current in (f"vit-{name}", LEGACY_PRESET_NAMES.get(name)):
+        if current in presets:
+            warnings.warn(f"{method} preset {name!r} is now named {current!r}", FutureWarning, stacklevel=4)
+            return current
+    raise ValueError(f"unknown {method} preset {name!r}; choose from {', '.join(presets)}")
+
+
 def preset_kwargs(presets: dict[str, dict], name: str, overrides: dict, method: str) -> dict:
-    """Constructor kwargs of a named preset with `overrides` applied; `vision_config` / `text_config` override
-    dicts are merged into the preset's, a config object replaces it."""
-    if name not in presets:
-        raise ValueError(f"unknown {method} preset {name!r}; choose from {sorted(presets)}")
-    kwargs = copy.deepcopy(presets[name])
+    """Constructor kwargs of a named preset (`preset_name`) with `overrides` applied; `vision_config` /
+    `text_config` override dicts are merged into the preset's, a config object replaces it."""
+    kwargs = copy.deepcopy(presets[preset_name(presets, name, method)])
     overrides = dict(overrides)
     for key in ("vision_config", "text_config"):
         override = overrides.pop(key, {})
@@ -182,4 +197,13 @@ def validate_templates(templates) -> None:
         raise ValueError(f"zero_shot_templates={templates!r}: each needs a '{{}}' placeholder for the class name")
 
 
-__all__ = ["TINY_TEXT_TOWER", "VIT_SIZES", "MaskedViTConfig", "preset_kwargs", "validate_templates", "vit_size"]
+__all__ = [
+    "LEGACY_PRESET_NAMES",
+    "TINY_TEXT_TOWER",
+    "VIT_SIZES",
+    "MaskedViTConfig",
+    "preset_kwargs",
+    "preset_name",
+    "validate_templates",
+    "vit_size",
+]

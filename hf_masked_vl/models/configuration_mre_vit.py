@@ -87,6 +87,7 @@ class MREViTConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions
     """
 
     model_type = "mre_vit"
+    presets = MRE_VIT_PRESETS  # named sizes of `from_preset` (not a config field)
     sub_configs_defaults = {"vision_config": MaskedViTConfig}
 
     vision_config: dict | MaskedViTConfig | None = None

@@ -41,31 +41,31 @@ OFFICIAL_UTA_VISION = {**_EVA, "rope_reference_grid": 16}
 OFFICIAL_UTA_TEXT = {**_EVA_CLIP_G_TEXT, "max_position_embeddings": 77, "vocab_size": 49408}
 
 UTA_PRESETS: dict[str, dict] = {
-    "b-14": {
+    "vit-b-14": {
         "vision_config": vit_size("vit-b-14", **_EVA, drop_path_rate=0.1),
         "text_config": _EVA_CLIP_G_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.4,
     },
-    "l-14": {
+    "vit-l-14": {
         "vision_config": vit_size("vit-l-14", **_EVA, drop_path_rate=0.1),
         "text_config": _EVA_CLIP_G_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.5,
     },
-    "b-16": {  # UTA-B/16, 224 px: 77.0% ImageNet zero-shot
+    "vit-b-16": {  # UTA-B/16, 224 px: 77.0% ImageNet zero-shot
         "vision_config": vit_size("vit-b-16", **OFFICIAL_UTA_VISION),
         "text_config": OFFICIAL_UTA_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.4,
     },
-    "l-14-336": {  # UTA-L/14, 336 px: 81.4%
+    "vit-l-14-336": {  # UTA-L/14, 336 px: 81.4%
         "vision_config": vit_size("vit-l-14", **OFFICIAL_UTA_VISION, image_size=336),
         "text_config": OFFICIAL_UTA_TEXT,
         "projection_dim": 1024,
         "mask_ratio": 0.5,
     },
-    "g-14-336": {  # UTA-g/14, 336 px: 83.9%; SwiGLU hidden 4096 (the official mlp_ratio 2.909133...)
+    "vit-g-14-336": {  # UTA-g/14, 336 px: 83.9%; SwiGLU hidden 4096 (the official mlp_ratio 2.909133...)
         "vision_config": vit_size(
             "vit-g-14", **{**OFFICIAL_UTA_VISION, "mlp_ratio": 2.909133333333333}, image_size=336
         ),
@@ -106,6 +106,7 @@ class UTAConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, P
     """
 
     model_type = "uta"
+    presets = UTA_PRESETS  # named sizes of `from_preset` (not a config field)
     sub_configs_defaults = {"vision_config": MaskedViTConfig, "text_config": CLIPTextConfig}
 
     vision_config: dict | MaskedViTConfig | None = None
@@ -125,7 +126,7 @@ class UTAConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, P
             if old in kwargs:
                 setattr(self, new, kwargs.pop(old))
         if self.vision_config is None:
-            self.vision_config = copy.deepcopy(UTA_PRESETS["b-14"]["vision_config"])
+            self.vision_config = copy.deepcopy(UTA_PRESETS["vit-b-14"]["vision_config"])
         if self.text_config is None:
             self.text_config = dict(_EVA_CLIP_G_TEXT)
         super().__post_init__(**kwargs)
@@ -143,7 +144,8 @@ class UTAConfig(KeepSetOptions, RelationBiasOptions, GuidanceWeightingOptions, P
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UTAConfig:
-        """A named preset ("b-14", "l-14", "tiny"; the published models "b-16", "l-14-336", "g-14-336") with keyword
+        """A named preset ("vit-b-14", "vit-l-14", "tiny"; the published models "vit-b-16", "vit-l-14-336",
+        "vit-g-14-336") with keyword
         overrides; `vision_config` / `text_config` overrides are merged into the preset's dicts."""
         return cls(**preset_kwargs(UTA_PRESETS, name, overrides, "UTA"))
 

@@ -25,15 +25,16 @@ DEFAULT_DATALOADER_TIMEOUT = 600.0  # seconds per batch: minutes above any sane 
 
 @dataclass
 class ModelArguments:
+    """The model to train: the method, its size or starting checkpoint, a teacher, what the final folder holds."""
+
+    _argument_group_name = "model"
+
     method: str = field(
         default="a_clip",
         metadata={"help": "Pre-training method (the list below; `--method NAME --help` shows its own flags)."},
     )
-    preset: str = field(
-        default="tiny",
-        metadata={
-            "help": "Size preset of a new model: A-CLIP tiny, vit-s-16, vit-b-16, vit-l-16; UTA tiny, b-14, l-14."
-        },
+    preset: str | None = field(
+        default=None, metadata={"help": "Size of a new model (the presets of each method: `--help`)."}
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Start from this checkpoint folder or Hub id instead of a new model."}
@@ -95,6 +96,10 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """The training data, and the labelled data of the evaluations during and after training."""
+
+    _argument_group_name = "data"
+
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -104,9 +109,9 @@ class DataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     data_files: list[str] | None = field(default=None, metadata={"help": "Files or globs for a local builder."})
-    train_split: str = field(default="train")
-    image_column: str = field(default="image")
-    caption_column: str = field(default="caption")
+    train_split: str = field(default="train", metadata={"help": "The split pre-training reads."})
+    image_column: str = field(default="image", metadata={"help": "Column of the images (or their paths)."})
+    caption_column: str = field(default="caption", metadata={"help": "Column of the captions (image-text methods)."})
     guidance_column: str = field(default="guidance", metadata={"help": "Float guidance maps (methods that read them)."})
     segments_column: str = field(default="segments", metadata={"help": "Segment label maps (methods that read them)."})
     streaming: bool = field(default=True, metadata={"help": "Stream the dataset (default) or load it first."})
@@ -114,7 +119,7 @@ class DataArguments:
     max_image_bytes: int = field(
         default=DEFAULT_MAX_IMAGE_BYTES,
         metadata={
-            "help": "Largest image file or encoded image cell read, in bytes (default 64 MiB); a larger one, or a "
+            "help": "Largest image file or encoded image cell read, in bytes (64 MiB); a larger one, or a "
             "path to anything but a regular file (/dev/zero, a FIFO, a directory), is a skipped record."
         },
     )
@@ -129,12 +134,16 @@ class DataArguments:
             "demo's splits); unset: the demo's splits when training on the demo, no evaluation otherwise."
         },
     )
-    eval_data_files: list[str] | None = field(default=None)
-    eval_split: str = field(default="train")
+    eval_data_files: list[str] | None = field(
+        default=None, metadata={"help": "Files or globs of a local evaluation builder (--eval_dataset_name)."}
+    )
+    eval_split: str = field(
+        default="train", metadata={"help": "Labelled split of the evaluation set that is scored (the test split)."}
+    )
     eval_train_split: str | None = field(
         default=None, metadata={"help": "Labelled split of the evaluation set for k-NN / linear probes."}
     )
-    label_column: str = field(default="label")
+    label_column: str = field(default="label", metadata={"help": "Column of the class labels of the evaluation set."})
     eval_protocols: list[str] | None = field(
         default=None,
         metadata={
@@ -183,8 +192,17 @@ class PretrainingArguments(TrainingArguments):
     """`TrainingArguments` whose defaults run the tiny A-CLIP demo on a CPU in a few minutes, with precision
     chosen from the hardware and EMA settings for methods that keep an EMA model."""
 
+    _argument_group_name = "training (transformers' TrainingArguments, and the package's)"
+
     output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and the final folder go."})
-    max_steps: int = field(default=400, metadata={"help": "Optimizer steps (streams have no length)."})
+    max_steps: int = field(
+        default=-1,
+        metadata={
+            "help": "Optimizer steps of the run. Unset (-1): the recipe's; on the embedded demo data 400 (a few "
+            "minutes on a CPU); else --num_train_epochs passes over the training data (its size from the dataset, "
+            "--samples_per_epoch or --max_train_samples; a stream of unknown size needs one of them or --max_steps)."
+        },
+    )
     per_device_train_batch_size: int = field(default=64)
     learning_rate: float = field(default=1e-3)
     weight_decay: float = field(default=0.1)
@@ -336,7 +354,11 @@ class PretrainingArguments(TrainingArguments):
     def _check_values(self) -> None:
         """Values that would crash or silently misbehave later (a ZeroDivisionError in the Trainer, an optimizer
         that refuses NaN, a DataLoader with -1 workers) are a `UsageError` naming the flag, before anything runs."""
-        check_minimums(self, _MINIMUMS, _MINIMUM_REASONS)
+        check_minimums(self, _MINIMUMS)
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise UsageError(
+                f"--max_steps {self.max_steps}: must be at least 1 (or -1: --num_train_epochs of the data)"
+            )
         check_license(self.license)
         for name in ("weight_decay", "max_grad_norm", "adam_epsilon"):
             if not math.isfinite(getattr(self, name)):
@@ -382,7 +404,6 @@ _MINIMUMS = {
     "per_device_train_batch_size": 1,
     "per_device_eval_batch_size": 1,
     "gradient_accumulation_steps": 1,
-    "max_steps": 1,
     "dataloader_num_workers": 0,
     "warmup_steps": 0.0,
     "ema_warmup": 0.0,
@@ -394,10 +415,6 @@ _MINIMUMS = {
     "base_learning_rate": 0.0,
     "weight_decay_end": 0.0,
     "samples_per_epoch": 1,
-}
-_MINIMUM_REASONS = {
-    "max_steps": " (the training data is a stream without a length, so the run stops after --max_steps optimizer "
-    "steps; --num_train_epochs sets it only with --recipe paper, through --samples_per_epoch)",
 }
 
 

@@ -56,8 +56,9 @@ from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
 from .card import card_repo_id, training_data_text, training_hyperparameters
 from .outputs import save_final_folder, start_run
+from .parser import refuse_unknown
 from .recipes import explicit_destinations
-from .run import _refuse_unknown, check_output_dir
+from .run import check_output_dir
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -510,7 +511,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningA
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    _refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
+    refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
     args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
     given = set(explicit_destinations(parser, argv))  # the parser takes no abbreviation: exact flags only
     for name in sorted(given & PRETRAINING_ONLY):

@@ -22,6 +22,8 @@ from transformers import PreTrainedConfig, TrainingArguments
 from ..errors import UsageError
 from ..methods.recipes import Recipe, epochs_to_steps, scaled_learning_rate
 
+DEMO_MAX_STEPS = 400  # the demo recipe's length on the demo data: a few minutes on a CPU
+
 
 @dataclass
 class RecipeChoice:
@@ -114,9 +116,12 @@ def explicit_destinations(parser: argparse.ArgumentParser, argv: Sequence[str]) 
     return frozenset(destinations)
 
 
-def plan_recipe(recipe: Recipe, training_args: TrainingArguments, explicit: frozenset[str]) -> RecipeChoice:
+def plan_recipe(
+    recipe: Recipe, training_args: TrainingArguments, explicit: frozenset[str], on_demo_data: bool = False
+) -> RecipeChoice:
     """The values `recipe` gives a run whose command line parsed to `training_args` with the flags `explicit`
-    passed; also `--base_learning_rate` of the demo recipe (lr = base · B / 256)."""
+    passed; also `--base_learning_rate` of the demo recipe (lr = base · B / 256), and the demo's length
+    (`DEMO_MAX_STEPS`) for the demo recipe on the demo data unless `--num_train_epochs` is passed."""
     if {"learning_rate", "base_learning_rate"} <= explicit:
         raise UsageError(
             f"--learning_rate {training_args.learning_rate} and --base_learning_rate "
@@ -146,6 +151,8 @@ def plan_recipe(recipe: Recipe, training_args: TrainingArguments, explicit: froz
         training["max_steps"] = epochs_to_steps(epochs, steps_per_epoch)
         warmup = recipe.warmup_epochs.value if recipe.warmup_epochs is not None else 0
         training["warmup_steps"] = epochs_to_steps(warmup, steps_per_epoch) if warmup else 0
+    elif on_demo_data and recipe.is_empty and "num_train_epochs" not in explicit:
+        training["max_steps"] = DEMO_MAX_STEPS
     return RecipeChoice(recipe, explicit, training, recipe.config_values(epochs))
 
 
@@ -165,4 +172,4 @@ def dry_run_json(
     return json.dumps(report, default=str)
 
 
-__all__ = ["RecipeChoice", "dry_run_json", "explicit_destinations", "plan_recipe"]
+__all__ = ["DEMO_MAX_STEPS", "RecipeChoice", "dry_run_json", "explicit_destinations", "plan_recipe"]

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import datasets
 import transformers
 from datasets.distributed import split_dataset_by_node
-from transformers import HfArgumentParser, TrainerState, set_seed
+from transformers import TrainerState, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 from ..atomic import write_json_atomic
@@ -31,8 +29,8 @@ from ..cards import hub_dataset_id
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
 from ..data.maps import map_role
-from ..data.streaming import ImageTextStream, load_stream
-from ..errors import OneLineErrors, UsageError, did_you_mean, run_cli, usage_errors, validate_config
+from ..data.streaming import ImageTextStream, declared_size, load_stream
+from ..errors import UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, result_metrics, supported_protocols
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
@@ -47,11 +45,10 @@ from ..hub import (
     push_checkpoint,
     write_checkpoint_folder,
 )
-from ..methods import METHODS, Built, Method, available_methods, get_method
-from ..methods.recipes import choose_recipe
+from ..methods import METHODS, Built, Method
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .card import card_repo_id, method_config_values, training_data_text, training_hyperparameters
-from .config_flags import config_arguments_class, config_overrides_from
+from .config_flags import config_overrides_from
 from .ema import EMACallback
 from .hub_strategy import add_hub_push
 from .outputs import (
@@ -64,13 +61,13 @@ from .outputs import (
     save_final_folder,
     start_run,
 )
+from .parser import ParsedRun, build_parser, parse_run_arguments
 from .processes import ends_its_process_group
-from .recipes import RecipeChoice, dry_run_json, explicit_destinations, plan_recipe
+from .recipes import RecipeChoice, dry_run_json
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
 
-DEFAULT_METHOD = ModelArguments.method
 RUN_MARKER = RUN_RECORD_NAME  # the run record (`training.outputs`): what this package wrote into output_dir
 # An EMA still holding more than this share of its initial (random) weights has not covered its averaging window.
 EMA_INITIAL_WEIGHT_LIMIT = 0.01
@@ -107,115 +104,11 @@ class RunResult:
         return next(iter(self.results.values())).chance if self.results else None
 
 
-# ---- arguments ----
-def _read_argument_file(path: str) -> dict:
-    """The JSON object of a single-file command line (`run_pretraining.py args.json`)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            arguments = json.load(handle)
-    except OSError as error:
-        raise UsageError(f"cannot read the argument file {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise UsageError(
-            f"the argument file {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
-        ) from None
-    if not isinstance(arguments, dict):
-        raise UsageError(f"the argument file {path} must hold a JSON object of argument names to values")
-    return arguments
-
-
-def _is_argument_file(argv: list[str]) -> bool:
-    return len(argv) == 1 and argv[0].endswith(".json")
-
-
-def _requested_method(argv: list[str]) -> str:
-    """The `--method` of a command line or of a single JSON argument file (default: a_clip)."""
-    if _is_argument_file(argv):
-        return _read_argument_file(argv[0]).get("method", DEFAULT_METHOD)
-    for index, argument in enumerate(argv):
-        if argument == "--method" and index + 1 < len(argv):
-            return argv[index + 1]
-        if argument.startswith("--method="):
-            return argument.split("=", 1)[1]
-    return DEFAULT_METHOD
-
-
-class PretrainingArgumentParser(OneLineErrors, HfArgumentParser):
-    """`HfArgumentParser` whose parsing errors are one `error:` line (`errors.OneLineErrors`)."""
-
-
-def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type]:
-    """The argument parser of one method: model, data, the method's config flags and `TrainingArguments`."""
-    reserved = {
-        f.name for cls in (ModelArguments, DataArguments, PretrainingArguments) for f in dataclasses.fields(cls)
-    }
-    config_arguments = config_arguments_class(method.config_class, reserved) if method.config_class else None
-    methods = "\n".join(f"  {name:<18} {summary}" for name, summary in available_methods().items())
-    groups = [ModelArguments, DataArguments] + ([config_arguments] if config_arguments else []) + [PretrainingArguments]
-    parser = PretrainingArgumentParser(
-        groups,
-        description=f"Pre-train a model of hf_masked_vl. Methods (--method):\n{methods}\n\n"
-        f"Flags after the data arguments are {method.name}'s config fields (unset: the preset's value).",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
-    )
-    return parser, config_arguments
-
-
 def parse_arguments(argv: list[str] | None = None):
-    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments), with the values of
-    `--recipe` for the flags not passed (`parse_run_arguments`)."""
-    return parse_run_arguments(argv)[:5]
-
-
-def parse_run_arguments(argv: list[str] | None = None):
-    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments, RecipeChoice). A flag
-    the method does not know (on the command line or as a key of the JSON argument file) is a `UsageError` naming the
-    closest known flags. The command line is parsed once to learn the recipe, the batch and the flags passed, then
-    again with the recipe's values as the defaults of the flags not passed (`training.recipes`)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    method = get_method(_requested_method(argv))
-    parser, config_arguments = build_parser(method)
-    file_arguments = _read_argument_file(argv[0]) if _is_argument_file(argv) else None
-    if file_arguments is not None:
-        _refuse_unknown(parser, [f"--{key}" for key in file_arguments], f"in the argument file {argv[0]}")
-        explicit = explicit_destinations(parser, [f"--{key}" for key in file_arguments])
-    else:
-        _refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}")
-        explicit = explicit_destinations(parser, argv)
-    parsed = _parse_with_defaults(parser, argv, file_arguments, {})
-    recipe = choose_recipe(parsed[-1].recipe, method.paper_recipe, method.name)
-    choice = plan_recipe(recipe, parsed[-1], explicit)
-    if choice.flag_defaults():
-        parsed = _parse_with_defaults(parser, argv, file_arguments, choice.flag_defaults())
-    if config_arguments is None:
-        model_args, data_args, training_args = parsed
-        config_args = None
-    else:
-        model_args, data_args, config_args, training_args = parsed
-    return method, model_args, data_args, config_args, training_args, choice
-
-
-def _parse_with_defaults(parser: HfArgumentParser, argv: list[str], file_arguments: dict | None, defaults: dict):
-    """The argument dataclasses of `argv` (or of the argument file's `file_arguments`), `defaults` (destination →
-    value) standing in for the flags not given."""
-    if file_arguments is not None:
-        destinations = {key: parser._option_string_actions[f"--{key}"].dest for key in file_arguments}  # aliases
-        return parser.parse_dict({**defaults, **{destinations[key]: value for key, value in file_arguments.items()}})
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def _refuse_unknown(parser: HfArgumentParser, given: list[str], where: str) -> None:
-    """`given`: flags and stray values that `parser` left over (or argument-file keys as flags)."""
-    known = set(parser._option_string_actions)
-    suggested = [option for option in known if option.startswith("--") and "-" not in option[2:]]
-    for argument in given:
-        flag = argument.split("=", 1)[0]
-        if flag in known:
-            continue
-        if not argument.startswith("-"):
-            raise UsageError(f"unexpected argument {argument!r} {where} (every value follows its --flag)")
-        raise UsageError(f"unknown flag {flag} {where}{did_you_mean(flag, suggested)}")
+    """(method class, ModelArguments, DataArguments, config flags or None, PretrainingArguments) of a command line,
+    with the recipe's values for the flags not passed (`training.parser.parse_run_arguments`)."""
+    run = parse_run_arguments(argv)
+    return run.method, run.model, run.data, run.config, run.training
 
 
 # ---- data ----
@@ -458,7 +351,9 @@ def check_before_training(
     check_training_evaluation(training_args, eval_test is not None)
     protocols = tuple(data_args.eval_protocols) if data_args.eval_protocols else None
     epoch_size = records_per_epoch(data_args, training_args, source, demo)
-    return TrainingData(source, label, demo, eval_train, eval_test, protocols, records_per_epoch=epoch_size)
+    data = TrainingData(source, label, demo, eval_train, eval_test, protocols, records_per_epoch=epoch_size)
+    check_run_length(training_args, data)
+    return data
 
 
 # ---- weights to export ----
@@ -484,22 +379,23 @@ def choose_export(
     return "online", f"no evaluation split and the EMA still holds {ema.initial_weight:.0%} of its initial weights"
 
 
-def prepare_arguments(argv: list[str] | None):
-    """Parse and check the command line: (method class, model, data, config flags, training arguments, Hub token,
-    recipe). The token is taken out of the arguments (the Trainer pickles them into every `checkpoint-N`);
-    `output_dir` and a checkpoint to resume from are checked before anything else runs (not for a dry run)."""
-    method_class, model_args, data_args, config_args, training_args, recipe = parse_run_arguments(argv)
+def prepare_arguments(argv: list[str] | None) -> tuple[ParsedRun, str | None]:
+    """Parse and check the command line: (the parsed run, the Hub token). The token is taken out of the arguments
+    (the Trainer pickles them into every `checkpoint-N`); `output_dir` and a checkpoint to resume from are checked
+    before anything else runs (not for a dry run)."""
+    run = parse_run_arguments(argv)
+    training_args = run.training
     hub_token, training_args.hub_token = training_args.hub_token, None
     if training_args.dry_run:  # reads and writes no folder
-        return method_class, model_args, data_args, config_args, training_args, hub_token, recipe
-    if training_args.output_dir is None:
-        raise UsageError("--output_dir is required")
+        return run, hub_token
+    if "output_dir" not in run.recipe.explicit:  # transformers would write into ./trainer_output
+        raise UsageError("--output_dir is required: the folder the checkpoints and the final model go to")
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
         training_args.resume_from_checkpoint = True  # the last checkpoint in output_dir, as transformers' examples
-    check_output_dir(training_args, method_class.name)
+    check_output_dir(training_args, run.method.name)
     check_resume_folder(training_args)
-    return method_class, model_args, data_args, config_args, training_args, hub_token, recipe
+    return run, hub_token
 
 
 def align_special_tokens(model, tokenizer) -> None:
@@ -697,15 +593,37 @@ def run_evaluation(
 
 
 def records_per_epoch(data_args: DataArguments, training_args: PretrainingArguments, source, demo) -> int | None:
-    """The records of one pass over the training data `source`, for the logged epoch: the demo's size,
-    `--samples_per_epoch`, or the size the dataset declares; None when unknown."""
+    """The records of one pass over the training data `source`, for the logged epoch and the length in epochs: the
+    demo's size, `--samples_per_epoch`, or the size the dataset declares (`declared_size`); None when unknown."""
     if demo is not None:
         return data_args.demo_num_train
     if training_args.samples_per_epoch:
         return training_args.samples_per_epoch
-    splits = getattr(getattr(source, "info", None), "splits", None) or {}
-    split = splits.get(data_args.train_split) if hasattr(splits, "get") else None
-    return getattr(split, "num_examples", None) or None
+    return declared_size(source, data_args.dataset_name, data_args.data_files, data_args.train_split)
+
+
+def check_run_length(training_args: PretrainingArguments, data: TrainingData) -> None:
+    """Without a length (`--max_steps` unset, no recipe length): `--num_train_epochs` passes over the training data
+    at the effective batch, said in the log; a `UsageError` when the data's size is unknown (a stream)."""
+    if training_args.max_steps > 0:
+        return
+    epochs, records = training_args.num_train_epochs, data.records_per_epoch
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    batch *= training_args.gradient_accumulation_steps
+    if records is None:
+        raise UsageError(
+            f"--max_steps: the training data ({data.label}) is a stream of unknown size, so --num_train_epochs "
+            f"{epochs:g} cannot be turned into optimizer steps; pass --max_steps, or --samples_per_epoch (the records "
+            "of one pass)"
+        )
+    training_args.max_steps = max(1, math.ceil(epochs * records / batch))
+    logger.info(
+        "--max_steps %d: --num_train_epochs %g of %d records at an effective batch of %d",
+        training_args.max_steps,
+        epochs,
+        records,
+        batch,
+    )
 
 
 def write_run_results(folder: Path, train_metrics: dict, eval_metrics: dict, state: TrainerState) -> None:
@@ -899,18 +817,27 @@ def print_dry_run(method: Method, recipe: RecipeChoice, overrides: dict) -> None
     print(dry_run_json(method.name, recipe, method.training_args, method.planned_config(), overrides))
 
 
+def start_logging(run: ParsedRun) -> None:
+    """Log to stderr (transformers' own loggers: warnings only) and say what the run is, and what it chose."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    logger.info("method %s; precision %s", run.method.name, run.training.precision_choice)
+    for choice in run.choices:
+        logger.info("%s", choice)
+
+
 @ends_its_process_group
 def main(argv: list[str] | None = None) -> RunResult | None:
     """Train, evaluate and save one run (None after a `--dry_run`, which only prints the run's JSON)."""
-    method_class, model_args, data_args, config_args, training_args, hub_token, recipe = prepare_arguments(argv)
+    run, hub_token = prepare_arguments(argv)
+    method_class, model_args, data_args = run.method, run.model, run.data
+    training_args, recipe = run.training, run.recipe
     overrides = recipe.config_overrides(
-        config_overrides_from(config_args, method_class.config_class, model_args.config_overrides)
+        config_overrides_from(run.config, method_class.config_class, model_args.config_overrides)
     )
     if training_args.dry_run:
         return print_dry_run(method_class(model_args, data_args, training_args, overrides), recipe, overrides)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    logger.info("method %s; precision %s", method_class.name, training_args.precision_choice)
+    start_logging(run)
     set_seed(training_args.seed)
 
     if data_args.templates_file:
