@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_aclip_config
+from conftest import tiny_aclip_config, tiny_vit_kwargs
 from datasets.distributed import split_dataset_by_node
 from test_safety import FAST, run
 
@@ -37,8 +37,9 @@ def hub_cache_entry(cache: Path, repo_id: str, revisions: dict[str, callable]) -
 def test_cache_dir_and_model_revision_reach_the_model_and_the_teacher(tmp_path, tokenizer):
     from transformers import CLIPConfig, CLIPModel
 
-    from hf_masked_vl import AClipModel
+    from hf_masked_vl import AClipModel, MaskedViTConfig, MaskedViTModel
     from hf_masked_vl.normalization import OPENAI_CLIP_MEAN
+    from hf_masked_vl.tokenization import build_image_processor
 
     cache = tmp_path / "hub"
     hub_cache_entry(
@@ -68,6 +69,18 @@ def test_cache_dir_and_model_revision_reach_the_model_and_the_teacher(tmp_path, 
     assert method.build_model().config.projection_dim == 32
     method, _, _ = method_from([*common, *model_flags, "--cache_dir", str(cache), "--model_revision", "v2"])
     assert method.planned_config().projection_dim == 16 and method.build_model().config.projection_dim == 16
+
+    def vision_tower(hidden_size: int, mean: float):
+        def save(folder: Path) -> None:
+            MaskedViTModel(MaskedViTConfig(**tiny_vit_kwargs(hidden_size=hidden_size))).save_pretrained(folder)
+            build_image_processor(32, (mean,) * 3, (0.5,) * 3).save_pretrained(folder)
+
+        return save
+
+    hub_cache_entry(cache, "someone/tiny-vit", {"main": vision_tower(64, 0.25), "v2": vision_tower(32, 0.75)})
+    lit_flags = [*common, "--method", "lit", "--model_name_or_path", "someone/tiny-vit", "--cache_dir", str(cache)]
+    lit = method_from([*lit_flags, "--model_revision", "v2"])[0]
+    assert lit.build_model().config.vision_config.hidden_size == 32 and lit.image_statistics()[0] == (0.75,) * 3
 
     teacher_flags = [*common, "--method", "uta", "--teacher", "someone/tiny-clip", "--cache_dir", str(cache)]
     assert method_from(teacher_flags)[0].load_teacher().embed_dim == 24
