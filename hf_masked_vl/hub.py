@@ -423,14 +423,20 @@ def push_checkpoint(
     logs: str | Path | None = None,
     training_state: bool = False,
     path_in_repo: str = "",
+    state_copy_in_repo: str | None = None,
+    commit_message: str = "Upload hf_masked_vl checkpoint",
 ) -> str:
     """Create `repo_id` if needed and upload, in one commit, the files of `upload_plan` (weights, config, code,
     tokenizer, processor, card; with `include_checkpoints` the `checkpoint-N` folders' too: True for every one, or
     a list of names) and, with `logs`, a public copy of the TensorBoard event files under that folder
     (`public.public_log_files`: no host name, no absolute path) as `runs/...`. Each file is named one by one, never
     by a glob; anything else in the folder stays on the machine. `training_state` and `path_in_repo`: see
-    `upload_plan` (a `checkpoint-N` folder pushed as `last-checkpoint/`). Returns the commit URL."""
+    `upload_plan`. `state_copy_in_repo`: in the same commit, `folder` (a `checkpoint-N` folder) again with its
+    training state under that folder of the repository (`--hub_strategy checkpoint`: its model files at the top and
+    the resumable checkpoint as `last-checkpoint/`). Returns the commit URL."""
     plan = upload_plan(folder, include_checkpoints, training_state, path_in_repo)
+    if state_copy_in_repo is not None:
+        plan += upload_plan(folder, training_state=True, path_in_repo=state_copy_in_repo)
     if not any(local.name == "config.json" and local.parent == Path(folder) for local, _ in plan):
         raise FileNotFoundError(f"{folder} holds no checkpoint of this package (no config.json)")
     with tempfile.TemporaryDirectory(prefix="hf_masked_vl_logs_") as staging:
@@ -445,7 +451,7 @@ def push_checkpoint(
         commit = api.create_commit(
             repo_id=repo_id,
             operations=operations,
-            commit_message="Upload hf_masked_vl checkpoint",
+            commit_message=commit_message,
             revision=revision,
         )
     return str(commit.commit_url)

@@ -20,14 +20,19 @@ from .errors import UsageError, first_line
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_config(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedConfig:
+def checkpoint_config(
+    name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None, revision: str | None = None
+) -> PreTrainedConfig:
     """The config of a folder or Hub id, or a `UsageError` saying why it cannot be read (missing, not a checkpoint,
-    foreign code without `--trust_remote_code`)."""
+    foreign code without `--trust_remote_code`). `cache_dir` / `revision`: where a Hub id is cached and which of its
+    versions is read (`--cache_dir`, `--model_revision`; as transformers' `from_pretrained`)."""
 
     if is_local_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
         raise UsageError(f"{name_or_path}: no such folder (checked from {os.getcwd()})")
     try:
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir, revision=revision
+        )
     except OSError as error:
         where = "folder" if os.path.isdir(name_or_path) else "path or Hub model id"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -66,10 +71,11 @@ def remote_code_guard(name_or_path: str, trust_remote_code: bool) -> Iterator[No
 
 
 def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: str, trust_remote_code: bool = False,
-                 **kwargs) -> PreTrainedModel:  # fmt: skip
+                 cache_dir: str | None = None, revision: str | None = None, **kwargs) -> PreTrainedModel:  # fmt: skip
     """`model_class.from_pretrained` that refuses a checkpoint of another model type (instead of training from random
-    weights with a warning) and names a damaged weights file."""
-    config = checkpoint_config(name_or_path, trust_remote_code)
+    weights with a warning) and names a damaged weights file. `cache_dir` / `revision`: see `checkpoint_config`."""
+    download = {"cache_dir": cache_dir, "revision": revision}
+    config = checkpoint_config(name_or_path, trust_remote_code, **download)
     expected = model_class.config_class.model_type
     if config.model_type != expected:
         raise UsageError(
@@ -78,12 +84,12 @@ def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: st
             "--method lit)"
         )
     try:
-        model = model_class.from_pretrained(name_or_path, **kwargs)
+        model = model_class.from_pretrained(name_or_path, **download, **kwargs)
     except UsageError:
         raise
     except Exception as error:
         raise weights_error(name_or_path, error) from error
-    fresh = fresh_training_modules(model, name_or_path)
+    fresh = fresh_training_modules(model, name_or_path, **download)
     if fresh:
         logger.warning(
             "%s holds no %s (it was saved without --export_training_heads): they start from a fresh initialisation",
@@ -93,10 +99,15 @@ def load_checked(model_class: type[PreTrainedModel], name_or_path: str, what: st
     return model
 
 
-def saved_tensor_names(name_or_path: str) -> set[str] | None:
+def saved_tensor_names(name_or_path: str, cache_dir: str | None = None, revision: str | None = None) -> set[str] | None:
     """The tensor names of a checkpoint's safetensors weights (one file or shards), from the folder or the Hub
-    cache; None when it has none."""
-    found = {"_raise_exceptions_for_missing_entries": False, "_raise_exceptions_for_connection_errors": False}
+    cache (`cache_dir`, at `revision`); None when it has none."""
+    found = {
+        "cache_dir": cache_dir,
+        "revision": revision,
+        "_raise_exceptions_for_missing_entries": False,
+        "_raise_exceptions_for_connection_errors": False,
+    }
     index = cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, **found)
     if index is not None:
         with open(index, encoding="utf-8") as handle:
@@ -108,11 +119,14 @@ def saved_tensor_names(name_or_path: str) -> set[str] | None:
         return set(handle.keys())
 
 
-def fresh_training_modules(model: PreTrainedModel, name_or_path: str) -> list[str]:
+def fresh_training_modules(
+    model: PreTrainedModel, name_or_path: str, cache_dir: str | None = None, revision: str | None = None
+) -> list[str]:
     """The model's `training_only_modules` (e.g. A-CLIP's SimCLR / BYOL heads) that the checkpoint `name_or_path`
-    it was loaded from holds no weights of, so that they were freshly initialised."""
+    it was loaded from (from `cache_dir`, at `revision`) holds no weights of, so that they were freshly
+    initialised."""
     names = [name for name in getattr(model, "training_only_modules", ()) if getattr(model, name, None) is not None]
-    saved = saved_tensor_names(name_or_path) if names else None
+    saved = saved_tensor_names(name_or_path, cache_dir, revision) if names else None
     if saved is None:
         return []
     return [name for name in names if not any(key.startswith(f"{name}.") for key in saved)]

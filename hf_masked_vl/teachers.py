@@ -230,7 +230,13 @@ class MaskedVLTeacher(CLIPTeacher):
         return text_tower_of(self.model.text_model, self.model.text_projection, self.tokenizer)
 
 
-def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool = False) -> CLIPTeacher:
+def load_teacher(
+    name_or_path: str,
+    kind: str = "auto",
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+) -> CLIPTeacher:
     """Load a frozen teacher.
 
     `kind`: "hf" (transformers CLIPModel), "open_clip", "hf_masked_vl", or "auto": `open_clip:NAME[@TAG_OR_FILE]`
@@ -239,12 +245,16 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
 
     `trust_remote_code`: allow a folder or Hub repo to run its own modelling code. Off by default, as in
     transformers; this package's checkpoints never need it while the package is installed.
+
+    `cache_dir`: where Hub downloads are cached (every kind; `--cache_dir`). `revision`: the Hub revision of a "hf"
+    or "hf_masked_vl" teacher (`--model_revision`); an open_clip teacher names its weights with its tag.
     """
+    download = {"cache_dir": cache_dir, "revision": revision}
     if kind == "auto":
         if name_or_path.startswith("open_clip:"):
             kind = "open_clip"
         else:
-            config = checkpoint_config(name_or_path, trust_remote_code)
+            config = checkpoint_config(name_or_path, trust_remote_code, **download)
             kind = "hf" if config.model_type == "clip" else "hf_masked_vl"
             if kind == "hf_masked_vl" and not (hasattr(config, "text_config") and hasattr(config, "projection_dim")):
                 raise UsageError(
@@ -253,26 +263,27 @@ def load_teacher(name_or_path: str, kind: str = "auto", trust_remote_code: bool 
                     "UTA or LiT checkpoint of this package"
                 )
     if kind == "open_clip":
-        teacher = OpenCLIPTeacher(_create_open_clip(name_or_path))
+        teacher = OpenCLIPTeacher(_create_open_clip(name_or_path, cache_dir))
     elif kind == "hf":
-        model = CLIPModel.from_pretrained(name_or_path)
-        tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
-        teacher = HFCLIPTeacher(model, tokenizer, *_processor_stats(name_or_path))
+        model = CLIPModel.from_pretrained(name_or_path, **download)
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **download) if _has_tokenizer(name_or_path) else None
+        teacher = HFCLIPTeacher(model, tokenizer, *_processor_stats(name_or_path, **download))
     elif kind == "hf_masked_vl":
         from transformers import AutoModel
 
         with remote_code_guard(name_or_path, trust_remote_code):
-            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        tokenizer = CLIPTokenizer.from_pretrained(name_or_path) if _has_tokenizer(name_or_path) else None
-        image_processor = _image_processor(name_or_path)
+            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **download)
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **download) if _has_tokenizer(name_or_path) else None
+        image_processor = _image_processor(name_or_path, **download)
         teacher = MaskedVLTeacher(model, tokenizer, image_processor)
     else:
         raise UsageError(f"unknown teacher kind {kind!r}; use auto, hf, open_clip or hf_masked_vl")
     return teacher.eval().requires_grad_(False)
 
 
-def _create_open_clip(name_or_path: str) -> nn.Module:
-    """The open_clip model of `[open_clip:]NAME[@TAG_OR_FILE]`; an unknown name or tag is a `UsageError`."""
+def _create_open_clip(name_or_path: str, cache_dir: str | None = None) -> nn.Module:
+    """The open_clip model of `[open_clip:]NAME[@TAG_OR_FILE]`, its weights downloaded into `cache_dir` (None:
+    open_clip's default); an unknown name or tag is a `UsageError`."""
     import open_clip
 
     name, _, pretrained = name_or_path.removeprefix("open_clip:").partition("@")
@@ -284,24 +295,24 @@ def _create_open_clip(name_or_path: str) -> nn.Module:
         )
     what = f"--teacher {name_or_path}: cannot create the open_clip model"
     with usage_errors(what, RuntimeError, OSError, ValueError):  # an unknown tag, a missing or damaged file
-        return open_clip.create_model(name, pretrained=pretrained or None)
+        return open_clip.create_model(name, pretrained=pretrained or None, cache_dir=cache_dir)
 
 
 def _has_tokenizer(path: str) -> bool:
     return not os.path.isdir(path) or os.path.isfile(os.path.join(path, "tokenizer.json"))
 
 
-def _image_processor(path: str):
+def _image_processor(path: str, cache_dir: str | None = None, revision: str | None = None):
     from transformers import CLIPImageProcessor
 
     try:
-        return CLIPImageProcessor.from_pretrained(path)
+        return CLIPImageProcessor.from_pretrained(path, cache_dir=cache_dir, revision=revision)
     except OSError:
         return None
 
 
-def _processor_stats(path: str) -> tuple:
-    processor = _image_processor(path)
+def _processor_stats(path: str, cache_dir: str | None = None, revision: str | None = None) -> tuple:
+    processor = _image_processor(path, cache_dir, revision)
     return (processor.image_mean, processor.image_std) if processor is not None else (None, None)
 
 

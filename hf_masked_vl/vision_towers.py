@@ -110,38 +110,49 @@ def tower_from_hf_vit(model: PreTrainedModel) -> MaskedViTModel:
     return tower.eval()
 
 
-def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def preprocessing_stats(
+    name_or_path: str, cache_dir: str | None = None, revision: str | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the image processor saved with a checkpoint (from `cache_dir`, at `revision` for a Hub id);
+    ImageNet's without one."""
     from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(name_or_path, cache_dir=cache_dir, revision=revision)
         return tuple(processor.image_mean), tuple(processor.image_std)
     except Exception:  # no processor saved: ImageNet statistics
         return IMAGENET_MEAN, IMAGENET_STD
 
 
-def load_vision_tower(name_or_path: str, trust_remote_code: bool = False) -> VisionTower:
+def load_vision_tower(
+    name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None, revision: str | None = None
+) -> VisionTower:
     """The image tower of a checkpoint (see the module docstring) as a standalone `MaskedViTModel`, with the
-    normalisation statistics its checkpoint was trained with."""
-    config = checkpoint_config(name_or_path, trust_remote_code)
+    normalisation statistics its checkpoint was trained with. `cache_dir` / `revision`: where a Hub id is cached and
+    which of its versions is read (as transformers' `from_pretrained`)."""
+    download = {"cache_dir": cache_dir, "revision": revision}
+    config = checkpoint_config(name_or_path, trust_remote_code, **download)
     if config.model_type in HF_VIT_TO_MASKED_VIT:
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0  # the encoder is converted whole; no masking on load
-        model = AutoModel.from_pretrained(name_or_path, config=config)
+        model = AutoModel.from_pretrained(name_or_path, config=config, **download)
     else:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    return vision_tower_of(model, name_or_path)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **download)
+    return vision_tower_of(model, name_or_path, **download)
 
 
-def vision_tower_of(model: PreTrainedModel, source: str | None = None) -> VisionTower:
+def vision_tower_of(
+    model: PreTrainedModel, source: str | None = None, cache_dir: str | None = None, revision: str | None = None
+) -> VisionTower:
     """The image tower of a loaded model (see the module docstring) as a standalone `MaskedViTModel` (a copy: the
-    model is left as it is), with the normalisation statistics of `source` (default: `model.name_or_path`)."""
+    model is left as it is), with the normalisation statistics of `source` (default: `model.name_or_path`; read
+    from `cache_dir`, at `revision`)."""
     source = source or model.name_or_path
     if model.config.model_type in HF_VIT_TO_MASKED_VIT:
         tower = tower_from_hf_vit(model)
     else:
         tower = copy.deepcopy(masked_vit_of(model))
-    mean, std = preprocessing_stats(source)
+    mean, std = preprocessing_stats(source, cache_dir, revision)
     return VisionTower(tower.eval(), mean, std, source, model.config.model_type)
 
 

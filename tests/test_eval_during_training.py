@@ -154,17 +154,24 @@ def test_hub_strategy_pushes_checkpoints_through_the_allow_list(tmp_path, capsys
         assert status == 0, err
         # every_save: each checkpoint's model files at the top (2 saves), then the final folder
         assert len(hub.commits) == 3 and hub.commit_tokens == [TOKEN] * 3
+        assert hub.commits[:2] == ["Training in progress, step 1", "Training in progress, step 2"]
         assert {"config.json", "model.safetensors", "README.md", "all_results.json"} <= set(hub.uploaded)
         assert not any("/" in name for name in hub.uploaded)  # no training state, no checkpoint folder
         assert not {"trainer_state.json", "hf_masked_vl_run.json", "training_args.bin"} & set(hub.uploaded)
 
-        # checkpoint / all_checkpoints: the checkpoint with its training state, under its folder in the repo
-        args = SimpleNamespace(output_dir=str(output))
+        # checkpoint / all_checkpoints (as transformers' Trainer): the model files at the top AND the checkpoint with
+        # its training state under its folder in the repo, in one commit per save
+        args = SimpleNamespace(output_dir=str(output), save_strategy="steps")
+        top = {name for name in hub.uploaded if "/" not in name} - {"README.md", "all_results.json"}
         for strategy, prefix in (("checkpoint", "last-checkpoint"), ("all_checkpoints", "checkpoint-2")):
+            hub.uploaded, hub.commits = {}, []
             state = SimpleNamespace(is_world_process_zero=True, global_step=2)
             HubPushCallback(strategy, "someone/demo", TOKEN).on_save(args, state, None)
+            assert hub.commits == ["Training in progress, step 2"]
+            assert {"config.json", "model.safetensors"} <= {name for name in hub.uploaded if "/" not in name} <= top
             pushed = {name.split("/", 1)[1] for name in hub.uploaded if name.startswith(f"{prefix}/")}
             assert {"model.safetensors", "optimizer.pt", "data_state.json", "ema.safetensors"} <= pushed
             assert "training_args.bin" not in pushed
+            assert {name.split("/", 1)[0] for name in hub.uploaded if "/" in name} == {prefix}
     with pytest.raises(UsageError, match="invalid choice: 'sometimes'"):
         run_module.parse_arguments(["--output_dir", str(output), "--hub_strategy", "sometimes"])

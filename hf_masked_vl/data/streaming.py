@@ -66,6 +66,7 @@ def load_stream(
     config_name: str | None = None,
     num_shards: int = 16,
     record_locations: bool = False,
+    cache_dir: str | None = None,
 ) -> datasets.IterableDataset:
     """`load_dataset` as an `IterableDataset`: a Hub name or a local builder (`parquet`, `imagefolder`,
     `webdataset`, ...) with `data_files`. Without streaming the table is loaded, then iterated in `num_shards`
@@ -76,7 +77,8 @@ def load_stream(
     which `ImageTextStream` puts into skipped records) and a file that cannot be read is one skipped record instead
     of an exception. Off by default: a consumer that copies every column (`scripts/compute_guidance.py`) must not
     copy those. Brace patterns in `data_files` (`shards/{00000..01023}.tar`) are expanded first
-    (`files.expand_data_files`)."""
+    (`files.expand_data_files`). `cache_dir`: where `datasets` caches what it downloads (`--cache_dir`; None: its
+    default, `$HF_DATASETS_CACHE`)."""
     data_files = expand_data_files(data_files)
     if record_locations and streaming and config_name is None and dataset_name in LOCAL_BUILDERS:
         files = local_data_files(data_files, split)
@@ -85,7 +87,9 @@ def load_stream(
                 return read_local_files(dataset_name, files)
             except ValueError as error:  # no file is readable, json types not inferable: datasets says what it can
                 logger.info("reading %s files with datasets.load_dataset (%s)", dataset_name, error)
-    dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=streaming)
+    dataset = datasets.load_dataset(
+        dataset_name, config_name, data_files=data_files, split=split, streaming=streaming, cache_dir=cache_dir
+    )
     if not streaming:
         dataset = dataset.to_iterable_dataset(num_shards=max(1, min(num_shards, len(dataset))))
     return dataset

@@ -54,16 +54,20 @@ def load_labelled_split(
     config_name: str | None = None,
     name: str | None = None,
     segments_column: str | None = None,
+    cache_dir: str | None = None,
 ) -> LabelledSplit:
     """A labelled split streamed from any `datasets` source (Hub name, or a builder such as `parquet` or
     `imagefolder` with `data_files`). Class names come from the label column's `ClassLabel` unless given; labels
     must be ints in [0, number of classes). `name` defaults to "<dataset_name>[/<config_name>] (<split>)".
     With `segments_column` the records are (image, label, segments cell) triples (undecoded label maps, see
-    `data.maps.decode_label_map`) for the features of a model with a mask-relation bias (`evaluation.segments`)."""
+    `data.maps.decode_label_map`) for the features of a model with a mask-relation bias (`evaluation.segments`).
+    `cache_dir`: where `datasets` caches what it downloads (None: its default)."""
     if name is None:
         name = f"{dataset_name}{'' if config_name is None else '/' + config_name} ({split})"
     data_files = expand_data_files(data_files)  # `shards/{00000..00099}.tar`, as training reads them
-    dataset = datasets.load_dataset(dataset_name, config_name, data_files=data_files, split=split, streaming=True)
+    dataset = datasets.load_dataset(
+        dataset_name, config_name, data_files=data_files, split=split, streaming=True, cache_dir=cache_dir
+    )
     features = dataset.features
     if features is not None:
         if image_column not in features:

@@ -147,9 +147,14 @@ class Method:
         (UTA's text tower) keep the preset's values."""
         path = self.model_args.model_name_or_path
         if path:  # the flags applied as `load_or_create` applies them (sub-config dicts merged into the saved ones)
-            config_class = type(checkpoint_config(path, self.model_args.trust_remote_code))
-            return config_class.from_pretrained(path, **self.config_overrides)
+            config_class = type(checkpoint_config(path, self.model_args.trust_remote_code, **self.hub_download()))
+            return config_class.from_pretrained(path, **self.hub_download(), **self.config_overrides)
         return build_config(self.config_class, self.model_args.preset, **self.config_overrides)
+
+    def hub_download(self) -> dict[str, str | None]:
+        """`cache_dir` and `revision` of every `from_pretrained` of `--model_name_or_path` and `--teacher`
+        (`--cache_dir`, `--model_revision`, as in transformers' example scripts)."""
+        return {"cache_dir": self.model_args.cache_dir, "revision": self.model_args.model_revision}
 
     def load_teacher(self) -> nn.Module | None:
         """A frozen teacher held outside the model (None: the method has none)."""
@@ -170,6 +175,7 @@ class Method:
                 f"--method {self.name}",
                 trust_remote_code=self.model_args.trust_remote_code,
                 attn_implementation=attn,
+                **self.hub_download(),
                 **self.config_overrides,
             )
         fields = {**new_model_fields, **self.config_overrides}

@@ -49,11 +49,11 @@ class LiTMethod(Method):
             raise UsageError(
                 "--method lit needs --model_name_or_path (a vision checkpoint: AttG-MAE, MRE-ViT, ViT, ...)"
             )
-        model_type = checkpoint_config(path, self.model_args.trust_remote_code).model_type
+        model_type = checkpoint_config(path, self.model_args.trust_remote_code, **self.hub_download()).model_type
         if model_type == LiTConfig.model_type:
             model = super().build_model(teacher)  # continue a LiT run
         else:
-            tower = load_vision_tower(path, trust_remote_code=self.model_args.trust_remote_code)
+            tower = load_vision_tower(path, self.model_args.trust_remote_code, **self.hub_download())
             vision = tower.config.to_dict()
             vision.update(drop_path_rate=0.0, attention_dropout=0.0)  # a locked tower is deterministic
             overrides = dict(self.config_overrides)
@@ -69,7 +69,7 @@ class LiTMethod(Method):
     def image_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The statistics the image tower was trained with (its checkpoint's image processor; ImageNet's without
         one), which a LiT checkpoint carries on."""
-        return preprocessing_stats(self.model_args.model_name_or_path)
+        return preprocessing_stats(self.model_args.model_name_or_path, **self.hub_download())
 
     def transform(self, built: Built) -> SingleCropView:
         size = built.model.config.vision_config.image_size

@@ -285,14 +285,18 @@ class MREDistillMethod(Method):
         path = self.model_args.teacher
         if not path:
             raise UsageError("--method mre_distill needs --teacher MRE_FOLDER (a trained mre_mae or mre_dino model)")
-        config = checkpoint_config(path, self.model_args.trust_remote_code)
+        config = checkpoint_config(path, self.model_args.trust_remote_code, **self.hub_download())
         if config.model_type != MREViTConfig.model_type:
             raise UsageError(f"--teacher {path} is a {config.model_type!r} checkpoint, not an MRE-ViT ('mre_vit')")
         model_class = MREViTForDINO if teacher_objective(config) == "dino" else MREViTForMAE
         if config.relation_bias == "none":
             raise UsageError(f"--teacher {path} has no attention bias (relation_bias='none'): nothing to distill")
         teacher = load_checked(
-            model_class, path, "--method mre_distill --teacher", trust_remote_code=self.model_args.trust_remote_code
+            model_class,
+            path,
+            "--method mre_distill --teacher",
+            trust_remote_code=self.model_args.trust_remote_code,
+            **self.hub_download(),
         )
         return teacher.requires_grad_(False).eval()
 

@@ -75,7 +75,10 @@ class UTAMethod(Method):
                 "--method uta needs --teacher (a CLIP folder or Hub name, open_clip:NAME@TAG, or a checkpoint)"
             )
         return load_teacher(
-            self.model_args.teacher, self.model_args.teacher_kind, trust_remote_code=self.model_args.trust_remote_code
+            self.model_args.teacher,
+            self.model_args.teacher_kind,
+            trust_remote_code=self.model_args.trust_remote_code,
+            **self.hub_download(),
         )
 
     def build_model(self, teacher: CLIPTeacher) -> UTAModel:

@@ -164,8 +164,9 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None,
         metadata={
-            "help": "Read at most this many records of the training data per pass (for debugging or a quick run, "
-            "as transformers' example scripts); unset: all of them."
+            "help": "Read at most this many records of the training data per pass, the same first ones every pass "
+            "(skipped records count; for debugging or a quick run, as transformers' example scripts); with several "
+            "processes or DataLoader workers this is the total, split between them. Unset: all of them."
         },
     )
     max_caption_chars: int = field(

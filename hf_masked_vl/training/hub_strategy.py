@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
 
 from ..hub import push_checkpoint, redacted_first_line
 
@@ -16,16 +16,18 @@ logger = logging.getLogger(__name__)
 
 
 class HubPushCallback(TrainerCallback):
-    """After each checkpoint is saved, the main process pushes it (`--hub_strategy`):
+    """After each checkpoint is saved, the main process pushes it in one commit, as transformers' Trainer does
+    (`Trainer._push_from_checkpoint`, which makes one or two commits):
 
     - `every_save`: the checkpoint's model files (weights, config, code, tokenizer, processor) at the top of the
       repository, so the repository always holds the newest weights;
-    - `checkpoint`: the checkpoint with its training state as `last-checkpoint/` (resume with
+    - `checkpoint`: the same, and the checkpoint with its training state as `last-checkpoint/` (resume with
       `--resume_from_checkpoint` after downloading it);
-    - `all_checkpoints`: every checkpoint with its training state as `checkpoint-N/`.
+    - `all_checkpoints`: the same, with every checkpoint kept as `checkpoint-N/` instead of `last-checkpoint/`.
 
-    A push that fails is a warning naming the checkpoint (the token never shown): training goes on, and the final
-    push at the end says whether the Hub is reachable. The token is held in memory only."""
+    The commit message is transformers' ("Training in progress, step N" or "epoch N"). A push that fails is a
+    warning naming the checkpoint (the token never shown): training goes on, and the final push at the end says
+    whether the Hub is reachable. The token is held in memory only."""
 
     def __init__(
         self,
@@ -38,10 +40,11 @@ class HubPushCallback(TrainerCallback):
         self.strategy, self.repo_id, self.private, self.revision = HubStrategy(strategy), repo_id, private, revision
         self._token = token
 
-    def path_in_repo(self, checkpoint: str) -> str:
-        """Where `checkpoint` (a `checkpoint-N` name) goes in the repository."""
+    def state_copy_in_repo(self, checkpoint: str) -> str | None:
+        """Where `checkpoint` (a `checkpoint-N` name) goes in the repository with its training state, besides its
+        model files at the top (None: nowhere)."""
         folders = {HubStrategy.CHECKPOINT: "last-checkpoint", HubStrategy.ALL_CHECKPOINTS: checkpoint}
-        return folders.get(self.strategy, "")
+        return folders.get(self.strategy)
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -49,6 +52,8 @@ class HubPushCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not folder.is_dir():
             return
+        by_step = SaveStrategy(args.save_strategy) == SaveStrategy.STEPS
+        progress = f"step {state.global_step}" if by_step else f"epoch {int(state.epoch or 0)}"
         try:
             url = push_checkpoint(
                 folder,
@@ -56,8 +61,8 @@ class HubPushCallback(TrainerCallback):
                 token=self._token,
                 private=self.private,
                 revision=self.revision,
-                training_state=self.strategy != HubStrategy.EVERY_SAVE,
-                path_in_repo=self.path_in_repo(folder.name),
+                state_copy_in_repo=self.state_copy_in_repo(folder.name),
+                commit_message=f"Training in progress, {progress}",
             )
         except Exception as error:  # the network, the Hub: training must not stop for a mid-run upload
             logger.warning(

@@ -125,29 +125,36 @@ class TrainingData:
     records_per_epoch: int | None = None  # one pass over the training data (`records_per_epoch`); None: unknown
 
 
-def training_source(data_args: DataArguments):
-    """The training stream's source (the demo or the user's dataset), a label for the card, and the demo."""
+def training_source(data_args: DataArguments, cache_dir: str | None = None):
+    """The training stream's source (the demo or the user's dataset, downloads cached in `cache_dir`), a label for
+    the card, and the demo. With `--max_train_samples N` the source is its first N records (`take`, before any
+    split between processes: N in total), the same N in every pass."""
+    demo = None
     if data_args.dataset_name is None:
         demo = ensure_demo_dataset(data_args.demo_cache_dir, num_train=data_args.demo_num_train)
         source = load_stream(
             "parquet", demo.train_files, split="train", streaming=data_args.streaming, record_locations=True
         )
-        return source, "embedded demo shapes", demo
-    check_data_files(data_args.data_files, "--data_files")
-    # unknown dataset or split, no data files, a Hub name while offline
-    with usage_errors(f"cannot read --dataset_name {data_args.dataset_name}"):
-        source = load_stream(
-            data_args.dataset_name,
-            data_args.data_files,
-            split=data_args.train_split,
-            streaming=data_args.streaming,
-            config_name=data_args.dataset_config_name,
-            record_locations=True,  # skipped records name their file and row; an unreadable file is skipped
-        )
-    label = public_name(data_args.dataset_name)
-    if data_args.data_files:
-        label += " (" + ", ".join(public_name(path) for path in data_args.data_files[:3]) + ")"
-    return source, label, None
+        label = "embedded demo shapes"
+    else:
+        check_data_files(data_args.data_files, "--data_files")
+        # unknown dataset or split, no data files, a Hub name while offline
+        with usage_errors(f"cannot read --dataset_name {data_args.dataset_name}"):
+            source = load_stream(
+                data_args.dataset_name,
+                data_args.data_files,
+                split=data_args.train_split,
+                streaming=data_args.streaming,
+                config_name=data_args.dataset_config_name,
+                record_locations=True,  # skipped records name their file and row; an unreadable file is skipped
+                cache_dir=cache_dir,
+            )
+        label = public_name(data_args.dataset_name)
+        if data_args.data_files:
+            label += " (" + ", ".join(public_name(path) for path in data_args.data_files[:3]) + ")"
+    if data_args.max_train_samples is not None:
+        source = source.take(data_args.max_train_samples)  # blocks shard shuffling: the same records every pass
+    return source, label, demo
 
 
 def check_output_dir(training_args: PretrainingArguments, method: str) -> None:
@@ -224,10 +231,13 @@ def check_finite(model, what: str) -> None:
             raise RuntimeError(f"{what}: weight {name} holds NaN or infinite values; the final folder was not written")
 
 
-def evaluation_splits(data_args: DataArguments) -> tuple[LabelledSplit | None, LabelledSplit | None]:
+def evaluation_splits(
+    data_args: DataArguments, cache_dir: str | None = None
+) -> tuple[LabelledSplit | None, LabelledSplit | None]:
     """(train split or None, test split or None) for the evaluations after training, opened and checked (files,
     columns, class names, a first record) so that a mistake fails before the first training step. `--eval_dataset_name
-    demo` names the embedded demo's labelled splits (the default when training on the demo)."""
+    demo` names the embedded demo's labelled splits (the default when training on the demo); other datasets are
+    downloaded into `cache_dir` (`--cache_dir`)."""
     name = data_args.eval_dataset_name or ("demo" if data_args.dataset_name is None else None)
     if name is None:
         return None, None
@@ -248,6 +258,7 @@ def evaluation_splits(data_args: DataArguments) -> tuple[LabelledSplit | None, L
                 label_column=data_args.label_column,
                 class_names=class_names,
                 max_samples=data_args.max_eval_samples,
+                cache_dir=cache_dir,
             )
             with contextlib.closing(iter(labelled.records)) as records:  # a first record: undeclared columns, labels
                 if next(records, None) is None:
@@ -341,13 +352,13 @@ def check_before_training(
     the evaluation splits (opened once here, used after training)."""
     check_attn_implementation(method.model_args.attn_implementation, method.model_class)
     check_eval_protocols(data_args.eval_protocols)
-    source, label, demo = training_source(data_args)
+    source, label, demo = training_source(data_args, method.model_args.cache_dir)
     columns = {"--image_column": data_args.image_column}
     if method.reads_caption:
         columns["--caption_column"] = data_args.caption_column
     check_columns(source, columns)
     check_batch_fits(source, training_args)
-    eval_train, eval_test = evaluation_splits(data_args)
+    eval_train, eval_test = evaluation_splits(data_args, method.model_args.cache_dir)
     check_training_evaluation(training_args, eval_test is not None)
     protocols = tuple(data_args.eval_protocols) if data_args.eval_protocols else None
     epoch_size = records_per_epoch(data_args, training_args, source, demo)
@@ -435,6 +446,7 @@ def build_train_dataset(
         seed=training_args.seed,
         shuffle_buffer=data_args.shuffle_buffer,
         map_columns=map_columns,
+        max_caption_chars=data_args.max_caption_chars,
         max_image_bytes=data_args.max_image_bytes,
     )
     train_dataset.split_by_node = split_by_node
@@ -593,8 +605,16 @@ def run_evaluation(
 
 
 def records_per_epoch(data_args: DataArguments, training_args: PretrainingArguments, source, demo) -> int | None:
-    """The records of one pass over the training data `source`, for the logged epoch and the length in epochs: the
-    demo's size, `--samples_per_epoch`, or the size the dataset declares (`declared_size`); None when unknown."""
+    """The records of one pass over the training data `source`, for the logged epoch and the length in epochs:
+    the demo's size, `--samples_per_epoch`, or the size the dataset declares (`declared_size`), at most
+    `--max_train_samples` (which alone gives it when the size is unknown); None when unknown."""
+    limit = data_args.max_train_samples
+    size = full_records_per_epoch(data_args, training_args, source, demo)
+    return min(size, limit) if size is not None and limit is not None else size or limit
+
+
+def full_records_per_epoch(data_args: DataArguments, training_args: PretrainingArguments, source, demo) -> int | None:
+    """The records of one pass over the whole training data (`records_per_epoch` without `--max_train_samples`)."""
     if demo is not None:
         return data_args.demo_num_train
     if training_args.samples_per_epoch:
@@ -613,8 +633,8 @@ def check_run_length(training_args: PretrainingArguments, data: TrainingData) ->
     if records is None:
         raise UsageError(
             f"--max_steps: the training data ({data.label}) is a stream of unknown size, so --num_train_epochs "
-            f"{epochs:g} cannot be turned into optimizer steps; pass --max_steps, or --samples_per_epoch (the records "
-            "of one pass)"
+            f"{epochs:g} cannot be turned into optimizer steps; pass --max_steps, --samples_per_epoch (the records "
+            "of one pass) or --max_train_samples"
         )
     training_args.max_steps = max(1, math.ceil(epochs * records / batch))
     logger.info(
