@@ -144,7 +144,7 @@ EVALUATION_CASES = {
     "Hub dataset offline": (["--model", "{vit}", "--dataset_name", "some/hub-name", "--train_split", "train"],
                             "--dataset_name some/hub-name"),
     "missing label column": (["--model", "{vit}", "--dataset_name", "parquet", "--data_files", "{eval}",
-                              "--train_split", "train", "--label_column", "lable"], "(--label_column)"),
+                              "--test_split", "train", "--label_column", "lable"], "(--label_column)"),
     "glob of nothing": (["--model", "{vit}", "--dataset_name", "parquet", "--data_files", "{tmp}/x-*.parquet",
                          "--train_split", "train"], "--data_files '{tmp}/x-*.parquet' matches no file"),
     "missing templates file": (["--model", "{vit}", "--templates_file", "{tmp}/t.json"], "--templates_file"),

@@ -2,12 +2,13 @@
 
     python scripts/evaluate.py --model outputs/a-clip-demo                      # every protocol, demo data
     python scripts/evaluate.py --model FOLDER --protocol knn linear --dataset_name cifar10 \\
-        --image_column img --split test --train_split train
+        --image_column img --test_split test --train_split train
     python scripts/evaluate.py --model FOLDER --protocol zero_shot --dataset_name imagefolder \\
-        --data_files 'val/**' --templates_file templates.json
+        --data_files 'val/**' --test_split train --templates_file templates.json
 
 Default data: the embedded demo, its `probe` split as the train split of knn / linear and its `eval` split as the
-test split (and the demo's templates for zero-shot). Default protocols: every one the model supports (knn and
+test split (and the demo's templates for zero-shot); with `--dataset_name`, `--test_split` is scored, by default the
+dataset's `test` split, else its `validation` split. Default protocols: every one the model supports (knn and
 linear only with a train split); `linear_paper` (the MAE-family papers' BatchNorm + LARS probe, `--linear_paper_*`)
 only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
 (`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last; `--output_file FILE` also
