@@ -209,7 +209,7 @@ class FinetuningArguments(PretrainingArguments):
     dataloader_drop_last: bool = field(
         default=True, metadata={"help": "Drop the last incomplete batch (mixup pairs images)."}
     )
-    save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps or epoch."})
+    save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps, epoch or best."})
     logging_steps: float = field(default=10, metadata={"help": "Log every this many steps (below 1: a ratio)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: the main one)."})
 
@@ -671,9 +671,13 @@ def evaluate_cli() -> int:
 
 __all__ = [
     "FinetuneArguments",
+    "FinetuneDataArguments",
+    "FinetuneModelArguments",
     "FinetuneRun",
     "FinetuningArguments",
     "RECIPES",
+    "RecipeArguments",
+    "build_parser",
     "class_balanced_subset",
     "cli",
     "finetune",
