@@ -64,7 +64,7 @@ def evaluate(
     """Evaluate as `hf-masked-vl-evaluate` / `scripts/evaluate.py` does: a checkpoint folder or Hub id (loaded as
     `--model`, in `dtype`), or a model already loaded (evaluated as it is, on `device`), with `protocols` (default:
     every protocol the model supports) on the demo's labelled splits or on `dataset_name` with the command line's
-    data flags as keywords (`split="test"`, `train_split="train"`, `image_column="img"`, `max_samples=1000`,
+    data flags as keywords (`test_split="test"`, `train_split="train"`, `image_column="img"`, `max_eval_samples=1000`,
     `knn_k=[10, 20]`, ...).
 
     A loaded model's tokenizer (protocols with a text tower) and image processor are read from its `name_or_path`

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .command_line import HelpFormatter
 from .errors import ArgumentParser, UsageError, first_line
 from .hub import CardInfo, save_checkpoint
 from .models.configuration_aclip import AClipConfig
@@ -278,15 +279,17 @@ def write_folder(model, output_dir: str, summary: str) -> Path:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="the code that wrote the file")
     parser.add_argument("--checkpoint", required=True, help="the official file (.pth / .pt / .safetensors)")
     parser.add_argument("--output_dir", required=True, help="a new or empty folder")
-    parser.add_argument("--variant", choices=UTA_VARIANTS, help="uta: the published model the file must be")
+    parser.add_argument(
+        "--variant", choices=UTA_VARIANTS, help="uta: the published model the file must be (default: any; read from it)"
+    )
     parser.add_argument(
         "--weights",
         choices=ACLIP_WEIGHTS,
-        help="a_clip: the EMA towers (default: what the official zero-shot evaluation scores) or the online ones",
+        help="a_clip: ema (the towers the official zero-shot evaluation scores) or online (default: ema)",
     )
     return parser
 

@@ -37,6 +37,17 @@ class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose parsing errors are `UsageError`s (`OneLineErrors`)."""
 
 
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, flag: str) -> argparse.Action:
+    """`alias` (an old spelling users may have in their commands) as a second name of `parser`'s `flag`: the same
+    destination, values and switch behaviour, absent from `--help`. Returns the alias's action."""
+    action = parser._option_string_actions[flag]
+    if action.nargs == 0:  # a switch: store the value the flag stores
+        kwargs = {"action": "store_const", "const": action.const}
+    else:
+        kwargs = {"nargs": action.nargs, "type": action.type, "choices": action.choices, "metavar": action.metavar}
+    return parser.add_argument(alias, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
 # what a secret looks like on a command line: a Hugging Face token, or the value of any `--*token` flag
 _HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{6,}")
 _TOKEN_ENVIRONMENT = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -142,6 +153,7 @@ __all__ = [
     "ArgumentParser",
     "OneLineErrors",
     "UsageError",
+    "add_hidden_alias",
     "check_minimums",
     "did_you_mean",
     "first_line",

@@ -3,7 +3,7 @@
 
     python scripts/evaluate_zero_shot.py --model outputs/a-clip-demo                 # demo eval split
     python scripts/evaluate_zero_shot.py --model FOLDER --dataset_name imagefolder --data_files 'val/**' \\
-        --split train --templates_file templates.json
+        --test_split train --templates_file templates.json
 
 Prints `RESULT zero_shot_top1=…`, `RESULT zero_shot_top5=…` and `RESULT chance=…` last.
 """

@@ -130,7 +130,7 @@ def guidance_maps(runs: DemoRuns, args: argparse.Namespace, backbone: str, grid:
     random backbone on `--iou_samples` images (the IoU floor): the summaries, and the TokenCut shards."""
     output = runs.output
     source = ["--dataset_name", "parquet", "--data_files", *runs.demo.train_files]
-    common = [*source, "--grid", str(grid), "--no_progress", "--num_overlays", "8"]
+    common = [*source, "--grid", str(grid), "--disable_tqdm", "--num_overlays", "8"]
     subset = ["--max_samples", str(args.iou_samples)]
 
     def produce(producer: str, model: str, folder: str, *extra: str):

@@ -101,7 +101,9 @@ def test_cache_dir_reaches_the_datasets_downloads(tmp_path, small_demo, monkeypa
     monkeypatch.setattr(
         run_module, "load_labelled_split", lambda *args, **kwargs: calls.append(kwargs) or recorded(*args, **kwargs)
     )
-    labelled = DataArguments(dataset_name="parquet", eval_dataset_name="parquet", eval_data_files=small_demo.eval_files)
+    labelled = DataArguments(
+        dataset_name="parquet", eval_dataset_name="parquet", eval_data_files=small_demo.eval_files, eval_split="train"
+    )
     run_module.evaluation_splits(labelled, str(cache))
     assert calls and all(call["cache_dir"] == str(cache) for call in calls)
 

@@ -384,7 +384,8 @@ def test_plain_vit_checkpoint_gets_knn_and_linear_but_not_zero_shot(checkpoints,
     assert set(parse_results(capsys.readouterr().out)) >= {"knn_top1", "linear_top1", "chance"}
     with pytest.raises(ValueError, match="zero_shot needs a dual encoder.*supports: knn, linear"):
         evaluate_main([*argv, "--protocol", "zero_shot", "knn"])
-    dataset = ["--model", str(checkpoints[1]), "--dataset_name", "parquet", "--data_files", *small_demo.eval_files]
+    dataset = ["--model", str(checkpoints[1]), "--dataset_name", "parquet", "--data_files", *small_demo.eval_files,
+               "--test_split", "train"]  # fmt: skip
     with pytest.raises(ValueError, match="knn needs a labelled train split"):
         evaluate_main(dataset)  # no train split given: nothing this model can do
     results = evaluate_main([*dataset, "--train_data_files", *small_demo.probe_files, "--max_samples", "16"])

@@ -172,6 +172,8 @@ def test_evaluate_zero_shot_script_prints_results(checkpoint, small_demo):
         "parquet",
         "--data_files",
         *small_demo.eval_files,
+        "--test_split",
+        "train",
         "--max_samples",
         "32",
     ]

@@ -2,12 +2,13 @@
 
     python scripts/evaluate.py --model outputs/a-clip-demo                      # every protocol, demo data
     python scripts/evaluate.py --model FOLDER --protocol knn linear --dataset_name cifar10 \\
-        --image_column img --split test --train_split train
+        --image_column img --test_split test --train_split train
     python scripts/evaluate.py --model FOLDER --protocol zero_shot --dataset_name imagefolder \\
-        --data_files 'val/**' --templates_file templates.json
+        --data_files 'val/**' --test_split train --templates_file templates.json
 
 Default data: the embedded demo, its `probe` split as the train split of knn / linear and its `eval` split as the
-test split (and the demo's templates for zero-shot). Default protocols: every one the model supports (knn and
+test split (and the demo's templates for zero-shot); with `--dataset_name`, `--test_split` is scored, by default the
+dataset's `test` split, else its `validation` split. Default protocols: every one the model supports (knn and
 linear only with a train split); `linear_paper` (the MAE-family papers' BatchNorm + LARS probe, `--linear_paper_*`)
 only when named. Prints a table, then `RESULT <protocol>_top1=…` per protocol with its details
 (`RESULT zero_shot_top5=…`, `RESULT knn_top1_k10=…`, ...) and `RESULT chance=…` last; `--output_file FILE` also
@@ -31,12 +32,13 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..atomic import write_json_atomic
+from ..command_line import HelpFormatter
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
-from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
+from ..errors import ArgumentParser, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
 from ..loading import checkpoint_config, weights_error
 from ..precision import PRECISIONS, choose_precision
-from .data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
+from .data import LabelledSplit, demo_split, load_labelled_split, read_json_list, split_names
 from .knn import DEFAULT_KS
 from .linear import DEFAULT_MAX_ITER, DEFAULT_WEIGHT_DECAY
 from .linear_paper import OPTIMIZERS, PaperProbeSettings
@@ -52,54 +54,83 @@ from .protocols import (
 
 logger = logging.getLogger("hf_masked_vl")
 
+DEFAULT_TEST_SPLITS = ("test", "validation")  # the split scored without --test_split: the first the dataset has
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    parser.add_argument(
-        "--protocol", nargs="+", choices=PROTOCOLS, default=None, help="default: every protocol the model supports"
-    )
-    data = parser.add_argument_group("data (default: the embedded demo, probe split → eval split)")
-    data.add_argument("--dataset_name", default=None, help="a Hub dataset or a builder (parquet, imagefolder, ...)")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--data_files", nargs="*", default=None, help="files of the test split")
-    data.add_argument("--split", default="train", help="test split (default: train, a builder's only split)")
-    data.add_argument("--train_split", default=None, help="labelled train split of knn / linear")
-    data.add_argument("--train_data_files", nargs="*", default=None, help="files of the train split")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--label_column", default="label")
-    data.add_argument("--class_names_file", default=None, help="JSON list (default: the ClassLabel names)")
-    data.add_argument("--templates_file", default=None, help="JSON list (default: demo's / the model's templates)")
-    data.add_argument("--max_samples", type=int, default=None, help="cap on each split")
-    data.add_argument("--demo_cache_dir", default=None, help="default: $HF_MASKED_VL_CACHE or ~/.cache/hf_masked_vl")
-    data.add_argument("--demo_num_train", type=int, default=8192, help="as in run_pretraining (names the cache)")
-    data.add_argument("--demo_dir", default=None, help="an existing demo dataset folder (overrides the two above)")
-    protocol = parser.add_argument_group("protocols")
-    protocol.add_argument("--knn_k", type=int, nargs="+", default=list(DEFAULT_KS), help="headline k: 20")
-    protocol.add_argument("--knn_temperature", type=float, default=0.07)
-    protocol.add_argument("--linear_weight_decay", type=float, default=DEFAULT_WEIGHT_DECAY)
-    protocol.add_argument("--linear_max_iter", type=int, default=DEFAULT_MAX_ITER)
-    protocol.add_argument("--finetune_steps", type=int, default=100, help="optimizer steps of --protocol finetune")
-    add_paper_probe_arguments(parser)
-    run = parser.add_argument_group("run")
-    run.add_argument("--batch_size", type=int, default=64)
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument(
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    model.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
+    model.add_argument(
         "--dtype",
         choices=PRECISIONS,
         default="fp32",
-        help="weights' dtype: fp32 (default; the figures of the model card), bf16, or auto (bf16 only where the "
-        "hardware runs it fast)",
+        help="weights' dtype: fp32 (the figures of the model card), bf16, or auto (bf16 only where the hardware runs "
+        "it fast)",
     )
-    run.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
-    run.add_argument(
+    model.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda when available, else cpu",
+    )
+    add_data_arguments(parser)
+    protocol = parser.add_argument_group("evaluation")
+    protocol.add_argument(
+        "--protocol", nargs="+", choices=PROTOCOLS, default=None, help="default: every protocol the model supports"
+    )
+    protocol.add_argument("--knn_k", type=int, nargs="+", default=list(DEFAULT_KS), help="headline k: 20")
+    protocol.add_argument("--knn_temperature", type=float, default=0.07, help="temperature of the k-NN vote weights")
+    protocol.add_argument(
+        "--linear_weight_decay", type=float, default=DEFAULT_WEIGHT_DECAY, help="L2 penalty of the linear probe"
+    )
+    protocol.add_argument(
+        "--linear_max_iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations of the linear probe"
+    )
+    protocol.add_argument("--finetune_steps", type=int, default=100, help="optimizer steps of --protocol finetune")
+    protocol.add_argument("--batch_size", type=int, default=64, help="images per forward pass (and finetune step)")
+    add_paper_probe_arguments(parser)
+    output = parser.add_argument_group("output")
+    output.add_argument(
         "--output_file",
         default=None,
         help="also write the results as JSON: the model, the flat metrics (eval_knn_top1, ...) and every protocol's "
         "full result",
     )
-    run.add_argument("--disable_tqdm", action="store_true", help="no progress bar over the batches")
+    output.add_argument("--disable_tqdm", action="store_true", help="no progress bar over the batches")
     return parser
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags, named as `run_pretraining.py` names them; `--split` and `--max_samples` (their names before
+    `--test_split` and `--max_eval_samples`) are hidden aliases."""
+    data = parser.add_argument_group("data (default: the embedded demo, probe split → eval split)")
+    data.add_argument("--dataset_name", default=None, help="a Hub dataset or a builder (parquet, imagefolder, ...)")
+    data.add_argument("--dataset_config_name", default=None, help="the dataset's configuration name")
+    data.add_argument("--data_files", nargs="*", default=None, help="files of the test split")
+    data.add_argument(
+        "--test_split",
+        default=None,
+        help="the split scored (default: the dataset's `test` split, else its `validation` split; a builder given "
+        "--data_files has only `train`)",
+    )
+    data.add_argument(
+        "--train_split",
+        default=None,
+        help="the labelled split the k-NN and linear probes fit on (and --protocol finetune trains on); unset: no "
+        "train split, unless --train_data_files is given (then `train`)",
+    )
+    data.add_argument("--train_data_files", nargs="*", default=None, help="files of the train split")
+    data.add_argument("--image_column", default="image", help="the column of the images")
+    data.add_argument("--label_column", default="label", help="the column of the integer class labels")
+    data.add_argument("--class_names_file", default=None, help="JSON list (default: the ClassLabel names)")
+    data.add_argument("--templates_file", default=None, help="JSON list (default: demo's / the model's templates)")
+    data.add_argument("--max_eval_samples", type=int, default=None, help="read at most this many records of each split")
+    data.add_argument("--demo_cache_dir", default=None, help="default: $HF_MASKED_VL_CACHE or ~/.cache/hf_masked_vl")
+    data.add_argument("--demo_num_train", type=int, default=8192, help="as in run_pretraining (names the cache)")
+    data.add_argument("--demo_dir", default=None, help="an existing demo dataset folder (overrides the two above)")
+    add_hidden_alias(parser, "--split", "--test_split")
+    add_hidden_alias(parser, "--max_samples", "--max_eval_samples")
 
 
 def add_paper_probe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +139,8 @@ def add_paper_probe_arguments(parser: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(PaperProbeSettings):
         default = item.default
         choices = OPTIMIZERS if item.name == "optimizer" else None
-        group.add_argument(f"--linear_paper_{item.name}", type=type(default), default=default, choices=choices)
+        flag, what = f"--linear_paper_{item.name}", item.name.replace("_", " ")
+        group.add_argument(flag, type=type(default), default=default, choices=choices, help=f"the probe's {what}")
 
 
 def paper_probe_settings(args: argparse.Namespace) -> PaperProbeSettings:
@@ -131,26 +163,57 @@ def load_splits(
                 demo = read_demo_dataset(args.demo_dir)
         else:
             demo = ensure_demo_dataset(args.demo_cache_dir, num_train=args.demo_num_train)
-        train, test = demo_splits(demo, args.max_samples)
-        return (train if has_train_protocols else None), test, templates or demo.templates
+        train = demo_split(demo, "probe", train_cap(args)) if has_train_protocols else None
+        return train, demo_split(demo, "eval", args.max_eval_samples), templates or demo.templates
     check_data_files(args.data_files, "--data_files")
     check_data_files(args.train_data_files, "--train_data_files")
     common = dict(
         image_column=args.image_column,
         label_column=args.label_column,
         class_names=read_json_list(args.class_names_file, "--class_names_file"),
-        max_samples=args.max_samples,
         config_name=args.dataset_config_name,
     )
-    with usage_errors(f"cannot read --dataset_name {args.dataset_name} (--split {args.split})"):
-        test = load_labelled_split(args.dataset_name, args.data_files, args.split, **common)
+    test_split = chosen_test_split(args)
+    with usage_errors(f"cannot read --dataset_name {args.dataset_name} (--test_split {test_split})"):
+        test = load_labelled_split(
+            args.dataset_name, args.data_files, test_split, max_samples=args.max_eval_samples, **common
+        )
     train = None
     if has_train_protocols and (args.train_split is not None or args.train_data_files is not None):
         data_files = args.train_data_files if args.train_data_files is not None else args.data_files
         split = args.train_split or "train"
         with usage_errors(f"cannot read --dataset_name {args.dataset_name} (--train_split {split})"):
-            train = load_labelled_split(args.dataset_name, data_files, split, **common)
+            train = load_labelled_split(args.dataset_name, data_files, split, max_samples=train_cap(args), **common)
     return train, test, templates
+
+
+def train_cap(args: argparse.Namespace) -> int | None:
+    """The cap on the train split: `--max_train_samples` where the command line has it (run_finetuning.py trains on
+    that split), else `--max_eval_samples` (evaluate.py's probes, like run_pretraining.py's, read both splits as
+    evaluation data)."""
+    return getattr(args, "max_train_samples", args.max_eval_samples)
+
+
+def chosen_test_split(args: argparse.Namespace) -> str | None:
+    """`--test_split`, or when it is not given `default_test_split` (None for the embedded demo, whose `eval` split
+    is scored)."""
+    if args.test_split is not None or args.dataset_name is None:
+        return args.test_split
+    return default_test_split(args.dataset_name, args.data_files, args.dataset_config_name, "--test_split")
+
+
+def default_test_split(dataset_name: str, data_files: list[str] | None, config_name: str | None, flag: str) -> str:
+    """The dataset's `test` split, else its `validation` split. A dataset with neither (a builder given data files
+    has only `train`) is a `UsageError` asking for `flag`."""
+    check_data_files(data_files, "--data_files" if flag == "--test_split" else "--eval_data_files")
+    with usage_errors(f"cannot read --dataset_name {dataset_name}"):
+        names = split_names(dataset_name, data_files, config_name)
+    for name in DEFAULT_TEST_SPLITS:
+        if name in names:
+            return name
+    raise UsageError(
+        f"{flag}: {dataset_name} has no test or validation split (its splits: {', '.join(names)}); name one with {flag}"
+    )
 
 
 def has_train_data(args: argparse.Namespace) -> bool:
@@ -189,7 +252,7 @@ def write_results(path: str, model: str, results: dict[str, EvaluationResult]) -
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
-    minimums = {"batch_size": 1, "max_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1,
+    minimums = {"batch_size": 1, "max_eval_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1,
                 "finetune_steps": 1}  # fmt: skip
     check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
     if not (math.isfinite(args.knn_temperature) and args.knn_temperature > 0):
@@ -217,6 +280,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     check_arguments(args)
     paper_probe_settings(args)  # a bad --linear_paper_* value fails before the model is read
+    args.test_split = chosen_test_split(args)  # a dataset without a test split fails before the model is read
     return args
 
 
@@ -289,4 +353,13 @@ def cli() -> int:
     return run_cli(main)
 
 
-__all__ = ["build_parser", "cli", "evaluate_model", "load_model_of", "main", "parse_arguments", "print_report"]
+__all__ = [
+    "default_test_split",
+    "build_parser",
+    "cli",
+    "evaluate_model",
+    "load_model_of",
+    "main",
+    "parse_arguments",
+    "print_report",
+]

@@ -112,18 +112,35 @@ def load_labelled_split(
     return LabelledSplit(records=_Reiterable(records), class_names=list(class_names), name=name)
 
 
+def split_names(
+    dataset_name: str, data_files: str | list[str] | dict | None = None, config_name: str | None = None
+) -> list[str]:
+    """The split names of a `datasets` source as `load_labelled_split` reads it (a builder such as `parquet` or
+    `imagefolder` given a list of files has the one split `train`), without reading its records."""
+    data_files = expand_data_files(data_files)
+    return list(datasets.get_dataset_split_names(dataset_name, config_name, data_files=data_files))
+
+
 def demo_splits(
     demo: DemoDataset, max_samples: int | None = None, segments_column: str | None = None
 ) -> tuple[LabelledSplit, LabelledSplit]:
     """(train, test) of the embedded demo: the labelled `probe` split (k-NN, linear probe) and the `eval` split
     (every protocol's test split). `max_samples` caps each. `segments_column="segments"` adds the demo's object-id
     maps (ground-truth segments) to every record (see `load_labelled_split`)."""
-    if not demo.probe_files:
+    return demo_split(demo, "probe", max_samples, segments_column), demo_split(
+        demo, "eval", max_samples, segments_column
+    )
+
+
+def demo_split(
+    demo: DemoDataset, split: str, max_samples: int | None = None, segments_column: str | None = None
+) -> LabelledSplit:
+    """The demo's labelled `probe` or `eval` split (see `demo_splits`)."""
+    if split == "probe" and not demo.probe_files:
         raise ValueError(f"{demo.root} has no probe split (written before demo version 2): call ensure_demo_dataset")
-    common = dict(max_samples=max_samples, segments_column=segments_column)
-    train = load_labelled_split("parquet", demo.probe_files, name="demo shapes (probe)", **common)
-    test = load_labelled_split("parquet", demo.eval_files, name="demo shapes (eval)", **common)
-    return train, test
+    files = demo.probe_files if split == "probe" else demo.eval_files
+    name = f"demo shapes ({split})"
+    return load_labelled_split("parquet", files, name=name, max_samples=max_samples, segments_column=segments_column)
 
 
 def read_json_list(path: str | None, flag: str | None = None) -> list[str] | None:
@@ -144,4 +161,4 @@ def read_json_list(path: str | None, flag: str | None = None) -> list[str] | Non
     return values
 
 
-__all__ = ["LabelledSplit", "demo_splits", "load_labelled_split", "read_json_list"]
+__all__ = ["LabelledSplit", "demo_split", "demo_splits", "load_labelled_split", "read_json_list", "split_names"]

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from ..command_line import HelpFormatter
 from ..data.files import check_data_files, check_local_path, is_remote
 from ..data.streaming import load_stream
-from ..errors import ArgumentParser, UsageError, check_minimums, run_cli, usage_errors
+from ..errors import ArgumentParser, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
 from .producers import DEFAULT_GRID, PRODUCERS, available_producers, build_producer
 from .writer import GuidanceSummary, check_output_dir, write_guidance
 
@@ -41,33 +42,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         description="Compute guidance maps (TokenCut, CLS attention, Grad-CAM, SAM label maps) and write them as "
         "parquet shards holding every original column plus the map column.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    model = parser.add_argument_group("producer and backbone")
     producers = "; ".join(f"{name}: {PRODUCERS[name].description}" for name in available_producers())
-    parser.add_argument("--producer", required=True, choices=available_producers(), help=producers)
-    parser.add_argument(
+    model.add_argument("--producer", required=True, choices=available_producers(), help=producers)
+    model.add_argument(
         "--backbone",
         default=None,
         help="Hub name or folder of the backbone (default: the producer's own, e.g. facebook/dino-vitb16 for "
         "tokencut/attention, the timm name resnet50 for gradcam, facebook/sam-vit-huge for sam; a .pth file or "
         "--sam_checkpoint selects segment-anything for sam)",
     )
-    parser.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with a checkpoint")
-    parser.add_argument("--grid", type=int, default=DEFAULT_GRID, help="target model's patch grid (maps are grid²)")
-    data = parser.add_argument_group("data")
+    model.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with a checkpoint")
+    model.add_argument("--grid", type=int, default=DEFAULT_GRID, help="target model's patch grid (maps are grid²)")
+    model.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    data = parser.add_argument_group("data (default: the embedded demo)")
     data.add_argument("--dataset_name", default=None, help="datasets name or builder (parquet, imagefolder, ...)")
-    data.add_argument("--dataset_config", default=None, help="datasets configuration name")
+    data.add_argument("--dataset_config_name", default=None, help="the dataset's configuration name")
     data.add_argument("--data_files", nargs="+", default=None, help="files or globs of the split")
-    data.add_argument("--split", default="train")
-    data.add_argument("--image_column", default="image")
+    data.add_argument(
+        "--split", default="train", help="the split whose images get maps (the demo's: train, eval, probe)"
+    )
+    data.add_argument("--image_column", default="image", help="the column of the images")
     data.add_argument("--max_samples", type=int, default=None, help="read at most this many source records")
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", required=True)
+    output.add_argument("--output_dir", required=True, help="where the shards, overlays and run record are written")
     output.add_argument("--shard_size", type=int, default=1000, help="source records per output shard")
-    output.add_argument("--batch_size", type=int, default=32)
+    output.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     output.add_argument("--num_overlays", type=int, default=8, help="PNG overlays of the first images' maps")
-    output.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    output.add_argument("--no_progress", action="store_true", help="no progress bar")
+    output.add_argument("--disable_tqdm", action="store_true", help="no progress bar")
+    add_hidden_alias(parser, "--dataset_config", "--dataset_config_name")  # the names before run_pretraining.py's
+    add_hidden_alias(parser, "--no_progress", "--disable_tqdm")
     options = parser.add_argument_group("producer options (given only when set; defaults are the producer's)")
     seen: set[str] = set()
     for name in available_producers():
@@ -117,7 +123,7 @@ def resolve_source(args: argparse.Namespace) -> SourceFiles:
     remote = [pattern for pattern in args.data_files or [] if is_remote(pattern)]
     description = {
         "dataset": name,
-        "dataset_config": args.dataset_config,
+        "dataset_config": args.dataset_config_name,  # the run record's key, as earlier runs wrote it
         "data_files": [str(path) for path in local] + remote if args.data_files else None,
     }
     return SourceFiles(name, data_files, local, description)
@@ -134,7 +140,7 @@ def load_source(args: argparse.Namespace, source: SourceFiles | None = None):
     """The streamed source split and a description of it for the run record."""
     source = source or resolve_source(args)
     with usage_errors(f"cannot read --dataset_name {source.builder} (--split {args.split})"):
-        dataset = load_stream(source.builder, source.data_files, split=args.split, config_name=args.dataset_config)
+        dataset = load_stream(source.builder, source.data_files, split=args.split, config_name=args.dataset_config_name)
     return dataset, source.description
 
 
@@ -194,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         num_overlays=args.num_overlays,
         max_samples=args.max_samples,
         run_info=description,
-        progress=not args.no_progress,
+        progress=not args.disable_tqdm,
     )
     print_summary(summary, args.producer)
     return summary

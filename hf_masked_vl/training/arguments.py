@@ -137,8 +137,12 @@ class DataArguments:
     eval_data_files: list[str] | None = field(
         default=None, metadata={"help": "Files or globs of a local evaluation builder (--eval_dataset_name)."}
     )
-    eval_split: str = field(
-        default="train", metadata={"help": "Labelled split of the evaluation set that is scored (the test split)."}
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labelled split of the evaluation set that is scored (the test split); unset: its test split, "
+            "else its validation split (a builder given --eval_data_files has only train: name it)."
+        },
     )
     eval_train_split: str | None = field(
         default=None, metadata={"help": "Labelled split of the evaluation set for k-NN / linear probes."}

@@ -2,7 +2,8 @@
 
     python scripts/run_finetuning.py --model_name_or_path outputs/a-clip-demo --output_dir outputs/a-clip-ft
     python scripts/run_finetuning.py --model_name_or_path facebook/vit-mae-base --output_dir ft \\
-        --dataset_name imagefolder --train_data_files 'train/**' --data_files 'val/**' --train_fraction 0.01
+        --dataset_name imagefolder --train_data_files 'train/**' --data_files 'val/**' --test_split train \\
+        --train_fraction 0.01
 
 The image tower of the checkpoint (`vision_towers.load_vision_tower`: any checkpoint of this package, transformers
 ViT / ViTMAE converted) gets a linear head (`MaskedViTForImageClassification`) and is fine-tuned with the package's
@@ -12,7 +13,7 @@ RandAugment, mixup / cutmix, label smoothing and random erasing, all built from 
 subset; crop + flip only, 50 epochs at lr 1e-3 for 1%). Every flag the user gives wins over the recipe.
 
 Data: the flags of `scripts/evaluate.py` (`--dataset_name`, `--train_split` / `--train_data_files` for the training
-split, `--split` / `--data_files` for the test split, `--label_column`, `--image_column`); the embedded demo
+split, `--test_split` / `--data_files` for the test split, `--label_column`, `--image_column`); the embedded demo
 (probe split → eval split) by default. The output folder is a standard `AutoModelForImageClassification` folder with
 `id2label`, an image processor (resize to size / 0.875, centre crop) and a model card, written atomically; the stock
 `pipeline("image-classification", model=folder)` runs it. Prints `RESULT finetune_top1=…` on the test split.
@@ -41,9 +42,10 @@ from timm.data.mixup import mixup_target
 from transformers import CLIPImageProcessor, HfArgumentParser, set_seed
 
 from ..cards import hub_dataset_id
+from ..command_line import HelpFormatter, polish_parser
 from ..data.images import decode_image
-from ..errors import OneLineErrors, UsageError, run_cli, usage_errors
-from ..evaluation.cli import load_splits
+from ..errors import OneLineErrors, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
+from ..evaluation.cli import chosen_test_split, load_splits
 from ..evaluation.data import LabelledSplit
 from ..evaluation.features import DecodedBatches
 from ..evaluation.protocols import EvaluationResult, ProtocolInputs, register_protocol
@@ -108,8 +110,10 @@ LOW_SHOT_1_PERCENT = {
 
 
 @dataclass
-class FinetuneArguments:
-    """What is fine-tuned, on what data, with which augmentations (unset: the recipe's value)."""
+class FinetuneModelArguments:
+    """What is fine-tuned."""
+
+    _argument_group_name = "model"
 
     model_name_or_path: str = field(
         metadata={"help": "A checkpoint folder or Hub id: any of this package, or a transformers ViT / ViTMAE."}
@@ -123,6 +127,54 @@ class FinetuneArguments:
             "choices": ["mean", "cls"],
         },
     )
+
+
+@dataclass
+class FinetuneDataArguments:
+    """The labelled data, with the data flags of scripts/evaluate.py (`evaluation.cli.load_splits` reads them) and
+    run_pretraining.py's names. `--split` and `--max_samples`, the names before `--test_split` and the two caps, still
+    work (hidden from `--help`)."""
+
+    _argument_group_name = "data (default: the embedded demo, probe split → eval split)"
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset or a builder; unset: the demo."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    train_split: str | None = field(default=None, metadata={"help": "The labelled split the classifier trains on."})
+    train_data_files: list[str] | None = field(default=None, metadata={"help": "Files of the training split."})
+    test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "The split scored after training (default: the dataset's `test` split, else its `validation` "
+            "split; a builder given --data_files has only `train`)."
+        },
+    )
+    data_files: list[str] | None = field(default=None, metadata={"help": "Files of the test split."})
+    image_column: str = field(default="image", metadata={"help": "The column of the images."})
+    label_column: str = field(default="label", metadata={"help": "The column of the integer class labels."})
+    class_names_file: str | None = field(default=None, metadata={"help": "JSON list (default: the ClassLabel names)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Read at most this many training records."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Read at most this many test records."})
+    max_samples: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # both caps, the old name
+    demo_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where the demo shards are written (default: $HF_MASKED_VL_CACHE)."}
+    )
+    demo_num_train: int = field(default=8192, metadata={"help": "As in run_pretraining (names the demo cache)."})
+    demo_dir: str | None = field(default=None, metadata={"help": "An existing demo dataset folder."})
+    templates_file: str | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # read by load_splits
+
+    def __post_init__(self):
+        """`--max_samples` caps each split whose own cap is not given."""
+        if self.max_samples is not None:
+            self.max_train_samples = self.max_samples if self.max_train_samples is None else self.max_train_samples
+            self.max_eval_samples = self.max_samples if self.max_eval_samples is None else self.max_eval_samples
+
+
+@dataclass
+class RecipeArguments:
+    """The fine-tuning recipe's settings that are not `TrainingArguments` (unset: the recipe's value)."""
+
+    _argument_group_name = "fine-tuning recipe (unset: the recipe's value)"
+
     train_fraction: float | None = field(
         default=None,
         metadata={"help": "Train on a class-balanced, seeded subset (0.01 or 0.1: AttG-MAE's low-shot protocol)."},
@@ -137,21 +189,14 @@ class FinetuneArguments:
     drop_path: float | None = field(
         default=None, metadata={"help": "Stochastic depth of the tower (recipe 0.1 / 0.2)."}
     )
-    # the data flags of scripts/evaluate.py (`evaluation.cli.load_splits` reads them)
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset or a builder; unset: the demo."})
-    dataset_config_name: str | None = field(default=None)
-    train_split: str | None = field(default=None, metadata={"help": "The labelled training split."})
-    train_data_files: list[str] | None = field(default=None, metadata={"help": "Files of the training split."})
-    split: str = field(default="train", metadata={"help": "The test split (scored after training)."})
-    data_files: list[str] | None = field(default=None, metadata={"help": "Files of the test split."})
-    image_column: str = field(default="image")
-    label_column: str = field(default="label")
-    class_names_file: str | None = field(default=None, metadata={"help": "JSON list (default: the ClassLabel names)."})
-    max_samples: int | None = field(default=None, metadata={"help": "Cap on each split."})
-    demo_cache_dir: str | None = field(default=None)
-    demo_num_train: int = field(default=8192, metadata={"help": "As in run_pretraining (names the demo cache)."})
-    demo_dir: str | None = field(default=None, metadata={"help": "An existing demo dataset folder."})
-    templates_file: str | None = field(default=None, metadata={"help": "Unused (a data flag of evaluate.py)."})
+
+
+@dataclass(kw_only=True)
+class FinetuneArguments(RecipeArguments, FinetuneDataArguments, FinetuneModelArguments):
+    """What is fine-tuned, on what data, with which augmentations: the three groups of flags as one object."""
+
+
+FLAG_GROUPS = (FinetuneModelArguments, FinetuneDataArguments, RecipeArguments)
 
 
 @dataclass
@@ -159,11 +204,15 @@ class FinetuningArguments(PretrainingArguments):
     """`PretrainingArguments` with fine-tuning's defaults: epochs over a labelled split (`--max_steps -1`), the last
     incomplete batch dropped (mixup pairs images), checkpoints off unless asked."""
 
+    _argument_group_name = "training (transformers' TrainingArguments, with fine-tuning's defaults)"
+
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1: --num_train_epochs (the recipe's)."})
-    dataloader_drop_last: bool = field(default=True)
-    save_strategy: str = field(default="no")
-    logging_steps: float = field(default=10)
-    dataloader_num_workers: int = field(default=0)
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "Drop the last incomplete batch (mixup pairs images)."}
+    )
+    save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps, epoch or best."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many steps (below 1: a ratio)."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: the main one)."})
 
     def _check_values(self) -> None:
         """As `PretrainingArguments`', with `--max_steps -1` allowed (a labelled split has a length: epochs)."""
@@ -253,12 +302,11 @@ def check_arguments(args: FinetuneArguments, training_args: FinetuningArguments)
                 f"--per_device_train_batch_size {training_args.per_device_train_batch_size}: mixup / cutmix mix "
                 "pairs of images; use a batch of at least 2 or pass --mixup 0 --cutmix 0"
             )
-    if args.max_samples is not None and args.max_samples < 1:
-        raise UsageError(f"--max_samples {args.max_samples}: must be at least 1")
+    check_minimums(args, {"max_samples": 1, "max_train_samples": 1, "max_eval_samples": 1})
     if args.dataset_name is not None and args.train_split is None and args.train_data_files is None:
         raise UsageError(
             f"--dataset_name {args.dataset_name}: name the labelled training split with --train_split or "
-            "--train_data_files (--split / --data_files are the test split)"
+            "--train_data_files (--test_split / --data_files are the test split)"
         )
 
 
@@ -502,17 +550,23 @@ def finetune(
 PRETRAINING_ONLY = frozenset({"recipe", "dry_run", "weight_decay_end", "samples_per_epoch"})
 
 
+def build_parser() -> FinetuneArgumentParser:
+    """The command line: model, data, recipe and training flags in groups, each default in `--help`; `--split`
+    (the name before `--test_split`) a hidden alias."""
+    parser = FinetuneArgumentParser(
+        (*FLAG_GROUPS, FinetuningArguments), description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
+    )
+    add_hidden_alias(parser, "--split", "--test_split")
+    return polish_parser(parser, (*FLAG_GROUPS, FinetuningArguments))
+
+
 def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningArguments, set[str]]:
     """(FinetuneArguments, FinetuningArguments, the fields the command line set). An unknown or abbreviated flag is a
     `UsageError` naming the closest known ones."""
-    parser = FinetuneArgumentParser(
-        (FinetuneArguments, FinetuningArguments),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+    parser = build_parser()
     refuse_unknown(parser, parser.parse_known_args(args=list(argv))[1], "for run_finetuning")
-    args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    *groups, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    args = FinetuneArguments(**{key: value for group in groups for key, value in vars(group).items()})
     given = set(explicit_destinations(parser, argv))  # the parser takes no abbreviation: exact flags only
     for name in sorted(given & PRETRAINING_ONLY):
         raise UsageError(f"--{name} is a flag of run_pretraining.py; fine-tuning takes MAE's fine-tuning recipe")
@@ -563,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> FinetuneRun:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, training_args, given = parse_arguments(argv)
     check_arguments(args, training_args)
+    args.test_split = chosen_test_split(args)  # a dataset without a test split fails before the model is read
     check_output_dir(training_args, "finetune")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
@@ -617,9 +672,13 @@ def evaluate_cli() -> int:
 
 __all__ = [
     "FinetuneArguments",
+    "FinetuneDataArguments",
+    "FinetuneModelArguments",
     "FinetuneRun",
     "FinetuningArguments",
     "RECIPES",
+    "RecipeArguments",
+    "build_parser",
     "class_balanced_subset",
     "cli",
     "finetune",

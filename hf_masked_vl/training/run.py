@@ -32,6 +32,7 @@ from ..data.maps import map_role
 from ..data.streaming import ImageTextStream, declared_size, load_stream
 from ..errors import UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, result_metrics, supported_protocols
+from ..evaluation.cli import default_test_split
 from ..evaluation.data import LabelledSplit, demo_splits, load_labelled_split, read_json_list
 from ..hub import (
     LOGS_FOLDER,
@@ -265,7 +266,8 @@ def evaluation_splits(
                     raise UsageError(f"{where} holds no record")
         return labelled
 
-    test = open_split(data_args.eval_split)
+    test_split = data_args.eval_split or default_test_split(name, data_args.eval_data_files, None, "--eval_split")
+    test = open_split(test_split)
     return (open_split(data_args.eval_train_split) if data_args.eval_train_split else None), test
 
 
