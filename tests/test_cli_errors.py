@@ -69,14 +69,16 @@ PRETRAINING_CASES = {
     "batch larger than the data": (["--per_device_train_batch_size", "300"], "--per_device_train_batch_size 300 is "
                                    "larger than the training data (256 records)"),
     "evaluation label column": (["--eval_dataset_name", "parquet", "--eval_data_files", "{eval}", "--eval_split",
-                                 "train", "--label_column", "lable"], "label column 'lable' (--label_column) is not in parquet (train)"),
+                                 "train", "--label_column", "lable"],
+                                "label column 'lable' (--label_column) is not in parquet (train)"),
     "evaluation split": (["--eval_dataset_name", "parquet", "--eval_data_files", "{eval}"],
                          "--eval_split: parquet has no test or validation split (its splits: train); name one with "
                          "--eval_split"),
     "evaluation glob": (["--eval_dataset_name", "parquet", "--eval_data_files", "{tmp}/val-*.parquet"],
                         "--eval_data_files '{tmp}/val-*.parquet' matches no file"),
     "evaluation class names": (["--eval_dataset_name", "parquet", "--eval_data_files", "{eval}", "--eval_split",
-                                "train", "--class_names_file", "{tmp}/names.json"], "--class_names_file {tmp}/names.json"),
+                                "train", "--class_names_file", "{tmp}/names.json"],
+                               "--class_names_file {tmp}/names.json"),
     "not an integer": (["--per_device_train_batch_size", "1e9"], "argument --per_device_train_batch_size/"
                        "--per-device-train-batch-size: invalid int value: '1e9'"),
     "not a save strategy": (["--save_strategy", "nope"], "argument --save_strategy/--save-strategy: invalid choice"),
