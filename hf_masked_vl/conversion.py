@@ -278,13 +278,21 @@ def write_folder(model, output_dir: str, summary: str) -> Path:
 # ---- command line ----
 
 
+def current_variant_name(name: str) -> str:
+    """A `--variant` as today's preset name (`b-16`, the name of earlier releases, is `vit-b-16`)."""
+    return f"vit-{name}" if f"vit-{name}" in UTA_VARIANTS else name
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="the code that wrote the file")
     parser.add_argument("--checkpoint", required=True, help="the official file (.pth / .pt / .safetensors)")
     parser.add_argument("--output_dir", required=True, help="a new or empty folder")
     parser.add_argument(
-        "--variant", choices=UTA_VARIANTS, help="uta: the published model the file must be (default: any; read from it)"
+        "--variant",
+        choices=UTA_VARIANTS,
+        type=current_variant_name,
+        help="uta: the published model the file must be (default: any; read from it)",
     )
     parser.add_argument(
         "--weights",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Checkpoints of the official UTA and A-CLIP code as folders of this package (`hf_masked_vl.conversion`).
 
-    python scripts/convert_checkpoint.py --format uta --checkpoint UTA-B.pth --output_dir uta-b-16 [--variant b-16]
+    python scripts/convert_checkpoint.py --format uta --checkpoint UTA-B.pth --output_dir uta-b-16 [--variant vit-b-16]
     python scripts/convert_checkpoint.py --format a_clip --checkpoint checkpoint.pt --output_dir a-clip \\
         [--weights ema|online]
 

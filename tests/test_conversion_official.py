@@ -274,6 +274,7 @@ def test_safetensors_file_converts_alike(uta_file, tmp_path, pixels):
     ("flags", "message"),
     [
         (["--format", "a_clip", "--variant", "vit-b-16"], "--variant vit-b-16 names a published UTA model"),
+        (["--format", "a_clip", "--variant", "b-16"], "--variant vit-b-16 names"),  # the earlier name, understood
         (["--format", "uta", "--weights", "online"], "--weights online picks a copy of A-CLIP's towers"),
         (["--format", "caffe"], "argument --format: invalid choice"),
     ],
