@@ -20,8 +20,8 @@ from hf_masked_vl.training.arguments import DataArguments
 
 def method_from(argv: list[str]):
     """The method of a command line, built by the real parser (no config overrides: what reaches the loaders)."""
-    method_class, model_args, data_args, _, training_args, _, _ = run_module.prepare_arguments(argv)
-    return method_class(model_args, data_args, training_args), data_args, training_args
+    run, _ = run_module.prepare_arguments(argv)
+    return run.method(run.model, run.data, run.training), run.data, run.training
 
 
 def hub_cache_entry(cache: Path, repo_id: str, revisions: dict[str, callable]) -> None:
@@ -145,7 +145,10 @@ def test_max_train_samples_caps_the_records_read_per_pass_and_the_epoch(tmp_path
 
 def test_records_per_epoch_is_at_most_max_train_samples():
     def size(max_train_samples, demo=None, samples_per_epoch=None):
-        data_args = SimpleNamespace(demo_num_train=256, max_train_samples=max_train_samples, train_split="train")
+        data_args = SimpleNamespace(
+            demo_num_train=256, max_train_samples=max_train_samples, train_split="train", dataset_name=None
+        )
+        data_args.data_files = None
         training_args = SimpleNamespace(samples_per_epoch=samples_per_epoch)
         return run_module.records_per_epoch(data_args, training_args, SimpleNamespace(), demo)
 
