@@ -44,6 +44,7 @@ class UTAContrastiveMethod(Method):
         "relation_bias": ("none", "contrastive fine-tuning reads no segments (a bias of the checkpoint stays as is)"),
         "guidance": ("none", "the contrastive loss has no per-patch terms to weigh"),
     }
+    unused_config_fields = ("mask_mode", "min_block_patches", "mask_ratio", "cls_loss_weight")  # stage 1's masking
 
     def build_model(self, teacher=None) -> UTAModel:
         if not self.model_args.model_name_or_path:
