@@ -145,6 +145,7 @@ def ensure_sources(folder: Path, num_images: int, width: int, height: int, num_s
     shards = [folder / f"shard-{index:04d}.tar" for index in range(num_shards)]
     if not parquet.exists() or not all(shard.exists() for shard in shards):
         folder.mkdir(parents=True, exist_ok=True)
+        datasets.disable_progress_bars()
         records = list(synthetic_records(num_images, width, height))
         _write_parquet(records, parquet)
         for index, shard in enumerate(shards):
@@ -180,8 +181,11 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def ours_pipeline(method: Method, built: Built, builder: str, files: list[str], batch_size: int) -> Callable[[], int]:
-    """One pass of the method's training data path over the source; returns the images it made."""
+def ours_pipeline(
+    method: Method, built: Built, builder: str, files: list[str], batch_size: int, jpeg_draft_min_side: int | None = None
+) -> Callable[[], int]:
+    """One pass of the method's training data path over the source; returns the images it made. `jpeg_draft_min_side`:
+    the stream's opt-in reduced-size JPEG decoding (off by default, as in a run)."""
     columns = COLUMNS[builder]
     source = load_stream(builder, files, record_locations=True)
     stream = ImageTextStream(
@@ -191,6 +195,7 @@ def ours_pipeline(method: Method, built: Built, builder: str, files: list[str], 
         caption_column=columns["caption"] if method.reads_caption else None,
         shuffle_buffer=0,
         map_columns={role: columns[role] for role in method.map_columns(built)},
+        jpeg_draft_min_side=jpeg_draft_min_side,
     )
     collate = method.collator(built)
 
@@ -315,7 +320,7 @@ def build_pipelines(args: argparse.Namespace, sources: dict[str, list[str]]) -> 
         peer = torchvision_views(transform)
         reference_size = reference_size or getattr(transform, "image_size", None)
         for builder, files in sources.items():
-            ours = ours_pipeline(method, built, builder, files, args.batch_size)
+            ours = ours_pipeline(method, built, builder, files, args.batch_size, args.jpeg_draft_min_side)
             peer_pass = peer_pipeline(peer, builder, files, args.batch_size)
             pipelines.append(Pipeline(builder, "ours", name, len(peer), ours, []))
             pipelines.append(Pipeline(builder, "torchvision", name, len(peer), peer_pass, []))
@@ -330,10 +335,11 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
-def print_report(pipelines: list[Pipeline]) -> None:
+def print_report(pipelines: list[Pipeline], note: str = "") -> None:
     """The table (ours against the same augmentations in torchvision, then the references), then the RESULT lines:
     per method the lower ratio of the two sources and ours' images/s there."""
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}; one process, one thread")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min): {load}; one process, one thread{note}")
     print(_row(["source", "pipeline", "views/image", "images/s", "views/s", "torchvision images/s", "ours / peer"]))
     print(_row(["---", "---", "---:", "---:", "---:", "---:", "---:"]))
     peers = {(p.source, p.method): p for p in pipelines if p.name == "torchvision"}
@@ -362,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default=None, help="model size of every method (default: each method's base)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--jpeg_draft_min_side",
+        type=int,
+        default=None,
+        help="our pipelines decode JPEGs at a reduced scale keeping this many pixels per side (opt-in; changes pixels)",
+    )
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "hf_masked_vl-data-pipeline"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -371,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     sources = ensure_sources(Path(args.cache_dir), args.num_images, *args.image_size, args.num_shards)
     pipelines = build_pipelines(args, sources)
     time_interleaved(pipelines, args.repeats)
-    print_report(pipelines)
+    note = f"; ours decode JPEGs with jpeg_draft_min_side={args.jpeg_draft_min_side}" if args.jpeg_draft_min_side else ""
+    print_report(pipelines, note)
 
 
 if __name__ == "__main__":
