@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Images per second per core of each method's training views against torchvision and timm, on the same JPEGs.
 
-    python benchmarks/data_pipeline.py                               # 256 JPEGs of 500 × 375, every method, 3 repeats
+    python benchmarks/data_pipeline.py                               # 128 JPEGs of 500 × 375, every method, 3 repeats
     python benchmarks/data_pipeline.py --methods mae dino --repeats 5
     python benchmarks/data_pipeline.py --num_images 8 --image_size 64 48 --preset tiny --repeats 1   # smoke
 
@@ -21,13 +21,20 @@ with the encoded JPEG bytes, and webdataset tar shards of the same JPEGs), over 
   `create_transform(S, is_training=True)` (its default also has `ColorJitter(0.4)`), one view per image.
 
 Each pipeline passes over the source once per repeat, the pipelines interleaved (a different order each repeat), and
-the median pass counts. Views per image: A-CLIP 3 (two augmented online crops + the EMA crop), DINO / MRE-DINO the
-global + local crops, the others 1; `views/s` = images/s × views. The images are written once into `--cache_dir`
-(synthetic smooth scenes with noise, JPEG quality 90, ~ the size of ImageNet's files) with a 14 × 14 float guidance
-map and an 8-bit segment label map at the image's size per image.
+the median pass counts, in CPU seconds of the process (`time.process_time`; everything runs on one thread, so this
+is images per second of one core, and other processes on a shared machine do not inflate it). Views per image:
+A-CLIP 3 (two augmented online crops + the EMA crop), DINO / MRE-DINO the global + local crops, the others 1;
+`views/s` = images/s × views. The images are written once into `--cache_dir` (synthetic smooth scenes with noise,
+JPEG quality 90, ~ the size of ImageNet's files) with a 14 × 14 float guidance map and an 8-bit segment label map at
+the image's size per image.
 
-Prints a table (load average with it), then `RESULT <method>_over_torchvision_images_per_s=…` per method (the lower of
-the two sources) and `RESULT <method>_images_per_s=…` (images/s of ours on that source), and the references'.
+`--jpeg_draft_min_side N` times ours with the opt-in reduced-size JPEG decoding (`images.open_image`; it changes the
+pixels, so runs leave it off by default); with 500 × 375 sources and 224 px views it cannot apply (N ≥ 224 keeps the
+full size), it is meant for larger photos (`--image_size 2000 1500`).
+
+Prints a table (load average with it), then `RESULT <reference>_images_per_s=…`, and per method
+`RESULT <method>_images_per_s=…` and `RESULT <method>_over_torchvision_images_per_s=…` last (the lower ratio of the
+two sources, and ours' images/s there).
 """
 
 from __future__ import annotations
@@ -182,7 +189,12 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def ours_pipeline(
-    method: Method, built: Built, builder: str, files: list[str], batch_size: int, jpeg_draft_min_side: int | None = None
+    method: Method,
+    built: Built,
+    builder: str,
+    files: list[str],
+    batch_size: int,
+    jpeg_draft_min_side: int | None = None,
 ) -> Callable[[], int]:
     """One pass of the method's training data path over the source; returns the images it made. `jpeg_draft_min_side`:
     the stream's opt-in reduced-size JPEG decoding (off by default, as in a run)."""
@@ -278,7 +290,7 @@ def reference_views(size: int) -> dict[str, list[Callable]]:
             T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ]
     )
-    return {"torchvision RRC+flip": [standard], "timm create_transform": [create_transform(size, is_training=True)]}
+    return {"torchvision_rrc_flip": [standard], "timm_create_transform": [create_transform(size, is_training=True)]}
 
 
 # ---- timing ----
@@ -296,13 +308,15 @@ class Pipeline:
 
 
 def time_interleaved(pipelines: list[Pipeline], repeats: int) -> None:
-    """Every pipeline passes once per repeat, in a rotated order each repeat; records the seconds of each pass."""
+    """Every pipeline passes once per repeat, in a rotated order each repeat; records the CPU seconds of each pass
+    (`time.process_time`: one thread, so images per CPU second are images per second of one core, and the figure
+    does not count the time other processes on a shared machine take the core away)."""
     for repeat in range(repeats):
         shift = repeat % len(pipelines)
         for pipeline in pipelines[shift:] + pipelines[:shift]:
-            start = time.perf_counter()
+            start = time.process_time()
             pipeline.images = pipeline.one_pass()
-            pipeline.seconds.append(time.perf_counter() - start)
+            pipeline.seconds.append(time.process_time() - start)
 
 
 def images_per_s(pipeline: Pipeline) -> float:
@@ -339,7 +353,7 @@ def print_report(pipelines: list[Pipeline], note: str = "") -> None:
     """The table (ours against the same augmentations in torchvision, then the references), then the RESULT lines:
     per method the lower ratio of the two sources and ours' images/s there."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"load average (1, 5, 15 min): {load}; one process, one thread{note}")
+    print(f"load average (1, 5, 15 min): {load}; one process, one thread, images per CPU second{note}")
     print(_row(["source", "pipeline", "views/image", "images/s", "views/s", "torchvision images/s", "ours / peer"]))
     print(_row(["---", "---", "---:", "---:", "---:", "---:", "---:"]))
     peers = {(p.source, p.method): p for p in pipelines if p.name == "torchvision"}
@@ -353,6 +367,8 @@ def print_report(pipelines: list[Pipeline], note: str = "") -> None:
             cells[1], cells[5:] = pipeline.method, [f"{peer_rate:.1f}", f"{rate / peer_rate:.2f}"]
         if pipeline.name != "torchvision":
             print(_row(cells))
+    for name in dict.fromkeys(p.name for p in pipelines if p.method is None):
+        print(f"RESULT {name}_images_per_s={min(images_per_s(p) for p in pipelines if p.name == name):.1f}")
     for method, pairs in ratios.items():
         ratio, rate = min(pairs)
         print(f"RESULT {method}_images_per_s={rate:.1f}")
@@ -362,7 +378,7 @@ def print_report(pipelines: list[Pipeline], note: str = "") -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--num_images", type=int, default=256)
+    parser.add_argument("--num_images", type=int, default=128)
     parser.add_argument("--image_size", type=int, nargs=2, default=(500, 375), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--num_shards", type=int, default=4, help="webdataset tar shards")
     parser.add_argument("--preset", default=None, help="model size of every method (default: each method's base)")
@@ -383,7 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     sources = ensure_sources(Path(args.cache_dir), args.num_images, *args.image_size, args.num_shards)
     pipelines = build_pipelines(args, sources)
     time_interleaved(pipelines, args.repeats)
-    note = f"; ours decode JPEGs with jpeg_draft_min_side={args.jpeg_draft_min_side}" if args.jpeg_draft_min_side else ""
+    note = (
+        f"; ours decode JPEGs with jpeg_draft_min_side={args.jpeg_draft_min_side}" if args.jpeg_draft_min_side else ""
+    )
     print_report(pipelines, note)
 
 
