@@ -106,9 +106,9 @@ def open_image(source: str | os.PathLike | io.IOBase, jpeg_draft_min_side: int |
     """`Image.open` + `load` that refuses decompression bombs from the header (before decoding any pixel) and names
     the reason of any failure (`BadImageError`). The caller closes the image.
 
-    `jpeg_draft_min_side` (opt-in; None: every image at its full size): a JPEG is decoded at a reduced DCT scale (1/2, 1/4
-    or 1/8, PIL's `Image.draft`), the strongest one that keeps its width and height at least this many pixels.
-    Faster for large photos cut into small views, but the pixels are not those of a full decode followed by the
+    `jpeg_draft_min_side` (opt-in; None: every image at its full size): a JPEG is decoded at a reduced DCT scale
+    (1/2, 1/4 or 1/8, PIL's `Image.draft`), the strongest one that keeps its width and height at least this many
+    pixels. Faster for large photos cut into small views, but the pixels are not those of a full decode followed by the
     views' resize (the decoder's scaled IDCT averages differently, and the crops are drawn on the smaller size): a
     run with it is not bit-identical to one without. Other formats are decoded as always."""
     with _bomb_warnings_silenced():
@@ -284,7 +284,9 @@ def check_size(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, jpeg_draft_min_side: int | None = None) -> Image.Image:
+def load_image(
+    value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, jpeg_draft_min_side: int | None = None
+) -> Image.Image:
     """An RGB image from a `datasets` image cell (undecoded dict `{"bytes", "path"}`, PIL image, bytes or path, read
     by `encoded_image` with at most `max_bytes` bytes), upright by its EXIF orientation, converted by `to_rgb`'s rules.
     `jpeg_draft_min_side`: opt-in reduced-size decoding of JPEGs (`open_image`; changes the pixels).
