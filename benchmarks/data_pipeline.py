@@ -25,8 +25,8 @@ the median pass counts, in CPU seconds of the process (`time.process_time`; ever
 is images per second of one core, and other processes on a shared machine do not inflate it). Views per image:
 A-CLIP 3 (two augmented online crops + the EMA crop), DINO / MRE-DINO the global + local crops, the others 1;
 `views/s` = images/s × views. The images are written once into `--cache_dir` (synthetic smooth scenes with noise,
-JPEG quality 90, ~ the size of ImageNet's files) with a 14 × 14 float guidance map and an 8-bit segment label map at
-the image's size per image.
+JPEG quality 90, ~ the size of ImageNet's files) with a 14 × 14 float guidance map (TokenCut's grid) and a 128 × 128
+8-bit PNG segment label map (SAM's `compute_guidance.py` default) per image.
 
 `--jpeg_draft_min_side N` times ours with the opt-in reduced-size JPEG decoding (`images.open_image`; it changes the
 pixels, so runs leave it off by default); with 500 × 375 sources and 224 px views it cannot apply (N ≥ 224 keeps the
@@ -62,6 +62,7 @@ from torchvision import transforms as T
 
 from hf_masked_vl.data.streaming import ImageTextStream, load_stream
 from hf_masked_vl.data.views import AClipViews, MultiCropViews, SingleCropView
+from hf_masked_vl.guidance.sam import DEFAULT_SEGMENTS_SIZE
 from hf_masked_vl.methods import Built, Method
 from hf_masked_vl.training.config_flags import config_overrides_from
 from hf_masked_vl.training.run import parse_arguments
@@ -99,7 +100,7 @@ def _encoded(image: Image.Image, format: str, **options) -> bytes:
 
 def synthetic_records(num_images: int, width: int, height: int, seed: int = 0) -> Iterator[dict]:
     """`num_images` records: JPEG bytes (quality 90), a caption, a guidance map (14 × 14 float32 in [0, 1]) and the
-    label map as an 8-bit PNG."""
+    label map as an 8-bit PNG of `DEFAULT_SEGMENTS_SIZE`² (128², what `compute_guidance.py --producer sam` writes)."""
     rng = np.random.default_rng(seed)
     for index in range(num_images):
         image, labels = synthetic_scene(rng, width, height)
@@ -109,7 +110,7 @@ def synthetic_records(num_images: int, width: int, height: int, seed: int = 0) -
             "jpeg": _encoded(image, "JPEG", quality=90),
             "caption": f"a synthetic scene number {index}",
             "guidance": guidance,
-            "segments": _encoded(Image.fromarray(labels), "PNG"),
+            "segments": _encoded(Image.fromarray(labels).resize((DEFAULT_SEGMENTS_SIZE,) * 2, Image.NEAREST), "PNG"),
         }
 
 
@@ -147,7 +148,7 @@ def _write_shard(records: list[dict], path: Path) -> None:
 def ensure_sources(folder: Path, num_images: int, width: int, height: int, num_shards: int) -> dict[str, list[str]]:
     """The parquet file and the tar shards of the synthetic images in `folder` (written when missing): source
     builder → files."""
-    folder = folder / f"{num_images}x{width}x{height}-{num_shards}"
+    folder = folder / f"{num_images}x{width}x{height}-{num_shards}-segments{DEFAULT_SEGMENTS_SIZE}"
     parquet = folder / "images.parquet"
     shards = [folder / f"shard-{index:04d}.tar" for index in range(num_shards)]
     if not parquet.exists() or not all(shard.exists() for shard in shards):
