@@ -66,6 +66,7 @@ PRETRAINING_CASES = {
     "glob of an empty folder": (["--dataset_name", "imagefolder", "--data_files", "{tmp}/empty/**"],
                                 "--data_files '{tmp}/empty/**' matches no file"),
     "wrong caption column": (["--caption_column", "text"], "--caption_column 'text' is not a column"),
+    "JPEG draft side 0": (["--jpeg_draft_min_side", "0"], "--jpeg_draft_min_side 0: must be at least 1"),
     "batch larger than the data": (["--per_device_train_batch_size", "300"], "--per_device_train_batch_size 300 is "
                                    "larger than the training data (256 records)"),
     "evaluation label column": (["--eval_dataset_name", "parquet", "--eval_data_files", "{eval}", "--eval_split",

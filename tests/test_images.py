@@ -215,3 +215,34 @@ def test_decompression_bombs_refused_quietly_from_the_header(monkeypatch):
         load_image(small)
     # a map cell is refused the same way (the decoder reports it as malformed)
     assert decode_label_map({"bytes": small, "path": None}) is None
+
+
+def test_jpeg_draft_decoding_is_opt_in_and_keeps_the_sides_at_least_the_minimum():
+    """`jpeg_draft_min_side` decodes a JPEG at a reduced DCT scale (PIL's `draft`) only when asked, never below the
+    minimum side; PNGs (the pinned losses' images) are decoded at full size either way."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    jpeg, png = encoded(photo, "JPEG"), encoded(photo, "PNG")
+    assert load_image(jpeg).size == (400, 300)
+    assert load_image(jpeg, jpeg_draft_min_side=100).size == (200, 150)  # 1/2: 1/4 would make 75 < 100 rows
+    assert load_image(jpeg, jpeg_draft_min_side=30).size == (50, 38)  # 1/8, the strongest scale
+    assert load_image(jpeg, jpeg_draft_min_side=300).size == (400, 300)
+    assert load_image(png, jpeg_draft_min_side=30).size == (400, 300)
+
+
+def test_the_stream_decodes_jpegs_with_the_draft_side_it_is_given():
+    import datasets
+    import torch
+
+    from hf_masked_vl.data.streaming import ImageTextStream
+
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    records = [{"image": {"bytes": encoded(photo, "JPEG"), "path": None}}]
+    source = datasets.IterableDataset.from_generator(lambda: iter(records))
+
+    def sizes(side):
+        transform = lambda image, rng, maps: {"size": torch.tensor(image.size)}  # noqa: E731
+        stream = ImageTextStream(source, transform, caption_column=None, shuffle_buffer=0, jpeg_draft_min_side=side)
+        return [example["size"].tolist() for example in stream]
+
+    assert sizes(None) == [[400, 300]]
+    assert sizes(100) == [[200, 150]]

@@ -102,9 +102,15 @@ def _bomb_warnings_silenced() -> Iterator[None]:
         yield
 
 
-def open_image(source: str | os.PathLike | io.IOBase) -> Image.Image:
+def open_image(source: str | os.PathLike | io.IOBase, jpeg_draft_min_side: int | None = None) -> Image.Image:
     """`Image.open` + `load` that refuses decompression bombs from the header (before decoding any pixel) and names
-    the reason of any failure (`BadImageError`). The caller closes the image."""
+    the reason of any failure (`BadImageError`). The caller closes the image.
+
+    `jpeg_draft_min_side` (opt-in; None: every image at its full size): a JPEG is decoded at a reduced DCT scale
+    (1/2, 1/4 or 1/8, PIL's `Image.draft`), the strongest one that keeps its width and height at least this many
+    pixels. Faster for large photos cut into small views, but the pixels are not those of a full decode followed by the
+    views' resize (the decoder's scaled IDCT averages differently, and the crops are drawn on the smaller size): a
+    run with it is not bit-identical to one without. Other formats are decoded as always."""
     with _bomb_warnings_silenced():
         try:
             image = Image.open(source)
@@ -121,6 +127,8 @@ def open_image(source: str | os.PathLike | io.IOBase) -> Image.Image:
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and max(1, width) * max(1, height) > limit:
                 raise BadImageError(_bomb_reason(image.size))
+            if jpeg_draft_min_side is not None and image.format == "JPEG":
+                image.draft(None, (jpeg_draft_min_side, jpeg_draft_min_side))
             image.load()
         except BadImageError:
             image.close()
@@ -276,16 +284,19 @@ def check_size(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+def load_image(
+    value: Any, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, jpeg_draft_min_side: int | None = None
+) -> Image.Image:
     """An RGB image from a `datasets` image cell (undecoded dict `{"bytes", "path"}`, PIL image, bytes or path, read
     by `encoded_image` with at most `max_bytes` bytes), upright by its EXIF orientation, converted by `to_rgb`'s rules.
+    `jpeg_draft_min_side`: opt-in reduced-size decoding of JPEGs (`open_image`; changes the pixels).
     Raises `BadImageError` naming the reason: `missing image`, `empty file`, `missing file`, `not a regular file
     (...)`, `image file too large (...)`, `undecodable image`, `truncated image`, `decompression bomb (W×H > limit
     pixels)`, `unsupported image mode X`, `zero-size image (W×H)`, ..."""
     if value is None:
         raise BadImageError("missing image")
     source = encoded_image(value, max_bytes)
-    image = source if isinstance(source, Image.Image) else open_image(io.BytesIO(source))
+    image = source if isinstance(source, Image.Image) else open_image(io.BytesIO(source), jpeg_draft_min_side)
     try:
         return check_size(to_rgb(exif_upright(check_size(image))))
     except BadImageError:

@@ -81,19 +81,27 @@ def transform_map(
     source = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
     if source.ndim != 2:
         raise ValueError(f"a map must be 2-D (h, w), got shape {tuple(source.shape)}")
-    height, width = geometry.source_size
-    top, left, box_h, box_w = (float(v) for v in geometry.box)
-    ys = (torch.arange(out_h, dtype=torch.float64) + 0.5) / out_h
-    xs = (torch.arange(out_w, dtype=torch.float64) + 0.5) / out_w
-    if geometry.flip:
-        xs = 1.0 - xs
-    grid_y = (top + ys * box_h) / height * 2 - 1
-    grid_x = (left + xs * box_w) / width * 2 - 1
-    grid = torch.stack(torch.broadcast_tensors(grid_x[None, :], grid_y[:, None]), dim=-1)[None].float()
+    grid = torch.from_numpy(_sampling_grid(geometry, out_h, out_w))
     sampled = F.grid_sample(source[None, None].float(), grid, mode=mode, padding_mode="border", align_corners=False)[
         0, 0
     ]
     return sampled if mode == "bilinear" else sampled.round().long()
+
+
+def _sampling_grid(geometry: ViewGeometry, out_h: int, out_w: int) -> np.ndarray:
+    """`grid_sample`'s grid (1, out_h, out_w, 2) float32 (x, y in [-1, 1]) of the cell centres of an out_h × out_w
+    grid over the view's box (mirrored when flipped): computed in float64, then rounded once to float32. NumPy, not
+    torch: a few small arrays, where torch's per-operation overhead is most of the time."""
+    height, width = geometry.source_size
+    top, left, box_h, box_w = (float(v) for v in geometry.box)
+    ys = (np.arange(out_h, dtype=np.float64) + 0.5) / out_h
+    xs = (np.arange(out_w, dtype=np.float64) + 0.5) / out_w
+    if geometry.flip:
+        xs = 1.0 - xs
+    grid = np.empty((1, out_h, out_w, 2), dtype=np.float32)
+    grid[0, :, :, 0] = ((left + xs * box_w) / width * 2 - 1)[None, :]
+    grid[0, :, :, 1] = ((top + ys * box_h) / height * 2 - 1)[:, None]
+    return grid
 
 
 def patch_majority(labels: torch.Tensor, grid: int) -> torch.Tensor:

@@ -232,6 +232,9 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             and `__url__` when the dataset has them (webdataset).
         max_image_bytes: largest image file or encoded image cell read (bytes; `images.DEFAULT_MAX_IMAGE_BYTES`, 64
             MiB); larger ones make the record bad without being read.
+        jpeg_draft_min_side: opt-in reduced-size JPEG decoding (`images.open_image`): each JPEG is decoded at the
+            smallest DCT scale whose sides stay at least this many pixels. Faster for photos much larger than the
+            views; changes the pixels (None, the default: full-size decoding, as always).
     """
 
     def __init__(
@@ -246,6 +249,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         max_caption_chars: int | None = DEFAULT_MAX_CAPTION_CHARS,
         id_columns: Sequence[str] | None = None,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        jpeg_draft_min_side: int | None = None,
     ):
         self.map_columns = dict(map_columns or {})
         self.map_loaders = {role: map_role(role).load for role in self.map_columns}
@@ -253,6 +257,10 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             raise ValueError(f"max_caption_chars={max_caption_chars!r} must be a positive number of characters or None")
         if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
             raise ValueError(f"max_image_bytes={max_image_bytes!r} must be a positive number of bytes")
+        if jpeg_draft_min_side is not None and (
+            isinstance(jpeg_draft_min_side, bool) or not isinstance(jpeg_draft_min_side, int) or jpeg_draft_min_side < 1
+        ):
+            raise ValueError(f"jpeg_draft_min_side={jpeg_draft_min_side!r} must be a positive number of pixels or None")
         wanted = [c for c in (image_column, caption_column, *self.map_columns.values()) if c is not None]
         features = dataset.features
         if id_columns is None:
@@ -288,6 +296,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self._resume_skip: dict[int, int] = {}
         self.max_caption_chars = max_caption_chars
         self.max_image_bytes = max_image_bytes
+        self.jpeg_draft_min_side = jpeg_draft_min_side
         self._unchecked_columns = wanted if features is None else []
         self.unattached_skipped: list[dict[str, Any]] = []
 
@@ -340,7 +349,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         """The training example of one record whose image cell holds `encoded` (`images.encoded_image`); raises
         `BadRecordError` naming why it must be skipped."""
         raw = record[self.image_column]
-        image = load_image(encoded, self.max_image_bytes)
+        image = load_image(encoded, self.max_image_bytes, self.jpeg_draft_min_side)
         maps = self._maps(record)
         key = image_key(raw, image)
         rng = np.random.default_rng([self.seed, key, self.epoch])

@@ -115,8 +115,14 @@ def normalize(image: torch.Tensor, mean: list[float], std: list[float]) -> torch
     return TF.normalize(image.float() / 255.0, mean, std)
 
 
+def float_maps(maps: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
+    """Every map of a record as a float32 tensor (h, w), converted once for all the views cut from it (each view
+    resamples the float map; labels up to `maps.MAX_LABEL` are exact in float32)."""
+    return {role: torch.as_tensor(np.asarray(values)).float() for role, values in (maps or {}).items()}
+
+
 def _view_maps(
-    maps: dict[str, np.ndarray] | None, specs: dict[str, MapSpec], geometry: ViewGeometry
+    maps: dict[str, np.ndarray | torch.Tensor] | None, specs: dict[str, MapSpec], geometry: ViewGeometry
 ) -> dict[str, torch.Tensor]:
     """Every map a view asks for (`specs`), resampled with the view's geometry."""
     if not specs:
@@ -181,6 +187,7 @@ class AClipViews(_ViewMaker):
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
         tensor, (height, width) = self._source(image)
+        maps = float_maps(maps)
         boxes = [random_resized_crop_box(rng, height, width, self.crop_scale) for _ in range(2)]
         boxes.append(enclosing_box(rng, boxes, height, width))
         online = []
@@ -288,7 +295,7 @@ class MultiCropViews(_ViewMaker):
         self,
         tensor: torch.Tensor,
         rng: np.random.Generator,
-        maps: dict[str, np.ndarray] | None,
+        maps: dict[str, torch.Tensor],
         specs: dict[str, MapSpec],
         size: int,
         scale: tuple[float, float],
@@ -310,6 +317,7 @@ class MultiCropViews(_ViewMaker):
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
         tensor, _ = self._source(image)
+        maps = float_maps(maps)
         global_augmentations = [(1.0, 0.0) if index % 2 == 0 else (0.1, 0.2) for index in range(self.num_global_crops)]
         pixels, global_maps = self._crops(
             tensor, rng, maps, self.global_map_specs, self.global_size, self.global_scale, global_augmentations

@@ -123,6 +123,13 @@ class DataArguments:
             "path to anything but a regular file (/dev/zero, a FIFO, a directory), is a skipped record."
         },
     )
+    jpeg_draft_min_side: int | None = field(
+        default=None,
+        metadata={
+            "help": "Opt-in faster decoding: JPEGs decoded at a reduced DCT scale (1/2, 1/4, 1/8) keeping at least "
+            "this many pixels per side; changes the pixels (unset: full-size decoding)."
+        },
+    )
     demo_num_train: int = field(default=8192, metadata={"help": "Size of the embedded demo's training split."})
     demo_cache_dir: str | None = field(
         default=None, metadata={"help": "Where the demo shards are written (default $HF_MASKED_VL_CACHE)."}
@@ -188,6 +195,7 @@ class DataArguments:
                 "max_train_samples": 1,
                 "max_image_bytes": 1,
                 "max_caption_chars": 1,
+                "jpeg_draft_min_side": 1,
             },
         )
 

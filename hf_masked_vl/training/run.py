@@ -450,6 +450,7 @@ def build_train_dataset(
         map_columns=map_columns,
         max_caption_chars=data_args.max_caption_chars,
         max_image_bytes=data_args.max_image_bytes,
+        jpeg_draft_min_side=data_args.jpeg_draft_min_side,
     )
     train_dataset.split_by_node = split_by_node
     first_example_or_error(train_dataset, data.label)
