@@ -34,8 +34,9 @@ from hf_masked_vl.guidance import (
     write_guidance,
 )
 from hf_masked_vl.guidance.cli import main as compute_guidance
+from hf_masked_vl.guidance.processes import ProcessSlot
 from hf_masked_vl.guidance.tokencut import affinity, connected_component
-from hf_masked_vl.guidance.writer import foreground_iou, patch_foreground
+from hf_masked_vl.guidance.writer import foreground_iou, patch_foreground, shard_prefix
 from hf_masked_vl.hub import save_checkpoint
 from hf_masked_vl.tokenization import build_image_processor
 
@@ -609,6 +610,13 @@ def maps_by_image(folder: Path) -> dict[bytes, np.ndarray]:
     table = datasets.load_dataset("parquet", data_files=str(folder / "train-*.parquet"), split="train")
     table = table.cast_column("image", datasets.Image(decode=False))
     return {row["image"]["bytes"]: np.asarray(row["guidance"], dtype=np.float32) for row in table}
+
+
+def test_max_samples_is_shared_out_between_the_processes():
+    assert [ProcessSlot(rank, 3).share(10) for rank in range(3)] == [4, 3, 3]
+    assert ProcessSlot(1, 3).share(None) is None and ProcessSlot().share(7) == 7
+    assert shard_prefix("train", ProcessSlot()) == "train"  # the names one process always wrote
+    assert shard_prefix("eval", ProcessSlot(3, 4)) == "eval-rank00003"
 
 
 def test_two_processes_write_what_one_writes_and_a_rank_resumes(tiny_dino_dir, small_demo, tmp_path, one_thread):
