@@ -6,13 +6,14 @@
 
 Each producer runs `scripts/compute_guidance.py` on the demo's training split with a tiny random backbone (a 2-layer
 ViT at 32 px for tokencut / attention, a narrow ResNet-18 for gradcam, a 2-layer SAM at 256 px with 4 × 4 points for
-sam), once as a plain process and once under `torchrun --standalone --nproc_per_node N` (each process
-`OMP_NUM_THREADS` = cores / processes), round-robin over `--repeats` (median). The rate is compute_guidance's own
-`RESULT <producer>_images_per_s_per_process` (maps per second of a rank's shard loop: reading, mapping, writing; not
-the start-up). Prints a table with the ratio of the per-process rate under N processes to one process's rate
-measured in the same run, then `RESULT <producer>_images_per_s_per_process=…` (N processes) and
-`RESULT <producer>_per_process_over_one_process=…` lines. The tiny backbones measure the pipeline around the model;
-real backbones (DINO ViT-B/16, SAM ViT-H) are bound by the model on a GPU.
+sam), once as a plain process and once under `torchrun --standalone --nproc_per_node N`, each process mapping
+`--num_images` images with `OMP_NUM_THREADS` = cores / N threads (the same work per process in both), round-robin
+over `--repeats` (median). The rate is compute_guidance's own `RESULT <producer>_images_per_s_per_process` (maps per
+second of a rank's shard loop: reading, mapping, writing; not the start-up). Prints a table with the ratio of the
+per-process rate under N processes to the one-process rate measured in the same run (1.0: splitting costs nothing),
+then `RESULT <producer>_images_per_s_per_process=…` (N processes) and `RESULT <producer>_per_process_over_one_process=…`
+lines. The tiny backbones measure the pipeline around the model; real backbones (DINO ViT-B/16, SAM ViT-H) are bound
+by the model on a GPU.
 """
 
 from __future__ import annotations
@@ -75,15 +76,15 @@ def save_tiny_backbones(folder: Path) -> dict[str, list[str]]:
     }
 
 
-def images_per_s(producer: str, flags: list[str], processes: int, output_dir: Path) -> float:
-    """One compute_guidance run (a plain process, or torchrun with `processes`); its per-process rate."""
+def images_per_s(producer: str, flags: list[str], processes: int, threads: int, output_dir: Path) -> float:
+    """One compute_guidance run (a plain process, or torchrun with `processes`), `threads` per process; its
+    per-process rate."""
     script = str(ROOT / "scripts" / "compute_guidance.py")
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [*launcher, script, "--producer", producer, *flags, "--output_dir", str(output_dir), "--device", "cpu"]
-    threads = str(max(1, (os.cpu_count() or 1) // processes))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -94,33 +95,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--producers", nargs="+", choices=PRODUCERS, default=list(PRODUCERS))
     parser.add_argument("--processes", type=int, default=2, help="processes of the torchrun runs")
-    parser.add_argument("--num_images", type=int, default=64, help="demo images mapped per run (--max_samples)")
+    parser.add_argument("--num_images", type=int, default=64, help="demo images mapped per process")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (producer, processes), median")
     args = parser.parse_args(argv)
     from hf_masked_vl.data.demo import ensure_demo_dataset
 
     demo = ensure_demo_dataset()
-    data = ["--dataset_name", "parquet", "--data_files", *demo.train_files, "--max_samples", str(args.num_images)]
+    data = ["--dataset_name", "parquet", "--data_files", *demo.train_files, "--disable_tqdm"]
     data += ["--batch_size", str(args.batch_size), "--shard_size", str(args.num_images), "--num_overlays", "0"]
+    threads = max(1, (os.cpu_count() or 1) // args.processes)
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         backbones = save_tiny_backbones(Path(scratch))
         for repeat in range(args.repeats):
             for producer in args.producers:
-                for processes in (1, args.processes):
+                for processes in (1, args.processes):  # the same images and threads per process
                     output = Path(scratch) / f"{producer}-{processes}-{repeat}"
-                    flags = [*backbones[producer], *data, "--disable_tqdm"]
-                    rates.setdefault((producer, processes), []).append(images_per_s(producer, flags, processes, output))
+                    images = ["--max_samples", str(args.num_images * processes)]
+                    flags = [*backbones[producer], *data, *images]
+                    rate = images_per_s(producer, flags, processes, threads, output)
+                    rates.setdefault((producer, processes), []).append(rate)
     return report(rates, args.producers, args.processes)
 
 
 def report(rates: dict[tuple[str, int], list[float]], producers: list[str], processes: int) -> dict[str, float]:
     """The table, then the `RESULT` lines."""
     cores = os.cpu_count()
-    print(
-        f"images/s per process, median; {cores} cores, OMP_NUM_THREADS = cores / processes; torch {torch.__version__}"
-    )
+    print(f"images/s per process, median; {cores} cores, OMP_NUM_THREADS = cores / {processes} in every run")
     print(f"{'producer':<10} {'1 process':>10} {f'{processes} processes':>12} {'total':>8} {'ratio':>6}")
     results: dict[str, float] = {}
     for producer in producers:
