@@ -50,7 +50,7 @@ class ProcessSlot:
         """This rank's disjoint part of `source` (the whole of it in a single-process run)."""
         if not self.is_distributed:
             return source
-        if source.num_shards % self.world_size:
+        if source.num_shards % self.world_size and self.is_main:  # said once, not by every rank
             logger.warning(
                 "the source has %d file shard(s), not a multiple of %d processes: every process reads every record "
                 "and keeps 1 in %d (more files split the reading too)",
