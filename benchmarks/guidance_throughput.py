@@ -37,34 +37,24 @@ PRODUCERS = ("tokencut", "attention", "gradcam", "sam")
 def save_tiny_backbones(folder: Path) -> dict[str, list[str]]:
     """Tiny random backbones saved like Hub checkpoints; per producer, the flags that select it."""
     import timm
+    import transformers as hf
     from timm.models import save_for_hf
-    from transformers import (
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-        ViTConfig,
-        ViTImageProcessor,
-        ViTModel,
-    )
 
     torch.manual_seed(0)
-    vit = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-    ViTModel(vit, add_pooling_layer=False).save_pretrained(folder / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
+    vit = hf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    hf.ViTModel(vit, add_pooling_layer=False).save_pretrained(folder / "vit")
+    hf.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder / "vit")
     resnet_args = {"num_classes": 10, "channels": (8, 16, 32, 64)}
     save_for_hf(timm.create_model("resnet18", **resnet_args).eval(), str(folder / "resnet"), model_args=resnet_args)
-    vision = SamVisionConfig(
+    vision = hf.SamVisionConfig(
         hidden_size=64, output_channels=64, num_hidden_layers=2, num_attention_heads=2, image_size=256, patch_size=16,
         window_size=4, global_attn_indexes=[1], mlp_dim=128, num_pos_feats=32,
     )  # fmt: skip
-    decoder = SamMaskDecoderConfig(hidden_size=64, mlp_dim=128, num_attention_heads=2, iou_head_hidden_dim=64)
-    prompts = SamPromptEncoderConfig(hidden_size=64, image_size=256, patch_size=16)
-    sam = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompts, mask_decoder_config=decoder))
+    decoder = hf.SamMaskDecoderConfig(hidden_size=64, mlp_dim=128, num_attention_heads=2, iou_head_hidden_dim=64)
+    prompts = hf.SamPromptEncoderConfig(hidden_size=64, image_size=256, patch_size=16)
+    sam = hf.SamModel(hf.SamConfig(vision_config=vision, prompt_encoder_config=prompts, mask_decoder_config=decoder))
     sam.save_pretrained(folder / "sam")
-    SamImageProcessor(
+    hf.SamImageProcessor(
         size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}, mask_size={"longest_edge": 64},
         mask_pad_size={"height": 64, "width": 64},
     ).save_pretrained(folder / "sam")  # fmt: skip
