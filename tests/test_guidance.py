@@ -4,7 +4,9 @@ import importlib
 import json
 import os
 import re
+import socket
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -32,8 +34,9 @@ from hf_masked_vl.guidance import (
     write_guidance,
 )
 from hf_masked_vl.guidance.cli import main as compute_guidance
+from hf_masked_vl.guidance.processes import ProcessSlot
 from hf_masked_vl.guidance.tokencut import affinity, connected_component
-from hf_masked_vl.guidance.writer import foreground_iou, patch_foreground
+from hf_masked_vl.guidance.writer import foreground_iou, patch_foreground, shard_prefix
 from hf_masked_vl.hub import save_checkpoint
 from hf_masked_vl.tokenization import build_image_processor
 
@@ -558,3 +561,91 @@ def test_a_mistake_leaves_the_folder_usable(tiny_dino_dir, small_demo, tmp_path)
         compute_guidance([*command, "--image_column", "imgae"])
     assert not (out / "stats" / "train-run.json").exists()
     assert compute_guidance(command).num_images == 4
+
+
+# ---- several processes (torchrun / accelerate launch) ----
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_rank(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """One process of a launched run: the environment torchrun gives it, then the command line. One thread: a forked
+    process must not use the parent's OpenMP pool (libgomp waits forever for its threads; DataLoader workers do the
+    same)."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    compute_guidance(argv)
+
+
+def launch_two_processes(argv: list[str], timeout: float = 120) -> None:
+    """`torchrun --nproc_per_node 2` without its start-up cost: two forked processes (the imports are done). A rank's
+    error is raised here; a run still going after `timeout` s is killed and fails the test."""
+    ranks = torch.multiprocessing.start_processes(
+        run_rank, (2, free_port(), argv), nprocs=2, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + timeout
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"two processes still running after {timeout} s")
+
+
+@pytest.fixture
+def one_thread():
+    """The run in this process uses one thread too, as the forked ranks do: the same kernels, the same maps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def maps_by_image(folder: Path) -> dict[bytes, np.ndarray]:
+    """Every written record's guidance map, keyed by its image bytes."""
+    table = datasets.load_dataset("parquet", data_files=str(folder / "train-*.parquet"), split="train")
+    table = table.cast_column("image", datasets.Image(decode=False))
+    return {row["image"]["bytes"]: np.asarray(row["guidance"], dtype=np.float32) for row in table}
+
+
+def test_max_samples_is_shared_out_between_the_processes():
+    assert [ProcessSlot(rank, 3).share(10) for rank in range(3)] == [4, 3, 3]
+    assert ProcessSlot(1, 3).share(None) is None and ProcessSlot().share(7) == 7
+    assert shard_prefix("train", ProcessSlot()) == "train"  # the names one process always wrote
+    assert shard_prefix("eval", ProcessSlot(3, 4)) == "eval-rank00003"
+
+
+def test_two_processes_write_what_one_writes_and_a_rank_resumes(tiny_dino_dir, small_demo, tmp_path, one_thread):
+    """Rank r maps its own files to `train-rank0000r-*` shards; together the same maps as one process; rank 0's final
+    record lists every shard; an interrupted rank redoes only its own unfinished shard."""
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def command(folder: Path) -> list[str]:  # two files of 32 records: one per process
+        return tokencut_command(
+            tiny_dino_dir, small_demo.train_files[:2], folder, "--shard_size", "24", "--batch_size", "8"
+        )
+
+    compute_guidance(command(one))
+    launch_two_processes(command(two))
+    single, double = maps_by_image(one), maps_by_image(two)
+    assert len(single) == 64 and single.keys() == double.keys()
+    assert all(np.array_equal(single[key], double[key]) for key in single)
+    names = [f"train-rank0000{rank}-0000{index}.parquet" for rank in (0, 1) for index in (0, 1)]
+    record = json.loads((two / "stats" / "train-shards.json").read_text())
+    assert [shard["name"] for shard in record["shards"]] == names == sorted(p.name for p in two.glob("*.parquet"))
+    assert [shard["num_records"] for shard in record["shards"]] == [24, 8, 24, 8] and record["num_images"] == 64
+    assert json.loads((two / "stats" / "train-run.json").read_text())["world_size"] == 2
+
+    last = two / names[-1]  # rank 1 stopped while writing its last shard
+    last.rename(two / f"{names[-1]}.tmp")
+    times = {name: (two / name).stat().st_mtime_ns for name in names[:-1]}
+    launch_two_processes(command(two))
+    assert {name: (two / name).stat().st_mtime_ns for name in names[:-1]} == times and last.exists()
+    assert not list(two.glob("*.tmp")) and maps_by_image(two).keys() == single.keys()
+    assert json.loads((two / "stats" / "train-shards.json").read_text()) == record
+    with pytest.raises(UsageError, match="world_size: 2 → None"):  # one process would split the input otherwise
+        compute_guidance(command(two))

@@ -314,7 +314,8 @@ def test_compute_guidance_sam_end_to_end_and_resume(tiny_sam_file, tiny_types, s
     summary = compute_guidance([*common, "--max_samples", "6"])
     printed = capsys.readouterr().out
     results = result_lines(printed)
-    assert list(results) == ["images", "skipped", "sam_iou", "sam_covered_share"]
+    assert list(results) == ["images", "skipped", "sam_images_per_s_per_process", "sam_iou", "sam_covered_share"]
+    assert float(results["sam_images_per_s_per_process"]) > 0
     assert results["images"] == "6" and 0.0 <= float(results["sam_iou"]) <= 1.0
     assert "32x32 label maps in 'segments'" in printed and "about 70-73%" in printed
     share = float(results["sam_covered_share"])

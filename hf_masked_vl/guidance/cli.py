@@ -7,14 +7,18 @@
     python scripts/compute_guidance.py --producer sam --sam_checkpoint sam_vit_h_4b8939.pth --sam_model_type vit_h \
         --dataset_name parquet --data_files "data/train-*.parquet" --output_dir guidance/sam   # segment-anything
     python scripts/compute_guidance.py --producer sam --backbone facebook/sam-vit-huge --output_dir guidance/sam
+    torchrun --nproc_per_node 8 scripts/compute_guidance.py --producer sam --dataset_name parquet \\
+        --data_files "data/train-*.parquet" --output_dir guidance/sam      # 8 processes (add --nnodes ... for more)
 
 Without `--dataset_name` / `--data_files` the embedded demo is used (`--split train`, or its labelled `eval` /
 `probe` splits). `--data_files` alone picks the builder from the extension (parquet, arrow, webdataset tar).
-Prints a summary and, last, `RESULT images=…`, `RESULT skipped=…` and, when the source carries the demo's
-`segments` ground truth, `RESULT <producer>_iou_at_half=…` (float maps) and `RESULT <producer>_iou=…` (foreground:
-map > 0); label producers (`sam`) end with `RESULT <producer>_covered_share=…` (pixels with label > 0). See
-`writer.py` for the output layout, resuming and the IoU rule, `producers.py` for the producers and their registry,
-`sam.py` for the SAM backends.
+Under `torchrun` / `accelerate launch` every process maps its own part of the input (`processes.py`; cuda:LOCAL_RANK
+by default), writes its own shards and resumes from them; rank 0 prints. Prints a summary and, last,
+`RESULT images=…`, `RESULT skipped=…`, `RESULT <producer>_images_per_s_per_process=…` (when any image was mapped in
+this run) and, when the source carries the demo's `segments` ground truth, `RESULT <producer>_iou_at_half=…` (float
+maps) and `RESULT <producer>_iou=…` (foreground: map > 0); label producers (`sam`) end with
+`RESULT <producer>_covered_share=…` (pixels with label > 0). See `writer.py` for the output layout, resuming and the
+IoU rule, `producers.py` for the producers and their registry, `sam.py` for the SAM backends.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from ..command_line import HelpFormatter
 from ..data.files import check_data_files, check_local_path, is_remote
 from ..data.streaming import load_stream
 from ..errors import ArgumentParser, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
+from ..training.processes import ends_its_process_group
+from .processes import ProcessSlot, join_launched_processes, local_rank
 from .producers import DEFAULT_GRID, PRODUCERS, available_producers, build_producer
 from .writer import GuidanceSummary, check_output_dir, write_guidance
 
@@ -161,20 +167,25 @@ def producer_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in spec.options if getattr(args, key, None) is not None}
 
 
-def choose_device(name: str | None) -> torch.device:
-    """`--device`, default cuda when available; a device that does not exist here is a `UsageError`."""
+def choose_device(name: str | None, process: ProcessSlot | None = None) -> torch.device:
+    """`--device`, default cuda when available; under several processes a cuda device without an index is the
+    process's own (`LOCAL_RANK`). A device that does not exist here is a `UsageError`."""
     with usage_errors(f"--device {name}: not a torch device", RuntimeError):
         device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is None and process is not None and process.is_distributed:
+        device = torch.device("cuda", local_rank())
     return device
 
 
+@ends_its_process_group
 def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     options = producer_options(args)
-    device = choose_device(args.device)
+    process = join_launched_processes()
+    device = choose_device(args.device, process)
     uses_demo = args.dataset_name is None and args.data_files is None
     source = None if uses_demo else checked_source(args)  # missing files fail before the backbone loads
     backbone = args.backbone or PRODUCERS[args.producer].default_backbone
@@ -188,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
     dataset, description = load_source(args, source)
     backbone = getattr(producer, "backbone_name", None) or backbone
     side = producer.map_size
-    print(f"{args.producer}: backbone {backbone}, {side}x{side} {producer.kind} maps in {producer.column!r}, {device}")
+    where = f"{device}, {process.world_size} processes" if process.is_distributed else str(device)
+    if process.is_main:
+        maps = f"{side}x{side} {producer.kind} maps in {producer.column!r}"
+        print(f"{args.producer}: backbone {backbone}, {maps}, {where}")
     summary = write_guidance(
         dataset,
         producer,
@@ -201,8 +215,10 @@ def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
         max_samples=args.max_samples,
         run_info=description,
         progress=not args.disable_tqdm,
+        process=process,
     )
-    print_summary(summary, args.producer)
+    if process.is_main:
+        print_summary(summary, args.producer)
     return summary
 
 
@@ -226,8 +242,12 @@ def print_summary(summary: GuidanceSummary, producer: str) -> None:
             f"covered: {100 * summary.covered_share:.1f}% of the pixels of {summary.num_images} label maps have a "
             f"label > 0{reference}"
         )
+    if summary.images_per_s_per_process is not None:
+        print(f"{summary.images_per_s_per_process:.2f} images/s per process (mean over the processes that mapped)")
     print(f"RESULT images={summary.num_images}")
     print(f"RESULT skipped={summary.num_skipped}")
+    if summary.images_per_s_per_process is not None:
+        print(f"RESULT {producer}_images_per_s_per_process={summary.images_per_s_per_process:.3f}")
     if summary.iou_at_half is not None:
         print(f"RESULT {producer}_iou_at_half={summary.iou_at_half:.4f}")
     if summary.iou is not None:

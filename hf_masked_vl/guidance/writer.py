@@ -11,7 +11,14 @@ Output layout (`output_dir`):
   `hf_masked_vl.data.maps.decode_float_map` / `decode_label_map` read the cells.
 * `stats/<split>-run.json`: what produced the shards (producer, backbone, grid, shard size, ...);
   `stats/<split>-00000.json`: per-shard counts, IoU sums and (label producers) covered / total pixels.
+* `stats/<split>-shards.json`: the final record, written last (atomically) by rank 0 once every rank is done: every
+  shard of every rank (name, rank, record and image counts) and the totals.
 * `overlays/<split>-<record>.png`: image | map heat | overlay, for the first `num_overlays` images.
+
+Under several processes (`torchrun`, `accelerate launch`; `processes.py`) rank r reads its own part of the source
+and writes `<split>-rank0000r-00000.parquet`, `stats/<split>-rank0000r-00000.json`, ... (`shard_prefix`), so no two
+ranks write the same file; below, "stream order" is the rank's own stream. The run record then holds `world_size`:
+a run with another number of processes is refused (its parts would differ). Rank 0 draws the overlays.
 
 Shard k holds the source records [k · shard_size, (k + 1) · shard_size) in stream order (records whose image
 cannot be decoded are skipped and counted, not written). Each shard is written to `<name>.tmp` and renamed when
@@ -39,6 +46,7 @@ import contextlib
 import itertools
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,6 +62,7 @@ from ..atomic import replacing, write_json_atomic
 from ..data.maps import decode_label_map
 from ..data.streaming import decode_image
 from ..errors import UsageError
+from .processes import ProcessSlot
 from .producers import GuidanceProducer
 
 OVERLAY_SIDE = 224
@@ -101,7 +110,9 @@ class GuidanceSummary:
 
     iou / iou_at_half: mean per-image IoU of map > 0 / map ≥ 0.5 against the ground truth (None without one;
     iou_at_half None for label maps). covered_share: label producers, the share of written pixels with label > 0
-    (None for float producers or when nothing was written)."""
+    (None for float producers or when nothing was written). images_per_s_per_process: maps computed per second of a
+    rank's shard loop (reading, mapping, writing; reused shards read but not mapped), the mean over the ranks that
+    mapped any (None when none did). Under several processes the shard lists hold every rank's shards."""
 
     output_dir: Path
     split: str
@@ -117,6 +128,7 @@ class GuidanceSummary:
     covered_share: float | None = None
     covered_pixels: int = 0
     map_pixels: int = 0
+    images_per_s_per_process: float | None = None
 
     def add_totals(self, totals: ShardStats, is_label: bool) -> None:
         """The counts and means of the shards' summed stats (`ShardStats`)."""
@@ -291,44 +303,49 @@ def _start_run(
     record: dict,
     image_column: str,
     log: Callable[[str], None],
+    process: ProcessSlot,
 ) -> None:
-    """Check the source and the folder, then write the run record and remove the unfinished shards of an interrupted
-    run (the folder is left as it was when a check fails)."""
+    """Check the source and the folder, then write the run record (rank 0, once every rank has checked it) and remove
+    this rank's unfinished shards of an interrupted run (the folder is left as it was when a check fails)."""
     split = record["split"]
     record_path = output_dir / "stats" / f"{split}-run.json"
     _check_image_column(dataset, image_column)
     _check_run_record(record_path, record)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record_path, record, sort_keys=True)  # only now: every check has passed
-    for stale in output_dir.glob(f"{split}-*.parquet.tmp"):
+    process.barrier()  # every rank has read the earlier record before rank 0 replaces it
+    if process.is_main:
+        write_json_atomic(record_path, record, sort_keys=True)  # only now: every check has passed
+    for stale in output_dir.glob(f"{shard_prefix(split, process)}-*.parquet.tmp"):
         log(f"removing the unfinished shard {stale.name} of an interrupted run")
         stale.unlink()
 
 
 class _ShardWriter:
-    """Maps, scores and writes the shards of one split, and draws the first `num_overlays` overlays (counting those
-    an earlier run drew)."""
+    """Maps, scores and writes the shards of one split (of one rank: every name starts with `prefix`, see
+    `shard_prefix`), and draws the first `num_overlays` overlays (counting those an earlier run drew)."""
 
     def __init__(
         self,
         producer: GuidanceProducer,
         output_dir: Path,
-        split: str,
+        prefix: str,
         columns: _SourceColumns,
         image_column: str,
         batch_size: int,
         num_overlays: int,
+        shard_size: int,
     ):
-        self.producer, self.output_dir, self.split, self.columns = producer, output_dir, split, columns
+        self.producer, self.output_dir, self.prefix, self.columns = producer, output_dir, prefix, columns
         self.image_column, self.batch_size, self.num_overlays = image_column, batch_size, num_overlays
+        self.shard_size = shard_size
         self.is_label = producer.kind == "label"
         self.overlay_dir = output_dir / "overlays"
         self.overlays: list[str] = []
-        self.overlays_done = len(list(self.overlay_dir.glob(f"{split}-*.png"))) if self.overlay_dir.exists() else 0
+        self.overlays_done = len(list(self.overlay_dir.glob(f"{prefix}-*.png"))) if self.overlay_dir.exists() else 0
 
     def paths(self, shard_index: int) -> tuple[Path, Path]:
         """(the shard's parquet file, its stats file)."""
-        name = f"{self.split}-{shard_index:05d}"
+        name = f"{self.prefix}-{shard_index:05d}"
         return self.output_dir / f"{name}.parquet", self.output_dir / "stats" / f"{name}.json"
 
     def reusable(self, shard_index: int, num_records: int) -> ShardStats | None:
@@ -400,11 +417,89 @@ class _ShardWriter:
         if self.overlays_done >= self.num_overlays:
             return
         self.overlay_dir.mkdir(parents=True, exist_ok=True)
-        overlay_path = self.overlay_dir / f"{self.split}-{index:06d}.png"
+        overlay_path = self.overlay_dir / f"{self.prefix}-{index:06d}.png"
         with replacing(overlay_path) as handle:  # a link planted there is replaced, not written through
             render_overlay(image, self.producer.heat(value)).save(handle, format="PNG")
         self.overlays.append(str(overlay_path))
         self.overlays_done += 1
+
+
+def shard_prefix(split: str, process: ProcessSlot) -> str:
+    """How a rank's shard, stats and overlay names start: `<split>` in a single-process run (the names earlier runs
+    wrote), `<split>-rank00003` for rank 3 of several, so no two ranks ever write the same file."""
+    return f"{split}-rank{process.rank:05d}" if process.is_distributed else split
+
+
+@dataclass
+class _RankRun:
+    """What one rank wrote: its shards in order (name, rank, record and image counts), which were written now and
+    which reused, its summed stats, overlays, and its rate (images mapped per second of its shard loop, None when it
+    mapped none)."""
+
+    shards: list[dict] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    totals: ShardStats = field(default_factory=ShardStats)
+    overlays: list[str] = field(default_factory=list)
+    images_per_s: float | None = None
+
+
+def _write_rank_shards(
+    writer: _ShardWriter, records: Iterator[dict], max_samples: int | None, rank: int, bar, log: Callable[[str], None]
+) -> _RankRun:
+    """Shard k of this rank holds its records [k · shard_size, (k + 1) · shard_size): reuse the complete ones, map
+    and write the others, until the records or `max_samples` run out."""
+    run, mapped, started = _RankRun(), 0, time.perf_counter()
+    for shard_index in itertools.count():
+        left = None if max_samples is None else max_samples - run.totals.num_records
+        take = writer.shard_size if left is None else min(writer.shard_size, left)
+        chunk = list(itertools.islice(records, take)) if take > 0 else []
+        if not chunk:
+            break
+        name = writer.paths(shard_index)[0].name
+        stats = writer.reusable(shard_index, len(chunk))
+        if stats is not None:
+            log(f"resume: {name} is already complete ({len(chunk)} records), skipped")
+            run.reused.append(name)
+            bar.update(len(chunk))
+        else:
+            stats = writer.write(shard_index, chunk, run.totals.num_records, bar)
+            run.written.append(name)
+            mapped += stats.num_images
+        run.shards.append(dict(name=name, rank=rank, num_records=stats.num_records, num_images=stats.num_images))
+        run.totals += stats
+    if mapped:
+        run.images_per_s = mapped / (time.perf_counter() - started)
+    run.overlays = writer.overlays
+    return run
+
+
+def _summarize(runs: list[_RankRun], output_dir: Path, split: str, is_label: bool) -> GuidanceSummary:
+    """The run's summary over every rank's shards (rank order); the rate is the mean of the ranks that mapped."""
+    summary, totals = GuidanceSummary(output_dir=output_dir, split=split), ShardStats()
+    for run in runs:
+        summary.shards_written += run.written
+        summary.shards_reused += run.reused
+        summary.overlays += run.overlays
+        totals += run.totals
+    summary.add_totals(totals, is_label)
+    rates = [run.images_per_s for run in runs if run.images_per_s is not None]
+    summary.images_per_s_per_process = sum(rates) / len(rates) if rates else None
+    return summary
+
+
+def _write_final_record(output_dir: Path, split: str, runs: list[_RankRun], summary: GuidanceSummary) -> None:
+    """`stats/<split>-shards.json`: every shard of every rank (rank order, then shard order) and the totals; written
+    atomically, so a reader sees the previous run's record or this one's."""
+    record = {
+        "split": split,
+        "world_size": len(runs),
+        "shards": [shard for run in runs for shard in run.shards],
+        "num_records": summary.num_records,
+        "num_images": summary.num_images,
+        "num_skipped": summary.num_skipped,
+    }
+    write_json_atomic(output_dir / "stats" / f"{split}-shards.json", record)
 
 
 def write_guidance(
@@ -421,45 +516,45 @@ def write_guidance(
     run_info: dict | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    process: ProcessSlot | None = None,
 ) -> GuidanceSummary:
     """Run `producer` over `dataset` (batched, under `torch.no_grad`) and write the shards, stats and overlays
     described in the module docstring. `max_samples` caps the number of source records read; `run_info` is added
-    to the run record (e.g. the dataset's name); `log` receives the progress messages (resumed shards, ...)."""
+    to the run record (e.g. the dataset's name); `log` receives the progress messages (resumed shards, ...).
+
+    `process` (default: a single-process run): under several processes every rank calls this with the whole
+    `dataset`, maps its own part (`ProcessSlot.split`; `max_samples` is shared out, `ProcessSlot.share`), writes its
+    own `shard_prefix` names and resumes from its own shards; rank 0 alone draws the overlays and writes the run and
+    final records. Every rank returns the summary of the whole run."""
     from tqdm.auto import tqdm
 
     if shard_size < 1 or batch_size < 1 or (max_samples is not None and max_samples < 1):
         raise UsageError(
             f"shard_size ({shard_size}), batch_size ({batch_size}) and max_samples ({max_samples}) must be positive"
         )
-    output_dir = Path(output_dir)
+    process, output_dir = process or ProcessSlot(), Path(output_dir)
     record = {**producer.describe(), "split": split, "shard_size": shard_size, "image_column": image_column}
-    _start_run(dataset, output_dir, {**record, "max_samples": max_samples, **(run_info or {})}, image_column, log)
+    if process.is_distributed:  # the ranks' parts, so their shards, depend on it (absent: one process, as before)
+        record["world_size"] = process.world_size
+    record.update(max_samples=max_samples, **(run_info or {}))
+    _start_run(dataset, output_dir, record, image_column, log, process)
     columns = _source_columns(dataset, producer, image_column, ground_truth_column, log)
-    writer = _ShardWriter(producer, output_dir, split, columns, image_column, batch_size, num_overlays)
-    summary, totals = GuidanceSummary(output_dir=output_dir, split=split), ShardStats()
-    records = iter(columns.records)
-    bar = tqdm(total=max_samples, unit="img", desc=f"{producer.name} {split}", disable=not progress)
-    for shard_index in itertools.count():
-        take = shard_size if max_samples is None else min(shard_size, max_samples - totals.num_records)
-        chunk = list(itertools.islice(records, take)) if take > 0 else []
-        if not chunk:
-            break
-        name = writer.paths(shard_index)[0].name
-        stats = writer.reusable(shard_index, len(chunk))
-        if stats is not None:
-            log(f"resume: {name} is already complete ({len(chunk)} records), skipped")
-            summary.shards_reused.append(name)
-            bar.update(len(chunk))
-        else:
-            stats = writer.write(shard_index, chunk, totals.num_records, bar)
-            summary.shards_written.append(name)
-        totals += stats
+    overlays = num_overlays if process.is_main else 0
+    writer = _ShardWriter(
+        producer, output_dir, shard_prefix(split, process), columns, image_column, batch_size, overlays, shard_size
+    )
+    rank_max = process.share(max_samples)
+    records = iter(process.split(columns.records))
+    bar = tqdm(total=rank_max, unit="img", desc=f"{producer.name} {split}", disable=not (progress and process.is_main))
+    run = _write_rank_shards(writer, records, rank_max, process.rank, bar, log)
     bar.close()
     close = getattr(records, "close", None)
     if close is not None:  # a stream left half read (max_samples) otherwise complains at interpreter exit
         close()
-    summary.overlays = writer.overlays
-    summary.add_totals(totals, is_label=producer.kind == "label")
+    runs = process.gather(run)  # also the barrier after which every rank's shards are complete
+    summary = _summarize(runs, output_dir, split, is_label=producer.kind == "label")
+    if process.is_main:
+        _write_final_record(output_dir, split, runs, summary)
     return summary
 
 
@@ -471,5 +566,6 @@ __all__ = [
     "foreground_iou",
     "patch_foreground",
     "render_overlay",
+    "shard_prefix",
     "write_guidance",
 ]
