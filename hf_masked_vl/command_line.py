@@ -121,6 +121,30 @@ def read_arguments_file(path: str) -> dict[str, Any]:
     return {key.removeprefix("--"): value for key, value in values.items()}
 
 
+def refuse_unknown(
+    parser: argparse.ArgumentParser, given: Sequence[str], where: str, owners: Mapping[str, str] | None = None
+) -> None:
+    """`given`: the flags and stray values that `parser.parse_known_args` left over; the first is a `UsageError`
+    naming the closest known flags, or (`owners`: flag → who has it) the method whose flag it is."""
+    known = [option for option in parser._option_string_actions if option.startswith("--") and "-" not in option[2:]]
+    for argument in given:
+        flag = argument.split("=", 1)[0]
+        if flag in parser._option_string_actions:
+            continue
+        if not argument.startswith("-"):
+            raise UsageError(f"unexpected argument {argument!r} {where} (every value follows its --flag)")
+        if owners and flag in owners:
+            raise UsageError(f"{flag} is a flag of --method {owners[flag]}, not one {where}")
+        raise UsageError(f"unknown flag {flag} {where}{did_you_mean(flag, known)}")
+
+
+def parse_known_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None, where: str) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, where a misspelt flag is one `UsageError` naming the closest known flags."""
+    args, unknown = parser.parse_known_args(argv)
+    refuse_unknown(parser, unknown, where)
+    return args
+
+
 def command_line(parser: argparse.ArgumentParser, flags: Mapping[str, Any], where: str = "") -> list[str]:
     """The command line of keyword arguments for `parser`: `{"max_steps": 20}` → `["--max_steps=20"]`.
 
@@ -160,6 +184,8 @@ __all__ = [
     "command_line",
     "inherited_help",
     "polish_parser",
+    "parse_known_flags",
     "read_arguments_file",
+    "refuse_unknown",
     "split_arguments_file",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .command_line import HelpFormatter
+from .command_line import HelpFormatter, parse_known_flags
 from .errors import ArgumentParser, UsageError, first_line
 from .hub import CardInfo, save_checkpoint
 from .models.configuration_aclip import AClipConfig
@@ -304,7 +304,7 @@ def build_parser() -> ArgumentParser:
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags, with those that do not apply to `--format` and an `--output_dir` holding files refused."""
-    args = build_parser().parse_args(argv)
+    args = parse_known_flags(build_parser(), argv, "for convert_checkpoint.py")
     if args.variant and args.format != "uta":
         raise UsageError(
             f"--variant {args.variant} names a published UTA model; it does not apply to --format {args.format}"

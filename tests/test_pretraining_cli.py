@@ -231,3 +231,35 @@ def test_output_dir_is_required(capsys):
     with warnings.catch_warnings():
         assert run_cli(main, ["--max_steps", "1"]) == 2
     assert "error: --output_dir is required" in capsys.readouterr().err
+
+
+def test_a_flag_of_another_method_names_its_method_and_no_prefix_is_taken(capsys):
+    for argv, expected in [
+        (["--method", "mae", "--simclr_temperature", "0.2"], "--simclr_temperature is a flag of --method a_clip"),
+        (["--method", "a_clip", "--guidance", "map"], "--guidance is a flag of --method attg_mae, mre_mae, uta"),
+        (["--learning_r", "0.1"], "unknown flag --learning_r for --method a_clip; did you mean --learning_rate"),
+        (["--method", "mae", "--guidance_temperature", "0.5"], "use --method attg_mae"),
+    ]:
+        assert run_cli(main, [*argv, "--dry_run"]) == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_max_train_samples_shortens_the_demo_run_too():
+    run = parse_run_arguments(["--max_train_samples", "640"])
+    assert run.training.max_steps == -1  # 3 passes over 640 records once the data is open, as on one's own data
+    args = training_args()
+    check_run_length(args, SimpleNamespace(records_per_epoch=640, label="demo"))
+    assert args.max_steps == math.ceil(3 * 640 / 64)
+
+
+def test_a_local_imagefolder_and_a_loaded_dataset_know_their_size(tmp_path):
+    from PIL import Image
+
+    from hf_masked_vl.data.streaming import declared_size, load_stream
+
+    for index in range(5):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{index}.png")
+    pattern = [str(tmp_path / "**")]
+    assert declared_size(None, "imagefolder", pattern, "train") == 5
+    loaded = load_stream("imagefolder", pattern, streaming=False)
+    assert declared_size(loaded, "imagefolder", None, "train") == 5

@@ -135,7 +135,7 @@ def test_argument_file_flags_win_too(capsys, tmp_path):
 
 def test_base_learning_rate_scales_with_the_effective_batch(capsys):
     flags = ["--method", "attg_mae", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4"]
-    for flag in ("--base_learning_rate", "--base-learning-rate", "--base_learn"):  # argparse's aliases and prefixes
+    for flag in ("--base_learning_rate", "--base-learning-rate"):  # both spellings (no prefixes: allow_abbrev=False)
         report = dry_run(capsys, *flags, flag, "1e-4")
         assert report["training_args"]["learning_rate"] == pytest.approx(1e-4 * 32 / 256)
     # the paper recipe splits its batch over the accumulation steps and keeps lr = base · 512 / 256

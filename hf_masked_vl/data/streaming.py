@@ -13,6 +13,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 
 from ..models.masking import DrawnInputs
@@ -35,6 +36,9 @@ from .sources import (
 
 logger = logging.getLogger(__name__)
 
+# what the `imagefolder` builder reads as an image (its own list)
+IMAGEFOLDER_EXTENSIONS = frozenset(ImageFolder.EXTENSIONS)
+
 DEFAULT_MAX_CAPTION_CHARS = 16384
 DEFAULT_ID_COLUMNS = ("__key__", "__url__")
 COLUMN_CHECK_RECORDS = 100  # without features, a column none of the first 100 records has is a ValueError
@@ -44,18 +48,23 @@ def declared_size(
     source: datasets.IterableDataset, dataset_name: str, data_files: str | list[str] | dict | None, split: str
 ) -> int | None:
     """The records of `split` that a dataset declares without being read: its split info (`dataset_infos`, a
-    dataset loaded without streaming), or the footers of local parquet files; None when unknown."""
+    dataset loaded without streaming), the footers of local parquet files, or the image files of a local
+    imagefolder; None when unknown."""
     splits = getattr(getattr(source, "info", None), "splits", None) or {}
     info = splits.get(split) if hasattr(splits, "get") else None
     if getattr(info, "num_examples", None):
         return info.num_examples
-    if dataset_name != "parquet":
+    if dataset_name not in ("parquet", "imagefolder"):
         return None
     try:
         files = local_data_files(expand_data_files(data_files), split)
     except (ValueError, FileNotFoundError):
         return None
-    return parquet_rows(files) if files else None
+    if not files:
+        return None
+    if dataset_name == "parquet":
+        return parquet_rows(files)
+    return sum(os.path.splitext(path)[1].lower() in IMAGEFOLDER_EXTENSIONS for path in files) or None
 
 
 def load_stream(
@@ -91,7 +100,9 @@ def load_stream(
         dataset_name, config_name, data_files=data_files, split=split, streaming=streaming, cache_dir=cache_dir
     )
     if not streaming:
-        dataset = dataset.to_iterable_dataset(num_shards=max(1, min(num_shards, len(dataset))))
+        size = len(dataset)
+        dataset = dataset.to_iterable_dataset(num_shards=max(1, min(num_shards, size)))
+        dataset.info.splits = datasets.SplitDict({split: datasets.SplitInfo(name=split, num_examples=size)})
     return dataset
 
 

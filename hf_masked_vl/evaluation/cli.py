@@ -32,7 +32,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..atomic import write_json_atomic
-from ..command_line import HelpFormatter
+from ..command_line import HelpFormatter, parse_known_flags
 from ..data.demo import ensure_demo_dataset, read_demo_dataset
 from ..data.files import check_data_files, check_local_path
 from ..errors import ArgumentParser, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
@@ -60,7 +60,7 @@ DEFAULT_TEST_SPLITS = ("test", "validation")  # the split scored without --test_
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    model.add_argument("--model", help="checkpoint folder or Hub id (required)")
     model.add_argument("--trust_remote_code", action="store_true", help="run code shipped with a foreign checkpoint")
     model.add_argument(
         "--dtype",
@@ -130,6 +130,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--demo_num_train", type=int, default=8192, help="as in run_pretraining (names the cache)")
     data.add_argument("--demo_dir", default=None, help="an existing demo dataset folder (overrides the two above)")
     add_hidden_alias(parser, "--split", "--test_split")
+    add_hidden_alias(parser, "--model_name_or_path", "--model")  # the other scripts' spelling
     add_hidden_alias(parser, "--max_samples", "--max_eval_samples")
 
 
@@ -251,7 +252,10 @@ def write_results(path: str, model: str, results: dict[str, EvaluationResult]) -
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Numbers that cannot work are a `UsageError` naming the flag, before any model or data is read."""
+    """A missing model, and numbers that cannot work, are a `UsageError` naming the flag, before any model or data
+    is read."""
+    if args.model is None:
+        raise UsageError("the following arguments are required: --model")
     minimums = {"batch_size": 1, "max_eval_samples": 1, "demo_num_train": 1, "knn_k": 1, "linear_max_iter": 1,
                 "finetune_steps": 1}  # fmt: skip
     check_minimums(args, {**minimums, "linear_weight_decay": 0.0})
@@ -277,7 +281,7 @@ def load_model(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool) -
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked before any model or data is read (a bad value is a `UsageError` naming its flag)."""
-    args = build_parser().parse_args(argv)
+    args = parse_known_flags(build_parser(), argv, "for evaluate.py")
     check_arguments(args)
     paper_probe_settings(args)  # a bad --linear_paper_* value fails before the model is read
     args.test_split = chosen_test_split(args)  # a dataset without a test split fails before the model is read

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..command_line import HelpFormatter
+from ..command_line import HelpFormatter, parse_known_flags
 from ..data.files import check_data_files, check_local_path, is_remote
 from ..data.streaming import load_stream
 from ..errors import ArgumentParser, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
@@ -181,7 +181,7 @@ def choose_device(name: str | None, process: ProcessSlot | None = None) -> torch
 
 @ends_its_process_group
 def main(argv: Sequence[str] | None = None) -> GuidanceSummary:
-    args = build_parser().parse_args(argv)
+    args = parse_known_flags(build_parser(), argv, "for compute_guidance.py")
     logging.basicConfig(level=logging.WARNING)
     options = producer_options(args)
     process = join_launched_processes()

@@ -75,6 +75,7 @@ class MAEMethod(AttGMAEMethod):
     citations = ("mae",)
     summary = "MAE: the baseline of AttG-MAE (plain pixel reconstruction, guidance='none')"
     paper_recipe = MAE
+    unsupported_options = {"guidance": ("none", "MAE is AttG-MAE without guidance: use --method attg_mae")}
 
     def __init__(self, model_args, data_args, training_args, config_overrides=None):
         overrides = dict(config_overrides or {})

@@ -42,7 +42,7 @@ from timm.data.mixup import mixup_target
 from transformers import CLIPImageProcessor, HfArgumentParser, set_seed
 
 from ..cards import hub_dataset_id
-from ..command_line import HelpFormatter, polish_parser
+from ..command_line import HelpFormatter, polish_parser, refuse_unknown
 from ..data.images import decode_image
 from ..errors import OneLineErrors, UsageError, add_hidden_alias, check_minimums, run_cli, usage_errors
 from ..evaluation.cli import chosen_test_split, load_splits
@@ -58,7 +58,6 @@ from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
 from .card import card_repo_id, training_data_text, training_hyperparameters
 from .outputs import save_final_folder, start_run
-from .parser import refuse_unknown
 from .recipes import explicit_destinations
 from .run import check_output_dir
 from .trainer import MaskedVLTrainer

@@ -27,13 +27,14 @@ from ..command_line import (
     command_line,
     polish_parser,
     read_arguments_file,
+    refuse_unknown,
     split_arguments_file,
 )
-from ..errors import OneLineErrors, UsageError, did_you_mean
+from ..errors import OneLineErrors, UsageError
 from ..methods import METHODS, Method, available_methods, get_method
 from ..methods.recipes import DEMO, choose_recipe
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
-from .config_flags import config_arguments_class
+from .config_flags import config_arguments_class, tunable_fields
 from .recipes import RecipeChoice, explicit_destinations, plan_recipe
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def flags_not_applying(method: type[Method]) -> dict[str, str]:
     reasons: dict[str, str] = {}
     config_class = method.config_class
     for option, (_, why) in method.unsupported_options.items():
-        owner = next(c for c in config_class.__mro__ if option in getattr(c, "__annotations__", {}))
+        owner = next(c for c in reversed(config_class.__mro__) if option in getattr(c, "__annotations__", {}))
         reasons.update(dict.fromkeys(_own_fields(owner), why))
     reasons.update(dict.fromkeys(method.unused_config_fields, "its objective does not read this config field"))
     if not method.uses_ema:
@@ -111,6 +112,7 @@ def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type | None]:
         f"flags):\n{methods}\n\nPresets (--preset):\n{_presets_text()}",
         formatter_class=HelpFormatter,
         usage="%(prog)s [--method NAME] [--config FILE] [--output_dir DIR] [--flag VALUE ...]",
+        allow_abbrev=False,  # `--guidance` is a flag or nothing, never a prefix of --guidance_column
     )
     add_config_flag(parser)
     polish_parser(parser, groups)
@@ -161,7 +163,7 @@ def parse_run_arguments(argv: list[str] | None = None) -> ParsedRun:
     file_values = read_arguments_file(file_name) if file_name else {}
     method = get_method(requested_method(argv, file_values))
     parser, config_arguments = build_parser(method)
-    refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}")
+    refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}", flag_owners(method))
     argv = command_line(parser, file_values, f"in the argument file {file_name}") + argv
     explicit = explicit_destinations(parser, argv)
     parsed = _parse(parser, argv, {})
@@ -192,6 +194,13 @@ def choose_preset(run: ParsedRun, on_demo: bool) -> None:
             f"--preset {run.model.preset}: the base size of {run.method.name} ({where}; pass --preset {DEMO_PRESET} "
             "for the demo's size)"
         )
+    if run.recipe.recipe.name == DEMO:
+        args = run.training
+        run.choices.append(
+            f"--recipe demo: the package's optimisation defaults (lr {args.learning_rate:g}, batch "
+            f"{args.per_device_train_batch_size} per device, weight decay {args.weight_decay:g}) where not passed; "
+            f"--recipe paper for {run.method.name}'s paper recipe"
+        )
 
 
 def _parse(parser: HfArgumentParser, argv: list[str], defaults: dict) -> tuple:
@@ -200,17 +209,18 @@ def _parse(parser: HfArgumentParser, argv: list[str], defaults: dict) -> tuple:
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def refuse_unknown(parser: HfArgumentParser, given: list[str], where: str) -> None:
-    """`given`: flags and stray values that `parser` left over."""
-    known = set(parser._option_string_actions)
-    suggested = [option for option in known if option.startswith("--") and "-" not in option[2:]]
-    for argument in given:
-        flag = argument.split("=", 1)[0]
-        if flag in known:
+def flag_owners(method: type[Method]) -> dict[str, str]:
+    """`--flag` → the methods whose flag it is, for the flags `method` does not have (`--simclr_temperature` of
+    `--method mae`: a_clip's)."""
+    owners: dict[str, list[str]] = {}
+    for other in METHODS.values():
+        if other is method or other.config_class is None:
             continue
-        if not argument.startswith("-"):
-            raise UsageError(f"unexpected argument {argument!r} {where} (every value follows its --flag)")
-        raise UsageError(f"unknown flag {flag} {where}{did_you_mean(flag, suggested)}")
+        hidden = flags_not_applying(other)
+        for field in tunable_fields(other.config_class):
+            if field.name not in hidden:
+                owners.setdefault(f"--{field.name}", []).append(other.name)
+    return {flag: ", ".join(names) for flag, names in owners.items()}
 
 
 def refuse_not_applying(method: type[Method], parser: HfArgumentParser, argv: list[str], parsed: tuple) -> None:
@@ -236,6 +246,6 @@ __all__ = [
     "flags_not_applying",
     "parse_run_arguments",
     "refuse_not_applying",
-    "refuse_unknown",
+    "flag_owners",
     "requested_method",
 ]

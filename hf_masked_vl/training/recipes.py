@@ -121,7 +121,8 @@ def plan_recipe(
 ) -> RecipeChoice:
     """The values `recipe` gives a run whose command line parsed to `training_args` with the flags `explicit`
     passed; also `--base_learning_rate` of the demo recipe (lr = base · B / 256), and the demo's length
-    (`DEMO_MAX_STEPS`) for the demo recipe on the demo data unless `--num_train_epochs` is passed."""
+    (`DEMO_MAX_STEPS`) for the demo recipe on the demo data unless `--num_train_epochs` or `--max_train_samples` is
+    passed (the run then lasts `--num_train_epochs` passes, as on one's own data)."""
     if {"learning_rate", "base_learning_rate"} <= explicit:
         raise UsageError(
             f"--learning_rate {training_args.learning_rate} and --base_learning_rate "
@@ -151,19 +152,25 @@ def plan_recipe(
         training["max_steps"] = epochs_to_steps(epochs, steps_per_epoch)
         warmup = recipe.warmup_epochs.value if recipe.warmup_epochs is not None else 0
         training["warmup_steps"] = epochs_to_steps(warmup, steps_per_epoch) if warmup else 0
-    elif on_demo_data and recipe.is_empty and "num_train_epochs" not in explicit:
+    elif on_demo_data and recipe.is_empty and not {"num_train_epochs", "max_train_samples"} & explicit:
         training["max_steps"] = DEMO_MAX_STEPS
     return RecipeChoice(recipe, explicit, training, recipe.config_values(epochs))
 
 
 def dry_run_json(
-    method: str, choice: RecipeChoice, training_args: TrainingArguments, config: PreTrainedConfig, overrides: Mapping
+    method: str,
+    choice: RecipeChoice,
+    training_args: TrainingArguments,
+    config: PreTrainedConfig,
+    overrides: Mapping,
+    arguments: Mapping[str, Any] | None = None,
 ) -> str:
-    """The one JSON object a dry run prints: method, recipe, training arguments, config, each recipe value's
-    source and the values that differ from the recipe."""
+    """The one JSON object a dry run prints: method, recipe, the other `arguments` (model, data), training
+    arguments, config, each recipe value's source and the values that differ from the recipe."""
     report = {
         "method": method,
         "recipe": choice.recipe.name,
+        **(arguments or {}),
         "training_args": training_args.to_dict(),
         "config": json.loads(config.to_json_string(use_diff=False)),
         "sources": choice.sources(),

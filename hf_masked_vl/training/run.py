@@ -64,7 +64,7 @@ from .outputs import (
 )
 from .parser import ParsedRun, build_parser, parse_run_arguments
 from .processes import ends_its_process_group
-from .recipes import RecipeChoice, dry_run_json
+from .recipes import dry_run_json
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -835,9 +835,13 @@ def print_results(result: RunResult, skipped: int, precision: str) -> None:
         print(f"RESULT chance={next(iter(result.results.values())).chance:.4f}")
 
 
-def print_dry_run(method: Method, recipe: RecipeChoice, overrides: dict) -> None:
-    """`--dry_run`: print the run's one JSON object (`training.recipes.dry_run_json`); builds no model."""
-    print(dry_run_json(method.name, recipe, method.training_args, method.planned_config(), overrides))
+def print_dry_run(method: Method, run: ParsedRun, overrides: dict) -> None:
+    """`--dry_run`: print the run's one JSON object (`training.recipes.dry_run_json`) with the model and data
+    arguments and what was chosen for the user; builds no model and reads no data (a length in epochs of one's own
+    data is `max_steps` -1: the run counts the records first)."""
+    arguments = {"model_args": dataclasses.asdict(run.model), "data_args": dataclasses.asdict(run.data)}
+    arguments["choices"] = run.choices
+    print(dry_run_json(method.name, run.recipe, method.training_args, method.planned_config(), overrides, arguments))
 
 
 def start_logging(run: ParsedRun) -> None:
@@ -859,7 +863,7 @@ def main(argv: list[str] | None = None) -> RunResult | None:
         config_overrides_from(run.config, method_class.config_class, model_args.config_overrides)
     )
     if training_args.dry_run:
-        return print_dry_run(method_class(model_args, data_args, training_args, overrides), recipe, overrides)
+        return print_dry_run(method_class(model_args, data_args, training_args, overrides), run, overrides)
     start_logging(run)
     set_seed(training_args.seed)
 
