@@ -13,6 +13,8 @@ on this machine, now (so on a shared CPU the probe sees the same contention as t
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,29 +97,35 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _fastest_matmul(a: torch.Tensor, b: torch.Tensor, calls: int, seconds: float = 0.0) -> float:
+    """The shortest of `calls` timed products `a @ b` (more while `seconds` last)."""
+    best, deadline = math.inf, time.perf_counter() + seconds
+    for call in itertools.count():
+        if call >= calls and time.perf_counter() >= deadline:
+            return best
+        _synchronize(a.device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(a.device)
+        best = min(best, time.perf_counter() - start)
+
+
 def probe_matmul_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 0.5, max_size: int = 2048
 ) -> PeakFlops:
     """The best FLOP/s of a square `size`² matmul in `dtype` on `device`, timed for about `seconds`. The size doubles
-    from 256 until one product takes 20 ms or `max_size` is reached, so a dtype that runs slowly here (bf16 on an
-    AVX2-only CPU, ~300× slower than fp32) still finishes in about `seconds`."""
+    from 256 up to `max_size` until the fastest of three products takes 20 ms at 1024² or more (below that a shared
+    machine's scheduling dominates), or 0.1 s at any size: so a dtype that runs slowly here (bf16 on an AVX2-only
+    CPU, ~300× slower than fp32) still finishes in about `seconds`."""
     device = torch.device(device)
     size = 256
     while True:
         a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
-        _synchronize(device)
-        start = time.perf_counter()
-        a @ b  # also the warm-up
-        _synchronize(device)
-        if time.perf_counter() - start >= 0.02 or size >= max_size:
+        fastest = _fastest_matmul(a, b, calls=3)
+        if size >= max_size or fastest >= 0.1 or (fastest >= 0.02 and size >= 1024):
             break
         size *= 2
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        a @ b
-        _synchronize(device)
-        best = min(best, time.perf_counter() - start)
+    best = _fastest_matmul(a, b, calls=1, seconds=seconds)
     name = str(dtype).removeprefix("torch.")
     return PeakFlops(2 * size**3 / max(best, 1e-12), f"best {size}² {name} matmul on {device.type}, timed now")
 
