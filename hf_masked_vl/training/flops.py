@@ -149,4 +149,19 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32, s
     return probe_matmul_flops(device, dtype, seconds)
 
 
-__all__ = ["DENSE_BF16_TFLOPS", "PeakFlops", "count_flops", "flop_counter", "peak_flops", "probe_matmul_flops"]
+@functools.cache
+def peak_flops_once(device: str, dtype: torch.dtype) -> PeakFlops:
+    """`peak_flops` measured once per process with a short (0.25 s) probe: for a training run's closing `RESULT mfu=`
+    line, so that a process running many short runs (a test session) pays for it once."""
+    return peak_flops(device, dtype, seconds=0.25)
+
+
+__all__ = [
+    "DENSE_BF16_TFLOPS",
+    "PeakFlops",
+    "count_flops",
+    "flop_counter",
+    "peak_flops",
+    "peak_flops_once",
+    "probe_matmul_flops",
+]
