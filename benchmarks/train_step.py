@@ -562,7 +562,7 @@ def main() -> None:
     suite = BENCHMARKS[args.method](args, device, precision)
     steps = {name: efficient_attention(step, device, args.sdpa_any_kernel) for name, step in suite.steps.items()}
     flops = {name: count_flops(step) for name, step in steps.items()}
-    report, owned = {}, dict(suite.owned)
+    report, owned, compile_start = {}, dict(suite.owned), CompileStats.now()
     if args.compile:
         compiled, report = compiled_suite(args, device, precision)
         steps |= {
@@ -586,6 +586,9 @@ def main() -> None:
     for note in suite.notes:
         print(note)
     lines = compile_results(suite, times, report, flops, peak) if args.compile else []
+    if args.compile:  # more graphs than the first calls compiled: recompilations while timing
+        first_calls = sum(stats.graphs for _, stats in report.values())
+        print(f"torch.compile over the whole run: {CompileStats.now() - compile_start} ({first_calls} in first calls)")
     eager_rows = [(name, times[name]) for name in suite.steps]
     lines = [*method_results(args.method, eager_rows, flops, memory, images), *lines]
     for line in [*lines, *mfu_results(suite, times, flops, peak, args.compile)]:
