@@ -14,6 +14,17 @@ models hold; on the CPU the tensors the step owns before it starts (weights, opt
 peak of the allocations made during the step (`torch.profiler`, `profile_memory=True`). Prints a table, then
 `RESULT` lines last.
 
+MFU: each step's FLOP/s over the peak of its precision, measured in the same run (`training.flops.peak_flops`: on
+the CPU a square matmul timed in fp32 or bf16 after the steps; on CUDA the card's dense bf16 peak), one
+`RESULT mfu_<step>=…` per step and `RESULT mfu=…` for the method's own step. On CUDA the steps run with bf16 autocast
+(`--dtype auto`), fused AdamW, and attention restricted to SDPA's flash, memory-efficient and cuDNN kernels (a step
+that would fall back to the math kernel fails, naming it; `--sdpa_any_kernel` lifts that).
+
+`--compile` also builds every step with its model under `torch.compile` (as `--torch_compile` does in training: the
+model's forward and backward; the EMA forward and update stay eager) and times both in the same run: a second table
+gives compile time, graph breaks, compiled / eager step time and both MFUs, and for the method's own step
+`RESULT compiled_over_eager_step_time=…` and `RESULT mfu_compiled=…`.
+
 - a_clip: everything the trainer does per optimizer step — the EMA forward on the EMA view (CLS attention of every
   layer, BYOL targets), the attentive keep sets, the online forward on two masked views with CLIP + SimCLR + BYOL
   losses, backward, AdamW, the logit-scale clamp and the EMA update — against transformers' `CLIPModel` (full
@@ -49,8 +60,9 @@ from hf_masked_vl.methods.a_clip import AClipObjective
 from hf_masked_vl.methods.mre import DINOObjective
 from hf_masked_vl.models import MREViTConfig, MREViTForDINO, MREViTForMAE
 from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
+from hf_masked_vl.training.compile_stats import CompileStats
 from hf_masked_vl.training.ema import EMACallback
-from hf_masked_vl.training.flops import count_flops
+from hf_masked_vl.training.flops import PeakFlops, count_flops, peak_flops
 
 
 @dataclass
@@ -63,6 +75,17 @@ class Suite:
     notes: list[str] = field(default_factory=list)
     owned: dict[str, list] = field(default_factory=dict)
     images_per_step: int | None = None  # default: --batch_size
+    keys: list[str] = field(default_factory=list)  # per step, in order: its name in `RESULT mfu_<key>=…`
+    headline: str = ""  # the key of the method's own step (`RESULT mfu=…`)
+
+
+def forward_module(model: Callable, args) -> Callable:
+    """What a step calls: `model` (a module or a method), or on `--compile`'s compiled pass (`args.compiled`)
+    `torch.compile(model)`, as the Trainer's `--torch_compile` wraps the model (parameters, EMA and optimizer stay on
+    the module itself)."""
+    if not getattr(args, "compiled", False):
+        return model
+    return torch.compile(model, backend=args.compile_backend, mode=args.compile_mode)
 
 
 def _tensors(thing) -> list[torch.Tensor]:
@@ -152,39 +175,41 @@ def synthetic_batch(config: AClipConfig, batch_size: int, device: torch.device) 
     }
 
 
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one call of `step` (CUDA synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def time_interleaved(steps_by_name: dict, steps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
     """Warm every step up, then time them round-robin so that drift on a shared machine hits all alike."""
-
-    def timed(step) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     for step in steps_by_name.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(steps):
         for name, step in steps_by_name.items():
-            times[name].append(timed(step))
+            times[name].append(timed(step, device))
     return times
 
 
-def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision):
+def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision, args):
     model = AClipModel(config).to(device).train()
     ema = EMACallback(momentum=0.996, model=model)
     objective = AClipObjective(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    forward = forward_module(model, args)
 
     def step():
         with autocast(precision, device):
             with torch.no_grad():
-                inputs = objective.prepare(batch, model, ema.ema_model)
-            loss = model(**inputs).loss
+                inputs = objective.prepare(batch, forward, ema.ema_model)
+            loss = forward(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -195,14 +220,15 @@ def aclip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precis
     return step
 
 
-def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision):
+def clip_step_fn(config: AClipConfig, batch: dict, device: torch.device, precision, args):
     model = matching_clip(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the Trainer's default optimizer
     pixel_values = batch["pixel_values"][:, 0]
+    forward = forward_module(model, args)
 
     def step():
         with autocast(precision, device):
-            loss = model(
+            loss = forward(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 pixel_values=pixel_values,
@@ -221,14 +247,19 @@ def aclip_benchmark(args, device, precision) -> Suite:
     config = AClipConfig.from_preset(preset)
     batch = synthetic_batch(config, args.batch_size, device)
     steps = {
-        "CLIP (transformers CLIPModel, full tokens)": clip_step_fn(config, batch, device, precision),
+        "CLIP (transformers CLIPModel, full tokens)": clip_step_fn(config, batch, device, precision, args),
         "A-CLIP attentive, CLIP loss only": aclip_step_fn(
-            AClipConfig.from_preset(preset, simclr_loss_weight=0.0, byol_loss_weight=0.0), batch, device, precision
-        ),
-        "A-CLIP attentive + SimCLR + BYOL": aclip_step_fn(config, batch, device, precision),
+            AClipConfig.from_preset(preset, simclr_loss_weight=0.0, byol_loss_weight=0.0),
+            batch,
+            device,
+            precision,
+            args,
+        ),  # fmt: skip
+        "A-CLIP attentive + SimCLR + BYOL": aclip_step_fn(config, batch, device, precision, args),
     }
     notes = ["paper (microsoft/A-CLIP README, 8x A100): CLIP 1.00, A-CLIP 1.16"]
-    return Suite(steps, preset, notes, {name: step.owned for name, step in steps.items()})
+    owned = {name: step.owned for name, step in steps.items()}
+    return Suite(steps, preset, notes, owned, keys=["clip", "aclip_clip_loss_only", "aclip"], headline="aclip")
 
 
 def attg_benchmark(args, device, precision) -> Suite:
@@ -244,10 +275,11 @@ def attg_benchmark(args, device, precision) -> Suite:
 
     def step_fn(model, inputs):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+        forward = forward_module(model, args)
 
         def step():
             with autocast(precision, device):
-                loss = model(pixel_values=pixels, noise=noise, **inputs).loss
+                loss = forward(pixel_values=pixels, noise=noise, **inputs).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -259,7 +291,8 @@ def attg_benchmark(args, device, precision) -> Suite:
         "MAE (transformers ViTMAEForPreTraining)": step_fn(vit_mae, {}),
         "AttG-MAE (guided loss, same weights and masks)": step_fn(attg, {"guidance": guidance}),
     }
-    return Suite(steps, preset, [], {name: step.owned for name, step in steps.items()})
+    owned = {name: step.owned for name, step in steps.items()}
+    return Suite(steps, preset, [], owned, keys=["vitmae", "attg"], headline="attg")
 
 
 def rectangle_labels(batch_size: int, grid: int, num_rectangles: int = 5, seed: int = 0) -> torch.Tensor:
@@ -290,10 +323,11 @@ def mre_mae_benchmark(args, device, precision) -> Suite:
 
     def step_fn(model, token_labels):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+        forward = forward_module(model, args)
 
         def step():
             with autocast(precision, device):
-                loss = model(pixel_values=pixels, noise=noise, token_labels=token_labels).loss
+                loss = forward(pixel_values=pixels, noise=noise, token_labels=token_labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -303,10 +337,11 @@ def mre_mae_benchmark(args, device, precision) -> Suite:
 
     def encoder_fn(model, token_labels):
         keep = torch.argsort(noise, dim=1)[:, : config.num_kept_patches]
+        encode = forward_module(model.encode, args)
 
         def step():
             with autocast(precision, device):
-                hidden = model.encode(pixels, token_labels, keep).last_hidden_state
+                hidden = encode(pixels, token_labels, keep).last_hidden_state
             hidden.float().square().mean().backward()
             model.zero_grad(set_to_none=True)
 
@@ -324,7 +359,9 @@ def mre_mae_benchmark(args, device, precision) -> Suite:
         f"{config.num_kept_patches} of {patches} patches visible; decoder {config.decoder_hidden_size} wide, "
         f"{config.decoder_num_hidden_layers} deep (no bias)"
     ]
-    return Suite(steps, preset, notes, {name: step.owned for name, step in steps.items()})
+    owned = {name: step.owned for name, step in steps.items()}
+    keys = ["plain", "bias", "encoder_plain", "encoder_bias"]
+    return Suite(steps, preset, notes, owned, keys=keys, headline="bias")
 
 
 def dino_benchmark(args, device, precision) -> Suite:
@@ -343,11 +380,13 @@ def dino_benchmark(args, device, precision) -> Suite:
                                           generator=generator).to(device),
     }  # fmt: skip
 
+    forward = forward_module(model, args)
+
     def step():
         with autocast(precision, device):
             with torch.no_grad():
-                inputs = objective.prepare(batch, model, ema.ema_model)
-            loss = model(**inputs).loss
+                inputs = objective.prepare(batch, forward, ema.ema_model)
+            loss = forward(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)  # DINO's clip_grad
         optimizer.step()
@@ -359,7 +398,8 @@ def dino_benchmark(args, device, precision) -> Suite:
     notes = [f"DINO head: {config.dino_hidden_dim} hidden, {config.dino_bottleneck_dim} bottleneck, "
              f"{config.dino_out_dim} prototypes; an image = its {config.num_global_crops + config.num_local_crops} "
              "crops"]  # fmt: skip
-    return Suite({name: step}, preset, notes, {name: [model, ema.ema_model, optimizer, batch]})
+    owned = {name: [model, ema.ema_model, optimizer, batch]}
+    return Suite({name: step}, preset, notes, owned, keys=["dino"], headline="dino")
 
 
 BENCHMARKS = {
@@ -371,7 +411,132 @@ BENCHMARKS = {
 RESULT_KEYS = {"a_clip": ("aclip", "clip"), "attg_mae": ("attg", "vitmae")}
 
 
-def main() -> None:
+COMPILED = " [compiled]"
+
+
+def compiled_suite(args, device, precision) -> tuple[Suite, dict[str, tuple[float, CompileStats]]]:
+    """The suite built again with its models under `torch.compile` (`forward_module`), each step run once here, which
+    compiles it: per step name (suffixed `COMPILED`) the seconds of that first call and what dynamo did in it."""
+    args.compiled = True
+    try:
+        suite = BENCHMARKS[args.method](args, device, precision)
+    finally:
+        args.compiled = False
+    suite.steps = {name + COMPILED: step for name, step in suite.steps.items()}
+    suite.owned = {name + COMPILED: owned for name, owned in suite.owned.items()}
+    report = {}
+    for name, step in suite.steps.items():
+        before = CompileStats.now()
+        seconds = timed(efficient_attention(step, device, args.sdpa_any_kernel), device)
+        report[name] = (seconds, CompileStats.now() - before)
+    return suite, report
+
+
+def efficient_attention(step: Callable[[], None], device: torch.device, any_kernel: bool) -> Callable[[], None]:
+    """On CUDA (unless `any_kernel`): `step` with SDPA limited to the flash, memory-efficient and cuDNN kernels, so a
+    step whose attention (e.g. MRE's float bias) would fall back to the slow math kernel fails instead."""
+    if device.type != "cuda" or any_kernel:
+        return step
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+    def restricted() -> None:
+        with sdpa_kernel(backends):
+            step()
+
+    return restricted
+
+
+def print_table(header: str, rows: list[tuple[str, float]], flops, memory, images: int, peak: PeakFlops) -> None:
+    print(header)
+    print(
+        f"| {'step':<59} | {'ms / step':>10} | {'img / s':>8} | {'GFLOP / step':>12} | {'time vs base':>12} | "
+        f"{'MFU':>6} | {'peak MiB':>9} |"
+    )
+    print(f"| {'-' * 59} | {'-' * 10} | {'-' * 8} | {'-' * 12} | {'-' * 12} | {'-' * 6} | {'-' * 9} |")
+    base_time = rows[0][1]
+    for name, seconds in rows:
+        peak_mib = f"{memory[name] / 2**20:>9.0f}" if name in memory else f"{'-':>9}"
+        print(
+            f"| {name:<59} | {seconds * 1e3:>10.1f} | {images / seconds:>8.1f} | {flops[name] / 1e9:>12.1f} | "
+            f"{seconds / base_time:>12.3f} | {peak.mfu(flops[name] / seconds):>6.1%} | {peak_mib} |"
+        )
+    print(f"MFU: achieved FLOP/s over the peak of this precision here, {peak}")
+
+
+def method_results(method: str, rows: list[tuple[str, float]], flops, memory, images: int) -> list[str]:
+    """The method's own `RESULT key=value` lines (eager steps)."""
+    if method == "mre_mae":
+        (plain, plain_time), (biased, biased_time) = rows[0], rows[1]
+        (enc_plain, enc_plain_time), (enc_biased, enc_biased_time) = rows[2], rows[3]
+        lines = [
+            f"plain_step_ms={plain_time * 1e3:.1f}",
+            f"bias_step_ms={biased_time * 1e3:.1f}",
+            f"bias_encoder_time_ratio={enc_biased_time / enc_plain_time:.3f}",
+            f"bias_flops_ratio={flops[biased] / flops[plain]:.4f}",
+        ]
+        if memory:
+            lines.append(f"bias_encoder_peak_memory_ratio={memory[enc_biased] / memory[enc_plain]:.3f}")
+            lines.append(f"bias_peak_memory_ratio={memory[biased] / memory[plain]:.3f}")
+        return [*lines, f"bias_step_time_ratio={biased_time / plain_time:.3f}"]
+    if method == "dino":
+        name, seconds = rows[0]
+        lines = [f"dino_peak_memory_mib={memory[name] / 2**20:.0f}"] if memory else []
+        return [
+            *lines,
+            f"dino_step_ms={seconds * 1e3:.1f}",
+            f"dino_images_per_s={images / seconds:.2f}",
+            f"dino_gflops_per_image={flops[name] / 1e9 / images:.2f}",
+        ]
+    ours, peer = RESULT_KEYS[method]
+    (base_name, base_time), (name, seconds) = rows[0], rows[-1]
+    return [
+        f"{peer}_step_ms={base_time * 1e3:.1f}",
+        f"{ours}_step_ms={seconds * 1e3:.1f}",
+        f"{ours}_over_{peer}_flops={flops[name] / flops[base_name]:.4f}",
+        f"{ours}_over_{peer}_step_time={seconds / base_time:.3f}",
+    ]
+
+
+def compile_results(suite: Suite, times: dict[str, float], report, flops, peak: PeakFlops) -> list[str]:
+    """Print eager against compiled per step; the `RESULT` lines of the method's own step."""
+    print(f"| {'step':<48} | {'compile s':>9} | {'graph breaks':>12} | {'eager ms':>9} | {'compiled ms':>11} | "
+          f"{'compiled / eager':>16} | {'MFU eager':>9} | {'MFU compiled':>12} |")  # fmt: skip
+    print(f"| {'-' * 48} | {'-' * 9} | {'-' * 12} | {'-' * 9} | {'-' * 11} | {'-' * 16} | {'-' * 9} | {'-' * 12} |")
+    lines = []
+    for name, key in zip(suite.steps, suite.keys):
+        eager, compiled = times[name], times[name + COMPILED]
+        first_call, stats = report[name + COMPILED]
+        ratio, mfu_eager, mfu_compiled = (
+            compiled / eager,
+            peak.mfu(flops[name] / eager),
+            peak.mfu(flops[name] / compiled),
+        )
+        print(f"| {name[:48]:<48} | {first_call:>9.1f} | {stats.graph_break_count:>12} | {eager * 1e3:>9.1f} | "
+              f"{compiled * 1e3:>11.1f} | {ratio:>16.3f} | {mfu_eager:>9.1%} | {mfu_compiled:>12.1%} |")  # fmt: skip
+        if stats.graph_break_count:
+            print(f"  {name}: {stats}")
+        if key == suite.headline:
+            lines += [f"graph_breaks={stats.graph_break_count}", f"compiled_over_eager_step_time={ratio:.3f}"]
+    return lines
+
+
+def mfu_results(suite: Suite, times: dict[str, float], flops, peak: PeakFlops, compiled: bool) -> list[str]:
+    """`mfu_<key>=…` per step (and per compiled step), then `mfu_compiled=…` and the headline `mfu=…`."""
+    lines, headline = [], {}
+    for name, key in zip(suite.steps, suite.keys):
+        for suffix, timed_name in [("", name), ("_compiled", name + COMPILED)][: 2 if compiled else 1]:
+            share = peak.mfu(flops[name] / times[timed_name])
+            lines.append(f"mfu_{key}{suffix}={share:.4f}")
+            if key == suite.headline:
+                headline[suffix] = share
+    if compiled:
+        lines.append(f"mfu_compiled={headline['_compiled']:.4f}")
+    return [*lines, f"mfu={headline['']:.4f}"]
+
+
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="a_clip", choices=list(BENCHMARKS))
     parser.add_argument("--preset", default=None, help="size preset (default vit-b-16; mre_mae and dino: vit-s-16)")
@@ -381,63 +546,53 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 only where it is fast")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory step")
-    args = parser.parse_args()
+    parser.add_argument("--compile", action="store_true", help="also time every step under torch.compile")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend (default: inductor)")
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode (default: torch's)")
+    parser.add_argument("--sdpa_any_kernel", action="store_true", help="CUDA: allow SDPA's math kernel too")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     device = torch.device(args.device)
     precision = choose_precision(args.dtype, device)
     torch.manual_seed(0)
 
     suite = BENCHMARKS[args.method](args, device, precision)
-    steps = suite.steps
+    steps = {name: efficient_attention(step, device, args.sdpa_any_kernel) for name, step in suite.steps.items()}
     flops = {name: count_flops(step) for name, step in steps.items()}
-    times = time_interleaved(steps, args.steps, args.warmup, device)
+    report, owned, compile_start = {}, dict(suite.owned), CompileStats.now()
+    if args.compile:
+        compiled, report = compiled_suite(args, device, precision)
+        steps |= {
+            name: efficient_attention(step, device, args.sdpa_any_kernel) for name, step in compiled.steps.items()
+        }
+        flops |= {name + COMPILED: flops[name] for name in suite.steps}  # the same model FLOPs
+        owned |= compiled.owned
+    times = {
+        name: statistics.median(values)
+        for name, values in time_interleaved(steps, args.steps, args.warmup, device).items()
+    }
+    peak = peak_flops(device, precision.dtype)  # right after the steps, under the same load
     memory = {}
     if not args.no_memory:
-        memory = {name: step_peak_bytes(step, suite.owned.get(name, []), device) for name, step in steps.items()}
-    rows = [(name, statistics.median(values)) for name, values in times.items()]
-    base_name, base_time = rows[0]
+        memory = {name: step_peak_bytes(step, owned.get(name, []), device) for name, step in steps.items()}
     images = suite.images_per_step or args.batch_size
-    print(
+    header = (
         f"device={device} precision={precision} preset={suite.preset} batch={args.batch_size} timed steps={args.steps}"
     )
-    print(
-        f"| {'step':<48} | {'ms / step':>10} | {'img / s':>8} | {'GFLOP / step':>12} | {'time vs base':>12} | "
-        f"{'peak MiB':>9} |"
-    )
-    print(f"| {'-' * 48} | {'-' * 10} | {'-' * 8} | {'-' * 12} | {'-' * 12} | {'-' * 9} |")
-    for name, seconds in rows:
-        peak = f"{memory[name] / 2**20:>9.0f}" if name in memory else f"{'-':>9}"
-        print(
-            f"| {name:<48} | {seconds * 1e3:>10.1f} | {images / seconds:>8.1f} | "
-            f"{flops[name] / 1e9:>12.1f} | {seconds / base_time:>12.3f} | {peak} |"
-        )
+    print_table(header, list(times.items()), flops, memory, images, peak)
     for note in suite.notes:
         print(note)
-    if args.method == "mre_mae":
-        (plain, plain_time), (biased, biased_time) = rows[0], rows[1]
-        (enc_plain, enc_plain_time), (enc_biased, enc_biased_time) = rows[2], rows[3]
-        print(f"RESULT plain_step_ms={plain_time * 1e3:.1f}")
-        print(f"RESULT bias_step_ms={biased_time * 1e3:.1f}")
-        print(f"RESULT bias_encoder_time_ratio={enc_biased_time / enc_plain_time:.3f}")
-        print(f"RESULT bias_flops_ratio={flops[biased] / flops[plain]:.4f}")
-        if memory:
-            print(f"RESULT bias_encoder_peak_memory_ratio={memory[enc_biased] / memory[enc_plain]:.3f}")
-            print(f"RESULT bias_peak_memory_ratio={memory[biased] / memory[plain]:.3f}")
-        print(f"RESULT bias_step_time_ratio={biased_time / plain_time:.3f}")
-        return
-    if args.method == "dino":
-        name, seconds = rows[0]
-        if memory:
-            print(f"RESULT dino_peak_memory_mib={memory[name] / 2**20:.0f}")
-        print(f"RESULT dino_step_ms={seconds * 1e3:.1f}")
-        print(f"RESULT dino_images_per_s={images / seconds:.2f}")
-        print(f"RESULT dino_gflops_per_image={flops[name] / 1e9 / images:.2f}")
-        return
-    ours, peer = RESULT_KEYS[args.method]
-    name, seconds = rows[-1]
-    print(f"RESULT {peer}_step_ms={base_time * 1e3:.1f}")
-    print(f"RESULT {ours}_step_ms={seconds * 1e3:.1f}")
-    print(f"RESULT {ours}_over_{peer}_flops={flops[name] / flops[base_name]:.4f}")
-    print(f"RESULT {ours}_over_{peer}_step_time={seconds / base_time:.3f}")
+    lines = compile_results(suite, times, report, flops, peak) if args.compile else []
+    if args.compile:  # more graphs than the first calls compiled: recompilations while timing
+        first_calls = sum(stats.graphs for _, stats in report.values())
+        print(f"torch.compile over the whole run: {CompileStats.now() - compile_start} ({first_calls} in first calls)")
+    eager_rows = [(name, times[name]) for name in suite.steps]
+    lines = [*method_results(args.method, eager_rows, flops, memory, images), *lines]
+    for line in [*lines, *mfu_results(suite, times, flops, peak, args.compile)]:
+        print(f"RESULT {line}")
 
 
 if __name__ == "__main__":

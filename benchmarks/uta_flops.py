@@ -7,7 +7,9 @@ A student step is forward + backward of the EVA-02 B/14 student on CLS + kept pa
 given teacher tokens (the frozen teacher's own forward is excluded, as in the paper's comparison with full-token
 feature distillation at ratio 0). FLOPs come from `torch.utils.flop_counter.FlopCounterMode`; step times are
 medians in the precision `--dtype` picks (auto: bf16 only where the hardware runs it fast). Prints a table and
-`RESULT flops_ratio_r04=…`, `…_r05`, `…_r07` (paper: 0.6, 0.5, 0.3).
+`RESULT flops_ratio_r04=…`, `…_r05`, `…_r07` (paper: 0.6, 0.5, 0.3). MFU: each ratio's FLOP/s over the peak of
+that precision measured in the same run (`training.flops.peak_flops`: a matmul probe on the CPU, the card's dense
+bf16 peak on CUDA), as `RESULT mfu_r00=…` … and `RESULT mfu=…` (ratio 0.5, the paper's default).
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from hf_masked_vl.masking import mask_rng, mask_to_keep_indices, num_kept, rever
 from hf_masked_vl.models.losses import token_alignment_loss
 from hf_masked_vl.models.modeling_masked_vit import MaskedViTModel, gather_tokens
 from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
-from hf_masked_vl.training.flops import flop_counter
+from hf_masked_vl.training.flops import flop_counter, peak_flops
 
 PAPER = {0.0: 1.0, 0.4: 0.6, 0.5: 0.5, 0.7: 0.3}
+HEADLINE_RATIO = 0.5  # UTA's default mask ratio: the `RESULT mfu=` line
+
+
+def ratio_key(ratio: float) -> str:
+    return f"r{int(round(ratio * 10)):02d}"
 
 
 def keep_indices(grid: int, ratio: float, batch: int) -> torch.Tensor | None:
@@ -90,6 +97,11 @@ def main() -> None:
         kept = grid * grid if keep is None else keep.shape[1]
         rows.append((ratio, kept, flops, statistics.median(times)))
 
+    peak = peak_flops(device, precision.dtype)  # right after the steps, under the same load
+    print_results(args, vision, grid, size, device, precision, rows, peak)
+
+
+def print_results(args, vision, grid, size, device, precision, rows, peak) -> None:
     base_flops, base_time = rows[0][2], rows[0][3]
     print(
         f"UTA student {args.preset}: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
@@ -97,20 +109,23 @@ def main() -> None:
     )
     print(
         f"| {'mask ratio':>10} | {'kept':>4} | {'GFLOPs / img':>12} | {'FLOPs vs 0':>10} | {'paper':>5} |"
-        f" {'ms / step':>9} | {'time vs 0':>9} |"
+        f" {'ms / step':>9} | {'time vs 0':>9} | {'MFU':>6} |"
     )
-    print(f"| {'-' * 10} | {'-' * 4} | {'-' * 12} | {'-' * 10} | {'-' * 5} | {'-' * 9} | {'-' * 9} |")
+    print(f"| {'-' * 10} | {'-' * 4} | {'-' * 12} | {'-' * 10} | {'-' * 5} | {'-' * 9} | {'-' * 9} | {'-' * 6} |")
+    mfu = {ratio: peak.mfu(flops * args.batch_size / seconds) for ratio, _, flops, seconds in rows}  # FLOPs: batch 1
     for ratio, kept, flops, seconds in rows:
         print(
             f"| {ratio:>10.1f} | {kept:>4} | {flops / 1e9:>12.1f} | {flops / base_flops:>10.3f} |"
-            f" {PAPER[ratio]:>5.1f} | {seconds * 1e3:>9.1f} | {seconds / base_time:>9.3f} |"
+            f" {PAPER[ratio]:>5.1f} | {seconds * 1e3:>9.1f} | {seconds / base_time:>9.3f} | {mfu[ratio]:>6.1%} |"
         )
+    print(f"MFU: achieved FLOP/s over the peak of this precision here, {peak}")
     for ratio, _, _, seconds in rows[1:]:
-        key = f"r{int(round(ratio * 10)):02d}"
-        print(f"RESULT step_time_ratio_{key}={seconds / base_time:.3f}")
+        print(f"RESULT step_time_ratio_{ratio_key(ratio)}={seconds / base_time:.3f}")
     for ratio, _, flops, _ in rows[1:]:
-        key = f"r{int(round(ratio * 10)):02d}"
-        print(f"RESULT flops_ratio_{key}={flops / base_flops:.3f}")
+        print(f"RESULT flops_ratio_{ratio_key(ratio)}={flops / base_flops:.3f}")
+    for ratio, share in mfu.items():
+        print(f"RESULT mfu_{ratio_key(ratio)}={share:.4f}")
+    print(f"RESULT mfu={mfu[HEADLINE_RATIO]:.4f}")
 
 
 if __name__ == "__main__":

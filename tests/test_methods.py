@@ -154,6 +154,7 @@ def test_main_job_reports_flops_and_both_weight_sets(small_demo, tmp_path, capsy
     for key in (
         "train_tflops",
         "achieved_gflops_per_s",
+        "mfu",
         "zero_shot_top1_ema",
         "zero_shot_top1_online",
         "knn_top1_ema",
@@ -166,6 +167,7 @@ def test_main_job_reports_flops_and_both_weight_sets(small_demo, tmp_path, capsy
         assert f"RESULT {key}=" in printed, key
     results = dict(line[7:].split("=") for line in printed.splitlines() if line.startswith("RESULT "))
     assert float(results["train_tflops"]) > 0
+    assert 0 < float(results["mfu"]) < 1  # the achieved FLOP/s over a matmul probe's, in the run's precision
     card = (output / "README.md").read_text()
     assert "k-NN top-1" in card and "zero-shot top-1" in card and "(exported)" in card
     check_run_card(output, license="mit", repo_id="someone/tiny-aclip")

@@ -24,6 +24,7 @@ from ..data.records import append_skipped_records
 from ..errors import UsageError
 from ..methods import Objective
 from ..models.schedules import cosine_schedule
+from .compile_stats import CompileStats
 from .ema import EMA_WEIGHTS_NAME, EMACallback
 from .flops import flop_counter
 from .outputs import (
@@ -124,7 +125,8 @@ class MaskedVLTrainer(Trainer):
     Args:
         objective: builds the model inputs of a step from the collated batch (a method's `Objective`).
         teacher: a frozen module held *outside* the model: moved to the device, eval mode, no gradients, never
-            saved nor optimised. Run under `no_grad` and autocast inside `objective.prepare`.
+            saved nor optimised. Run under `no_grad` and autocast inside `objective.prepare`. With `--torch_compile`
+            its `forward` is compiled too (with the same backend and mode; its timing hooks stay outside).
         ema_callback: an `EMACallback` (not yet initialised) when the method keeps an EMA model; the trainer copies
             the model into it after any SyncBatchNorm conversion.
         run_record: the output folder's run record (`training.outputs.RunRecord`, main process) when the run keeps
@@ -149,6 +151,12 @@ class MaskedVLTrainer(Trainer):
     GFLOP/s (FLOPs of one step from `torch.utils.flop_counter`), and the shares of wall time spent waiting for data
     and in the teacher's forward. Training stops at the first non-finite loss with an error naming the step and the
     loss parts.
+
+    `--torch_compile`: the Trainer (accelerate) compiles the model, so its forward and backward in every method; the
+    frozen teacher's forward is compiled here. The EMA model's forward (method-specific paths such as A-CLIP's
+    layer-by-layer CLS attention) and the EMA update (one `torch._foreach_lerp_` over all tensors) stay eager. Graph
+    breaks are counted (`torch._dynamo` counters): logged as `graph_breaks` with the throughput figures and, with their
+    reasons, when training ends.
     """
 
     loss_is_scaled_for_ga = False
@@ -175,6 +183,12 @@ class MaskedVLTrainer(Trainer):
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
             self._teacher_timer = _Timer(self.teacher)
+        self._compile_baseline = CompileStats.now() if self.args.torch_compile else None
+        if self.args.torch_compile and self.teacher is not None:
+            backend = self.args.torch_compile_backend or "inductor"
+            self.teacher.forward = torch.compile(
+                self.teacher.forward, backend=backend, mode=self.args.torch_compile_mode
+            )
         self.add_callback(_ObjectiveStepCallback(objective))
         self.protocol_evaluation = protocol_evaluation
         self.records_per_epoch = records_per_epoch
@@ -518,7 +532,10 @@ class MaskedVLTrainer(Trainer):
 
     def _finalize_training(self, trial, *args, **kwargs):
         """As the parent's, whose `save_total_limit == 1` clean-up (keep only the best checkpoint) would delete every
-        `checkpoint-*` folder of the output folder: here it covers this run's checkpoints only."""
+        `checkpoint-*` folder of the output folder: here it covers this run's checkpoints only. With
+        `--torch_compile`, logs what dynamo compiled and every graph break's reason."""
+        if self._compile_baseline is not None:
+            logger.info("torch.compile during training: %s", self.compile_stats)
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             output = super()._finalize_training(trial, *args, **kwargs)
@@ -653,8 +670,16 @@ class MaskedVLTrainer(Trainer):
             figures["teacher_share"] = round((teacher - window["teacher"]) / elapsed, 4)
         if self.flops_per_micro_step:
             figures["achieved_gflops_per_s"] = round(self.flops_per_micro_step * window["steps"] / elapsed / 1e9, 2)
+        if self._compile_baseline is not None:
+            figures["graph_breaks"] = self.compile_stats.graph_break_count
         self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": teacher, "start": self._last_step_end}
         return figures
+
+    @property
+    def compile_stats(self) -> CompileStats | None:
+        """What `torch.compile` did since this trainer was built (graphs, graph breaks with reasons); None without
+        `--torch_compile`."""
+        return None if self._compile_baseline is None else CompileStats.now() - self._compile_baseline
 
     @property
     def flops_per_optimizer_step(self) -> float:
