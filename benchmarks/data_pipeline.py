@@ -355,6 +355,7 @@ def print_report(pipelines: list[Pipeline], note: str = "") -> None:
     per method the lower ratio of the two sources and ours' images/s there."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average (1, 5, 15 min): {load}; one process, one thread, images per CPU second{note}")
+    print("MFU: none (decoding and augmenting images counts no FLOPs; the model steps' MFU: benchmarks/train_step.py)")
     print(_row(["source", "pipeline", "views/image", "images/s", "views/s", "torchvision images/s", "ours / peer"]))
     print(_row(["---", "---", "---:", "---:", "---:", "---:", "---:"]))
     peers = {(p.source, p.method): p for p in pipelines if p.name == "torchvision"}

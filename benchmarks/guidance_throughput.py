@@ -113,6 +113,7 @@ def report(rates: dict[tuple[str, int], list[float]], producers: list[str], proc
     """The table, then the `RESULT` lines."""
     cores = os.cpu_count()
     print(f"images/s per process, median; {cores} cores, OMP_NUM_THREADS = cores / {processes} in every run")
+    print("MFU: none (tiny random backbones, whose FLOPs say nothing; real sizes belong on a GPU)")
     print(f"{'producer':<10} {'1 process':>10} {f'{processes} processes':>12} {'total':>8} {'ratio':>6}")
     results: dict[str, float] = {}
     for producer in producers:
