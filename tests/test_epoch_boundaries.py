@@ -42,7 +42,11 @@ def _train_loader(small_demo, tmp_path):
         use_cpu=True, max_steps=100, remove_unused_columns=False,
     )  # fmt: skip
     trainer = MaskedVLTrainer(
-        model=torch.nn.Linear(1, 1), args=args, train_dataset=_stream(small_demo), data_collator=_records, objective=None
+        model=torch.nn.Linear(1, 1),
+        args=args,
+        train_dataset=_stream(small_demo),
+        data_collator=_records,
+        objective=None,
     )
     return trainer.get_train_dataloader()
 

@@ -201,6 +201,7 @@ class MaskedVLTrainer(Trainer):
         self._last_step_end: float | None = None
         self._train_loader_keeps_workers = False  # persistent (not asked for) to roll into the next epochs
         self._kept_workers_iterated = False  # such a loader has started an epoch (its iterator drew a seed)
+        self._train_loader: torch.utils.data.DataLoader | None = None  # the training DataLoader, while it may run
 
     # ---- data ----
     def get_train_dataloader(self):
@@ -238,7 +239,16 @@ class MaskedVLTrainer(Trainer):
         iterated = getattr(loader, "base_dataloader", loader)  # accelerate's loaders wrap the DataLoader they iterate
         if timeout > 0 and iterated.num_workers > 0:  # torch allows a timeout only with workers
             iterated.timeout = int(timeout) if timeout.is_integer() else timeout  # read when an iteration starts
+        self._train_loader = iterated
         return loader
+
+    def _stop_train_workers(self) -> None:
+        """Stop the persistent workers of the training DataLoader: they outlive every epoch, but not the training
+        (a worker holds what the run had open when it started, such as the output folder's lock)."""
+        loader, self._train_loader = self._train_loader, None
+        if getattr(loader, "_iterator", None) is not None:  # where torch keeps a persistent workers' iterator
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
 
     def _roll_stream_epochs(self, dataset) -> bool:
         """Whether `dataset` rolls into its next epochs in DataLoader workers (set up here when it can)."""
@@ -359,7 +369,10 @@ class MaskedVLTrainer(Trainer):
             self._restore_data_state(resume_from_checkpoint)
         if self.ema_callback is not None:
             self.ema_callback.resume_dir = resume_from_checkpoint or None
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self._stop_train_workers()
 
     def _run_epoch(self, *args, **kwargs):
         """As the parent's, but a run resumed at or past `max_steps` (its last checkpoint written at the final step,
