@@ -196,6 +196,20 @@ def _caption_excerpt(value: Any) -> str | None:
     return None
 
 
+def _own_copy(source: datasets.IterableDataset) -> datasets.IterableDataset:
+    """A copy of `source` with an epoch of its own (a pickle round trip: `datasets` shares the epoch only between
+    processes); `source` itself, with a warning, when it cannot be pickled."""
+    try:
+        return pickle.loads(pickle.dumps(source))
+    except Exception as error:  # noqa: BLE001 - e.g. a generator source holding a local function
+        logger.warning(
+            "the training stream cannot be copied (%s): each worker reads it with the epoch it shares with the main "
+            "process, so an epoch's order is exact only with one DataLoader worker",
+            error,
+        )
+        return source
+
+
 class ImageTextStream(torch.utils.data.IterableDataset):
     """Training examples from a `datasets.IterableDataset`: the image, optionally its caption and per-image maps
     (guidance, segments), transformed into the method's views.
@@ -319,9 +333,11 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         return self.dataset.num_shards
 
     def set_epoch(self, epoch: int) -> None:
-        """The Trainer's epoch; after `resume_from` it counts from the resumed stream epoch."""
+        """The Trainer's epoch; after `resume_from` it counts from the resumed stream epoch. Rolling workers
+        (`roll_epochs`) move their own epoch: the source's, which `datasets` shares with them, is left alone."""
         self.epoch = epoch + self._epoch_offset
-        self.dataset.set_epoch(self.epoch)
+        if not self.prefetch_examples:
+            self.dataset.set_epoch(self.epoch)
 
     def resume_from(self, positions: dict[int, tuple[int, int]]) -> None:
         """Continue exactly after the last consumed example: `positions` maps each DataLoader worker to the
@@ -461,7 +477,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         of the source: `datasets` keeps the epoch of `set_epoch` in memory shared with the main process and every
         worker, which must not move this worker's epoch, nor this worker theirs."""
         try:
-            source = pickle.loads(pickle.dumps(self.dataset))
+            source = _own_copy(self.dataset)
             while True:
                 self.epoch = epoch
                 source.set_epoch(epoch)
