@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import queue
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +45,7 @@ IMAGEFOLDER_EXTENSIONS = frozenset(ImageFolder.EXTENSIONS)
 DEFAULT_MAX_CAPTION_CHARS = 16384
 DEFAULT_ID_COLUMNS = ("__key__", "__url__")
 COLUMN_CHECK_RECORDS = 100  # without features, a column none of the first 100 records has is a ValueError
+_EPOCH_END = object()  # what a rolling worker's reader puts into its queue after the last example of an epoch
 
 
 def declared_size(
@@ -203,6 +207,20 @@ def _caption_excerpt(value: Any) -> str | None:
     return None
 
 
+def _own_copy(source: datasets.IterableDataset) -> datasets.IterableDataset:
+    """A copy of `source` with an epoch of its own (a pickle round trip: `datasets` shares the epoch only between
+    processes); `source` itself, with a warning, when it cannot be pickled."""
+    try:
+        return pickle.loads(pickle.dumps(source))
+    except Exception as error:  # noqa: BLE001 - e.g. a generator source holding a local function
+        logger.warning(
+            "the training stream cannot be copied (%s): each worker reads it with the epoch it shares with the main "
+            "process, so an epoch's order is exact only with one DataLoader worker",
+            error,
+        )
+        return source
+
+
 class ImageTextStream(torch.utils.data.IterableDataset):
     """Training examples from a `datasets.IterableDataset`: the image, optionally its caption and per-image maps
     (guidance, segments), transformed into the method's views.
@@ -224,6 +242,10 @@ class ImageTextStream(torch.utils.data.IterableDataset):
 
     Every example also carries `stream_position` = (worker, epoch, records read in this epoch), so that a checkpoint
     records exactly where the stream was and `resume_from` continues there (bit-exact with at most one worker).
+
+    `roll_epochs(prefetch_examples)` keeps persistent DataLoader workers busy across epoch boundaries: each worker
+    reads epoch after epoch in a background thread, so the next epoch's shuffle buffer fills and its first examples
+    are ready while the last steps of the current one run (the examples and their order are those of `set_epoch`).
 
     Per-sample randomness (`transform`'s generator and `sample_seed`) is a function of (seed, the sample's
     content CRC, epoch), so views and masks are reproducible whatever the worker or shard order.
@@ -310,15 +332,32 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.jpeg_draft_min_side = jpeg_draft_min_side
         self._unchecked_columns = wanted if features is None else []
         self.unattached_skipped: list[dict[str, Any]] = []
+        self.prefetch_examples = 0  # > 0: `roll_epochs`
+        self._rolling: queue.Queue | None = None  # in a rolling worker: the examples its reader thread prepared
+        self._first_rolled_epoch = 0  # in a rolling worker: the epoch its reader started with
+        self._rolled_epochs = 0  # in a rolling worker: the epochs `__iter__` has started
+
+    def roll_epochs(self, prefetch_examples: int) -> None:
+        """In DataLoader workers, read the stream epoch after epoch in a background thread, at most
+        `prefetch_examples` examples (e.g. the DataLoader's batches in flight) ahead of what the worker hands over;
+        the `k`-th `iter()` in a worker yields epoch `epoch + k` (the epoch when the worker started, plus k), the same
+        examples in the same order as `set_epoch(epoch + k)` and a fresh `iter()`. For persistent workers (which
+        keep their copy of the stream): nothing waits for a worker to start or for a shuffle buffer to refill at an
+        epoch boundary. Without workers each `iter()` reads its epoch when asked, as before."""
+        if prefetch_examples < 1:
+            raise ValueError(f"prefetch_examples={prefetch_examples!r} must be a positive number of examples")
+        self.prefetch_examples = prefetch_examples
 
     @property
     def num_shards(self) -> int:
         return self.dataset.num_shards
 
     def set_epoch(self, epoch: int) -> None:
-        """The Trainer's epoch; after `resume_from` it counts from the resumed stream epoch."""
+        """The Trainer's epoch; after `resume_from` it counts from the resumed stream epoch. Rolling workers
+        (`roll_epochs`) move their own epoch: the source's, which `datasets` shares with them, is left alone."""
         self.epoch = epoch + self._epoch_offset
-        self.dataset.set_epoch(self.epoch)
+        if not self.prefetch_examples:
+            self.dataset.set_epoch(self.epoch)
 
     def resume_from(self, positions: dict[int, tuple[int, int]]) -> None:
         """Continue exactly after the last consumed example: `positions` maps each DataLoader worker to the
@@ -422,9 +461,58 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """The records of one epoch as examples. Each example is held back until the next one is ready, so records
-        skipped after it can travel with it; the last one is tagged with the position (next epoch, 0 records), so
-        that a checkpoint taken right after it resumes with the next epoch instead of an empty one."""
+        """The examples of one epoch (`epoch_examples`); in a rolling worker (`roll_epochs`), those of its next
+        epoch, prepared ahead by its reader thread."""
+        if self.prefetch_examples and torch.utils.data.get_worker_info() is not None:
+            return self._rolled_epoch()
+        return self.epoch_examples(self.dataset)
+
+    def _rolled_epoch(self) -> Iterator[dict[str, Any]]:
+        """The examples of this worker's next epoch, from its reader thread (started on the first call)."""
+        if self._rolling is None:
+            self._rolling = queue.Queue(maxsize=self.prefetch_examples)
+            self._first_rolled_epoch = self.epoch
+            reader = threading.Thread(target=self._read_epochs, args=(self.epoch,), name="stream-reader", daemon=True)
+            reader.start()
+        wanted = self._first_rolled_epoch + self._rolled_epochs
+        self._rolled_epochs += 1
+        return self._queued_epoch(wanted)
+
+    def _queued_epoch(self, wanted: int) -> Iterator[dict[str, Any]]:
+        """The queued examples of epoch `wanted`, up to its end; those of an earlier epoch (an iteration abandoned
+        before its end) are dropped, as a fresh `iter()` would; an error of the reader is raised where it happened."""
+        while True:
+            epoch, item = self._rolling.get()
+            if isinstance(item, BaseException):
+                raise item
+            if epoch < wanted:
+                continue
+            if item is _EPOCH_END:
+                return
+            yield item
+
+    def _read_epochs(self, epoch: int) -> None:
+        """The reader thread of a rolling worker: every epoch from `epoch` on, as (epoch, example) into the queue,
+        then (epoch, `_EPOCH_END`); an exception as (epoch, exception), after which it stops. It reads its own copy
+        of the source: `datasets` keeps the epoch of `set_epoch` in memory shared with the main process and every
+        worker, which must not move this worker's epoch, nor this worker theirs."""
+        try:
+            source = _own_copy(self.dataset)
+            while True:
+                self.epoch = epoch
+                source.set_epoch(epoch)
+                for example in self.epoch_examples(source):
+                    self._rolling.put((epoch, example))
+                self._rolling.put((epoch, _EPOCH_END))
+                epoch += 1
+        except BaseException as error:  # noqa: BLE001 - handed to the worker's DataLoader fetch, which raises it
+            self._rolling.put((epoch, error))
+
+    def epoch_examples(self, source: datasets.IterableDataset) -> Iterator[dict[str, Any]]:
+        """The records of one epoch of `source` (at `self.epoch`) as examples. Each example is held back until the
+        next one is ready, so records skipped after it can travel with it; the last one is tagged with the position
+        (next epoch, 0 records), so that a checkpoint taken right after it resumes with the next epoch instead of an
+        empty one."""
         worker_info = torch.utils.data.get_worker_info()
         worker = worker_info.id if worker_info is not None else None
         worker_key, epoch = worker if worker is not None else 0, self.epoch
@@ -436,7 +524,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         held: dict[str, Any] | None = None  # the last example, yielded once the next one is ready (or at the end)
         reasons: Counter[str] = Counter()
         position, record = -1, {}
-        for position, record in enumerate(self.dataset):
+        for position, record in enumerate(source):
             if position < to_skip:
                 continue  # consumed before the checkpoint this run resumed from
             if unchecked:

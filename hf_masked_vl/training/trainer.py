@@ -213,6 +213,9 @@ class MaskedVLTrainer(Trainer):
         self.flops_per_micro_step: int | None = None
         self._window = {"images": 0, "steps": 0, "data": 0.0, "teacher": 0.0, "start": None}
         self._last_step_end: float | None = None
+        self._train_loader_keeps_workers = False  # persistent (not asked for) to roll into the next epochs
+        self._kept_workers_iterated = False  # such a loader has started an epoch (its iterator drew a seed)
+        self._train_loader: torch.utils.data.DataLoader | None = None  # the training DataLoader, while it may run
 
     # ---- data ----
     def get_train_dataloader(self):
@@ -220,10 +223,22 @@ class MaskedVLTrainer(Trainer):
         shards, `datasets.distributed.split_dataset_by_node`) gets a plain per-process DataLoader: accelerate would
         otherwise dispatch or re-shard it (and a second split silently drops data). With workers, a batch that takes
         longer than `args.dataloader_timeout` seconds (`--dataloader_timeout`, 0: no limit) stops the run with
-        torch's `DataLoader timed out after N seconds` instead of hanging on a stuck worker."""
+        torch's `DataLoader timed out after N seconds` instead of hanging on a stuck worker.
+
+        A stream that can roll into its next epoch (`ImageTextStream.roll_epochs`) gets persistent workers that do
+        so, as many examples ahead as the DataLoader keeps batches in flight: at an epoch boundary no worker
+        restarts and no shuffle buffer refills while the step waits."""
         dataset = self.train_dataset
+        rolls = self._roll_stream_epochs(dataset)
+        persistent = self.args.dataloader_persistent_workers or rolls
+        self._train_loader_keeps_workers = persistent and not self.args.dataloader_persistent_workers
+        self._kept_workers_iterated = False
         if self.args.world_size <= 1 or not getattr(dataset, "split_by_node", False):
-            loader = super().get_train_dataloader()
+            chosen, self.args.dataloader_persistent_workers = self.args.dataloader_persistent_workers, persistent
+            try:
+                loader = super().get_train_dataloader()
+            finally:
+                self.args.dataloader_persistent_workers = chosen
         else:
             loader = _EpochDataLoader(
                 dataset,
@@ -231,14 +246,31 @@ class MaskedVLTrainer(Trainer):
                 collate_fn=self.data_collator,
                 num_workers=self.args.dataloader_num_workers,
                 pin_memory=self.args.dataloader_pin_memory,
-                persistent_workers=self.args.dataloader_persistent_workers,
+                persistent_workers=persistent,
                 prefetch_factor=self.args.dataloader_prefetch_factor,
             )
         timeout = float(getattr(self.args, "dataloader_timeout", 0) or 0)
         iterated = getattr(loader, "base_dataloader", loader)  # accelerate's loaders wrap the DataLoader they iterate
         if timeout > 0 and iterated.num_workers > 0:  # torch allows a timeout only with workers
             iterated.timeout = int(timeout) if timeout.is_integer() else timeout  # read when an iteration starts
+        self._train_loader = iterated
         return loader
+
+    def _stop_train_workers(self) -> None:
+        """Stop the persistent workers of the training DataLoader: they outlive every epoch, but not the training
+        (a worker holds what the run had open when it started, such as the output folder's lock)."""
+        loader, self._train_loader = self._train_loader, None
+        if getattr(loader, "_iterator", None) is not None:  # where torch keeps a persistent workers' iterator
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
+
+    def _roll_stream_epochs(self, dataset) -> bool:
+        """Whether `dataset` rolls into its next epochs in DataLoader workers (set up here when it can)."""
+        if self.args.dataloader_num_workers < 1 or not callable(getattr(dataset, "roll_epochs", None)):
+            return False
+        batches_in_flight = self.args.dataloader_prefetch_factor or 2  # torch's default prefetch_factor
+        dataset.roll_epochs(self._train_batch_size * batches_in_flight)
+        return True
 
     def stream_epoch(self) -> float | None:
         """The passes over the training stream read so far, from where each DataLoader worker of this process is
@@ -351,7 +383,10 @@ class MaskedVLTrainer(Trainer):
             self._restore_data_state(resume_from_checkpoint)
         if self.ema_callback is not None:
             self.ema_callback.resume_dir = resume_from_checkpoint or None
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self._stop_train_workers()
 
     def _run_epoch(self, *args, **kwargs):
         """As the parent's, but a run resumed at or past `max_steps` (its last checkpoint written at the final step,
@@ -360,6 +395,11 @@ class MaskedVLTrainer(Trainer):
         if self.state.global_step >= self.state.max_steps:
             self.control.should_training_stop = True
             return None
+        if self._kept_workers_iterated:
+            # a fresh DataLoader iterator draws its workers' base seed from the default generator, a persistent one
+            # only once: draw it here, so the main process's random stream stays that of workers started each epoch
+            torch.empty((), dtype=torch.int64).random_()
+        self._kept_workers_iterated = self._train_loader_keeps_workers
         return super()._run_epoch(*args, **kwargs)
 
     def _agree_on_start(self, requested: str | bool | None) -> str | None:
