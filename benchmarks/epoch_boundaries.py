@@ -89,6 +89,7 @@ def main() -> None:
             cells = " ".join(f"{share:.3f}{'*' if boundary else ''}" for _, share, boundary in windows)
             print(f"| {mode} | {repeat} | {cells} |")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    print("MFU: none (the steps are stand-in matmul work that times the input side; the model's: train_step.py)")
     for mode in MODES:
         print(f"RESULT {mode}_boundary_wait_share_max={max(boundary_shares[mode]):.3f}")
         print(f"RESULT {mode}_boundary_wait_share_median={statistics.median(boundary_shares[mode]):.3f}")
