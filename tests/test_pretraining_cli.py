@@ -263,3 +263,14 @@ def test_a_local_imagefolder_and_a_loaded_dataset_know_their_size(tmp_path):
     assert declared_size(None, "imagefolder", pattern, "train") == 5
     loaded = load_stream("imagefolder", pattern, streaming=False)
     assert declared_size(loaded, "imagefolder", None, "train") == 5
+
+
+def test_finetuning_help_shows_the_recipes_defaults_and_only_its_flags():
+    from hf_masked_vl.training.finetune import build_parser as finetune_parser
+
+    text = finetune_parser().format_help()
+    assert "(default: MAE's fine-tuning recipe, 0.05)" in " ".join(flag_help(text, "--weight_decay").split())
+    assert "100 epochs for ViT-B, 50 epochs for ViT-L" in flag_help(text, "--num_train_epochs")
+    assert "--base_learning_rate × effective batch / 256" in flag_help(text, "--learning_rate")
+    for flag in ("--ema_momentum", "--recipe ", "--dry_run", "--samples_per_epoch"):
+        assert flag not in text

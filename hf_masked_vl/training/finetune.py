@@ -556,7 +556,31 @@ def build_parser() -> FinetuneArgumentParser:
         (*FLAG_GROUPS, FinetuningArguments), description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
     add_hidden_alias(parser, "--split", "--test_split")
-    return polish_parser(parser, (*FLAG_GROUPS, FinetuningArguments))
+    polish_parser(parser, (*FLAG_GROUPS, FinetuningArguments))
+    show_recipe_defaults(parser)
+    return parser
+
+
+RECIPE_FLAG_NAMES = {"num_train_epochs": "epochs", "warmup_steps": "warmup_epochs"}  # flag → recipe key
+NOT_FINETUNING_FLAGS = PRETRAINING_ONLY | {"ema_momentum", "ema_end_momentum", "ema_warmup"}
+
+
+def show_recipe_defaults(parser: argparse.ArgumentParser) -> None:
+    """`--help` gives the recipe's value as the default of each flag the recipe sets (ViT-B's and ViT-L's where
+    they differ), lr as the base rate scaled by the batch, and leaves out the flags fine-tuning refuses or ignores."""
+    base, large = RECIPES["mae-base"], RECIPES["mae-large"]
+    for action in parser._actions:
+        key = RECIPE_FLAG_NAMES.get(action.dest, action.dest)
+        if action.dest in NOT_FINETUNING_FLAGS:
+            action.help = argparse.SUPPRESS
+        elif key in base:
+            unit = " epochs" if key.endswith("epochs") else ""
+            value = f"{base[key]}{unit}" + (
+                f" for ViT-B, {large[key]}{unit} for ViT-L" if base[key] != large[key] else ""
+            )
+            action.help = f"{action.help or ''} (default: MAE's fine-tuning recipe, {value})".strip()
+        elif action.dest == "learning_rate":
+            action.help = f"{action.help} (default: --base_learning_rate × effective batch / 256)"
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[FinetuneArguments, FinetuningArguments, set[str]]:
