@@ -16,6 +16,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 
@@ -46,6 +47,23 @@ DEFAULT_MAX_CAPTION_CHARS = 16384
 DEFAULT_ID_COLUMNS = ("__key__", "__url__")
 COLUMN_CHECK_RECORDS = 100  # without features, a column none of the first 100 records has is a ValueError
 _EPOCH_END = object()  # what a rolling worker's reader puts into its queue after the last example of an epoch
+
+
+def split_between_processes(
+    source: datasets.IterableDataset, rank: int, world_size: int, warn: bool = True
+) -> datasets.IterableDataset:
+    """Process `rank`'s disjoint part of `source` (`split_dataset_by_node`): whole file shards when their number is a
+    multiple of `world_size`, else every process reads every record and keeps 1 in `world_size`, which a warning
+    says (`warn`: in one process only, where every process calls this)."""
+    if source.num_shards % world_size and warn:
+        logger.warning(
+            "the source has %d file shard(s), not a multiple of %d processes: every process reads every record and "
+            "keeps 1 in %d (more files split the reading too)",
+            source.num_shards,
+            world_size,
+            world_size,
+        )
+    return split_dataset_by_node(source, rank=rank, world_size=world_size)
 
 
 def declared_size(
@@ -627,6 +645,7 @@ class ImageTextCollator:
 
 
 __all__ = [
+    "split_between_processes",
     "declared_size",
     "DEFAULT_MAX_CAPTION_CHARS",
     "BadImageError",

@@ -200,13 +200,17 @@ def chosen_test_split(args: argparse.Namespace) -> str | None:
     is scored)."""
     if args.test_split is not None or args.dataset_name is None:
         return args.test_split
-    return default_test_split(args.dataset_name, args.data_files, args.dataset_config_name, "--test_split")
+    return default_test_split(
+        args.dataset_name, args.data_files, args.dataset_config_name, "--test_split", "--data_files"
+    )
 
 
-def default_test_split(dataset_name: str, data_files: list[str] | None, config_name: str | None, flag: str) -> str:
+def default_test_split(
+    dataset_name: str, data_files: list[str] | None, config_name: str | None, flag: str, files_flag: str
+) -> str:
     """The dataset's `test` split, else its `validation` split. A dataset with neither (a builder given data files
-    has only `train`) is a `UsageError` asking for `flag`."""
-    check_data_files(data_files, "--data_files" if flag == "--test_split" else "--eval_data_files")
+    has only `train`) is a `UsageError` asking for `flag`; `files_flag` names `data_files` in errors."""
+    check_data_files(data_files, files_flag)
     with usage_errors(f"cannot read --dataset_name {dataset_name}"):
         names = split_names(dataset_name, data_files, config_name)
     for name in DEFAULT_TEST_SPLITS:

@@ -12,16 +12,14 @@ processes, else every rank reads everything and keeps 1 record in `world_size`).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import torch
-from datasets.distributed import split_dataset_by_node
 
-logger = logging.getLogger(__name__)
+from ..data.streaming import split_between_processes
 
 
 @dataclass(frozen=True)
@@ -50,15 +48,7 @@ class ProcessSlot:
         """This rank's disjoint part of `source` (the whole of it in a single-process run)."""
         if not self.is_distributed:
             return source
-        if source.num_shards % self.world_size and self.is_main:  # said once, not by every rank
-            logger.warning(
-                "the source has %d file shard(s), not a multiple of %d processes: every process reads every record "
-                "and keeps 1 in %d (more files split the reading too)",
-                source.num_shards,
-                self.world_size,
-                self.world_size,
-            )
-        return split_dataset_by_node(source, rank=self.rank, world_size=self.world_size)
+        return split_between_processes(source, self.rank, self.world_size, warn=self.is_main)  # said once
 
     def barrier(self) -> None:
         """Wait for every rank (nothing in a single-process run)."""

@@ -11,6 +11,7 @@ from transformers import PreTrainedConfig, TrainingArguments
 from ..cards import DEMO_DATA, hub_dataset_id
 from ..public import public_name
 from .config_flags import tunable_fields
+from .recipes import effective_batch
 
 # The TrainingArguments a card lists (those left at None are left out).
 CARD_TRAINING_ARGUMENTS = (
@@ -45,9 +46,7 @@ def training_hyperparameters(training_args: TrainingArguments, ema_momentum: flo
         values["ema_momentum"] = ema_momentum
     if training_args.max_steps > 0:
         values.pop("num_train_epochs")
-    values["effective_batch_size"] = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
-    )
+    values["effective_batch_size"] = effective_batch(training_args)
     return {name: value for name, value in values.items() if value is not None}
 
 

@@ -58,7 +58,7 @@ from ..vision_towers import VisionTower, load_vision_tower, vision_tower_of
 from .arguments import PretrainingArguments
 from .card import card_repo_id, training_data_text, training_hyperparameters
 from .outputs import save_final_folder, start_run
-from .recipes import explicit_destinations
+from .recipes import effective_batch, explicit_destinations
 from .run import check_output_dir
 from .trainer import MaskedVLTrainer
 
@@ -248,13 +248,6 @@ def recipe_for(hidden_size: int, train_fraction: float | None) -> tuple[str, dic
     settings["warmup_steps"] = settings.pop("warmup_epochs") / epochs
     settings["num_train_epochs"] = float(epochs)
     return name, settings
-
-
-def effective_batch(training_args: FinetuningArguments) -> int:
-    """Images per optimizer step: processes × per-device batch × accumulation."""
-    return (
-        training_args.world_size * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    )
 
 
 def apply_recipe(

@@ -117,10 +117,10 @@ def build_parser(method: type[Method]) -> tuple[HfArgumentParser, type | None]:
     add_config_flag(parser)
     polish_parser(parser, groups)
     parser._option_string_actions["--preset"].help = _preset_help(method)
-    for destination in flags_not_applying(method):
-        for action in parser._actions:
-            if action.dest == destination:
-                action.help = argparse.SUPPRESS
+    hidden = flags_not_applying(method)
+    for action in parser._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     return parser, config_arguments
 
 
@@ -163,7 +163,9 @@ def parse_run_arguments(argv: list[str] | None = None) -> ParsedRun:
     file_values = read_arguments_file(file_name) if file_name else {}
     method = get_method(requested_method(argv, file_values))
     parser, config_arguments = build_parser(method)
-    refuse_unknown(parser, parser.parse_known_args(args=argv)[1], f"for --method {method.name}", flag_owners(method))
+    unknown = parser.parse_known_args(args=argv)[1]
+    if unknown:  # which method a stray flag belongs to is only worth working out for one
+        refuse_unknown(parser, unknown, f"for --method {method.name}", flag_owners(method))
     argv = command_line(parser, file_values, f"in the argument file {file_name}") + argv
     explicit = explicit_destinations(parser, argv)
     parsed = _parse(parser, argv, {})
@@ -243,9 +245,9 @@ __all__ = [
     "PretrainingArgumentParser",
     "build_parser",
     "choose_preset",
+    "flag_owners",
     "flags_not_applying",
     "parse_run_arguments",
     "refuse_not_applying",
-    "flag_owners",
     "requested_method",
 ]

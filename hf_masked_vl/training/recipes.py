@@ -101,6 +101,13 @@ def _same(used: Any, recipe: Any) -> bool:
     return used == recipe
 
 
+def effective_batch(training_args: TrainingArguments) -> int:
+    """Images per optimizer step: processes × per-device batch × accumulation steps."""
+    return (
+        training_args.world_size * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    )
+
+
 def explicit_destinations(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
     """The destinations of the flags present on a command line (`--flag value`, `--flag=value`, `--no_flag`, and
     the unique prefixes argparse accepts for them)."""
@@ -179,4 +186,4 @@ def dry_run_json(
     return json.dumps(report, default=str)
 
 
-__all__ = ["DEMO_MAX_STEPS", "RecipeChoice", "dry_run_json", "explicit_destinations", "plan_recipe"]
+__all__ = ["DEMO_MAX_STEPS", "RecipeChoice", "effective_batch", "dry_run_json", "explicit_destinations", "plan_recipe"]

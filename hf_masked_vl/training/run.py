@@ -20,7 +20,6 @@ from pathlib import Path
 
 import datasets
 import transformers
-from datasets.distributed import split_dataset_by_node
 from transformers import TrainerState, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
@@ -29,7 +28,7 @@ from ..cards import hub_dataset_id
 from ..data.demo import ensure_demo_dataset
 from ..data.files import check_data_files
 from ..data.maps import map_role
-from ..data.streaming import ImageTextStream, declared_size, load_stream
+from ..data.streaming import ImageTextStream, declared_size, load_stream, split_between_processes
 from ..errors import UsageError, did_you_mean, run_cli, usage_errors, validate_config
 from ..evaluation import PROTOCOLS, EvaluationResult, evaluate_many, result_metrics, supported_protocols
 from ..evaluation.cli import default_test_split
@@ -65,7 +64,7 @@ from .outputs import (
 )
 from .parser import ParsedRun, build_parser, parse_run_arguments
 from .processes import ends_its_process_group
-from .recipes import dry_run_json
+from .recipes import dry_run_json, effective_batch
 from .trainer import MaskedVLTrainer
 
 logger = logging.getLogger("hf_masked_vl")
@@ -267,7 +266,9 @@ def evaluation_splits(
                     raise UsageError(f"{where} holds no record")
         return labelled
 
-    test_split = data_args.eval_split or default_test_split(name, data_args.eval_data_files, None, "--eval_split")
+    test_split = data_args.eval_split or default_test_split(
+        name, data_args.eval_data_files, None, "--eval_split", "--eval_data_files"
+    )
     test = open_split(test_split)
     return (open_split(data_args.eval_train_split) if data_args.eval_train_split else None), test
 
@@ -432,15 +433,7 @@ def build_train_dataset(
     check_columns(source, map_flags, map_column_hint(list(map_columns), data.demo))
     split_by_node = training_args.world_size > 1
     if split_by_node:
-        if source.num_shards % training_args.world_size:
-            logger.warning(
-                "the stream has %d shards, not a multiple of %d processes: every process reads every record and "
-                "keeps 1 in %d (more shards split the reading too)",
-                source.num_shards,
-                training_args.world_size,
-                training_args.world_size,
-            )
-        source = split_dataset_by_node(source, rank=training_args.process_index, world_size=training_args.world_size)
+        source = split_between_processes(source, training_args.process_index, training_args.world_size)
     train_dataset = ImageTextStream(
         source,
         method.transform(built),
@@ -632,8 +625,7 @@ def check_run_length(training_args: PretrainingArguments, data: TrainingData) ->
     if training_args.max_steps > 0:
         return
     epochs, records = training_args.num_train_epochs, data.records_per_epoch
-    batch = training_args.per_device_train_batch_size * training_args.world_size
-    batch *= training_args.gradient_accumulation_steps
+    batch = effective_batch(training_args)
     if records is None:
         raise UsageError(
             f"--max_steps: the training data ({data.label}) is a stream of unknown size, so --num_train_epochs "
