@@ -224,6 +224,24 @@ def test_loss_matches_the_loop_over_pairs(num_student):
     torch.testing.assert_close(output.center_norm, center.norm())
 
 
+def test_loss_compiles_to_one_graph_and_matches_eager():
+    """No data-dependent shape in the loss (the pairs come from the view counts): `fullgraph=True` compiles it, and
+    the compiled loss, its gradient and the centre update equal eager's."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 5, OUT_DIM), torch.randn(2, 5, OUT_DIM)
+    eager_fn, compiled_fn = DINOLoss(OUT_DIM, center_momentum=0.9), DINOLoss(OUT_DIM, center_momentum=0.9)
+    compiled = torch.compile(compiled_fn, fullgraph=True, backend="aot_eager")
+    results = []
+    for loss_fn in (eager_fn, compiled):
+        leaf = student.clone().requires_grad_()
+        output = loss_fn(leaf, teacher, 0.04)
+        output.loss.backward()
+        results.append((output.loss.detach(), output.kl, leaf.grad))
+    for eager_value, compiled_value in zip(*results):
+        torch.testing.assert_close(compiled_value, eager_value)
+    torch.testing.assert_close(compiled_fn.center, eager_fn.center)
+
+
 def test_loss_is_float32_under_bfloat16_inputs():
     student = torch.randn(4, 3, OUT_DIM).bfloat16()
     teacher = torch.randn(2, 3, OUT_DIM).bfloat16()

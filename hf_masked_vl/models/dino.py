@@ -236,13 +236,14 @@ class DINOLoss(nn.Module):
         student_log_probs = F.log_softmax(student / self.student_temperature, dim=-1)
         # cross[i, j] = mean over the batch of −Σ_k P_t,i · log P_s,j
         cross = -torch.einsum("ibk,jbk->ij", teacher_probs, student_log_probs) / batch
-        pairs = torch.ones(num_teacher, num_student, dtype=torch.bool, device=student.device)
-        same = torch.arange(min(num_teacher, num_student), device=student.device)
-        pairs[same, same] = False
-        num_pairs = int(pairs.sum())
+        # the pairs (i, j ≠ i) in row-major order, from the shapes alone (no data-dependent indexing under compile)
+        pair_indices = [i * num_student + j for i in range(num_teacher) for j in range(num_student) if i != j]
+        num_pairs = len(pair_indices)
         if num_pairs == 0:
             raise ValueError(f"no (teacher i, student j ≠ i) pair with V_t={num_teacher}, V_s={num_student}")
-        loss = cross[pairs].sum() / num_pairs
+        pairs = torch.ones(num_teacher, num_student, dtype=torch.bool, device=student.device)
+        pairs.fill_diagonal_(False)
+        loss = cross.flatten()[torch.tensor(pair_indices, device=student.device)].sum() / num_pairs
 
         with torch.no_grad():
             teacher_entropy = _entropy(teacher_log_probs).mean(dim=1)  # (V_t,)
