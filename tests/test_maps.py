@@ -12,6 +12,7 @@ from hf_masked_vl.data.maps import (
     MapSpec,
     ViewGeometry,
     apply_map_spec,
+    apply_map_spec_views,
     decode_float_map,
     decode_label_map,
     patch_majority,
@@ -151,3 +152,29 @@ def test_stream_passes_maps_through_and_skips_bad_cells(tmp_path):
         ImageTextStream(source, view, caption_column=None, map_columns={"guidance": "saliency"})
     with pytest.raises(ValueError, match="unknown map role"):
         ImageTextStream(source, view, caption_column=None, map_columns={"depth": "guidance"})
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "majority"])
+def test_several_views_at_once_are_each_view_alone(mode):
+    """`apply_map_spec_views` (one resampling call for a record's crops) gives each view exactly what
+    `apply_map_spec` gives it alone: fractional boxes, flips, boxes reaching the border."""
+    rng = np.random.default_rng(0)
+    values = rng.random((37, 53)).astype(np.float32) if mode == "bilinear" else rng.integers(0, 9, (37, 53))
+    geometries = []
+    for _ in range(12):
+        top, left = rng.uniform(-2, 300), rng.uniform(-2, 400)
+        box = (top, left, rng.uniform(1, 375 - top), rng.uniform(1, 500 - left))
+        geometries.append(ViewGeometry(box, (375, 500), bool(rng.integers(2))))
+    spec = MapSpec(6, mode)
+    together = apply_map_spec_views(values, geometries, spec)
+    assert together.shape == (12, 6, 6)
+    for view, geometry in zip(together, geometries):
+        assert torch.equal(view, apply_map_spec(values, geometry, spec))
+
+
+def test_patch_majority_of_a_stack_is_each_maps_majority():
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 4, (2, 3, 12, 12)))
+    stacked = patch_majority(labels, 3)
+    assert stacked.shape == (2, 3, 3, 3)
+    for index in np.ndindex(2, 3):
+        assert torch.equal(stacked[index], patch_majority(labels[index], 3))

@@ -22,7 +22,7 @@ Value ranges (`load_float_map`, `load_label_map`; a cell outside them is a bad r
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +75,26 @@ def transform_map(
     view's crop box (mirrored when the view is flipped), read from the map bilinearly or at the nearest cell.
 
     Returns (out_h, out_w): float32 for `bilinear`, the map's integer dtype (as int64) for `nearest`."""
+    return transform_map_views(values, [geometry], size, mode)[0]
+
+
+def transform_map_views(
+    values: np.ndarray | torch.Tensor,
+    geometries: Sequence[ViewGeometry],
+    size: int | tuple[int, int],
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """`transform_map` for several views of one map at once (one `grid_sample` call; each view's cells are computed
+    exactly as alone). Returns (n_views, out_h, out_w)."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"transform_map mode {mode!r} must be 'bilinear' or 'nearest'")
     out_h, out_w = (size, size) if isinstance(size, int) else size
     source = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
     if source.ndim != 2:
         raise ValueError(f"a map must be 2-D (h, w), got shape {tuple(source.shape)}")
-    grid = torch.from_numpy(_sampling_grid(geometry, out_h, out_w))
-    sampled = F.grid_sample(source[None, None].float(), grid, mode=mode, padding_mode="border", align_corners=False)[
-        0, 0
-    ]
+    grid = torch.from_numpy(np.concatenate([_sampling_grid(geometry, out_h, out_w) for geometry in geometries]))
+    source = source.float()[None, None].expand(len(geometries), 1, *source.shape)
+    sampled = F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=False)[:, 0]
     return sampled if mode == "bilinear" else sampled.round().long()
 
 
@@ -105,31 +115,40 @@ def _sampling_grid(geometry: ViewGeometry, out_h: int, out_w: int) -> np.ndarray
 
 
 def patch_majority(labels: torch.Tensor, grid: int) -> torch.Tensor:
-    """(grid·s, grid·s) integer labels → (grid, grid): the most frequent label of each s × s cell (ties: smallest).
+    """(..., grid·s, grid·s) integer labels → (..., grid, grid): the most frequent label of each s × s cell (ties:
+    smallest).
 
     Independent of the label values (no allocation sized by the largest label): each cell's s² labels are sorted and
     the longest run wins; `argmax` returns the first longest run, i.e. the smallest label among ties. O(grid² · s²)
-    memory."""
+    memory per map."""
     side = labels.shape[-1]
-    if labels.shape[-2] != side or side % grid:
+    if labels.ndim < 2 or labels.shape[-2] != side or side % grid:
         raise ValueError(f"label map {tuple(labels.shape)} is not a square multiple of the {grid}-cell grid")
-    cell = side // grid
-    blocks = labels.long().reshape(grid, cell, grid, cell).permute(0, 2, 1, 3).reshape(grid, grid, cell * cell)
-    values = blocks.sort(dim=-1).values  # (grid, grid, s²), ascending
+    cell, leading = side // grid, labels.shape[:-2]
+    blocks = labels.long().reshape(*leading, grid, cell, grid, cell).transpose(-3, -2)
+    values = blocks.reshape(*leading, grid, grid, cell * cell).sort(dim=-1).values  # (..., grid, grid, s²), ascending
     starts = torch.ones_like(values, dtype=torch.bool)
     starts[..., 1:] = values[..., 1:] != values[..., :-1]
-    run = starts.cumsum(dim=-1) - 1  # (grid, grid, s²): index of each sample's run
+    run = starts.cumsum(dim=-1) - 1  # (..., grid, grid, s²): index of each sample's run
     lengths = torch.zeros_like(values).scatter_add_(-1, run, torch.ones_like(values))  # run r's length at index r
     run_labels = torch.zeros_like(values).scatter_(-1, run, values)  # run r's label at index r
     return run_labels.gather(-1, lengths.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
-def apply_map_spec(values: np.ndarray, geometry: ViewGeometry, spec: MapSpec) -> torch.Tensor:
+def apply_map_spec(values: np.ndarray | torch.Tensor, geometry: ViewGeometry, spec: MapSpec) -> torch.Tensor:
     """One map through one view as `spec` says. Returns (size, size)."""
+    return apply_map_spec_views(values, [geometry], spec)[0]
+
+
+def apply_map_spec_views(
+    values: np.ndarray | torch.Tensor, geometries: Sequence[ViewGeometry], spec: MapSpec
+) -> torch.Tensor:
+    """One map through several views at once, each exactly as `apply_map_spec` makes it. Returns (n_views, size,
+    size)."""
     if spec.mode == "majority":
-        fine = transform_map(values, geometry, spec.size * spec.majority_subsamples, "nearest")
+        fine = transform_map_views(values, geometries, spec.size * spec.majority_subsamples, "nearest")
         return patch_majority(fine, spec.size)
-    return transform_map(values, geometry, spec.size, spec.mode)
+    return transform_map_views(values, geometries, spec.size, spec.mode)
 
 
 def _malformed(role: str, detail: str) -> BadRecordError:
@@ -286,6 +305,7 @@ __all__ = [
     "MapSpec",
     "ViewGeometry",
     "apply_map_spec",
+    "apply_map_spec_views",
     "decode_float_map",
     "decode_label_map",
     "load_float_map",
@@ -294,4 +314,5 @@ __all__ = [
     "patch_majority",
     "register_map_role",
     "transform_map",
+    "transform_map_views",
 ]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from .color import adjust_hue
-from .maps import MapSpec, ViewGeometry, apply_map_spec
+from .maps import MapSpec, ViewGeometry, apply_map_spec_views
 
 
 def random_resized_crop_box(
@@ -131,16 +131,16 @@ def float_maps(maps: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
 
 
 def _view_maps(
-    maps: dict[str, np.ndarray | torch.Tensor] | None, specs: dict[str, MapSpec], geometry: ViewGeometry
+    maps: dict[str, np.ndarray | torch.Tensor] | None, specs: dict[str, MapSpec], geometries: list[ViewGeometry]
 ) -> dict[str, torch.Tensor]:
-    """Every map a view asks for (`specs`), resampled with the view's geometry."""
+    """Every map the views ask for (`specs`), resampled with each view's geometry: role → (n_views, size, size)."""
     if not specs:
         return {}
     maps = maps or {}
     missing = [role for role in specs if role not in maps]
     if missing:
         raise KeyError(f"the view needs map column(s) {missing}, the record has {sorted(maps)}")
-    return {role: apply_map_spec(maps[role], geometry, spec) for role, spec in specs.items()}
+    return {role: apply_map_spec_views(maps[role], geometries, spec) for role, spec in specs.items()}
 
 
 class _ViewMaker:
@@ -208,9 +208,7 @@ class AClipViews(_ViewMaker):
             "ema_pixel_values": self._normalize(crop_resize(tensor, boxes[2], self.image_size)),
             "crop_boxes": torch.tensor(boxes, dtype=torch.float32),
         }
-        per_view = [_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width))) for box in boxes]
-        for role in self.map_specs:
-            example[role] = torch.stack([view[role] for view in per_view])
+        example.update(_view_maps(maps, self.map_specs, [ViewGeometry(box, (height, width)) for box in boxes]))
         return example
 
 
@@ -245,7 +243,8 @@ class SingleCropView(_ViewMaker):
             box = random_resized_crop_box(rng, height, width, self.crop_scale)
         view, flip = self._crop(tensor, box, self.image_size, rng)
         example = {"pixel_values": self._normalize(view)}
-        example.update(_view_maps(maps, self.map_specs, ViewGeometry(box, (height, width), flip)))
+        geometry = ViewGeometry(box, (height, width), flip)
+        example.update({role: views[0] for role, views in _view_maps(maps, self.map_specs, [geometry]).items()})
         return example
 
 
@@ -312,15 +311,15 @@ class MultiCropViews(_ViewMaker):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One crop per (blur p, solarize p) in `augmentations`. Returns pixels (n, 3, size, size), maps by role."""
         height, width = tensor.shape[-2:]
-        pixels, per_crop = [], []
+        pixels, geometries = [], []
         for blur_p, solarize_p in augmentations:
             box = random_resized_crop_box(rng, height, width, scale)
             view, flip = self._crop(tensor, box, size, rng)
             if self.photometric:
                 view = self._augment(view, rng, blur_p, solarize_p)
             pixels.append(self._normalize(view))
-            per_crop.append(_view_maps(maps, specs, ViewGeometry(box, (height, width), flip)))
-        return torch.stack(pixels), {role: torch.stack([crop[role] for crop in per_crop]) for role in specs}
+            geometries.append(ViewGeometry(box, (height, width), flip))
+        return torch.stack(pixels), _view_maps(maps, specs, geometries)
 
     def __call__(
         self, image: Image.Image, rng: np.random.Generator, maps: dict[str, np.ndarray] | None = None
