@@ -541,3 +541,20 @@ def test_converter_refuses_to_drop_or_invent_weights(vit_mae_folder):
         convert_to_vit_mae_state_dict({"decoder.extra.weight": torch.zeros(1)}, tiny_config())
     with pytest.raises(ValueError, match="hidden_act"):
         config_from_vit_mae(ViTMAEConfig(**vit_mae_kwargs(True), hidden_act="relu"))
+
+
+def test_a_scheduled_temperature_compiles_without_a_graph_break():
+    """τ changes every step under `temperature_schedule="cosine"`: torch.compile then passes it as a symbolic float,
+    and the weights (and τ's check) must trace into one graph, equal to eager's at each τ."""
+    from hf_masked_vl.models.guidance_weighting import scheduled_guidance_weights
+
+    config = AttGMAEConfig(**tiny_vit_kwargs(), guidance="map", temperature_schedule="cosine")
+    num_patches = config.vision_config.grid_size**2
+    guidance = torch.rand(2, num_patches, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    compiled = torch.compile(scheduled_guidance_weights, fullgraph=True, backend="aot_eager")
+    for temperature in (0.9, 0.7, 0.5):  # the second value recompiles with τ symbolic; fullgraph: no break allowed
+        expected = scheduled_guidance_weights(guidance, temperature, config, num_patches)
+        torch.testing.assert_close(compiled(guidance, temperature, config, num_patches), expected)
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
+        scheduled_guidance_weights(guidance, float("nan"), config, num_patches)

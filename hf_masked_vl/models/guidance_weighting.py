@@ -101,7 +101,8 @@ def scheduled_guidance_weights(
     """`guidance_weights` at τ = `temperature` (the step's scheduled value), or `config.guidance_temperature` when
     None; a τ that is not a finite number > 0 is a `ValueError`."""
     temperature = config.guidance_temperature if temperature is None else temperature
-    if not isinstance(temperature, torch.Tensor) and not (temperature > 0 and math.isfinite(temperature)):
+    # 0 < τ < inf, not math.isfinite: a comparison also holds on the symbolic float torch.compile passes a schedule as
+    if not isinstance(temperature, torch.Tensor) and not 0 < temperature < math.inf:
         raise ValueError(f"guidance_temperature={temperature} must be a finite number > 0")
     return guidance_weights(guidance, temperature, num_patches)
 
