@@ -1,12 +1,13 @@
-"""torchvision's `adjust_hue` on uint8 images, the same bytes in a fifth of the time.
+"""torchvision's `adjust_hue` on uint8 images: the same bytes in a third to a fifth of the time.
 
 Colour jitter's hue step is the dearest part of DINO's and A-CLIP's views: torchvision's tensor kernel converts the
-image to HSV and back in about forty whole-image operations (2.6 ms for a 224² crop on one core). `adjust_hue` here
-computes the same float32 operations, in the same order, with NumPy on the uint8 planes, and skips what torchvision
-computes only to throw away (the hue terms of the channels that are not the maximum, the sector gather); where it
-departs from torchvision's sequence it does so exactly:
+image to HSV and back in about forty whole-image operations, most of them allocating a new float image (2.6 ms for a
+224² crop on one core, 0.56 ms at 96²). `adjust_hue` here computes the same float32 values, operation by operation,
+with NumPy on the uint8 planes in fewer and cheaper passes (0.51 / 0.16 ms): the channel maximum and minimum taken on
+uint8, no HSV image stacked and split again, in-place arithmetic, and the (v, p, q, t) → RGB gather by hue sector
+done on uint8. Where it departs from torchvision's sequence of operations it does so exactly:
 
-- `x / where(grey, 1, d)` is `x / (d + grey)`: where the pixel is grey, x and d are both 0, and 0 / 1 = 0 / (0 + 1);
+- `x / where(grey, 1, d)` is `x / (d + grey)`: where the pixel is grey, x is 0, and 0 / 1 = 0 / (d + 1) = 0;
 - `fmod(h, 1)` of h in [5/6, 11/6] and `remainder(h, 1)` of h in [-1/2, 3/2) are one exact subtraction or one
   addition (torch's remainder adds the divisor to a negative `fmod`, as here);
 - the (v, p, q, t) → RGB gather by hue sector is a sum of the four candidates each times its 0/1 sector mask.
@@ -31,7 +32,7 @@ _SECTORS_TAKING_V_Q_T = (((0, 5), 1, 4), ((1, 2), 3, 0), ((3, 4), 5, 2))
 
 def adjust_hue(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     """`torchvision.transforms.v2.functional.adjust_hue(image, hue_factor)`, bit for bit. image: (3, H, W)."""
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3 or image.requires_grad:
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3 or image.device.type != "cpu":
         return TF.adjust_hue(image, hue_factor)
     if not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
