@@ -11,7 +11,9 @@ its collator, a shuffle buffer of 1000, one DataLoader worker. A step is `--step
 process (it competes with the worker for the cores, as a real step does). The data-wait share of a window is measured
 as the trainer logs it (`data_wait_share`: time spent fetching batches over the window's wall time), every
 `--window` steps. Prints a table per mode, then `RESULT` lines last: the worst and the median share of the windows
-that hold a boundary, per mode, and their ratio.
+that hold a boundary, per mode, and their ratio; then the MFU of the stand-in steps over each run's wall time
+against a matmul probe of this machine's fp32 peak (`RESULT mfu_<mode>=…`, `RESULT mfu=…` rolling): the compute the
+input side leaves the step.
 """
 
 from __future__ import annotations
@@ -26,20 +28,24 @@ import torch
 from hf_masked_vl.data.demo import ensure_demo_dataset
 from hf_masked_vl.data.streaming import ImageTextCollator, ImageTextStream, load_stream
 from hf_masked_vl.data.views import AClipViews
+from hf_masked_vl.training.flops import peak_flops
 from hf_masked_vl.training.trainer import _EpochDataLoader
 
 MODES = ("restarted", "rolling")
 
 
-def busy_step(seconds: float, operand: torch.Tensor) -> None:
-    """Compute (matmuls) in the main process for `seconds`, as a training step does."""
-    end = time.perf_counter() + seconds
+def busy_step(seconds: float, operand: torch.Tensor) -> int:
+    """Compute (matmuls) in the main process for `seconds`, as a training step does; returns the FLOPs done."""
+    end, products = time.perf_counter() + seconds, 0
     while time.perf_counter() < end:
         operand @ operand
+        products += 1
+    return products * 2 * operand.shape[0] ** 3
 
 
-def window_shares(mode: str, files: list[str], args: argparse.Namespace) -> list[tuple[int, float, bool]]:
-    """(last step, data-wait share, holds a boundary) of each window of a run of `args.steps` steps."""
+def window_shares(mode: str, files: list[str], args: argparse.Namespace) -> tuple[list[tuple[int, float, bool]], float]:
+    """(last step, data-wait share, holds a boundary) of each window of a run of `args.steps` steps, and the FLOP/s
+    the steps achieved over the run's wall time (what the input side leaves the model)."""
     stream = ImageTextStream(load_stream("parquet", files, record_locations=True), AClipViews(48), seed=0)
     rolling = mode == "rolling"
     if rolling:
@@ -48,15 +54,16 @@ def window_shares(mode: str, files: list[str], args: argparse.Namespace) -> list
         stream, args.batch_size, num_workers=1, collate_fn=ImageTextCollator(), persistent_workers=rolling
     )
     operand = torch.randn(256, 256)
-    windows, step, epoch = [], 0, 0
+    windows, step, epoch, flops = [], 0, 0, 0
     wait, start, boundary = 0.0, time.perf_counter(), False
+    run_start = start
     while step < args.steps:
         loader.set_epoch(epoch)
         batches, fetch_start = iter(loader), time.perf_counter()
         boundary = boundary or epoch > 0
         for _ in batches:
             wait += time.perf_counter() - fetch_start
-            busy_step(args.step_seconds, operand)
+            flops += busy_step(args.step_seconds, operand)
             step += 1
             if step % args.window == 0:
                 now = time.perf_counter()
@@ -66,7 +73,7 @@ def window_shares(mode: str, files: list[str], args: argparse.Namespace) -> list
                 break
             fetch_start = time.perf_counter()
         epoch += 1
-    return windows
+    return windows, flops / (time.perf_counter() - run_start)
 
 
 def main() -> None:
@@ -78,23 +85,33 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5, help="steps per logged window")
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved")
     args = parser.parse_args()
+    if args.steps <= args.num_train // args.batch_size:
+        parser.error(f"--steps {args.steps} ends within the first epoch ({args.num_train // args.batch_size} steps)")
     demo = ensure_demo_dataset(os.environ.get("HF_MASKED_VL_CACHE"), num_train=args.num_train)
     boundary_shares: dict[str, list[float]] = {mode: [] for mode in MODES}
+    achieved: dict[str, list[float]] = {mode: [] for mode in MODES}
     print("| mode | repeat | data-wait share per window (* holds an epoch boundary) |")
     print("| --- | --- | --- |")
     for repeat in range(args.repeats):
         for mode in MODES:
-            windows = window_shares(mode, demo.train_files, args)
+            windows, flops_per_s = window_shares(mode, demo.train_files, args)
+            achieved[mode].append(flops_per_s)
             boundary_shares[mode] += [share for _, share, boundary in windows if boundary]
             cells = " ".join(f"{share:.3f}{'*' if boundary else ''}" for _, share, boundary in windows)
             print(f"| {mode} | {repeat} | {cells} |")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
-    print("MFU: none (the steps are stand-in matmul work that times the input side; the model's: train_step.py)")
+    peak = peak_flops("cpu")
+    mfu = {mode: peak.mfu(statistics.median(achieved[mode])) for mode in MODES}
+    print(f"MFU of the stand-in steps over each run's wall time (the compute the input side leaves), against {peak}:")
+    print(", ".join(f"{mode} {share:.1%}" for mode, share in mfu.items()) + " (the model's own MFU: train_step.py)")
     for mode in MODES:
         print(f"RESULT {mode}_boundary_wait_share_max={max(boundary_shares[mode]):.3f}")
         print(f"RESULT {mode}_boundary_wait_share_median={statistics.median(boundary_shares[mode]):.3f}")
     ratio = statistics.median(boundary_shares["rolling"]) / statistics.median(boundary_shares["restarted"])
     print(f"RESULT rolling_over_restarted_boundary_wait_share={ratio:.3f}")
+    for mode in MODES:
+        print(f"RESULT mfu_{mode}={mfu[mode]:.4f}")
+    print(f"RESULT mfu={mfu['rolling']:.4f}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ over `--repeats` (median). The rate is compute_guidance's own `RESULT <producer>
 second of a rank's shard loop: reading, mapping, writing; not the start-up). Prints a table with the ratio of the
 per-process rate under N processes to the one-process rate measured in the same run (1.0: splitting costs nothing),
 then `RESULT <producer>_images_per_s_per_process=…` (N processes) and `RESULT <producer>_per_process_over_one_process=…`
-lines. The tiny backbones measure the pipeline around the model; real backbones (DINO ViT-B/16, SAM ViT-H) are bound
-by the model on a GPU.
+lines, and the MFU of each producer's N-process run: its FLOPs per image (counted once in this process with
+`torch.utils.flop_counter` on the same tiny backbone) × the images/s of all processes, against a matmul probe of the
+machine's fp32 peak (`RESULT mfu_<producer>=…`, `RESULT mfu=…` for sam). The tiny backbones measure the pipeline
+around the model, so their MFU is low; real backbones (DINO ViT-B/16, SAM ViT-H) are bound by the model on a GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from hf_masked_vl.training.flops import PeakFlops, peak_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_LINE = re.compile(r"^RESULT (\w+)=(\S+)$", re.MULTILINE)
@@ -81,6 +85,22 @@ def images_per_s(producer: str, flags: list[str], processes: int, threads: int, 
     return float(dict(RESULT_LINE.findall(result.stdout))[f"{producer}_images_per_s_per_process"])
 
 
+def flops_per_image(producer: str, flags: list[str], images: list) -> float:
+    """FLOPs one image costs `producer` built as `flags` select it (`torch.utils.flop_counter`, in this process; the
+    backward of Grad-CAM included)."""
+    from hf_masked_vl.guidance.producers import DEFAULT_GRID, PRODUCERS, build_producer
+    from hf_masked_vl.training.flops import count_flops
+
+    values = {flag.removeprefix("--"): value for flag, value in zip(flags[::2], flags[1::2])}
+    backbone, grid = values.pop("backbone"), int(values.pop("grid", DEFAULT_GRID))
+    options = {name: PRODUCERS[producer].options[name].get("type", str)(value) for name, value in values.items()}
+    built = build_producer(producer, backbone, grid, "cpu", **options)
+    if producer == "sam":  # its pipeline's SamModel returns a parameter, which the counter's module hooks cannot
+        built.generator.pipe.model.requires_grad_(False)  # follow under no_grad unless it is frozen
+    with torch.no_grad():  # as the shard writer runs a producer (Grad-CAM enables its own gradients)
+        return count_flops(lambda: built(images)) / len(images)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--producers", nargs="+", choices=PRODUCERS, default=list(PRODUCERS))
@@ -106,23 +126,44 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     flags = [*backbones[producer], *data, *images]
                     rate = images_per_s(producer, flags, processes, threads, output)
                     rates.setdefault((producer, processes), []).append(rate)
-    return report(rates, args.producers, args.processes)
+        images = demo_images(demo.train_files, args.batch_size)
+        flops = {producer: flops_per_image(producer, backbones[producer], images) for producer in args.producers}
+    return report(rates, args.producers, args.processes, flops, peak_flops("cpu"))
 
 
-def report(rates: dict[tuple[str, int], list[float]], producers: list[str], processes: int) -> dict[str, float]:
-    """The table, then the `RESULT` lines."""
+def demo_images(files: list[str], count: int) -> list:
+    """The first `count` demo training images (PIL)."""
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files=files, split="train").select(range(count))["image"]
+
+
+def report(
+    rates: dict[tuple[str, int], list[float]],
+    producers: list[str],
+    processes: int,
+    flops: dict[str, float],
+    peak: PeakFlops,
+) -> dict[str, float]:
+    """The table, then the `RESULT` lines. MFU: FLOPs per image × the images/s of all processes together, as a share
+    of the machine's fp32 peak (`peak`, a matmul probe on every core)."""
     cores = os.cpu_count()
     print(f"images/s per process, median; {cores} cores, OMP_NUM_THREADS = cores / {processes} in every run")
-    print("MFU: none (tiny random backbones, whose FLOPs say nothing; real sizes belong on a GPU)")
-    print(f"{'producer':<10} {'1 process':>10} {f'{processes} processes':>12} {'total':>8} {'ratio':>6}")
+    print(f"MFU: FLOPs per image × images/s of all processes, against {peak}")
+    print(f"{'producer':<10} {'1 process':>10} {f'{processes} processes':>12} {'total':>8} {'ratio':>6} "
+          f"{'MFLOP/image':>12} {'MFU':>7}")  # fmt: skip
     results: dict[str, float] = {}
     for producer in producers:
         one, many = (statistics.median(rates[(producer, n)]) for n in (1, processes))
-        print(f"{producer:<10} {one:>10.1f} {many:>12.1f} {many * processes:>8.1f} {many / one:>6.2f}")
+        mfu = peak.mfu(flops[producer] * many * processes)
+        print(f"{producer:<10} {one:>10.1f} {many:>12.1f} {many * processes:>8.1f} {many / one:>6.2f} "
+              f"{flops[producer] / 1e6:>12.1f} {mfu:>7.2%}")  # fmt: skip
         results[f"{producer}_images_per_s_per_process"] = many
         results[f"{producer}_per_process_over_one_process"] = many / one
+        results[f"mfu_{producer}"] = mfu
+    results["mfu"] = results[f"mfu_{'sam' if 'sam' in producers else producers[0]}"]
     for key, value in results.items():
-        print(f"RESULT {key}={value:.3f}")
+        print(f"RESULT {key}={value:.4f}")
     return results
 
 

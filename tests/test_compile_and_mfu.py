@@ -93,3 +93,24 @@ def test_torch_compile_trains_a_method_with_a_teacher_and_counts_graph_breaks(tm
     graphs = int(report.split(": ", 1)[1].split(" graph(s)")[0])
     assert graphs >= 2, report  # the model's and the teacher's
     assert "graph break" in report and 0 < results_of(capsys.readouterr().out)["mfu"] < 1
+
+
+def test_epoch_boundaries_benchmark_prints_the_mfu_of_its_steps(monkeypatch, capsys):
+    flags = ["--num_train", "128", "--batch_size", "32", "--steps", "6", "--window", "2", "--step_seconds", "0.05"]
+    monkeypatch.setattr(sys, "argv", ["epoch_boundaries.py", *flags, "--repeats", "1"])
+    load_benchmark("epoch_boundaries").main()
+    printed = capsys.readouterr().out
+    results = results_of(printed)
+    assert "MFU of the stand-in steps" in printed and "float32 matmul on cpu" in printed
+    assert 0 < results["mfu_restarted"] < 1 and 0 < results["mfu_rolling"] < 1
+    assert printed.rstrip().splitlines()[-1] == f"RESULT mfu={results['mfu_rolling']:.4f}"
+
+
+def test_guidance_throughput_benchmark_prints_each_producers_mfu(capsys):
+    """tokencut on 1 process and on 2 torchrun processes of a tiny ViT; its FLOPs per image counted in this process."""
+    module = load_benchmark("guidance_throughput")
+    results = module.main(["--producers", "tokencut", "--num_images", "4", "--batch_size", "4"])
+    printed = capsys.readouterr().out
+    assert "MFLOP/image" in printed and 0 < results["mfu_tokencut"] < 1 and results["mfu"] == results["mfu_tokencut"]
+    assert results["tokencut_images_per_s_per_process"] > 0
+    assert printed.rstrip().splitlines()[-1] == f"RESULT mfu={results['mfu']:.4f}"
