@@ -11,14 +11,16 @@ its collator, a shuffle buffer of 1000, one DataLoader worker. A step is `--step
 process (it competes with the worker for the cores, as a real step does). The data-wait share of a window is measured
 as the trainer logs it (`data_wait_share`: time spent fetching batches over the window's wall time), every
 `--window` steps. Prints a table per mode, then `RESULT` lines last: the worst and the median share of the windows
-that hold a boundary, per mode, and their ratio; then the MFU of the stand-in steps over each run's wall time
-against a matmul probe of this machine's fp32 peak (`RESULT mfu_<mode>=…`, `RESULT mfu=…` rolling): the compute the
-input side leaves the step.
+that hold a boundary, per mode, and their ratio; then the MFU of the stand-in steps (256² fp32 matmuls) over each
+run's wall time against a matmul probe of this machine's fp32 peak (`RESULT mfu_<mode>=…`, `RESULT mfu=…` rolling).
+The steps share the cores with the DataLoader worker, so that MFU reads contention as much as stalls (and small
+matmuls run below the probe's 2048² peak); the data-wait share is the figure for stalls.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -85,8 +87,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5, help="steps per logged window")
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved")
     args = parser.parse_args()
-    if args.steps <= args.num_train // args.batch_size:
-        parser.error(f"--steps {args.steps} ends within the first epoch ({args.num_train // args.batch_size} steps)")
+    epoch_steps = math.ceil(args.num_train / args.batch_size)  # the last batch of an epoch may be short
+    if args.steps // args.window * args.window <= epoch_steps:
+        parser.error(
+            f"--steps {args.steps} with --window {args.window}: no logged window ends after the first epoch "
+            f"({epoch_steps} steps), so none holds a boundary"
+        )
     demo = ensure_demo_dataset(os.environ.get("HF_MASKED_VL_CACHE"), num_train=args.num_train)
     boundary_shares: dict[str, list[float]] = {mode: [] for mode in MODES}
     achieved: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -102,7 +108,8 @@ def main() -> None:
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     peak = peak_flops("cpu")
     mfu = {mode: peak.mfu(statistics.median(achieved[mode])) for mode in MODES}
-    print(f"MFU of the stand-in steps over each run's wall time (the compute the input side leaves), against {peak}:")
+    print(f"MFU of the stand-in steps (256² matmuls sharing the cores with the worker) over each run's wall time, "
+          f"against {peak}:")  # fmt: skip
     print(", ".join(f"{mode} {share:.1%}" for mode, share in mfu.items()) + " (the model's own MFU: train_step.py)")
     for mode in MODES:
         print(f"RESULT {mode}_boundary_wait_share_max={max(boundary_shares[mode]):.3f}")

@@ -4,19 +4,19 @@
     python benchmarks/guidance_throughput.py                       # every producer, 1 vs 2 processes, 64 images
     python benchmarks/guidance_throughput.py --processes 4 --producers tokencut sam --num_images 1024
 
-Each producer runs `scripts/compute_guidance.py` on the demo's training split with a tiny random backbone (a 2-layer
-ViT at 32 px for tokencut / attention, a narrow ResNet-18 for gradcam, a 2-layer SAM at 256 px with 4 × 4 points for
-sam), once as a plain process and once under `torchrun --standalone --nproc_per_node N`, each process mapping
-`--num_images` images with `OMP_NUM_THREADS` = cores / N threads (the same work per process in both), round-robin
-over `--repeats` (median). The rate is compute_guidance's own `RESULT <producer>_images_per_s_per_process` (maps per
-second of a rank's shard loop: reading, mapping, writing; not the start-up). Prints a table with the ratio of the
-per-process rate under N processes to the one-process rate measured in the same run (1.0: splitting costs nothing),
-then `RESULT <producer>_images_per_s_per_process=…` (N processes) and `RESULT <producer>_per_process_over_one_process=…`
-lines, and the MFU of each producer's N-process run: its FLOPs per image (counted once in this process with
+Each producer runs `scripts/compute_guidance.py` on the demo's training split with a tiny random backbone (a 2-layer ViT
+at 32 px for tokencut / attention, a narrow ResNet-18 for gradcam, a 2-layer SAM at 256 px with 4 × 4 points for sam),
+once as a plain process and once under `torchrun --standalone --nproc_per_node N`, each process mapping `--num_images`
+images with `OMP_NUM_THREADS` = cores / N threads (the same work per process in both), round-robin over `--repeats`
+(median). The rate is compute_guidance's own `RESULT <producer>_images_per_s_per_process` (maps per second of a rank's
+shard loop: reading, mapping, writing; not the start-up). Prints a table with the ratio of the per-process rate under N
+processes to the one-process rate measured in the same run (1.0: splitting costs nothing), then `RESULT
+<producer>_images_per_s_per_process=…` (N processes) and `RESULT <producer>_per_process_over_one_process=…` lines, and
+the MFU of each producer's N-process run: its FLOPs per image (counted once in this process with
 `torch.utils.flop_counter` on the same tiny backbone) × the images/s of all processes, against a matmul probe of the
-machine's fp32 peak (`RESULT mfu_<producer>=…`, `RESULT mfu=…` for sam). The tiny backbones measure the pipeline
-around the model, so their MFU is low; real backbones (DINO ViT-B/16, SAM ViT-H) are bound by the model on a GPU.
-"""
+machine's fp32 peak (`RESULT mfu_<producer>=…`, `RESULT mfu=…` for sam, else the first producer). The tiny backbones
+measure the pipeline around the model, so their MFU is low; real backbones (DINO ViT-B/16, SAM ViT-H) are bound by the
+model on a GPU."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def report(
         results[f"mfu_{producer}"] = mfu
     results["mfu"] = results[f"mfu_{'sam' if 'sam' in producers else producers[0]}"]
     for key, value in results.items():
-        print(f"RESULT {key}={value:.4f}")
+        print(f"RESULT {key}={value:.4f}" if key.startswith("mfu") else f"RESULT {key}={value:.3f}")
     return results
 
 

@@ -556,5 +556,7 @@ def test_a_scheduled_temperature_compiles_without_a_graph_break():
     for temperature in (0.9, 0.7, 0.5):  # the second value recompiles with τ symbolic; fullgraph: no break allowed
         expected = scheduled_guidance_weights(guidance, temperature, config, num_patches)
         torch.testing.assert_close(compiled(guidance, temperature, config, num_patches), expected)
-    with pytest.raises(ValueError, match="must be a finite number > 0"):
-        scheduled_guidance_weights(guidance, float("nan"), config, num_patches)
+    for temperature in (float("nan"), 0.0, 0.011, float("inf")):  # 0.011: exp(1 / τ) overflows float32
+        with pytest.raises(ValueError, match="must be a finite number >= 1/88"):
+            scheduled_guidance_weights(guidance, temperature, config, num_patches)
+    assert torch.isfinite(scheduled_guidance_weights(torch.ones_like(guidance), 1 / 88, config, num_patches)).all()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from torchvision import tv_tensors
 
 from hf_masked_vl.data.color import adjust_hue
 
@@ -38,6 +40,13 @@ def test_views_of_other_layouts_and_dtypes_match_torchvision():
     grey = image[:1]
     assert torch.equal(adjust_hue(grey, 0.2), TF.adjust_hue(grey, 0.2))
     assert adjust_hue(image, 0.0).dtype == torch.uint8
+    channels_last = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    shifted = adjust_hue(channels_last, 0.05)
+    assert shifted.is_contiguous() and torch.equal(shifted, TF.adjust_hue(channels_last, 0.05))
+    wrapped = adjust_hue(tv_tensors.Image(image), 0.05)  # torchvision's type comes back
+    assert isinstance(wrapped, tv_tensors.Image) and torch.equal(wrapped.as_subclass(torch.Tensor), shifted)
+    pil = TF.to_pil_image(image)
+    assert np.array_equal(np.asarray(adjust_hue(pil, 0.05)), np.asarray(TF.adjust_hue(pil, 0.05)))
 
 
 def test_a_factor_outside_the_range_is_refused_as_torchvision_refuses_it():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_masked_vl.data.demo import class_names, generate_example
+from hf_masked_vl.data.demo import class_names, ensure_demo_dataset, generate_example
 from hf_masked_vl.data.streaming import ImageTextCollator, ImageTextStream, load_stream
 from hf_masked_vl.data.views import AClipViews, enclosing_box, random_resized_crop_box
 
@@ -31,6 +31,14 @@ def test_demo_dataset_is_sharded_parquet_read_back_streaming(small_demo):
     assert isinstance(record["image"], Image.Image) and record["caption"]
     eval_split = datasets.load_dataset("parquet", data_files=small_demo.eval_files, split="train")
     assert eval_split.features["label"].names == small_demo.class_names and len(small_demo.class_names) == 24
+
+
+def test_a_demo_size_that_the_shards_do_not_divide_is_written_whole(tmp_path):
+    """100 records in 16 shards: even shares of 6 or 7 (with shards of ceil(100 / 16) = 7 the last one was empty,
+    and writing it failed)."""
+    demo = ensure_demo_dataset(tmp_path, num_train=100, num_eval=4, num_probe=4, image_size=16)
+    sizes = [len(datasets.load_dataset("parquet", data_files=[file], split="train")) for file in demo.train_files]
+    assert len(sizes) == 16 and sum(sizes) == 100 and set(sizes) == {6, 7}
 
 
 def test_crop_boxes_and_enclosing_ema_view():

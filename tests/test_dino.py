@@ -224,6 +224,14 @@ def test_loss_matches_the_loop_over_pairs(num_student):
     torch.testing.assert_close(output.center_norm, center.norm())
 
 
+@pytest.mark.parametrize(("num_teacher", "num_student"), [(2, 2), (2, 10), (3, 2), (1, 4), (4, 1), (2, 1)])
+def test_every_off_diagonal_pair_counts_once_whatever_the_view_counts(num_teacher, num_student):
+    torch.manual_seed(1)
+    student, teacher = torch.randn(num_student, 3, OUT_DIM), torch.randn(num_teacher, 3, OUT_DIM)
+    expected = reference_dino_loss(student, teacher, torch.zeros(1, OUT_DIM), 0.1, 0.04)
+    torch.testing.assert_close(DINOLoss(OUT_DIM)(student, teacher, 0.04).loss, expected)
+
+
 def test_loss_compiles_to_one_graph_and_matches_eager():
     """No data-dependent shape in the loss (the pairs come from the view counts): `fullgraph=True` compiles it, and
     the compiled loss, its gradient and the centre update equal eager's."""

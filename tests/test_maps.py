@@ -178,3 +178,12 @@ def test_patch_majority_of_a_stack_is_each_maps_majority():
     assert stacked.shape == (2, 3, 3, 3)
     for index in np.ndindex(2, 3):
         assert torch.equal(stacked[index], patch_majority(labels[index], 3))
+
+
+def test_resampling_refuses_no_views_and_labels_float32_cannot_hold():
+    labels = np.zeros((8, 8), dtype=np.int64)
+    with pytest.raises(ValueError, match="at least one view"):
+        apply_map_spec_views(labels, [], MapSpec(2, "majority"))
+    labels[0, 0] = 2**24 + 1  # would come back as 2^24
+    with pytest.raises(ValueError, match="renumber them first"):
+        apply_map_spec_views(labels, [ViewGeometry((0, 0, 8, 8), (8, 8))], MapSpec(2, "nearest"))

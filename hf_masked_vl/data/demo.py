@@ -195,11 +195,11 @@ def ensure_demo_dataset(
         features["num_objects"] = datasets.Value("int32")
         train_features = datasets.Features(features)
         labelled_features = datasets.Features({**features, "label": datasets.ClassLabel(names=class_names())})
-        shard_size = math.ceil(num_train / num_shards)
         progress_was_enabled = datasets.utils.is_progress_bar_enabled()
         datasets.utils.disable_progress_bar()
         for shard in range(num_shards):
-            indices = range(shard * shard_size, min(num_train, (shard + 1) * shard_size))
+            # even shares (none empty when num_train >= num_shards; the same shards as before when they divide)
+            indices = range(shard * num_train // num_shards, (shard + 1) * num_train // num_shards)
             rows = [generate_example(seed, "train", i, image_size) for i in indices]
             table = datasets.Dataset.from_list(rows, features=train_features)
             table.to_parquet(str(staging / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))

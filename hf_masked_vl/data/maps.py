@@ -87,11 +87,15 @@ def transform_map_views(
     """`transform_map` for several views of one map at once (one `grid_sample` call; each view's cells are computed
     exactly as alone). Returns (n_views, out_h, out_w)."""
     if mode not in ("bilinear", "nearest"):
-        raise ValueError(f"transform_map mode {mode!r} must be 'bilinear' or 'nearest'")
+        raise ValueError(f"map resampling mode {mode!r} must be 'bilinear' or 'nearest'")
+    if not geometries:
+        raise ValueError("no view geometry given: resampling a map needs at least one view")
     out_h, out_w = (size, size) if isinstance(size, int) else size
     source = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
     if source.ndim != 2:
         raise ValueError(f"a map must be 2-D (h, w), got shape {tuple(source.shape)}")
+    if not source.is_floating_point() and source.numel() and int(source.max()) > MAX_LABEL:
+        raise ValueError(f"labels up to {MAX_LABEL} resample exactly, got {int(source.max())}: renumber them first")
     grid = torch.from_numpy(np.concatenate([_sampling_grid(geometry, out_h, out_w) for geometry in geometries]))
     source = source.float()[None, None].expand(len(geometries), 1, *source.shape)
     sampled = F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=False)[:, 0]

@@ -179,6 +179,17 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 
+def _off_diagonal_indices(rows: int, columns: int, device: torch.device) -> torch.Tensor:
+    """Row-major flat indices of the cells (i, j ≠ i) of a rows × columns matrix, built on `device` from the shapes
+    alone: no host-to-device copy and no data-dependent shape (one graph under torch.compile, no CUDA sync)."""
+    diagonal = min(rows, columns)
+    row = torch.arange(diagonal, device=device)[:, None]
+    kept = torch.arange(columns - 1, device=device)[None, :]  # the k-th column of a row that skips its diagonal
+    with_diagonal = (row * columns + kept + (kept >= row)).flatten()  # rows 0 .. diagonal - 1
+    below = torch.arange(diagonal * columns, rows * columns, device=device)  # rows without a diagonal cell
+    return torch.cat([with_diagonal, below])
+
+
 class DINOLoss(nn.Module):
     """DINO's self-distillation loss with the teacher centre `center` (1, out_dim), a persistent float32 buffer (saved
     in checkpoints). Keep it in float32, a bf16 centre loses its small EMA steps: list the loss's attribute in the
@@ -236,14 +247,13 @@ class DINOLoss(nn.Module):
         student_log_probs = F.log_softmax(student / self.student_temperature, dim=-1)
         # cross[i, j] = mean over the batch of −Σ_k P_t,i · log P_s,j
         cross = -torch.einsum("ibk,jbk->ij", teacher_probs, student_log_probs) / batch
-        # the pairs (i, j ≠ i) in row-major order, from the shapes alone (no data-dependent indexing under compile)
-        pair_indices = [i * num_student + j for i in range(num_teacher) for j in range(num_student) if i != j]
+        pair_indices = _off_diagonal_indices(num_teacher, num_student, student.device)
         num_pairs = len(pair_indices)
         if num_pairs == 0:
             raise ValueError(f"no (teacher i, student j ≠ i) pair with V_t={num_teacher}, V_s={num_student}")
         pairs = torch.ones(num_teacher, num_student, dtype=torch.bool, device=student.device)
         pairs.fill_diagonal_(False)
-        loss = cross.flatten()[torch.tensor(pair_indices, device=student.device)].sum() / num_pairs
+        loss = cross.flatten()[pair_indices].sum() / num_pairs
 
         with torch.no_grad():
             teacher_entropy = _entropy(teacher_log_probs).mean(dim=1)  # (V_t,)

@@ -24,6 +24,10 @@ GUIDANCE_MODES = ("map", "random", "none")
 TEMPERATURE_SCHEDULES = ("constant", "cosine")
 LOSS_NORMALIZERS = ("count", "weights")
 
+# the smallest τ whose largest weight exp(1 / τ) (M = 1) stays finite in float32 (overflow starts at e^88.7)
+MIN_TEMPERATURE = 1 / 88
+_TEMPERATURE_RANGE = f"must be a finite number >= 1/88 ≈ {MIN_TEMPERATURE:.4f} (below, exp(M / τ) overflows float32)"
+
 
 @dataclass(kw_only=True)
 class GuidanceWeightingOptions:
@@ -35,8 +39,9 @@ class GuidanceWeightingOptions:
         guidance: `"map"` (weight the per-patch loss with the map given as input: a `--guidance_column` of the data),
             `"random"` (a random map of the same value range, drawn by the data pipeline: AttG's Table 8 ablation;
             the model treats it like `"map"`) or `"none"` (no weighting: any map is ignored).
-        guidance_temperature: τ > 0 in w = exp(M / τ) when `temperature_schedule="constant"`, and the value the
-            model uses whenever the caller passes no temperature (0.75, AttG's ablations).
+        guidance_temperature: τ in w = exp(M / τ), at least `MIN_TEMPERATURE` = 1/88, when
+            `temperature_schedule="constant"`, and the value the model uses whenever the caller passes no temperature
+            (0.75, AttG's ablations).
         temperature_schedule: `"constant"` (τ = `guidance_temperature`) or `"cosine"` (half-cycle cosine from
             `temperature_start` at the first step to `temperature_end` at the last; AttG's main runs). The trainer
             computes τ with `temperature_at(step, total_steps)` and passes it to the model.
@@ -68,8 +73,8 @@ class GuidanceWeightingOptions:
             raise ValueError(f"loss_normalizer={self.loss_normalizer!r} is not one of {LOSS_NORMALIZERS}")
         for name in ("guidance_temperature", "temperature_start", "temperature_end"):
             value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name}={value} must be a finite number > 0 (τ in w = exp(M / τ))")
+            if not MIN_TEMPERATURE <= value < math.inf:
+                raise ValueError(f"{name}={value} {_TEMPERATURE_RANGE}")
         if not (self.loss_scale > 0 and math.isfinite(self.loss_scale)):
             raise ValueError(f"loss_scale={self.loss_scale} must be a finite number > 0")
 
@@ -99,11 +104,11 @@ def scheduled_guidance_weights(
     guidance: torch.Tensor, temperature: float | torch.Tensor | None, config: GuidanceWeightingOptions, num_patches: int
 ) -> torch.Tensor:
     """`guidance_weights` at τ = `temperature` (the step's scheduled value), or `config.guidance_temperature` when
-    None; a τ that is not a finite number > 0 is a `ValueError`."""
+    None; a τ outside [`MIN_TEMPERATURE`, inf) is a `ValueError`."""
     temperature = config.guidance_temperature if temperature is None else temperature
-    # 0 < τ < inf, not math.isfinite: a comparison also holds on the symbolic float torch.compile passes a schedule as
-    if not isinstance(temperature, torch.Tensor) and not 0 < temperature < math.inf:
-        raise ValueError(f"guidance_temperature={temperature} must be a finite number > 0")
+    # comparisons, not math.isfinite: they also hold on the symbolic float torch.compile passes a schedule as
+    if not isinstance(temperature, torch.Tensor) and not MIN_TEMPERATURE <= temperature < math.inf:
+        raise ValueError(f"guidance_temperature={temperature} {_TEMPERATURE_RANGE}")
     return guidance_weights(guidance, temperature, num_patches)
 
 
