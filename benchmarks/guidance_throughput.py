@@ -95,8 +95,6 @@ def flops_per_image(producer: str, flags: list[str], images: list) -> float:
     backbone, grid = values.pop("backbone"), int(values.pop("grid", DEFAULT_GRID))
     options = {name: PRODUCERS[producer].options[name].get("type", str)(value) for name, value in values.items()}
     built = build_producer(producer, backbone, grid, "cpu", **options)
-    if producer == "sam":  # its pipeline's SamModel returns a parameter, which the counter's module hooks cannot
-        built.generator.pipe.model.requires_grad_(False)  # follow under no_grad unless it is frozen
     with torch.no_grad():  # as the shard writer runs a producer (Grad-CAM enables its own gradients)
         return count_flops(lambda: built(images)) / len(images)
 

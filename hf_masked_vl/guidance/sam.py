@@ -151,7 +151,7 @@ class SegmentAnythingGenerator:
         segment_anything = require_segment_anything()
         if options.min_mask_region_area > 0:
             _require_opencv()
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # inference only, as every producer's backbone
         self.generator = segment_anything.SamAutomaticMaskGenerator(
             self.model, output_mode="binary_mask", **asdict(options)
         )
@@ -168,6 +168,7 @@ class TransformersSamGenerator:
     def __init__(self, pipe: Any, options: SamOptions):
         if options.min_mask_region_area > 0:
             _require_opencv()
+        pipe.model.eval().requires_grad_(False)  # inference only, as every producer's backbone
         self.pipe, self.options = pipe, options
         self.kwargs = dict(
             points_per_crop=options.points_per_side,
