@@ -251,13 +251,11 @@ class DINOLoss(nn.Module):
         num_pairs = len(pair_indices)
         if num_pairs == 0:
             raise ValueError(f"no (teacher i, student j ≠ i) pair with V_t={num_teacher}, V_s={num_student}")
-        pairs = torch.ones(num_teacher, num_student, dtype=torch.bool, device=student.device)
-        pairs.fill_diagonal_(False)
         loss = cross.flatten()[pair_indices].sum() / num_pairs
 
         with torch.no_grad():
             teacher_entropy = _entropy(teacher_log_probs).mean(dim=1)  # (V_t,)
-            pair_entropy = (teacher_entropy[:, None] * pairs).sum() / num_pairs
+            pair_entropy = teacher_entropy[:, None].expand_as(cross).flatten()[pair_indices].sum() / num_pairs
             diagnostics = {
                 "teacher_entropy": teacher_entropy.mean(),
                 "student_entropy": _entropy(student_log_probs.detach()).mean(),
