@@ -121,12 +121,17 @@ def read_arguments_file(path: str) -> dict[str, Any]:
     return {key.removeprefix("--"): value for key, value in values.items()}
 
 
+def _suggestible_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The long flags of `parser` that a "did you mean" may name (`--learning_rate`; not `-h`, not `--no-x`)."""
+    return [option for option in parser._option_string_actions if option.startswith("--") and "-" not in option[2:]]
+
+
 def refuse_unknown(
     parser: argparse.ArgumentParser, given: Sequence[str], where: str, owners: Mapping[str, str] | None = None
 ) -> None:
     """`given`: the flags and stray values that `parser.parse_known_args` left over; the first is a `UsageError`
     naming the closest known flags, or (`owners`: flag → who has it) the method whose flag it is."""
-    known = [option for option in parser._option_string_actions if option.startswith("--") and "-" not in option[2:]]
+    known = _suggestible_flags(parser)
     for argument in given:
         flag = argument.split("=", 1)[0]
         if flag in parser._option_string_actions:
@@ -158,7 +163,7 @@ def command_line(parser: argparse.ArgumentParser, flags: Mapping[str, Any], wher
     for name, value in flags.items():
         flag, action = f"--{name}", actions.get(f"--{name}")
         if action is None or flag == CONFIG_FLAG:  # an argument file names no other
-            known = [option for option in actions if option.startswith("--") and "-" not in option[2:]]
+            known = _suggestible_flags(parser)
             what = f"unknown flag {flag} {where}" if where else f"unknown keyword {name}: no flag {flag}"
             raise UsageError(f"{what}{did_you_mean(flag, known)}")
         if value is None:

@@ -225,6 +225,12 @@ def _caption_excerpt(value: Any) -> str | None:
     return None
 
 
+def _check_positive_int(name: str, value: Any, unit: str) -> None:
+    """A `ValueError` unless `value` is an int >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive number of {unit}")
+
+
 def _own_copy(source: datasets.IterableDataset) -> datasets.IterableDataset:
     """A copy of `source` with an epoch of its own (a pickle round trip: `datasets` shares the epoch only between
     processes); `source` itself, with a warning, when it cannot be pickled."""
@@ -306,12 +312,9 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.map_loaders = {role: map_role(role).load for role in self.map_columns}
         if max_caption_chars is not None and (isinstance(max_caption_chars, bool) or max_caption_chars < 1):
             raise ValueError(f"max_caption_chars={max_caption_chars!r} must be a positive number of characters or None")
-        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int) or max_image_bytes < 1:
-            raise ValueError(f"max_image_bytes={max_image_bytes!r} must be a positive number of bytes")
-        if jpeg_draft_min_side is not None and (
-            isinstance(jpeg_draft_min_side, bool) or not isinstance(jpeg_draft_min_side, int) or jpeg_draft_min_side < 1
-        ):
-            raise ValueError(f"jpeg_draft_min_side={jpeg_draft_min_side!r} must be a positive number of pixels or None")
+        _check_positive_int("max_image_bytes", max_image_bytes, "bytes")
+        if jpeg_draft_min_side is not None:
+            _check_positive_int("jpeg_draft_min_side", jpeg_draft_min_side, "pixels or None")
         wanted = [c for c in (image_column, caption_column, *self.map_columns.values()) if c is not None]
         features = dataset.features
         if id_columns is None:
