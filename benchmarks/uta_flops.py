@@ -15,6 +15,7 @@ bf16 peak on CUDA), as `RESULT mfu_r00=…` … and `RESULT mfu=…` (ratio 0.5,
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -25,7 +26,7 @@ from hf_masked_vl.masking import mask_rng, mask_to_keep_indices, num_kept, rever
 from hf_masked_vl.models.losses import token_alignment_loss
 from hf_masked_vl.models.modeling_masked_vit import MaskedViTModel, gather_tokens
 from hf_masked_vl.precision import PRECISIONS, autocast, choose_precision
-from hf_masked_vl.training.flops import flop_counter, peak_flops
+from hf_masked_vl.training.flops import count_flops, peak_flops
 
 PAPER = {0.0: 1.0, 0.4: 0.6, 0.5: 0.5, 0.7: 0.3}
 HEADLINE_RATIO = 0.5  # UTA's default mask ratio: the `RESULT mfu=` line
@@ -74,9 +75,7 @@ def main() -> None:
         targets = torch.randn(1, 1 + grid * grid, config.projection_dim, device=device)
         keep = keep_indices(grid, ratio, 1)
         keep = keep.to(device) if keep is not None else None
-        with flop_counter() as counter:
-            student_step(student, head, pixels, targets, keep)
-        flops = counter.get_total_flops()
+        flops = count_flops(functools.partial(student_step, student, head, pixels, targets, keep))
 
         pixels = torch.randn(args.batch_size, 3, size, size, device=device)
         targets = torch.randn(args.batch_size, 1 + grid * grid, config.projection_dim, device=device)
