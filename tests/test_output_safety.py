@@ -4,7 +4,9 @@ from the newest complete checkpoint."""
 
 import json
 import logging
+import multiprocessing
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -265,6 +267,29 @@ def test_two_runs_never_write_into_one_folder_at_once(tmp_path):
     first.release()
     with start_run(folder, "a_clip", resume=False) as second:
         assert second.session != first.session
+
+
+def _start_then_sleep(started) -> None:
+    started.set()
+    time.sleep(30)
+
+
+def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_folder_locked(tmp_path):
+    """A worker outlives its killed run for seconds; its copy of the lock must not refuse the run resumed then."""
+    folder = tmp_path / "run"
+    first = start_run(folder, "a_clip", resume=False)
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    worker = context.Process(target=_start_then_sleep, args=(started,))
+    worker.start()
+    try:
+        assert started.wait(30)
+        first.release()  # the run's own process lets go (as a killed one does); its worker still lives
+        with start_run(folder, "a_clip", resume=True) as second:
+            assert second.session != first.session
+    finally:
+        worker.kill()
+        worker.join()
 
 
 def test_resuming_a_run_at_its_last_step_trains_no_further_step(finished_run, tmp_path):

@@ -185,7 +185,7 @@ class RunRecord:
     def release(self) -> None:
         """Let another run write into the folder (`lock_output_dir`); nothing if no lock is held."""
         if self.lock is not None:
-            os.close(self.lock)
+            unlock_output_dir(self.lock)
             self.lock = None
 
     def __enter__(self) -> RunRecord:
@@ -232,11 +232,32 @@ def foreign_entries(folder: str | Path, record: RunRecord | None) -> list[str]:
     )
 
 
+# the descriptors of the folder locks this process holds (`lock_output_dir`); a forked child closes its copies
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's folder locks. A flock belongs to
+    every descriptor of its open file, so a worker's copy would keep the folder locked after its run is killed, for
+    the seconds the orphaned worker takes to notice, and the resumed run would be refused."""
+    for descriptor in _HELD_LOCKS:
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def lock_output_dir(folder: Path) -> int | None:
     """An exclusive advisory lock on the folder itself (`flock` on its descriptor: no file is written), released
-    when the descriptor returned is closed (`RunRecord.release`, or the process ends). Another run holding it is a
-    `UsageError`: two runs in one folder would rotate, resume from and replace each other's checkpoints. None where
-    folders cannot be locked (no `fcntl`, a file system without `flock`): the run goes on unlocked."""
+    when the descriptor returned is closed (`unlock_output_dir`: `RunRecord.release`, or the process ends; forked
+    children never hold it). Another run holding it is a `UsageError`: two runs in one folder would rotate, resume
+    from and replace each other's checkpoints. None where folders cannot be locked (no `fcntl`, a file system without
+    `flock`): the run goes on unlocked."""
     try:
         import fcntl
     except ImportError:
@@ -254,7 +275,14 @@ def lock_output_dir(folder: Path) -> int | None:
         os.close(descriptor)
         logger.warning("cannot lock --output_dir %s (%s): make sure no other run writes into it", folder, error)
         return None
+    _HELD_LOCKS.add(descriptor)
     return descriptor
+
+
+def unlock_output_dir(descriptor: int) -> None:
+    """Release a lock of `lock_output_dir`."""
+    _HELD_LOCKS.discard(descriptor)
+    os.close(descriptor)
 
 
 def remove_planted_links(folder: Path) -> None:
@@ -291,7 +319,7 @@ def start_run(folder: str | Path, method: str, resume: bool) -> RunRecord:
         record.save()
     except BaseException:
         if lock is not None:
-            os.close(lock)
+            unlock_output_dir(lock)
         raise
     record.lock = lock
     return record
@@ -420,6 +448,7 @@ __all__ = [
     "checkpoints_to_rotate",
     "foreign_entries",
     "lock_output_dir",
+    "unlock_output_dir",
     "newest_complete_checkpoint",
     "publish_folder",
     "remove_path",
